@@ -1,0 +1,140 @@
+// backend.h: the op table. Core code (models, loss, optimizers) calls every computation through a
+// Backend; the CPU backend (native/cpu) and the CUDA backend (native/cuda) implement the same list.
+// All pointers are this backend's memory. Layout conventions (one vocabulary, declared once):
+//   images/activations NHWC: [N, H, W, C]; conv weights KRSC: [K, R, S, C]; conv output [N, P, Q, K]
+//   embeddings / BN rows: [M, C] (BN2d on NHWC is BN over M = N*H*W rows)
+//   GEMM is row-major: C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C
+// Each op says whether it ASSIGNS or ACCUMULATES its outputs, and what forward saves for backward.
+// A backend that lacks an op throws E_UNSUPPORTED from the default below; a new op is not done
+// until both backends have it and a cross-backend test compares them.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "core/tensor.h"
+
+namespace mveb {
+
+struct ConvShape {
+  int N, H, W, C;      // input
+  int K, R, S;         // output channels, filter height/width
+  int stride, pad;     // same in both spatial dims
+  int P() const { return (H + 2 * pad - R) / stride + 1; }
+  int Q() const { return (W + 2 * pad - S) / stride + 1; }
+};
+
+struct PoolShape {
+  int N, H, W, C;
+  int kernel, stride, pad;
+  int P() const { return (H + 2 * pad - kernel) / stride + 1; }
+  int Q() const { return (W + 2 * pad - kernel) / stride + 1; }
+};
+
+// Result of the vMF Stein score estimator (see native/cpu/vmf.cpp and mveb-spec.md section 2.3).
+struct VmfInfo {
+  float width = 0;       // tau after clamping
+  float width_raw = 0;   // tau before clamping
+  double condition = 0;  // estimate of cond(K + eta I) from the Cholesky factor
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+  virtual std::string name() const = 0;
+
+  // ---- memory ----
+  virtual void* allocate(size_t bytes) = 0;
+  virtual void deallocate(void* p, size_t bytes) = 0;
+  virtual void upload(void* dst, const void* host_src, size_t bytes) = 0;
+  virtual void download(void* host_dst, const void* src, size_t bytes) = 0;
+  virtual void copy(void* dst, const void* src, size_t bytes) = 0;  // within this backend
+  virtual void fill(float* dst, float value, size_t n) = 0;
+  virtual void synchronize() = 0;
+  MemoryCounter& memory() { return memory_; }
+
+  // ---- dense ----
+  // C = alpha * op(A) op(B) + beta * C (beta = 0 assigns even if C holds NaN).
+  virtual void gemm(bool transA, bool transB, int M, int N, int K, float alpha, const float* A, int lda,
+                    const float* B, int ldb, float beta, float* C, int ldc);
+
+  // ---- layout ----
+  virtual void nchw_to_nhwc(float* dst, const float* src, int N, int C, int H, int W);
+  virtual void nhwc_to_nchw(float* dst, const float* src, int N, int C, int H, int W);
+
+  // ---- convolution (groups = 1, no bias) ----
+  virtual void conv2d_forward(float* y, const float* x, const float* w, const ConvShape& s);           // assigns y
+  virtual void conv2d_backward_data(float* dx, const float* dy, const float* w, const ConvShape& s);   // assigns dx
+  virtual void conv2d_backward_weight(float* dw, const float* dy, const float* x, const ConvShape& s); // ACCUMULATES dw
+
+  // ---- batch norm over rows [M, C], fused residual add and ReLU ----
+  // train: y = act(gamma * (x - mean) * invstd + beta + residual); mean/invstd from the batch (biased
+  // variance), saved into saved_mean/saved_invstd; running_mean/var updated with momentum using the
+  // unbiased variance (M/(M-1)). residual may be null; act is ReLU when relu.
+  virtual void batchnorm_forward_train(float* y, float* saved_mean, float* saved_invstd, float* running_mean,
+                                       float* running_var, const float* x, const float* gamma, const float* beta,
+                                       const float* residual, bool relu, int M, int C, float momentum, float eps);
+  // eval: the same with running statistics; nothing saved.
+  virtual void batchnorm_forward_eval(float* y, const float* x, const float* gamma, const float* beta,
+                                      const float* running_mean, const float* running_var, const float* residual,
+                                      bool relu, int M, int C, float eps);
+  // backward of either mode. y is the forward output (for the ReLU mask when relu), x the forward
+  // input. train: mean/invstd are the saved batch statistics and the batch-statistics gradient is
+  // used; eval (train = false): mean = running_mean, invstd = 1/sqrt(running_var + eps) and BN is an
+  // affine map. Assigns dx and dresidual (may be null; it receives the gradient after the ReLU),
+  // ACCUMULATES dgamma and dbeta.
+  virtual void batchnorm_backward(float* dx, float* dresidual, float* dgamma, float* dbeta, const float* dy,
+                                  const float* y, const float* x, const float* gamma, const float* mean,
+                                  const float* invstd, bool relu, bool train, int M, int C);
+
+  // ---- elementwise / pooling / linear helpers ----
+  virtual void relu_forward(float* y, const float* x, size_t n);                      // assigns
+  virtual void relu_backward(float* dx, const float* dy, const float* y, size_t n);   // assigns
+  virtual void add(float* y, const float* a, const float* b, size_t n);               // y = a + b
+  virtual void axpy(float* y, float alpha, const float* x, size_t n);                 // y += alpha x
+  virtual void maxpool2d_forward(float* y, int32_t* argmax, const float* x, const PoolShape& s);  // assigns; argmax = input index
+  virtual void maxpool2d_backward(float* dx, const float* dy, const int32_t* argmax, const PoolShape& s);  // assigns dx
+  virtual void global_avgpool_forward(float* y, const float* x, int N, int HW, int C);   // [N,HW,C] -> [N,C], assigns
+  virtual void global_avgpool_backward(float* dx, const float* dy, int N, int HW, int C);  // assigns
+  virtual void add_bias_rows(float* y, const float* bias, int M, int N);    // y[m,n] += bias[n]
+  virtual void sum_rows(float* dbias, const float* dy, int M, int N);       // dbias[n] += sum_m dy[m,n] (ACCUMULATES)
+
+  // ---- optimisers, on flat arenas (n floats) ----
+  // SGD with momentum (PyTorch semantics): g = grad + wd * p; buf = momentum * buf + g; p -= lr * buf.
+  virtual void sgd_step(float* param, float* momentum_buffer, const float* grad, size_t n, float lr, float momentum,
+                        float weight_decay);
+  // LARS as the official code (mveb-spec.md section 4): for one parameter tensor of n values,
+  // g = grad + wd * p; if adapt: g *= trust * ||p|| / ||g|| when both norms > 0; buf = momentum * buf + g;
+  // p -= lr * buf. (wd = 0 and adapt = false for biases and BN parameters.)
+  virtual void lars_step(float* param, float* momentum_buffer, const float* grad, size_t n, float lr, float momentum,
+                         float weight_decay, float trust, bool adapt);
+  // target = m * target + (1 - m) * online
+  virtual void ema_update(float* target, const float* online, size_t n, float m);
+  // true when all n values are finite
+  virtual bool all_finite(const float* x, size_t n);
+  virtual double sum_squares(const float* x, size_t n);
+
+  // ---- MVEB loss pieces ----
+  // y[i] = x[i] / max(||x[i]||, eps); saves norms[i] = ||x[i]||.
+  virtual void l2_normalize_rows_forward(float* y, float* norms, const float* x, int N, int D, float eps);
+  // dx = (dy - y (y . dy)) / max(norm, eps)   (assigns)
+  virtual void l2_normalize_rows_backward(float* dx, const float* dy, const float* y, const float* norms, int N, int D,
+                                          float eps);
+  // score[N,D] = -(K + eta I)^-1 (z / tau) rowsum(K), K = exp(z z^T / tau), tau = max(kth largest of 1 - z z^T, min_width).
+  // workspace is allocated internally.
+  virtual VmfInfo vmf_score(float* score, const float* z, int N, int D, float eta, float min_width);
+
+ protected:
+  [[noreturn]] void unsupported(const char* op) const;
+  MemoryCounter memory_;
+};
+
+// The CPU backend with `threads` pool threads (<= 0: default_thread_count()).
+class CpuBackend;
+Backend* cpu_backend_create(int threads);
+
+// The CUDA backend, or nullptr with *reason set (not compiled, no driver, no device, ...).
+Backend* cuda_backend_create(std::string* reason);
+
+}  // namespace mveb

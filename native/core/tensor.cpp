@@ -1,0 +1,76 @@
+// tensor.cpp: Storage lifetime, memory counters and argument checks. See tensor.h.
+#include "core/tensor.h"
+
+#include <sstream>
+
+#include "core/backend.h"
+#include "core/error.h"
+
+namespace mveb {
+
+const char* dtype_name(DType d) { return d == DType::Float32 ? "float32" : "int32"; }
+const char* device_name(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
+
+Storage::Storage(Backend* b, size_t n) : backend(b), bytes(n) {
+  data = backend->allocate(bytes == 0 ? 4 : bytes);
+  MemoryCounter& m = backend->memory();
+  m.buffers += 1;
+  m.bytes += static_cast<int64_t>(bytes);
+  if (m.bytes > m.peak_bytes) m.peak_bytes = m.bytes;
+}
+
+Storage::~Storage() {
+  backend->deallocate(data, bytes == 0 ? 4 : bytes);
+  MemoryCounter& m = backend->memory();
+  m.buffers -= 1;
+  m.bytes -= static_cast<int64_t>(bytes);
+}
+
+std::string shape_string(const Shape& s) {
+  std::ostringstream os;
+  os << "[";
+  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
+  os << "]";
+  return os.str();
+}
+
+int64_t shape_numel(const Shape& s) {
+  int64_t n = 1;
+  for (int64_t d : s) n *= d;
+  return n;
+}
+
+Device Tensor::device() const { return storage->backend->device(); }
+
+Tensor empty_tensor(Backend& backend, const Shape& shape, DType dtype) {
+  for (int64_t d : shape) MVEB_CHECK(d >= 0, "E_SHAPE", "negative dimension in shape ", shape_string(shape));
+  Tensor t;
+  t.shape = shape;
+  t.dtype = dtype;
+  t.storage = std::make_shared<Storage>(&backend, static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype));
+  return t;
+}
+
+void check_shape(const Tensor& t, const Shape& expected, const char* what) {
+  MVEB_CHECK(t.defined(), "E_ARG", what, ": tensor is missing");
+  bool ok = t.shape.size() == expected.size();
+  for (size_t i = 0; ok && i < expected.size(); ++i) ok = expected[i] < 0 || expected[i] == t.shape[i];
+  if (!ok) {
+    std::ostringstream os;
+    os << "[";
+    for (size_t i = 0; i < expected.size(); ++i) os << (i ? ", " : "") << (expected[i] < 0 ? std::string("*") : std::to_string(expected[i]));
+    os << "]";
+    throw_error("E_SHAPE", what, ": expected shape ", os.str(), ", found ", shape_string(t.shape));
+  }
+}
+
+void check_float(const Tensor& t, const char* what) {
+  MVEB_CHECK(t.dtype == DType::Float32, "E_DTYPE", what, ": expected dtype float32, found ", dtype_name(t.dtype));
+}
+
+void check_same_device(const Tensor& a, const Tensor& b, const char* what) {
+  MVEB_CHECK(a.storage->backend == b.storage->backend, "E_DEVICE", what, ": tensors are on different devices (",
+             device_name(a.device()), " and ", device_name(b.device()), ")");
+}
+
+}  // namespace mveb

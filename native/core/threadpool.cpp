@@ -1,0 +1,111 @@
+// threadpool.cpp: see threadpool.h.
+#include "core/threadpool.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+
+namespace mveb {
+
+namespace {
+thread_local bool tl_inside_region = false;
+}
+
+int default_thread_count() {
+  if (const char* s = std::getenv("MVEB_NUM_THREADS")) {
+    char* end = nullptr;
+    long v = std::strtol(s, &end, 10);
+    if (end != s && *end == '\0' && v >= 1 && v <= 1024) return static_cast<int>(v);
+  }
+  unsigned hw = std::thread::hardware_concurrency();
+  return hw == 0 ? 1 : static_cast<int>(hw);
+}
+
+ThreadPool::ThreadPool(int threads) : threads_(std::max(1, threads)) {
+  for (int i = 1; i < threads_; ++i) workers_.emplace_back([this, i] { worker(i); });
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+  }
+  wake_.notify_all();
+  for (auto& t : workers_) t.join();
+}
+
+void ThreadPool::worker(int index) {
+  uint64_t seen = 0;
+  for (;;) {
+    const std::function<void(int)>* body;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
+      if (stop_) return;
+      seen = generation_;
+      if (index >= participants_) continue;
+      body = body_;
+    }
+    tl_inside_region = true;
+    (*body)(index);
+    tl_inside_region = false;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (--pending_ == 0) done_.notify_one();
+    }
+  }
+}
+
+void ThreadPool::run_region(const std::function<void(int)>& body, int participants) {
+  if (participants <= 1 || tl_inside_region) {
+    for (int i = 0; i < participants; ++i) body(i);
+    return;
+  }
+  std::lock_guard<std::mutex> region(region_mutex_);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    body_ = &body;
+    participants_ = participants;
+    pending_ = participants - 1;
+    ++generation_;
+  }
+  wake_.notify_all();
+  tl_inside_region = true;
+  body(0);
+  tl_inside_region = false;
+  std::unique_lock<std::mutex> lock(mutex_);
+  done_.wait(lock, [&] { return pending_ == 0; });
+  body_ = nullptr;
+}
+
+void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t, int)>& fn) {
+  if (n <= 0) return;
+  grain = std::max<int64_t>(1, grain);
+  int64_t chunks = std::min<int64_t>(threads_, (n + grain - 1) / grain);
+  if (chunks <= 1 || tl_inside_region) {
+    fn(0, n, 0);
+    return;
+  }
+  const int parts = static_cast<int>(chunks);
+  std::function<void(int)> body = [&](int t) {
+    int64_t begin = n * t / parts, end = n * (t + 1) / parts;
+    if (begin < end) fn(begin, end, t);
+  };
+  run_region(body, parts);
+}
+
+void ThreadPool::parallel_tasks(int64_t tasks, const std::function<void(int64_t, int)>& fn) {
+  if (tasks <= 0) return;
+  int parts = static_cast<int>(std::min<int64_t>(threads_, tasks));
+  if (parts <= 1 || tl_inside_region) {
+    for (int64_t i = 0; i < tasks; ++i) fn(i, 0);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  std::function<void(int)> body = [&](int t) {
+    for (int64_t i; (i = next.fetch_add(1)) < tasks;) fn(i, t);
+  };
+  run_region(body, parts);
+}
+
+}  // namespace mveb

@@ -1,0 +1,47 @@
+// threadpool.h: a fixed pool of worker threads for the CPU kernels (MVEB_NUM_THREADS, default all
+// cores). parallel_for splits [0, n) into contiguous chunks; the calling thread takes part. One
+// parallel region runs at a time per pool (a mutex serialises callers from different async workers).
+// Nested parallel_for calls from inside a region run serially on the calling thread.
+#pragma once
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace mveb {
+
+class ThreadPool {
+ public:
+  explicit ThreadPool(int threads);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int size() const { return threads_; }
+  // fn(begin, end, thread_index) over [0, n) split into at most size() chunks of >= grain items.
+  void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t, int)>& fn);
+  // fn(task, thread_index) for task in [0, tasks), handed out dynamically (for uneven work).
+  void parallel_tasks(int64_t tasks, const std::function<void(int64_t, int)>& fn);
+
+ private:
+  void worker(int index);
+  void run_region(const std::function<void(int)>& body, int participants);
+
+  int threads_;
+  std::vector<std::thread> workers_;
+  std::mutex region_mutex_;  // one region at a time
+  std::mutex mutex_;
+  std::condition_variable wake_, done_;
+  const std::function<void(int)>* body_ = nullptr;
+  int participants_ = 0;
+  uint64_t generation_ = 0;
+  int pending_ = 0;
+  bool stop_ = false;
+};
+
+// Default thread count: MVEB_NUM_THREADS if set and valid, else hardware concurrency.
+int default_thread_count();
+
+}  // namespace mveb

@@ -1,0 +1,33 @@
+// cpu_backend.cpp: construction and memory of the CPU backend. See cpu_backend.h.
+#include "cpu/cpu_backend.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "core/error.h"
+
+namespace mveb {
+
+CpuBackend::CpuBackend(int threads)
+    : features_(detect_cpu_features()),
+      isa_(select_isa(features_)),
+      pool_(new ThreadPool(threads > 0 ? threads : default_thread_count())) {}
+
+void* CpuBackend::allocate(size_t bytes) {
+  size_t rounded = (bytes + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, rounded);
+  MVEB_CHECK(p != nullptr, "E_MEMORY", "out of host memory allocating ", bytes, " bytes");
+  return p;
+}
+void CpuBackend::deallocate(void* p, size_t) { std::free(p); }
+void CpuBackend::upload(void* dst, const void* src, size_t bytes) { if (bytes) std::memcpy(dst, src, bytes); }
+void CpuBackend::download(void* dst, const void* src, size_t bytes) { if (bytes) std::memcpy(dst, src, bytes); }
+void CpuBackend::copy(void* dst, const void* src, size_t bytes) { if (bytes && dst != src) std::memmove(dst, src, bytes); }
+void CpuBackend::fill(float* dst, float value, size_t n) {
+  for (size_t i = 0; i < n; ++i) dst[i] = value;
+}
+
+Backend* cpu_backend_create(int threads) { return new CpuBackend(threads); }
+
+}  // namespace mveb
