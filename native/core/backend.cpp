@@ -52,6 +52,11 @@ Backend* cuda_backend_create(std::string* reason) {
 #endif
   return nullptr;
 }
+CudaInfo cuda_query_info() {
+  CudaInfo info;
+  cuda_backend_create(&info.reason);
+  return info;
+}
 #endif
 
 }  // namespace mveb

@@ -130,6 +130,22 @@ class Backend {
   MemoryCounter memory_;
 };
 
+// What `mveb doctor` / backends() report about CUDA. Never throws; without a GPU or driver,
+// available = false and reason says exactly why.
+struct CudaInfo {
+  bool compiled = false;
+  bool available = false;
+  std::string reason;          // why not available (empty when available)
+  std::string archs;           // architectures compiled for, e.g. "90"
+  int driver_version = 0;      // e.g. 13000 (0 when no driver)
+  int runtime_version = 0;
+  int device_count = 0;
+  std::string device_name;
+  int cc_major = 0, cc_minor = 0;
+  size_t total_memory = 0, free_memory = 0;
+};
+CudaInfo cuda_query_info();
+
 // The CPU backend with `threads` pool threads (<= 0: default_thread_count()).
 class CpuBackend;
 Backend* cpu_backend_create(int threads);

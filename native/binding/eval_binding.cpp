@@ -1,0 +1,6 @@
+// eval_binding.cpp: N-API functions of the eval area (placeholder registration; its owner fills it in).
+#include "binding/common.h"
+
+namespace mveb_binding {
+void register_eval(Napi::Env, Napi::Object) {}
+}  // namespace mveb_binding
