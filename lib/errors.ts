@@ -1,0 +1,35 @@
+// errors.ts: MvebError, the one error type of the library. `code` is stable (documented in the
+// README): E_ARG, E_SHAPE, E_DTYPE, E_DEVICE, E_DISPOSED, E_FORMAT, E_IO, E_NUMERIC, E_UNSUPPORTED,
+// E_CUDA, E_MEMORY, E_CHECKPOINT, E_STATE, E_INTERNAL. The native addon constructs this same class
+// (registered at load time in native.ts), so `err instanceof MvebError` holds for native errors too.
+
+export type MvebErrorCode =
+  | 'E_ARG'
+  | 'E_SHAPE'
+  | 'E_DTYPE'
+  | 'E_DEVICE'
+  | 'E_DISPOSED'
+  | 'E_FORMAT'
+  | 'E_IO'
+  | 'E_NUMERIC'
+  | 'E_UNSUPPORTED'
+  | 'E_CUDA'
+  | 'E_MEMORY'
+  | 'E_CHECKPOINT'
+  | 'E_STATE'
+  | 'E_INTERNAL'
+  | (string & {});
+
+export class MvebError extends Error {
+  readonly code: MvebErrorCode;
+  constructor(code: MvebErrorCode, message: string) {
+    super(message);
+    this.name = 'MvebError';
+    this.code = code;
+  }
+}
+
+/** Throws an MvebError with `code` unless `cond` holds. */
+export function check(cond: unknown, code: MvebErrorCode, message: string | (() => string)): asserts cond {
+  if (!cond) throw new MvebError(code, typeof message === 'function' ? message() : message);
+}

@@ -1,0 +1,7 @@
+// index.ts: the public API of mveb (see README.md and ../shared/docs/engineering.md section 2).
+export { MvebError } from './errors';
+export type { MvebErrorCode } from './errors';
+export { Tensor, memory } from './tensor';
+export type { DType, DeviceName, TypedData, MemoryCounter } from './tensor';
+export { backends, doctorReport } from './doctor';
+export type { Backends, CpuInfo, CudaInfo } from './doctor';

@@ -1,0 +1,47 @@
+// native.ts: loads the compiled addon (build/Release/mveb.node, built by `npm install` through
+// cmake-js or by `npx node-gyp rebuild`; MVEB_ADDON_PATH overrides the path) and registers MvebError
+// with it. Every other module reaches native code through `native` exported here.
+import * as fs from 'fs';
+import * as path from 'path';
+import { MvebError } from './errors';
+
+/** Opaque native tensor handle (see native/binding/tensor_binding.cpp). */
+export interface TensorHandle {
+  dispose(): void;
+  readonly disposed: boolean;
+}
+
+// The addon is an untyped object; each lib module declares the functions it uses via NativeAddon.
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export type NativeAddon = Record<string, any>;
+
+/** The package root (works from lib/ under ts-jest and from dist/ after tsc). */
+export const packageRoot: string = (() => {
+  let dir = __dirname;
+  for (let i = 0; i < 5; i++) {
+    if (fs.existsSync(path.join(dir, 'package.json')) && fs.existsSync(path.join(dir, 'native'))) return dir;
+    dir = path.dirname(dir);
+  }
+  return path.resolve(__dirname, '..');
+})();
+
+function loadAddon(): NativeAddon {
+  const candidates = process.env.MVEB_ADDON_PATH
+    ? [path.resolve(process.env.MVEB_ADDON_PATH)]
+    : [path.join(packageRoot, 'build', 'Release', 'mveb.node'), path.join(packageRoot, 'build', 'Debug', 'mveb.node')];
+  const found = candidates.find((p) => fs.existsSync(p));
+  if (!found) {
+    throw new MvebError(
+      'E_INTERNAL',
+      `the mveb native addon is not built (looked for ${candidates.join(', ')}). Run \`npm install\` ` +
+        '(or `npm run build:native`) in the package folder; see the README for build switches.',
+    );
+  }
+  // eslint-disable-next-line @typescript-eslint/no-var-requires
+  const addon = require(found) as NativeAddon;
+  addon.setErrorClass(MvebError);
+  addon.__path = found;
+  return addon;
+}
+
+export const native: NativeAddon = loadAddon();
