@@ -29,7 +29,44 @@ class CpuBackend final : public Backend {
   void synchronize() override {}
 
   // ==== kernels (gemm.cpp, layout.cpp, conv.cpp, batchnorm.cpp, elementwise.cpp, optim.cpp) ====
-  // (declared by the kernels' owner)
+  // Lowers the ISA the kernels use (tests run every path on one machine); never raises it above
+  // what the CPU supports.
+  void force_isa(Isa isa) {
+    if (static_cast<int>(isa) <= static_cast<int>(select_isa(features_))) isa_ = isa;
+  }
+  void gemm(bool transA, bool transB, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
+            int ldb, float beta, float* C, int ldc) override;
+  void nchw_to_nhwc(float* dst, const float* src, int N, int C, int H, int W) override;
+  void nhwc_to_nchw(float* dst, const float* src, int N, int C, int H, int W) override;
+  void conv2d_forward(float* y, const float* x, const float* w, const ConvShape& s) override;
+  void conv2d_backward_data(float* dx, const float* dy, const float* w, const ConvShape& s) override;
+  void conv2d_backward_weight(float* dw, const float* dy, const float* x, const ConvShape& s) override;
+  void batchnorm_forward_train(float* y, float* saved_mean, float* saved_invstd, float* running_mean,
+                               float* running_var, const float* x, const float* gamma, const float* beta,
+                               const float* residual, bool relu, int M, int C, float momentum, float eps) override;
+  void batchnorm_forward_eval(float* y, const float* x, const float* gamma, const float* beta,
+                              const float* running_mean, const float* running_var, const float* residual, bool relu,
+                              int M, int C, float eps) override;
+  void batchnorm_backward(float* dx, float* dresidual, float* dgamma, float* dbeta, const float* dy, const float* y,
+                          const float* x, const float* gamma, const float* mean, const float* invstd, bool relu,
+                          bool train, int M, int C) override;
+  void relu_forward(float* y, const float* x, size_t n) override;
+  void relu_backward(float* dx, const float* dy, const float* y, size_t n) override;
+  void add(float* y, const float* a, const float* b, size_t n) override;
+  void axpy(float* y, float alpha, const float* x, size_t n) override;
+  void maxpool2d_forward(float* y, int32_t* argmax, const float* x, const PoolShape& s) override;
+  void maxpool2d_backward(float* dx, const float* dy, const int32_t* argmax, const PoolShape& s) override;
+  void global_avgpool_forward(float* y, const float* x, int N, int HW, int C) override;
+  void global_avgpool_backward(float* dx, const float* dy, int N, int HW, int C) override;
+  void add_bias_rows(float* y, const float* bias, int M, int N) override;
+  void sum_rows(float* dbias, const float* dy, int M, int N) override;
+  void sgd_step(float* param, float* momentum_buffer, const float* grad, size_t n, float lr, float momentum,
+                float weight_decay) override;
+  void lars_step(float* param, float* momentum_buffer, const float* grad, size_t n, float lr, float momentum,
+                 float weight_decay, float trust, bool adapt) override;
+  void ema_update(float* target, const float* online, size_t n, float m) override;
+  bool all_finite(const float* x, size_t n) override;
+  double sum_squares(const float* x, size_t n) override;
 
   // ==== MVEB loss pieces (loss_rows.cpp, vmf.cpp) ====
   // (declared by the loss's owner)

@@ -1,0 +1,183 @@
+// gemm.cpp: the CPU SGEMM. C[M,N] = alpha op(A) op(B) + beta C, row-major, every transpose
+// combination, any size. GotoBLAS structure: blocks of NC columns and KC depth of op(B) are packed
+// into NR-wide panels (threads share the packing), blocks of MC rows of op(A) are packed (times
+// alpha) into MR-tall panels by each thread, and an MR x NR micro-kernel (AVX-512 14x32, AVX2 6x16
+// or portable 4x8, chosen by CpuBackend::isa()) runs over the panels. Edge tiles go through a small
+// local tile. Threads split the rows of C into blocks (or the columns when C has few rows).
+// Tested by test/native/test_kernels.cpp ("kernels: gemm ..."); speed by benchmarks/kernels.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "core/threadpool.h"
+#include "cpu/cpu_backend.h"
+#include "cpu/gemm.h"
+#include "cpu/kernel_util.h"
+
+namespace mveb {
+namespace gemm_detail {
+
+namespace {
+constexpr int kScalarMR = 4, kScalarNR = 8;
+
+void micro_scalar(int kc, const float* __restrict Ap, const float* __restrict Bp, float* __restrict C, long ldc,
+                  float beta) {
+  float acc[kScalarMR][kScalarNR] = {};
+  for (int k = 0; k < kc; ++k) {
+    for (int i = 0; i < kScalarMR; ++i) {
+      const float a = Ap[i];
+      for (int j = 0; j < kScalarNR; ++j) acc[i][j] += a * Bp[j];
+    }
+    Ap += kScalarMR;
+    Bp += kScalarNR;
+  }
+  for (int i = 0; i < kScalarMR; ++i)
+    for (int j = 0; j < kScalarNR; ++j)
+      C[i * ldc + j] = beta == 0.f ? acc[i][j] : acc[i][j] + beta * C[i * ldc + j];
+}
+
+// Packs op(B)[k0:k0+kc, j0:j0+nc] into NR-wide panels [panel][k][NR], zero-padded.
+void pack_b_panel(const float* B, long ldb, bool transB, int k0, int kc, int j0, int cols, int nr, float* dst) {
+  if (!transB) {
+    for (int k = 0; k < kc; ++k) {
+      const float* src = B + static_cast<long>(k0 + k) * ldb + j0;
+      float* d = dst + static_cast<long>(k) * nr;
+      int j = 0;
+      for (; j < cols; ++j) d[j] = src[j];
+      for (; j < nr; ++j) d[j] = 0.f;
+    }
+  } else {
+    for (int j = 0; j < cols; ++j) {
+      const float* src = B + static_cast<long>(j0 + j) * ldb + k0;
+      for (int k = 0; k < kc; ++k) dst[static_cast<long>(k) * nr + j] = src[k];
+    }
+    for (int j = cols; j < nr; ++j)
+      for (int k = 0; k < kc; ++k) dst[static_cast<long>(k) * nr + j] = 0.f;
+  }
+}
+
+// Packs alpha * op(A)[i0:i0+rows, k0:k0+kc] into one MR-tall panel [k][MR], zero-padded.
+void pack_a_panel(const float* A, long lda, bool transA, int i0, int rows, int k0, int kc, int mr, float alpha,
+                  float* dst) {
+  if (!transA) {
+    for (int i = 0; i < rows; ++i) {
+      const float* src = A + static_cast<long>(i0 + i) * lda + k0;
+      for (int k = 0; k < kc; ++k) dst[static_cast<long>(k) * mr + i] = alpha * src[k];
+    }
+    for (int i = rows; i < mr; ++i)
+      for (int k = 0; k < kc; ++k) dst[static_cast<long>(k) * mr + i] = 0.f;
+  } else {
+    for (int k = 0; k < kc; ++k) {
+      const float* src = A + static_cast<long>(k0 + k) * lda + i0;
+      float* d = dst + static_cast<long>(k) * mr;
+      int i = 0;
+      for (; i < rows; ++i) d[i] = alpha * src[i];
+      for (; i < mr; ++i) d[i] = 0.f;
+    }
+  }
+}
+
+void scale_c(ThreadPool& pool, int M, int N, float beta, float* C, long ldc) {
+  pool.parallel_for(M, 16, [&](int64_t b, int64_t e, int) {
+    for (int64_t i = b; i < e; ++i) {
+      float* row = C + i * ldc;
+      if (beta == 0.f) std::memset(row, 0, sizeof(float) * static_cast<size_t>(N));
+      else if (beta != 1.f)
+        for (int j = 0; j < N; ++j) row[j] *= beta;
+    }
+  });
+}
+}  // namespace
+
+KernelInfo kernel_scalar() { return KernelInfo{kScalarMR, kScalarNR, micro_scalar, 256, 128, 2048}; }
+
+void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB, int M, int N, int K, float alpha,
+              const float* A, long lda, const float* B, long ldb, float beta, float* C, long ldc) {
+  if (M == 0 || N == 0) return;
+  if (K == 0 || alpha == 0.f) {
+    scale_c(pool, M, N, beta, C, ldc);
+    return;
+  }
+  const int MR = kern.mr, NR = kern.nr;
+  const int T = pool.size();
+  const int KC = std::min(K, kern.kc);
+  const int NC = std::min((N + NR - 1) / NR * NR, kern.nc);
+
+  // Row blocks: enough to keep every thread busy when M allows, balanced, multiples of MR.
+  int m_blocks = (M + kern.mc - 1) / kern.mc;
+  const int m_panels = (M + MR - 1) / MR;
+  if (m_panels >= 4 * T) m_blocks = std::max(m_blocks, T);
+  if (m_blocks > 1 && m_blocks % T) m_blocks = std::min(m_panels, (m_blocks + T - 1) / T * T);
+  const int MC = ((M + m_blocks - 1) / m_blocks + MR - 1) / MR * MR;
+  m_blocks = (M + MC - 1) / MC;
+
+  ScratchBuffer packed_b(static_cast<size_t>(KC) * NC);
+  std::vector<std::unique_ptr<ScratchBuffer>> packed_a(static_cast<size_t>(T));
+  for (auto& p : packed_a) p.reset(new ScratchBuffer(static_cast<size_t>(KC) * MC));
+
+  for (int jc = 0; jc < N; jc += NC) {
+    const int nc = std::min(NC, N - jc);
+    const int n_panels = (nc + NR - 1) / NR;
+    // Column splits when there are too few row blocks for the threads.
+    const int n_splits = m_blocks >= 2 * T || m_blocks % T == 0 ? 1 : std::min(n_panels, T);
+    for (int pc = 0; pc < K; pc += KC) {
+      const int kc = std::min(KC, K - pc);
+      const float beta_block = pc == 0 ? beta : 1.f;
+      pool.parallel_for(n_panels, 1, [&](int64_t b, int64_t e, int) {
+        for (int64_t p = b; p < e; ++p) {
+          const int j0 = static_cast<int>(p) * NR;
+          pack_b_panel(B, ldb, transB, pc, kc, jc + j0, std::min(NR, nc - j0), NR,
+                       packed_b.get() + static_cast<long>(p) * kc * NR);
+        }
+      });
+      pool.parallel_tasks(static_cast<int64_t>(m_blocks) * n_splits, [&](int64_t task, int thread) {
+        const int mb = static_cast<int>(task / n_splits), ns = static_cast<int>(task % n_splits);
+        const int i0 = mb * MC, mc = std::min(MC, M - i0);
+        const int p_begin = n_panels * ns / n_splits, p_end = n_panels * (ns + 1) / n_splits;
+        float* pa = packed_a[static_cast<size_t>(thread)]->get();
+        for (int ir = 0; ir < mc; ir += MR)
+          pack_a_panel(A, lda, transA, i0 + ir, std::min(MR, mc - ir), pc, kc, MR, alpha,
+                       pa + static_cast<long>(ir) * kc);
+        alignas(64) float tile[16 * 64];
+        for (int p = p_begin; p < p_end; ++p) {
+          const int j0 = p * NR, nr = std::min(NR, nc - j0);
+          const float* pb = packed_b.get() + static_cast<long>(p) * kc * NR;
+          for (int ir = 0; ir < mc; ir += MR) {
+            const int mr = std::min(MR, mc - ir);
+            float* c = C + static_cast<long>(i0 + ir) * ldc + jc + j0;
+            const float* a = pa + static_cast<long>(ir) * kc;
+            if (mr == MR && nr == NR) {
+              kern.fn(kc, a, pb, c, ldc, beta_block);
+            } else {
+              kern.fn(kc, a, pb, tile, NR, 0.f);
+              for (int i = 0; i < mr; ++i)
+                for (int j = 0; j < nr; ++j) {
+                  float& dst = c[static_cast<long>(i) * ldc + j];
+                  dst = beta_block == 0.f ? tile[i * NR + j] : tile[i * NR + j] + beta_block * dst;
+                }
+            }
+          }
+        }
+      });
+    }
+  }
+}
+
+}  // namespace gemm_detail
+
+void CpuBackend::gemm(bool transA, bool transB, int M, int N, int K, float alpha, const float* A, int lda,
+                      const float* B, int ldb, float beta, float* C, int ldc) {
+  check_nonnegative("gemm", "M", M);
+  check_nonnegative("gemm", "N", N);
+  check_nonnegative("gemm", "K", K);
+  const int a_cols = transA ? M : K, b_cols = transB ? K : N;
+  MVEB_CHECK(lda >= std::max(1, a_cols), "E_ARG", "gemm: lda must be >= ", std::max(1, a_cols), ", found ", lda);
+  MVEB_CHECK(ldb >= std::max(1, b_cols), "E_ARG", "gemm: ldb must be >= ", std::max(1, b_cols), ", found ", ldb);
+  MVEB_CHECK(ldc >= std::max(1, N), "E_ARG", "gemm: ldc must be >= ", std::max(1, N), ", found ", ldc);
+  gemm_detail::KernelInfo kern = isa() == Isa::Avx512 ? gemm_detail::kernel_avx512()
+                                 : isa() == Isa::Avx2 ? gemm_detail::kernel_avx2()
+                                                      : gemm_detail::kernel_scalar();
+  gemm_detail::gemm_run(pool(), kern, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+}  // namespace mveb

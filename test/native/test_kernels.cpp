@@ -1,0 +1,506 @@
+// test_kernels.cpp: every CPU kernel of the op table (except the loss helper's vmf_score and
+// l2_normalize_rows_*) against the float64 reference (reference.h) on random odd sizes, outputs
+// poisoned with NaN first, under every ISA path the CPU has (scalar, AVX2, AVX-512: CpuBackend with
+// force_isa); and every reference backward against central finite differences in float64.
+// Run: mveb_native_tests "kernels:"
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "cpu/cpu_backend.h"
+#include "harness.h"
+#include "reference.h"
+
+namespace {
+
+using mveb::ConvShape;
+using mveb::CpuBackend;
+using mveb::Isa;
+using mveb::PoolShape;
+using Vec = std::vector<double>;
+using FVec = std::vector<float>;
+
+const float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr double kTol = 1e-5;
+
+// One backend per ISA the CPU supports, each with 2 threads so the threaded paths run.
+std::vector<std::unique_ptr<CpuBackend>> isa_backends() {
+  std::vector<std::unique_ptr<CpuBackend>> out;
+  for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512}) {
+    std::unique_ptr<CpuBackend> b(new CpuBackend(2));
+    b->force_isa(isa);
+    if (b->isa() == isa) out.push_back(std::move(b));
+  }
+  return out;
+}
+
+Vec to_d(const FVec& v) { return Vec(v.begin(), v.end()); }
+FVec poison(size_t n) { return FVec(n, kNaN); }
+FVec rnd(size_t n, uint64_t seed, float lo = -1.f, float hi = 1.f) { return mtest::random_vector(n, seed, lo, hi); }
+std::string tag(const CpuBackend& b) { return std::string(" [") + mveb::isa_name(b.isa()) + "]"; }
+
+// Relative error of the float result against the double reference.
+double err(const FVec& a, const Vec& b) { return mtest::rel_error(a.data(), b.data(), a.size()); }
+
+// ---- finite differences in float64: d/dv sum(dy * f(v)) ----
+template <typename F>
+Vec numeric_grad(Vec v, const Vec& dy, F f) {
+  const double h = 1e-6;
+  Vec g(v.size()), out(dy.size());
+  for (size_t i = 0; i < v.size(); ++i) {
+    const double keep = v[i];
+    v[i] = keep + h;
+    f(v, out);
+    double lp = 0;
+    for (size_t j = 0; j < dy.size(); ++j) lp += dy[j] * out[j];
+    v[i] = keep - h;
+    f(v, out);
+    double lm = 0;
+    for (size_t j = 0; j < dy.size(); ++j) lm += dy[j] * out[j];
+    v[i] = keep;
+    g[i] = (lp - lm) / (2 * h);
+  }
+  return g;
+}
+
+}  // namespace
+
+// ============================ GEMM ============================
+
+TEST("kernels: gemm matches the reference for odd sizes, all transposes, alpha/beta, lda > K") {
+  auto backends = isa_backends();
+  const int sizes[] = {1, 3, 17, 67, 130};
+  const float ab[][2] = {{1.f, 0.f}, {-0.7f, 0.5f}, {1.3f, 1.f}};
+  int case_index = 0;
+  for (int M : sizes)
+    for (int N : sizes)
+      for (int K : sizes)
+        for (int t = 0; t < 4; ++t, ++case_index) {
+          const bool ta = t & 1, tb = t & 2;
+          const float alpha = ab[case_index % 3][0], beta = ab[case_index % 3][1];
+          const int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 2, ldc = N + 1;
+          const FVec A = rnd(static_cast<size_t>(ta ? K : M) * lda, 1000 + case_index);
+          const FVec B = rnd(static_cast<size_t>(tb ? N : K) * ldb, 2000 + case_index);
+          const FVec C0 = rnd(static_cast<size_t>(M) * ldc, 3000 + case_index);
+          Vec ref = to_d(C0);
+          const Vec Ad = to_d(A), Bd = to_d(B);
+          ref::gemm(ta, tb, M, N, K, alpha, Ad.data(), lda, Bd.data(), ldb, beta, ref.data(), ldc);
+          for (auto& b : backends) {
+            FVec C = C0;
+            if (beta == 0.f)  // poison the written part; the padding columns must survive
+              for (int i = 0; i < M; ++i)
+                for (int j = 0; j < N; ++j) C[static_cast<size_t>(i) * ldc + j] = kNaN;
+            b->gemm(ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, C.data(), ldc);
+            EXPECT_REL(err(C, ref), kTol,
+                       "gemm M=" << M << " N=" << N << " K=" << K << " tA=" << ta << " tB=" << tb << " alpha=" << alpha
+                                 << " beta=" << beta << tag(*b));
+          }
+        }
+}
+
+TEST("kernels: gemm beyond one cache block (K > KC, N > NC), K = 0 and alpha = 0") {
+  auto backends = isa_backends();
+  for (auto& b : backends) {
+    for (int t = 0; t < 4; ++t) {
+      const bool ta = t & 1, tb = t & 2;
+      const int M = 37, N = 2101, K = 531;
+      const FVec A = rnd(static_cast<size_t>(M) * K, 11 + t), B = rnd(static_cast<size_t>(K) * N, 12 + t);
+      Vec ref(static_cast<size_t>(M) * N);
+      const Vec Ad = to_d(A), Bd = to_d(B);
+      ref::gemm(ta, tb, M, N, K, 1.0, Ad.data(), ta ? M : K, Bd.data(), tb ? K : N, 0.0, ref.data(), N);
+      FVec C = poison(static_cast<size_t>(M) * N);
+      b->gemm(ta, tb, M, N, K, 1.f, A.data(), ta ? M : K, B.data(), tb ? K : N, 0.f, C.data(), N);
+      EXPECT_REL(err(C, ref), kTol, "gemm big tA=" << ta << " tB=" << tb << tag(*b));
+    }
+    FVec C = poison(12);
+    b->gemm(false, false, 3, 4, 0, 1.f, nullptr, 1, nullptr, 4, 0.f, C.data(), 4);
+    for (float v : C) EXPECT_TRUE(v == 0.f, "K=0 beta=0 must assign zeros" << tag(*b));
+    FVec C2(12, 2.f), A(6, kNaN), B(8, 1.f);
+    b->gemm(false, false, 3, 4, 2, 0.f, A.data(), 2, B.data(), 4, 0.5f, C2.data(), 4);
+    for (float v : C2) EXPECT_TRUE(v == 1.f, "alpha=0 scales C by beta" << tag(*b));
+  }
+}
+
+TEST("kernels: gemm refuses bad arguments with E_SHAPE / E_ARG") {
+  auto& b = static_cast<CpuBackend&>(mtest::runtime().cpu());
+  float x[4] = {};
+  EXPECT_THROWS_CODE(b.gemm(false, false, -1, 2, 2, 1.f, x, 2, x, 2, 0.f, x, 2), "E_SHAPE");
+  EXPECT_THROWS_CODE(b.gemm(false, false, 2, 2, 3, 1.f, x, 2, x, 2, 0.f, x, 2), "E_ARG");
+}
+
+// ============================ layout ============================
+
+TEST("kernels: layout NCHW <-> NHWC round trip matches the reference") {
+  auto backends = isa_backends();
+  const int N = 3, C = 37, H = 5, W = 9;
+  const size_t n = static_cast<size_t>(N) * C * H * W;
+  const FVec x = rnd(n, 5);
+  Vec ref(n);
+  const Vec xd = to_d(x);
+  ref::nchw_to_nhwc(ref.data(), xd.data(), N, C, H, W);
+  for (auto& b : backends) {
+    FVec y = poison(n), back = poison(n);
+    b->nchw_to_nhwc(y.data(), x.data(), N, C, H, W);
+    EXPECT_TRUE(err(y, ref) == 0.0, "nchw_to_nhwc exact" << tag(*b));
+    b->nhwc_to_nchw(back.data(), y.data(), N, C, H, W);
+    EXPECT_TRUE(back == x, "nhwc_to_nchw inverts" << tag(*b));
+  }
+}
+
+// ============================ convolution ============================
+
+namespace {
+std::vector<ConvShape> conv_cases() {
+  std::vector<ConvShape> v;
+  for (int R : {1, 3, 7})
+    for (int stride : {1, 2})
+      for (int pad : {0, 1, 3}) v.push_back(ConvShape{2, 11, 9, 5, 7, R, R, stride, pad});
+  v.push_back(ConvShape{3, 7, 13, 3, 5, 3, 1, 1, 1});
+  v.push_back(ConvShape{1, 9, 9, 17, 3, 1, 7, 2, 3});
+  v.push_back(ConvShape{2, 6, 5, 19, 33, 1, 1, 1, 0});
+  return v;
+}
+std::string str(const ConvShape& s) {
+  return "N" + std::to_string(s.N) + " H" + std::to_string(s.H) + " W" + std::to_string(s.W) + " C" +
+         std::to_string(s.C) + " K" + std::to_string(s.K) + " R" + std::to_string(s.R) + " S" + std::to_string(s.S) +
+         " st" + std::to_string(s.stride) + " pad" + std::to_string(s.pad);
+}
+}  // namespace
+
+TEST("kernels: conv2d forward / backward data / backward weight match the reference") {
+  auto backends = isa_backends();
+  int seed = 100;
+  for (const ConvShape& s : conv_cases()) {
+    const size_t nx = static_cast<size_t>(s.N) * s.H * s.W * s.C, nw = static_cast<size_t>(s.K) * s.R * s.S * s.C,
+                 ny = static_cast<size_t>(s.N) * s.P() * s.Q() * s.K;
+    const FVec x = rnd(nx, ++seed), w = rnd(nw, ++seed), dy = rnd(ny, ++seed), dw0 = rnd(nw, ++seed);
+    const Vec xd = to_d(x), wd = to_d(w), dyd = to_d(dy);
+    Vec y_ref(ny), dx_ref(nx), dw_ref(nw);
+    ref::conv2d_forward(y_ref.data(), xd.data(), wd.data(), s);
+    ref::conv2d_backward_data(dx_ref.data(), dyd.data(), wd.data(), s);
+    ref::conv2d_backward_weight(dw_ref.data(), dyd.data(), xd.data(), s);
+    for (size_t i = 0; i < nw; ++i) dw_ref[i] += dw0[i];  // backward weight accumulates
+    for (auto& b : backends) {
+      FVec y = poison(ny), dx = poison(nx), dw = dw0;
+      b->conv2d_forward(y.data(), x.data(), w.data(), s);
+      b->conv2d_backward_data(dx.data(), dy.data(), w.data(), s);
+      b->conv2d_backward_weight(dw.data(), dy.data(), x.data(), s);
+      EXPECT_REL(err(y, y_ref), kTol, "conv forward " << str(s) << tag(*b));
+      EXPECT_REL(err(dx, dx_ref), kTol, "conv backward data " << str(s) << tag(*b));
+      EXPECT_REL(err(dw, dw_ref), kTol, "conv backward weight " << str(s) << tag(*b));
+    }
+  }
+}
+
+TEST("kernels: conv2d refuses an empty output with E_SHAPE") {
+  auto& b = mtest::runtime().cpu();
+  float x[4] = {};
+  EXPECT_THROWS_CODE(b.conv2d_forward(x, x, x, ConvShape{1, 2, 2, 1, 1, 5, 5, 1, 0}), "E_SHAPE");
+}
+
+TEST("kernels: conv2d reference backward passes match finite differences") {
+  for (const ConvShape& s : {ConvShape{2, 5, 4, 3, 2, 3, 3, 2, 1}, ConvShape{1, 4, 5, 2, 3, 1, 3, 1, 0}}) {
+    const size_t nx = static_cast<size_t>(s.N) * s.H * s.W * s.C, nw = static_cast<size_t>(s.K) * s.R * s.S * s.C,
+                 ny = static_cast<size_t>(s.N) * s.P() * s.Q() * s.K;
+    const Vec x = to_d(rnd(nx, 1)), w = to_d(rnd(nw, 2)), dy = to_d(rnd(ny, 3));
+    Vec dx(nx), dw(nw);
+    ref::conv2d_backward_data(dx.data(), dy.data(), w.data(), s);
+    ref::conv2d_backward_weight(dw.data(), dy.data(), x.data(), s);
+    const Vec ndx = numeric_grad(x, dy, [&](const Vec& v, Vec& out) { ref::conv2d_forward(out.data(), v.data(), w.data(), s); });
+    const Vec ndw = numeric_grad(w, dy, [&](const Vec& v, Vec& out) { ref::conv2d_forward(out.data(), x.data(), v.data(), s); });
+    EXPECT_REL(mtest::rel_error(dx.data(), ndx.data(), nx), 1e-7, "conv dx vs FD " << str(s));
+    EXPECT_REL(mtest::rel_error(dw.data(), ndw.data(), nw), 1e-7, "conv dw vs FD " << str(s));
+  }
+}
+
+// ============================ batch norm ============================
+
+TEST("kernels: batchnorm train/eval forward and backward, with and without residual and ReLU") {
+  auto backends = isa_backends();
+  const float momentum = 0.1f, eps = 1e-5f;
+  int seed = 500;
+  for (int M : {3, 37, 301})  // (M = 2 makes the train dx vanish up to eps: no relative test)
+    for (int C : {1, 5, 67})
+      for (int variant = 0; variant < 8; ++variant) {
+        const bool residual = variant & 1, relu = variant & 2, train = variant & 4;
+        const size_t n = static_cast<size_t>(M) * C;
+        const FVec x = rnd(n, ++seed, -2.f, 3.f), res = rnd(n, ++seed), dy = rnd(n, ++seed);
+        const FVec gamma = rnd(C, ++seed, 0.5f, 1.5f), beta = rnd(C, ++seed), rm0 = rnd(C, ++seed),
+                   rv0 = rnd(C, ++seed, 0.5f, 2.f), dg0 = rnd(C, ++seed), db0 = rnd(C, ++seed);
+        const Vec xd = to_d(x), resd = to_d(res), dyd = to_d(dy), gd = to_d(gamma), bd = to_d(beta);
+        Vec y_ref(n), mean_ref(C), invstd_ref(C), rm_ref = to_d(rm0), rv_ref = to_d(rv0);
+        if (train) {
+          ref::batchnorm_forward_train(y_ref.data(), mean_ref.data(), invstd_ref.data(), rm_ref.data(), rv_ref.data(),
+                                       xd.data(), gd.data(), bd.data(), residual ? resd.data() : nullptr, relu, M, C,
+                                       momentum, eps);
+        } else {
+          ref::batchnorm_forward_eval(y_ref.data(), xd.data(), gd.data(), bd.data(), rm_ref.data(), rv_ref.data(),
+                                      residual ? resd.data() : nullptr, relu, M, C, eps);
+          for (int c = 0; c < C; ++c) {
+            mean_ref[c] = rm_ref[c];
+            invstd_ref[c] = 1 / std::sqrt(rv_ref[c] + static_cast<double>(eps));
+          }
+        }
+        Vec dx_ref(n), dres_ref(n), dg_ref(C), db_ref(C);
+        ref::batchnorm_backward(dx_ref.data(), dres_ref.data(), dg_ref.data(), db_ref.data(), dyd.data(), y_ref.data(),
+                                xd.data(), gd.data(), mean_ref.data(), invstd_ref.data(), relu, train, M, C);
+        for (int c = 0; c < C; ++c) {
+          dg_ref[c] += dg0[c];
+          db_ref[c] += db0[c];
+        }
+        const std::string what = "bn M=" + std::to_string(M) + " C=" + std::to_string(C) + " residual=" +
+                                 std::to_string(residual) + " relu=" + std::to_string(relu) + " train=" + std::to_string(train);
+        for (auto& b : backends) {
+          FVec y = poison(n), mean = poison(C), invstd = poison(C), rm = rm0, rv = rv0;
+          if (train) {
+            b->batchnorm_forward_train(y.data(), mean.data(), invstd.data(), rm.data(), rv.data(), x.data(), gamma.data(),
+                                       beta.data(), residual ? res.data() : nullptr, relu, M, C, momentum, eps);
+            EXPECT_REL(err(mean, mean_ref), kTol, what << " saved mean" << tag(*b));
+            EXPECT_REL(err(invstd, invstd_ref), kTol, what << " saved invstd" << tag(*b));
+            EXPECT_REL(err(rm, rm_ref), kTol, what << " running mean" << tag(*b));
+            EXPECT_REL(err(rv, rv_ref), kTol, what << " running var" << tag(*b));
+          } else {
+            b->batchnorm_forward_eval(y.data(), x.data(), gamma.data(), beta.data(), rm.data(), rv.data(),
+                                      residual ? res.data() : nullptr, relu, M, C, eps);
+            for (int c = 0; c < C; ++c) {
+              mean[c] = rm[c];
+              invstd[c] = static_cast<float>(invstd_ref[c]);
+            }
+          }
+          EXPECT_REL(err(y, y_ref), kTol, what << " y" << tag(*b));
+          FVec dx = poison(n), dres = poison(n), dg = dg0, db = db0;
+          b->batchnorm_backward(dx.data(), residual ? dres.data() : nullptr, dg.data(), db.data(), dy.data(), y.data(),
+                                x.data(), gamma.data(), mean.data(), invstd.data(), relu, train, M, C);
+          EXPECT_REL(err(dx, dx_ref), kTol, what << " dx" << tag(*b));
+          if (residual) EXPECT_REL(err(dres, dres_ref), kTol, what << " dresidual" << tag(*b));
+          EXPECT_REL(err(dg, dg_ref), kTol, what << " dgamma" << tag(*b));
+          EXPECT_REL(err(db, db_ref), kTol, what << " dbeta" << tag(*b));
+        }
+      }
+}
+
+TEST("kernels: batchnorm training with one row per channel is refused with E_SHAPE") {
+  auto& b = mtest::runtime().cpu();
+  float v[4] = {1, 1, 1, 1};
+  EXPECT_THROWS_CODE(b.batchnorm_forward_train(v, v, v, v, v, v, v, v, nullptr, false, 1, 1, 0.1f, 1e-5f), "E_SHAPE");
+}
+
+TEST("kernels: batchnorm reference backward (train and eval, residual + ReLU) matches finite differences") {
+  const int M = 7, C = 3;
+  const size_t n = static_cast<size_t>(M) * C;
+  const Vec x = to_d(rnd(n, 31, -2.f, 2.f)), res = to_d(rnd(n, 32)), dy = to_d(rnd(n, 33));
+  const Vec gamma = to_d(rnd(C, 34, 0.5f, 1.5f)), beta = to_d(rnd(C, 35)), rm = to_d(rnd(C, 36)),
+            rv = to_d(rnd(C, 37, 0.5f, 2.f));
+  const double eps = 1e-5;
+  for (bool train : {true, false})
+    for (bool relu : {false, true}) {
+      auto forward = [&](const Vec& xv, const Vec& gv, const Vec& bv, const Vec& rsv, Vec& out) {
+        Vec mean(C), invstd(C), rmc = rm, rvc = rv;
+        if (train)
+          ref::batchnorm_forward_train(out.data(), mean.data(), invstd.data(), rmc.data(), rvc.data(), xv.data(),
+                                       gv.data(), bv.data(), rsv.data(), relu, M, C, 0.1, eps);
+        else
+          ref::batchnorm_forward_eval(out.data(), xv.data(), gv.data(), bv.data(), rm.data(), rv.data(), rsv.data(),
+                                      relu, M, C, eps);
+      };
+      Vec y(n), mean(C), invstd(C), rmc = rm, rvc = rv;
+      if (train) {
+        ref::batchnorm_forward_train(y.data(), mean.data(), invstd.data(), rmc.data(), rvc.data(), x.data(), gamma.data(),
+                                     beta.data(), res.data(), relu, M, C, 0.1, eps);
+      } else {
+        forward(x, gamma, beta, res, y);
+        for (int c = 0; c < C; ++c) {
+          mean[c] = rm[c];
+          invstd[c] = 1 / std::sqrt(rv[c] + eps);
+        }
+      }
+      Vec dx(n), dres(n), dg(C), db(C);
+      ref::batchnorm_backward(dx.data(), dres.data(), dg.data(), db.data(), dy.data(), y.data(), x.data(), gamma.data(),
+                              mean.data(), invstd.data(), relu, train, M, C);
+      const Vec ndx = numeric_grad(x, dy, [&](const Vec& v, Vec& o) { forward(v, gamma, beta, res, o); });
+      const Vec ndg = numeric_grad(gamma, dy, [&](const Vec& v, Vec& o) { forward(x, v, beta, res, o); });
+      const Vec ndb = numeric_grad(beta, dy, [&](const Vec& v, Vec& o) { forward(x, gamma, v, res, o); });
+      const Vec ndr = numeric_grad(res, dy, [&](const Vec& v, Vec& o) { forward(x, gamma, beta, v, o); });
+      const std::string what = std::string("bn FD train=") + (train ? "1" : "0") + " relu=" + (relu ? "1" : "0");
+      EXPECT_REL(mtest::rel_error(dx.data(), ndx.data(), n), 1e-6, what << " dx");
+      EXPECT_REL(mtest::rel_error(dg.data(), ndg.data(), C), 1e-6, what << " dgamma");
+      EXPECT_REL(mtest::rel_error(db.data(), ndb.data(), C), 1e-6, what << " dbeta");
+      EXPECT_REL(mtest::rel_error(dres.data(), ndr.data(), n), 1e-6, what << " dresidual");
+    }
+}
+
+// ============================ elementwise ============================
+
+TEST("kernels: relu, add, axpy, add_bias_rows, sum_rows match the reference") {
+  auto backends = isa_backends();
+  const size_t n = 70001;
+  const FVec x = rnd(n, 41), yv = rnd(n, 42);
+  const Vec xd = to_d(x), yd = to_d(yv);
+  Vec r(n), dr(n), s(n), ax(n);
+  ref::relu_forward(r.data(), xd.data(), n);
+  ref::relu_backward(dr.data(), yd.data(), r.data(), n);
+  for (size_t i = 0; i < n; ++i) {
+    s[i] = xd[i] + yd[i];
+    ax[i] = yd[i] + static_cast<double>(-0.3f) * xd[i];
+  }
+  const int M = 301, N = 67;
+  const FVec rows = rnd(static_cast<size_t>(M) * N, 43), bias = rnd(N, 44), db0 = rnd(N, 45);
+  Vec rows_ref(rows.size()), db_ref(N);
+  for (int m = 0; m < M; ++m)
+    for (int j = 0; j < N; ++j) {
+      rows_ref[static_cast<size_t>(m) * N + j] = rows[static_cast<size_t>(m) * N + j] + static_cast<double>(bias[j]);
+      db_ref[j] += rows[static_cast<size_t>(m) * N + j];
+    }
+  for (int j = 0; j < N; ++j) db_ref[j] += db0[j];
+  for (auto& b : backends) {
+    FVec o = poison(n), d = poison(n), a = poison(n), y2 = yv;
+    b->relu_forward(o.data(), x.data(), n);
+    EXPECT_REL(err(o, r), 0.0, "relu forward" << tag(*b));
+    b->relu_backward(d.data(), yv.data(), o.data(), n);
+    EXPECT_REL(err(d, dr), 0.0, "relu backward" << tag(*b));
+    b->add(a.data(), x.data(), yv.data(), n);
+    EXPECT_REL(err(a, s), kTol, "add" << tag(*b));
+    b->axpy(y2.data(), -0.3f, x.data(), n);
+    EXPECT_REL(err(y2, ax), kTol, "axpy" << tag(*b));
+    FVec rw = rows, db = db0;
+    b->add_bias_rows(rw.data(), bias.data(), M, N);
+    EXPECT_REL(err(rw, rows_ref), kTol, "add_bias_rows" << tag(*b));
+    b->sum_rows(db.data(), rows.data(), M, N);
+    EXPECT_REL(err(db, db_ref), kTol, "sum_rows (accumulates)" << tag(*b));
+  }
+}
+
+TEST("kernels: relu reference backward matches finite differences") {
+  const size_t n = 31;
+  const Vec x = to_d(rnd(n, 51)), dy = to_d(rnd(n, 52));
+  Vec y(n), dx(n);
+  ref::relu_forward(y.data(), x.data(), n);
+  ref::relu_backward(dx.data(), dy.data(), y.data(), n);
+  const Vec nd = numeric_grad(x, dy, [&](const Vec& v, Vec& o) { ref::relu_forward(o.data(), v.data(), n); });
+  EXPECT_REL(mtest::rel_error(dx.data(), nd.data(), n), 1e-7, "relu dx vs FD");
+}
+
+// ============================ pooling ============================
+
+TEST("kernels: maxpool2d and global avgpool forward/backward match the reference") {
+  auto backends = isa_backends();
+  int seed = 900;
+  for (const PoolShape& s : {PoolShape{2, 11, 9, 5, 3, 2, 1}, PoolShape{3, 8, 7, 3, 2, 2, 0},
+                             PoolShape{1, 5, 7, 17, 3, 1, 1}, PoolShape{2, 13, 13, 1, 3, 2, 0}}) {
+    const size_t nx = static_cast<size_t>(s.N) * s.H * s.W * s.C, ny = static_cast<size_t>(s.N) * s.P() * s.Q() * s.C;
+    const FVec x = rnd(nx, ++seed), dy = rnd(ny, ++seed);
+    const Vec xd = to_d(x), dyd = to_d(dy);
+    Vec y_ref(ny), dx_ref(nx);
+    std::vector<int32_t> arg_ref(ny);
+    ref::maxpool2d_forward(y_ref.data(), arg_ref.data(), xd.data(), s);
+    ref::maxpool2d_backward(dx_ref.data(), dyd.data(), arg_ref.data(), s);
+    for (auto& b : backends) {
+      FVec y = poison(ny), dx = poison(nx);
+      std::vector<int32_t> arg(ny, -7);
+      b->maxpool2d_forward(y.data(), arg.data(), x.data(), s);
+      EXPECT_REL(err(y, y_ref), 0.0, "maxpool forward k" << s.kernel << " s" << s.stride << " p" << s.pad << tag(*b));
+      EXPECT_TRUE(arg == arg_ref, "maxpool argmax" << tag(*b));
+      b->maxpool2d_backward(dx.data(), dy.data(), arg.data(), s);
+      EXPECT_REL(err(dx, dx_ref), kTol, "maxpool backward" << tag(*b));
+    }
+  }
+  for (int HW : {1, 49}) {
+    const int N = 3, C = 37;
+    const FVec x = rnd(static_cast<size_t>(N) * HW * C, 77), dy = rnd(static_cast<size_t>(N) * C, 78);
+    const Vec xd = to_d(x), dyd = to_d(dy);
+    Vec y_ref(dy.size()), dx_ref(x.size());
+    ref::global_avgpool_forward(y_ref.data(), xd.data(), N, HW, C);
+    ref::global_avgpool_backward(dx_ref.data(), dyd.data(), N, HW, C);
+    for (auto& b : backends) {
+      FVec y = poison(dy.size()), dx = poison(x.size());
+      b->global_avgpool_forward(y.data(), x.data(), N, HW, C);
+      b->global_avgpool_backward(dx.data(), dy.data(), N, HW, C);
+      EXPECT_REL(err(y, y_ref), kTol, "avgpool forward HW=" << HW << tag(*b));
+      EXPECT_REL(err(dx, dx_ref), kTol, "avgpool backward HW=" << HW << tag(*b));
+    }
+  }
+}
+
+TEST("kernels: pooling reference backward passes match finite differences") {
+  const PoolShape s{2, 5, 6, 3, 3, 2, 1};
+  const size_t nx = static_cast<size_t>(s.N) * s.H * s.W * s.C, ny = static_cast<size_t>(s.N) * s.P() * s.Q() * s.C;
+  const Vec x = to_d(rnd(nx, 61)), dy = to_d(rnd(ny, 62));
+  Vec y(ny), dx(nx);
+  std::vector<int32_t> arg(ny);
+  ref::maxpool2d_forward(y.data(), arg.data(), x.data(), s);
+  ref::maxpool2d_backward(dx.data(), dy.data(), arg.data(), s);
+  std::vector<int32_t> scratch(ny);
+  const Vec nd = numeric_grad(x, dy, [&](const Vec& v, Vec& o) { ref::maxpool2d_forward(o.data(), scratch.data(), v.data(), s); });
+  EXPECT_REL(mtest::rel_error(dx.data(), nd.data(), nx), 1e-7, "maxpool dx vs FD");
+  const int N = 2, HW = 5, C = 3;
+  const Vec xa = to_d(rnd(N * HW * C, 63)), dya = to_d(rnd(N * C, 64));
+  Vec dxa(xa.size());
+  ref::global_avgpool_backward(dxa.data(), dya.data(), N, HW, C);
+  const Vec nda = numeric_grad(xa, dya, [&](const Vec& v, Vec& o) { ref::global_avgpool_forward(o.data(), v.data(), N, HW, C); });
+  EXPECT_REL(mtest::rel_error(dxa.data(), nda.data(), xa.size()), 1e-7, "avgpool dx vs FD");
+}
+
+// ============================ optimisers and reductions ============================
+
+TEST("kernels: sgd, lars, ema, all_finite and sum_squares match the reference formulas") {
+  auto backends = isa_backends();
+  const size_t n = 100003;
+  const FVec p0 = rnd(n, 81), m0 = rnd(n, 82), g = rnd(n, 83, -0.01f, 0.01f), online = rnd(n, 84);
+  for (auto& b : backends) {
+    {
+      FVec p = p0, m = m0;
+      Vec pr = to_d(p0), mr = to_d(m0), gd = to_d(g);
+      b->sgd_step(p.data(), m.data(), g.data(), n, 0.1f, 0.9f, 1e-4f);
+      ref::sgd_step(pr.data(), mr.data(), gd.data(), n, 0.1f, 0.9f, 1e-4f);
+      EXPECT_REL(err(p, pr), kTol, "sgd param" << tag(*b));
+      EXPECT_REL(err(m, mr), kTol, "sgd momentum" << tag(*b));
+    }
+    for (bool adapt : {true, false}) {
+      FVec p = p0, m = m0;
+      Vec pr = to_d(p0), mr = to_d(m0), gd = to_d(g);
+      b->lars_step(p.data(), m.data(), g.data(), n, 4.8f, 0.9f, 1e-6f, 0.001f, adapt);
+      ref::lars_step(pr.data(), mr.data(), gd.data(), n, 4.8f, 0.9f, 1e-6f, 0.001f, adapt);
+      EXPECT_REL(err(p, pr), kTol, "lars param adapt=" << adapt << tag(*b));
+      EXPECT_REL(err(m, mr), kTol, "lars momentum adapt=" << adapt << tag(*b));
+    }
+    {  // zero parameter norm: no adaptation
+      FVec p(5, 0.f), m(5, 0.f), gz = rnd(5, 85);
+      Vec pr(5, 0.0), mr(5, 0.0), gd = to_d(gz);
+      b->lars_step(p.data(), m.data(), gz.data(), 5, 0.5f, 0.9f, 0.f, 0.001f, true);
+      ref::lars_step(pr.data(), mr.data(), gd.data(), 5, 0.5f, 0.9f, 0.f, 0.001f, true);
+      EXPECT_REL(err(p, pr), kTol, "lars zero norm" << tag(*b));
+    }
+    {
+      FVec t = p0;
+      Vec tr = to_d(p0), od = to_d(online);
+      b->ema_update(t.data(), online.data(), n, 0.996f);
+      ref::ema_update(tr.data(), od.data(), n, 0.996f);
+      EXPECT_REL(err(t, tr), kTol, "ema" << tag(*b));
+    }
+    {
+      double ss = 0;
+      for (float v : p0) ss += static_cast<double>(v) * v;
+      const double got = b->sum_squares(p0.data(), n);
+      EXPECT_TRUE(std::fabs(got - ss) <= 1e-6 * ss, "sum_squares " << got << " vs " << ss << tag(*b));
+      EXPECT_TRUE(b->all_finite(p0.data(), n), "all_finite on finite data" << tag(*b));
+      for (size_t pos : {size_t(0), n / 2, n - 1})
+        for (float bad : {kNaN, std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()}) {
+          FVec q = p0;
+          q[pos] = bad;
+          EXPECT_TRUE(!b->all_finite(q.data(), n), "all_finite misses " << bad << " at " << pos << tag(*b));
+        }
+      EXPECT_TRUE(b->all_finite(nullptr, 0), "all_finite of nothing" << tag(*b));
+    }
+  }
+}
+
+TEST("kernels: every ISA the CPU supports is exercised") {
+  auto backends = isa_backends();
+  mveb::CpuFeatures f = mveb::detect_cpu_features();
+  const size_t expected = 1 + (f.avx2 && f.fma ? 1 : 0) +
+                          (f.avx2 && f.fma && f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq ? 1 : 0);
+  if (std::getenv("MVEB_ISA") == nullptr) EXPECT_TRUE(backends.size() == expected, backends.size() << " vs " << expected);
+}
