@@ -1,0 +1,261 @@
+#!/usr/bin/env node
+// cli.ts: the `mveb` command line (commander): pretrain, eval knn|linear, export, doctor.
+// Every option is validated here with a message naming the option, the expected form and what was
+// given; library errors print as `mveb: error [CODE] message` and exit 1. --json prints one JSON
+// object as the last line of stdout (human-readable lines go to stderr in that mode).
+// `--threads N` sets MVEB_NUM_THREADS before the native addon loads (modules load lazily for that).
+// Tested in test/cli.test.ts (help, validation, a tiny pretrain + eval + export round trip).
+import { Command, InvalidArgumentError, Option } from 'commander';
+import * as path from 'path';
+
+type Lib = {
+  pretrain: typeof import('./train/pretrain');
+  evaluate: typeof import('./train/evaluate');
+  doctor: typeof import('./doctor');
+  device: typeof import('./train/device');
+};
+
+function lib(threads?: number): Lib {
+  if (threads !== undefined) process.env.MVEB_NUM_THREADS = String(threads);
+  /* eslint-disable @typescript-eslint/no-var-requires */
+  return {
+    pretrain: require('./train/pretrain'),
+    evaluate: require('./train/evaluate'),
+    doctor: require('./doctor'),
+    device: require('./train/device'),
+  };
+}
+
+// ---- option parsers (commander calls them with the raw string; errors name the option) ----
+const int = (min: number, max = Number.MAX_SAFE_INTEGER) => (v: string) => {
+  const n = Number(v);
+  if (!/^[+]?\d+$/.test(v.trim()) || !Number.isSafeInteger(n) || n < min || n > max)
+    throw new InvalidArgumentError(`expected an integer in [${min}, ${max === Number.MAX_SAFE_INTEGER ? '...' : max}], got '${v}'.`);
+  return n;
+};
+const float = (min: number, max = Infinity, strictMin = false) => (v: string) => {
+  const n = Number(v);
+  if (v.trim() === '' || !Number.isFinite(n) || (strictMin ? n <= min : n < min) || n > max)
+    throw new InvalidArgumentError(`expected a number ${strictMin ? '>' : '>='} ${min}${max !== Infinity ? ` and <= ${max}` : ''}, got '${v}'.`);
+  return n;
+};
+const choice = (...allowed: string[]) => (v: string) => {
+  if (!allowed.includes(v)) throw new InvalidArgumentError(`expected one of ${allowed.join(', ')}, got '${v}'.`);
+  return v;
+};
+const depthOf = (v: string) => {
+  const m = /^(?:resnet)?(18|34|50)$/i.exec(v.trim());
+  if (!m) throw new InvalidArgumentError(`expected resnet18, resnet34 or resnet50 (or 18, 34, 50), got '${v}'.`);
+  return Number(m[1]) as 18 | 34 | 50;
+};
+
+interface Io {
+  json: boolean;
+  log: (s: string) => void;
+}
+function io(json: boolean): Io {
+  return { json, log: (s: string) => (json ? process.stderr : process.stdout).write(s + '\n') };
+}
+
+function fail(e: unknown, json: boolean): never {
+  const err = e as { code?: string; message?: string };
+  const code = err.code ?? 'E_INTERNAL';
+  process.stderr.write(`mveb: error [${code}] ${err.message ?? String(e)}\n`);
+  if (json) process.stdout.write(JSON.stringify({ error: { code, message: err.message ?? String(e) } }) + '\n');
+  process.exit(1);
+}
+
+const pct = (v: number | null | undefined) => (v === null || v === undefined ? 'n/a' : `${(100 * v).toFixed(2)}%`);
+
+export function buildProgram(): Command {
+  const program = new Command();
+  program
+    .name('mveb')
+    .description('MVEB (Multi-View Entropy Bottleneck) self-supervised pretraining and evaluation')
+    .version(require('../package.json').version)
+    .showHelpAfterError('(run with --help for usage)')
+    .configureHelp({ showGlobalOptions: true });
+
+  // ---------------- pretrain ----------------
+  program
+    .command('pretrain')
+    .description(
+      'pretrain a ResNet with MVEB on unlabelled images. With no arguments: the built-in Fashion-MNIST, ' +
+        'ResNet-18 (CIFAR stem) at width x0.125, 20,000 images, 5 epochs; prints kNN top-1 of the learned ' +
+        'backbone next to the same network at random initialisation.',
+    )
+    .option('--data <dir>', "training data: 'fashion-mnist' (built in), an IDX folder, a CIFAR binary folder or an image folder", 'fashion-mnist')
+    .option('--test-data <dir>', 'labelled evaluation data (default: the test split of --data)')
+    .addOption(new Option('--arch <name>', 'backbone: resnet18, resnet34 or resnet50').default(18, 'resnet18').argParser(depthOf))
+    .addOption(new Option('--depth <n>', 'same as --arch with a number (18, 34, 50)').argParser(depthOf))
+    .addOption(new Option('--stem <kind>', 'ResNet stem').choices(['cifar', 'imagenet']).default('cifar'))
+    .option('--width <x>', 'ResNet width multiplier (stage widths 64x, 128x, 256x, 512x)', float(0, 4, true), 0.125)
+    .option('--projector-dim <n>', 'projector hidden and output dimension', int(1, 65536), 512)
+    .option('--epochs <n>', 'training epochs', int(1, 100000), 5)
+    .option('--batch-size <n>', 'images per step', int(2, 1 << 20), 256)
+    .option('--lr <x>', 'base learning rate (max lr = lr x batch/256)', float(0, Infinity, true), 1.0)
+    .addOption(new Option('--optimizer <kind>', 'optimiser').choices(['lars', 'sgd']).default('lars'))
+    .option('--weight-decay <x>', 'weight decay (LARS: not on biases and BN parameters)', float(0), 1e-6)
+    .option('--warmup-epochs <x>', 'linear warm-up in epochs (default min(10, epochs/10))', float(0))
+    .option('--local-crops <n>', 'local crops per image besides the two global views', int(0, 64), 0)
+    .option('--train-images <n>', 'use a seeded random subset of this many training images (0 = all)', int(0), 20000)
+    .option('--device <name>', 'auto (CUDA when available, else CPU), cpu or cuda', choice('auto', 'cpu', 'cuda'), 'auto')
+    .option('--out <dir>', 'run folder (checkpoint, metrics.jsonl, report.html)', path.join('runs', 'default'))
+    .option('--resume [checkpoint]', 'continue from <out>/checkpoint.safetensors or the given checkpoint/run folder')
+    .option('--seed <n>', 'random seed (initialisation, subsets, augmentation)', int(0, 2 ** 31), 0)
+    .option('--threads <n>', 'CPU threads (default: all cores; fixes MVEB_NUM_THREADS)', int(1, 1024))
+    .option('--knn-every <n>', 'kNN monitor every n epochs on a subset (0 = never)', int(0), 1)
+    .option('--knn-bank <n>', 'memory bank size of the final kNN (0 = all training images)', int(0), 0)
+    .option('--no-final-knn', 'skip the final kNN on the full test set (and the random-init baseline)')
+    .option('--max-steps <n>', 'stop (with a resumable checkpoint) after this many steps in total', int(1))
+    .addOption(new Option('--progress <mode>', 'progress display').choices(['auto', 'bar', 'log', 'none']).default('auto'))
+    .option('--json', 'print the summary as JSON on the last line of stdout', false)
+    .action(async (o) => {
+      const out = io(o.json);
+      try {
+        const l = lib(o.threads);
+        const summary = await l.pretrain.pretrain({
+          data: o.data,
+          testData: o.testData,
+          depth: o.depth ?? o.arch,
+          stem: o.stem,
+          width: o.width,
+          projectorDim: o.projectorDim,
+          epochs: o.epochs,
+          batchSize: o.batchSize,
+          lr: o.lr,
+          optimizer: o.optimizer,
+          weightDecay: o.weightDecay,
+          warmupEpochs: o.warmupEpochs,
+          localCrops: o.localCrops,
+          trainImages: o.trainImages,
+          device: o.device,
+          out: o.out,
+          resume: o.resume,
+          seed: o.seed,
+          threads: o.threads,
+          knnEvery: o.knnEvery,
+          knnBank: o.knnBank,
+          finalKnn: o.finalKnn,
+          randomInitKnn: o.finalKnn,
+          maxSteps: o.maxSteps,
+          progress: o.json && o.progress === 'auto' ? 'log' : o.progress,
+        });
+        out.log(`pretrained ${summary.steps} steps (${summary.epochs} epochs) in ${summary.seconds.toFixed(1)} s, ${summary.imagesPerSecond.toFixed(1)} img/s on ${summary.device}`);
+        if (summary.knnTop1 !== null)
+          out.log(`kNN top-1 (k=200, t=0.1) on the test set: learned ${pct(summary.knnTop1)}  vs  random init ${pct(summary.knnTop1RandomInit)}`);
+        out.log(`checkpoint: ${summary.checkpoint}`);
+        out.log(`report: ${summary.report}`);
+        if (o.json) process.stdout.write(JSON.stringify(summary) + '\n');
+      } catch (e) {
+        fail(e, o.json);
+      }
+    });
+
+  // ---------------- eval ----------------
+  const evalCmd = program.command('eval').description('evaluate a pretrained backbone (kNN or linear probe)');
+  const common = (c: Command) =>
+    c
+      .requiredOption('--checkpoint <path>', 'training checkpoint (a file or a run folder)')
+      .option('--data <dir>', 'labelled data (default: the data the checkpoint was trained on)')
+      .option('--train-images <n>', 'training images for the bank / probe (0 = all)', int(0), 0)
+      .option('--test-images <n>', 'test images (0 = all)', int(0), 0)
+      .option('--target', 'use the momentum (target) backbone instead of the online one', false)
+      .option('--device <name>', 'auto, cpu or cuda', choice('auto', 'cpu', 'cuda'), 'auto')
+      .option('--threads <n>', 'CPU threads', int(1, 1024))
+      .option('--json', 'print the result as JSON on the last line of stdout', false);
+  common(evalCmd.command('knn').description('weighted kNN (official monitor): L2-normalised backbone features, top-k votes exp(sim/t)'))
+    .option('--k <n>', 'neighbours', int(1, 100000), 200)
+    .option('--temperature <t>', 'vote temperature', float(0, Infinity, true), 0.1)
+    .action(async (o) => {
+      const out = io(o.json);
+      try {
+        const l = lib(o.threads);
+        const r = await l.evaluate.evaluateCheckpoint(o.checkpoint, {
+          mode: 'knn', data: o.data, trainImages: o.trainImages, testImages: o.testImages, target: o.target,
+          device: o.device, k: o.k, temperature: o.temperature, log: out.log,
+        });
+        out.log(`kNN top-1 ${pct(r.top1)}${r.top5 !== undefined ? `  top-5 ${pct(r.top5)}` : ''} (${r.testCount} test images, bank ${r.trainCount})`);
+        if (o.json) process.stdout.write(JSON.stringify(r) + '\n');
+      } catch (e) {
+        fail(e, o.json);
+      }
+    });
+  common(evalCmd.command('linear').description('linear probe on frozen features: SGD (or LARC) + cosine, top-1 and top-5'))
+    .option('--epochs <n>', 'probe epochs', int(1, 100000), 90)
+    .option('--batch-size <n>', 'probe batch size', int(1, 1 << 20), 256)
+    .option('--lr <x>', 'base lr (x batch/256)', float(0, Infinity, true), 0.1)
+    .option('--weight-decay <x>', 'weight decay', float(0), 0)
+    .option('--lars', 'LARC adaptation, trust 0.001 (the official --lars)', false)
+    .option('--no-standardize', 'do not standardise the features (official behaviour)')
+    .action(async (o) => {
+      const out = io(o.json);
+      try {
+        const l = lib(o.threads);
+        const r = await l.evaluate.evaluateCheckpoint(o.checkpoint, {
+          mode: 'linear', data: o.data, trainImages: o.trainImages, testImages: o.testImages, target: o.target,
+          device: o.device, epochs: o.epochs, batchSize: o.batchSize, lr: o.lr, weightDecay: o.weightDecay,
+          lars: o.lars, standardize: o.standardize, log: out.log,
+        });
+        out.log(`linear top-1 ${pct(r.top1)}${r.top5 !== undefined ? `  top-5 ${pct(r.top5)}` : ''} (${r.testCount} test images, ${r.trainCount} training images)`);
+        if (o.json) process.stdout.write(JSON.stringify(r) + '\n');
+      } catch (e) {
+        fail(e, o.json);
+      }
+    });
+
+  // ---------------- export ----------------
+  program
+    .command('export')
+    .description('write the backbone of a checkpoint as torchvision-compatible safetensors (load with strict=False: no fc)')
+    .requiredOption('--checkpoint <path>', 'training checkpoint (a file or a run folder)')
+    .requiredOption('--out <file>', 'output .safetensors file')
+    .option('--target', 'export the momentum (target) backbone instead of the online one', false)
+    .option('--projector', 'also write the projector (projector.* names)', false)
+    .option('--json', 'print the result as JSON on the last line of stdout', false)
+    .action(async (o) => {
+      const out = io(o.json);
+      try {
+        const l = lib();
+        const r = await l.evaluate.exportCheckpoint(o.checkpoint, o.out, { target: o.target, projector: o.projector });
+        out.log(`wrote ${r.tensors} tensors (${r.parameters} parameters) to ${r.path}`);
+        if (o.json) process.stdout.write(JSON.stringify(r) + '\n');
+      } catch (e) {
+        fail(e, o.json);
+      }
+    });
+
+  // ---------------- doctor ----------------
+  program
+    .command('doctor')
+    .description('what this build can run on: CPU features and threads, CUDA compiled/available and why not')
+    .option('--device <name>', 'also say what --device would pick', choice('auto', 'cpu', 'cuda'), 'auto')
+    .option('--json', 'print the backends as JSON on the last line of stdout', false)
+    .action((o) => {
+      const out = io(o.json);
+      try {
+        const l = lib();
+        const r = l.doctor.doctorReport();
+        for (const line of r.lines) out.log(line);
+        let picked: { device: string; reason: string } | { error: string };
+        try {
+          picked = l.device.resolveDevice(o.device);
+          out.log(`--device ${o.device} picks: ${picked.device} (${picked.reason})`);
+        } catch (e) {
+          picked = { error: (e as Error).message };
+          out.log(`--device ${o.device}: ${(e as Error).message}`);
+        }
+        if (o.json) process.stdout.write(JSON.stringify({ ok: r.ok, backends: r.backends, device: picked }) + '\n');
+        if (!r.ok) process.exitCode = 1;
+      } catch (e) {
+        fail(e, o.json);
+      }
+    });
+  return program;
+}
+
+if (require.main === module) {
+  buildProgram()
+    .parseAsync(process.argv)
+    .catch((e) => fail(e, process.argv.includes('--json')));
+}

@@ -1,0 +1,110 @@
+// checkpoint.ts: the training checkpoint: one .safetensors file holding the online and target
+// networks (backbone + projector state dicts, torchvision names under online.backbone.*,
+// online.projector.*, target.backbone.*, target.projector.*), the optimiser momentum
+// (optim.backbone.*, optim.projector.*) and, in the header metadata, the training state as JSON (step,
+// epoch, loader seed, configuration, kNN history) plus a SHA-256 of every tensor's bytes.
+// Written atomically by lib/safetensors.ts (temporary file, fsync, rename), so a process killed at
+// any moment leaves the previous checkpoint loadable; a file that does not parse or whose checksum
+// differs is refused with MvebError E_CHECKPOINT naming the file and the problem.
+// Tested in test/train.test.ts (round trip, exact resume, corrupted and truncated files).
+import { createHash } from 'crypto';
+import * as fs from 'fs';
+import { MvebError } from '../errors';
+import { loadTensors, saveTensors } from '../safetensors';
+import { Tensor } from '../tensor';
+
+export const CHECKPOINT_FORMAT = 'mveb-checkpoint';
+export const CHECKPOINT_VERSION = 1;
+
+export interface TrainingState {
+  /** steps completed (the next step to run) */
+  step: number;
+  /** epoch the next step belongs to */
+  epoch: number;
+  /** configuration the run was started with (resolved options) */
+  config: Record<string, unknown>;
+  /** loader state: the loader is a pure function of (seed, epoch, step in epoch) */
+  loader: { seed: number; epoch: number; stepInEpoch: number };
+  skippedSteps: number;
+  /** training seconds so far (excludes evaluation) */
+  trainSeconds: number;
+  imagesSeen: number;
+  knnTop1RandomInit?: number;
+  knnHistory: { epoch: number; step: number; knnTop1?: number; seconds: number }[];
+  /** why this checkpoint was written: 'epoch' | 'final' | 'non-finite-loss' */
+  reason: string;
+}
+
+function tensorBytes(t: Tensor): Buffer {
+  const d = t.dataSync();
+  return Buffer.from(d.buffer, d.byteOffset, d.byteLength);
+}
+
+/** SHA-256 over the sorted names, shapes, dtypes and bytes. */
+export function checksumTensors(tensors: Map<string, Tensor>): string {
+  const h = createHash('sha256');
+  for (const name of [...tensors.keys()].sort()) {
+    const t = tensors.get(name)!;
+    h.update(`${name}|${t.dtype}|${t.shape.join('x')}|`);
+    h.update(tensorBytes(t));
+  }
+  return h.digest('hex');
+}
+
+/** Writes `tensors` + state to `path` atomically. */
+export async function saveCheckpoint(path: string, tensors: Map<string, Tensor>, state: TrainingState): Promise<void> {
+  const metadata: Record<string, string> = {
+    format: CHECKPOINT_FORMAT,
+    version: String(CHECKPOINT_VERSION),
+    state: JSON.stringify(state),
+    sha256: checksumTensors(tensors),
+  };
+  await saveTensors(path, tensors, metadata);
+}
+
+export interface LoadedCheckpoint {
+  tensors: Map<string, Tensor>;
+  state: TrainingState;
+}
+
+/** Reads and verifies a checkpoint; E_CHECKPOINT (never a crash) when it is missing, corrupt or not ours. */
+export async function loadCheckpoint(path: string): Promise<LoadedCheckpoint> {
+  if (!fs.existsSync(path)) throw new MvebError('E_CHECKPOINT', `checkpoint ${path} does not exist`);
+  let loaded: { tensors: Map<string, Tensor>; metadata: Record<string, string> };
+  try {
+    loaded = await loadTensors(path);
+  } catch (e) {
+    const err = e as { code?: string; message?: string };
+    throw new MvebError('E_CHECKPOINT', `checkpoint ${path} is corrupt or unreadable (${err.code ?? 'error'}: ${err.message ?? String(e)})`);
+  }
+  const disposeAll = () => loaded.tensors.forEach((t) => t.dispose());
+  const md = loaded.metadata ?? {};
+  if (md.format !== CHECKPOINT_FORMAT) {
+    disposeAll();
+    throw new MvebError('E_CHECKPOINT', `${path} is not an mveb training checkpoint (metadata format '${md.format ?? '(none)'}', expected '${CHECKPOINT_FORMAT}')`);
+  }
+  if (Number(md.version) !== CHECKPOINT_VERSION) {
+    disposeAll();
+    throw new MvebError('E_CHECKPOINT', `checkpoint ${path} has version ${md.version}, this mveb reads version ${CHECKPOINT_VERSION}`);
+  }
+  const sum = checksumTensors(loaded.tensors);
+  if (sum !== md.sha256) {
+    disposeAll();
+    throw new MvebError('E_CHECKPOINT', `checkpoint ${path} is corrupted: SHA-256 of its tensors is ${sum.slice(0, 16)}..., the header says ${String(md.sha256).slice(0, 16)}...`);
+  }
+  let state: TrainingState;
+  try {
+    state = JSON.parse(md.state);
+  } catch (e) {
+    disposeAll();
+    throw new MvebError('E_CHECKPOINT', `checkpoint ${path} has an unreadable training state (${(e as Error).message})`);
+  }
+  return { tensors: loaded.tensors, state };
+}
+
+/** The tensors under `prefix` (prefix removed). */
+export function withPrefix(tensors: Map<string, Tensor>, prefix: string): Map<string, Tensor> {
+  const out = new Map<string, Tensor>();
+  for (const [k, v] of tensors) if (k.startsWith(prefix)) out.set(k.slice(prefix.length), v);
+  return out;
+}

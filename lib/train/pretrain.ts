@@ -1,0 +1,659 @@
+// pretrain.ts: the MVEB training loop (`pretrain(options)`, behind `mveb pretrain`), following the
+// official code (mveb-spec.md sections 1.3-1.5, 3, 4):
+//   per step t: lr(t) and m(t) from schedule.ts; every view through the online backbone + projector
+//   in train mode (BN statistics per view); EMA update of the target (parameters only) with m(t),
+//   then the target (train mode) on the two global views; MVEBLoss; backward; LARS or SGD step.
+//   A non-finite loss stops the run (E_NUMERIC) after saving the state before the failing step; a
+//   step whose gradients are not finite is skipped and counted.
+// The model keeps the activations of its LAST forward only, so the online pass runs every view once
+// for the loss, back-propagates the last view directly and recomputes the others (one extra forward
+// per non-last view). BN running statistics are snapshotted after the first pass and restored after
+// the recomputation, so they see each view exactly once, as in the official code.
+// Checkpoints (checkpoint.ts) every epoch and at the end; `resume` continues from one and, on the CPU
+// with the same seed and thread count, reproduces the uninterrupted run's losses step for step (the
+// loader is a pure function of (seed, epoch, step); every kernel is deterministic).
+// Tested by test/train.test.ts; the default run is documented in benchmarks/RESULTS.md.
+import * as fs from 'fs';
+import * as path from 'path';
+import { MvebError, check } from '../errors';
+import { Tensor, DeviceName } from '../tensor';
+import { Model } from '../model';
+import { MVEBLoss } from '../loss';
+import { Dataset, MultiCropLoader, builtinFashionMnist, loadDataset } from '../data';
+import { backends } from '../doctor';
+import { extractFeatures, subsetIndices } from '../eval/features';
+import { knnEvaluate } from '../eval/knn';
+import { learningRateAt, momentumAt } from './schedule';
+import { saveCheckpoint, loadCheckpoint, withPrefix, TrainingState } from './checkpoint';
+import { ProgressReporter, ProgressEvent, ProgressMode, readMetrics, truncateMetrics } from './progress';
+import { renderReport, StepRecord } from './report';
+import { resolveDevice, DeviceChoice } from './device';
+
+export interface PretrainOptions {
+  /** 'fashion-mnist' (built in, default), a dataset path (IDX folder, CIFAR folder, image folder) or a Dataset */
+  data?: string | Dataset;
+  /** labelled images for the kNN monitor and the final evaluation (default: the test split of `data`) */
+  testData?: string | Dataset;
+  /** ResNet depth: 18 | 34 | 50 (default 18) */
+  depth?: 18 | 34 | 50;
+  /** 'cifar' (3x3 stem, no max pool; default) or 'imagenet' */
+  stem?: 'cifar' | 'imagenet';
+  /** ResNet width multiplier (default 0.125: stage widths 8/16/32/64) */
+  width?: number;
+  /** projector hidden and output dimension (default 512) */
+  projectorDim?: number;
+  epochs?: number;
+  batchSize?: number;
+  /** base lr before batch scaling (max lr = lr * batchSize / 256) */
+  lr?: number;
+  optimizer?: 'lars' | 'sgd';
+  weightDecay?: number;
+  /** warm-up in epochs (may be fractional; default min(10, epochs / 10)) */
+  warmupEpochs?: number;
+  baseMomentum?: number;
+  /** MVEB loss */
+  lambda?: number;
+  eta?: number;
+  minWidth?: number;
+  /** local crops in addition to the two global views (default 0) */
+  localCrops?: number;
+  /** global crop size (default: the image size) */
+  cropSize?: number;
+  localCropSize?: number;
+  /** use only this many training images (a seeded random subset; default 20000, 0 = all) */
+  trainImages?: number;
+  device?: DeviceChoice;
+  /** output folder (default runs/default) */
+  out?: string;
+  /** true: resume from <out>/checkpoint.safetensors; a string: that checkpoint file or run folder */
+  resume?: boolean | string;
+  seed?: number;
+  /** CPU threads (must match the addon's thread count: set MVEB_NUM_THREADS before loading mveb) */
+  threads?: number;
+  /** kNN monitor every N epochs on a bounded subset (0: never) */
+  knnEvery?: number;
+  knnK?: number;
+  knnTemperature?: number;
+  /** monitor subset sizes */
+  knnMonitorBank?: number;
+  knnMonitorQueries?: number;
+  /** memory bank size of the final kNN (default: all training images of the split; 0 = all) */
+  knnBank?: number;
+  /** final kNN on the full test set, and the same architecture at random initialisation */
+  finalKnn?: boolean;
+  randomInitKnn?: boolean;
+  /** stop after this many steps in total (checkpointed like an interruption; for tests and smoke runs) */
+  maxSteps?: number;
+  progress?: ProgressMode;
+  logEvery?: number;
+  onProgress?: (e: ProgressEvent) => void;
+}
+
+export interface PretrainSummary {
+  epochs: number;
+  steps: number;
+  seconds: number;
+  imagesPerSecond: number;
+  knnTop1: number | null;
+  knnTop1RandomInit: number | null;
+  knnTop5?: number;
+  checkpoint: string;
+  report: string;
+  metrics: string;
+  device: DeviceName;
+  deviceReason: string;
+  skippedSteps: number;
+  finalLoss: number | null;
+  finalAlignment: number | null;
+  out: string;
+}
+
+/** Resolved configuration (what goes into the checkpoint). */
+export interface ResolvedConfig {
+  data: string;
+  testData: string;
+  depth: 18 | 34 | 50;
+  stem: 'cifar' | 'imagenet';
+  width: number;
+  projectorDim: number;
+  epochs: number;
+  batchSize: number;
+  lr: number;
+  optimizer: 'lars' | 'sgd';
+  weightDecay: number;
+  warmupEpochs: number;
+  baseMomentum: number;
+  lambda: number;
+  eta: number;
+  minWidth: number;
+  localCrops: number;
+  cropSize: number;
+  localCropSize: number;
+  trainImages: number;
+  seed: number;
+  knnEvery: number;
+  knnK: number;
+  knnTemperature: number;
+  knnMonitorBank: number;
+  knnMonitorQueries: number;
+  knnBank: number;
+  stepsPerEpoch: number;
+  totalSteps: number;
+  warmupSteps: number;
+  imageShape: number[];
+}
+
+export const PRETRAIN_DEFAULTS = {
+  data: 'fashion-mnist',
+  depth: 18 as const,
+  stem: 'cifar' as const,
+  width: 0.125,
+  projectorDim: 512,
+  epochs: 5,
+  batchSize: 256,
+  lr: 1.0,
+  optimizer: 'lars' as const,
+  weightDecay: 1e-6,
+  baseMomentum: 0.996,
+  lambda: 0.01,
+  eta: 0.01,
+  minWidth: 0.1,
+  localCrops: 0,
+  trainImages: 20000,
+  seed: 0,
+  knnEvery: 1,
+  knnK: 200,
+  knnTemperature: 0.1,
+  knnMonitorBank: 5000,
+  knnMonitorQueries: 1000,
+  knnBank: 0,
+  out: path.join('runs', 'default'),
+};
+
+const isInt = (v: unknown, min: number) => typeof v === 'number' && Number.isInteger(v) && v >= min;
+const isNum = (v: unknown, min: number, strict = false) => typeof v === 'number' && Number.isFinite(v) && (strict ? v > min : v >= min);
+
+function validate(o: PretrainOptions): void {
+  const bad = (name: string, want: string, v: unknown) => new MvebError('E_ARG', `${name} must be ${want}, found ${JSON.stringify(v)}`);
+  if (o.depth !== undefined && ![18, 34, 50].includes(o.depth)) throw bad('depth', '18, 34 or 50', o.depth);
+  if (o.stem !== undefined && !['cifar', 'imagenet'].includes(o.stem)) throw bad('stem', "'cifar' or 'imagenet'", o.stem);
+  if (o.width !== undefined && !(isNum(o.width, 0, true) && o.width <= 4)) throw bad('width', 'a number in (0, 4]', o.width);
+  for (const k of ['projectorDim', 'epochs', 'batchSize'] as const) if (o[k] !== undefined && !isInt(o[k], 1)) throw bad(k, 'a positive integer', o[k]);
+  if (o.batchSize !== undefined && o.batchSize < 2) throw bad('batchSize', 'at least 2 (the entropy estimator needs several samples)', o.batchSize);
+  for (const k of ['lr', 'eta', 'minWidth'] as const) if (o[k] !== undefined && !isNum(o[k], 0, true)) throw bad(k, 'a positive number', o[k]);
+  for (const k of ['weightDecay', 'lambda', 'warmupEpochs'] as const) if (o[k] !== undefined && !isNum(o[k], 0)) throw bad(k, 'a number >= 0', o[k]);
+  if (o.baseMomentum !== undefined && !(isNum(o.baseMomentum, 0) && o.baseMomentum <= 1)) throw bad('baseMomentum', 'a number in [0, 1]', o.baseMomentum);
+  if (o.optimizer !== undefined && !['lars', 'sgd'].includes(o.optimizer)) throw bad('optimizer', "'lars' or 'sgd'", o.optimizer);
+  for (const k of ['localCrops', 'trainImages', 'seed', 'knnEvery', 'knnBank', 'knnMonitorBank', 'knnMonitorQueries'] as const)
+    if (o[k] !== undefined && !isInt(o[k], 0)) throw bad(k, 'an integer >= 0', o[k]);
+  for (const k of ['cropSize', 'localCropSize', 'knnK', 'maxSteps', 'threads', 'logEvery'] as const)
+    if (o[k] !== undefined && !isInt(o[k], 1)) throw bad(k, 'a positive integer', o[k]);
+  if (o.knnTemperature !== undefined && !isNum(o.knnTemperature, 0, true)) throw bad('knnTemperature', 'a positive number', o.knnTemperature);
+  if (o.progress !== undefined && !['auto', 'bar', 'log', 'none'].includes(o.progress)) throw bad('progress', "'auto', 'bar', 'log' or 'none'", o.progress);
+  if (o.onProgress !== undefined && typeof o.onProgress !== 'function') throw bad('onProgress', 'a function', typeof o.onProgress);
+}
+
+function loadSplit(data: string | Dataset, split: 'train' | 'test'): { dataset: Dataset; name: string } {
+  if (typeof data !== 'string') return { dataset: data, name: '(in-memory dataset)' };
+  if (data === 'fashion-mnist') return { dataset: builtinFashionMnist(split), name: `fashion-mnist (built in, ${split})` };
+  return { dataset: loadDataset(data, { split }), name: `${data} (${split})` };
+}
+
+/** A Model pair (backbone + projector). */
+interface Net {
+  backbone: Model;
+  projector: Model;
+}
+
+function makeNet(c: ResolvedConfig, device: DeviceName, seed: number): Net {
+  const backbone = Model.resnet({
+    depth: c.depth,
+    stem: c.stem,
+    inChannels: c.imageShape[0],
+    widthMultiplier: c.width,
+    zeroInitResidual: true,
+    seed,
+    device,
+  });
+  const projector = Model.projector({ inDim: backbone.featureDim, hiddenDim: c.projectorDim, outDim: c.projectorDim, seed: seed + 1, device });
+  return { backbone, projector };
+}
+
+function disposeMap(m: Map<string, Tensor>): void {
+  m.forEach((t) => t.dispose());
+}
+
+function prefixed(prefix: string, m: Map<string, Tensor>, into: Map<string, Tensor>): void {
+  for (const [k, v] of m) into.set(prefix + k, v);
+}
+
+/** The training loop. Resolves to the run summary; see PretrainOptions for everything it takes. */
+export async function pretrain(options: PretrainOptions = {}): Promise<PretrainSummary> {
+  validate(options);
+  const out = path.resolve(options.out ?? PRETRAIN_DEFAULTS.out);
+  fs.mkdirSync(out, { recursive: true });
+  const checkpointPath = path.join(out, 'checkpoint.safetensors');
+  const metricsPath = path.join(out, 'metrics.jsonl');
+  const reportPath = path.join(out, 'report.html');
+  const { device, reason: deviceReason } = resolveDevice(options.device ?? 'auto');
+  if (options.threads !== undefined) {
+    const have = backends().cpu.threads;
+    check(
+      have === options.threads,
+      'E_ARG',
+      `threads: the addon runs ${have} CPU threads but ${options.threads} were requested; set MVEB_NUM_THREADS=${options.threads} before loading mveb (the CLI does this for --threads)`,
+    );
+  }
+
+  // ---- resume: the checkpoint's configuration wins over the options ----
+  let resumed: Awaited<ReturnType<typeof loadCheckpoint>> | null = null;
+  if (options.resume) {
+    let p = typeof options.resume === 'string' ? path.resolve(options.resume) : checkpointPath;
+    if (fs.existsSync(p) && fs.statSync(p).isDirectory()) p = path.join(p, 'checkpoint.safetensors');
+    resumed = await loadCheckpoint(p);
+  }
+  const prev = resumed?.state.config as Partial<ResolvedConfig> | undefined;
+  const pick = <K extends keyof PretrainOptions & keyof ResolvedConfig>(k: K, fallback: ResolvedConfig[K]): ResolvedConfig[K] =>
+    (prev?.[k] as ResolvedConfig[K] | undefined) ?? (options[k] as ResolvedConfig[K] | undefined) ?? fallback;
+
+  const dataOpt = options.data ?? (prev?.data && prev.data !== '(in-memory dataset)' ? prev.data : PRETRAIN_DEFAULTS.data);
+  const train = loadSplit(dataOpt, 'train');
+  const test = loadSplit(options.testData ?? dataOpt, 'test');
+  const seed = pick('seed', PRETRAIN_DEFAULTS.seed);
+  const trainImagesReq = pick('trainImages', PRETRAIN_DEFAULTS.trainImages);
+  const trainIndices = subsetIndices(train.dataset.size, trainImagesReq, seed + 17);
+  const trainSet = trainIndices.length === train.dataset.size ? train.dataset : subsetDataset(train.dataset, trainIndices);
+  const batchSize = pick('batchSize', PRETRAIN_DEFAULTS.batchSize);
+  check(
+    trainSet.size >= batchSize,
+    'E_ARG',
+    `batchSize ${batchSize} is larger than the ${trainSet.size} training images (the loader drops the last incomplete batch)`,
+  );
+  const epochs = options.epochs ?? prev?.epochs ?? PRETRAIN_DEFAULTS.epochs;
+  const stepsPerEpoch = Math.floor(trainSet.size / batchSize);
+  const totalSteps = epochs * stepsPerEpoch;
+  const warmupEpochs = pick('warmupEpochs', Math.min(10, epochs / 10));
+  const c: ResolvedConfig = {
+    data: train.name,
+    testData: test.name,
+    depth: pick('depth', PRETRAIN_DEFAULTS.depth),
+    stem: pick('stem', PRETRAIN_DEFAULTS.stem),
+    width: pick('width', PRETRAIN_DEFAULTS.width),
+    projectorDim: pick('projectorDim', PRETRAIN_DEFAULTS.projectorDim),
+    epochs,
+    batchSize,
+    lr: pick('lr', PRETRAIN_DEFAULTS.lr),
+    optimizer: pick('optimizer', PRETRAIN_DEFAULTS.optimizer),
+    weightDecay: pick('weightDecay', PRETRAIN_DEFAULTS.weightDecay),
+    warmupEpochs,
+    baseMomentum: pick('baseMomentum', PRETRAIN_DEFAULTS.baseMomentum),
+    lambda: pick('lambda', PRETRAIN_DEFAULTS.lambda),
+    eta: pick('eta', PRETRAIN_DEFAULTS.eta),
+    minWidth: pick('minWidth', PRETRAIN_DEFAULTS.minWidth),
+    localCrops: pick('localCrops', PRETRAIN_DEFAULTS.localCrops),
+    cropSize: pick('cropSize', train.dataset.height),
+    localCropSize: pick('localCropSize', Math.max(8, Math.round((train.dataset.height * 96) / 224 / 2) * 2)),
+    trainImages: trainSet.size,
+    seed,
+    knnEvery: options.knnEvery ?? prev?.knnEvery ?? PRETRAIN_DEFAULTS.knnEvery,
+    knnK: pick('knnK', PRETRAIN_DEFAULTS.knnK),
+    knnTemperature: pick('knnTemperature', PRETRAIN_DEFAULTS.knnTemperature),
+    knnMonitorBank: pick('knnMonitorBank', PRETRAIN_DEFAULTS.knnMonitorBank),
+    knnMonitorQueries: pick('knnMonitorQueries', PRETRAIN_DEFAULTS.knnMonitorQueries),
+    knnBank: pick('knnBank', PRETRAIN_DEFAULTS.knnBank),
+    stepsPerEpoch,
+    totalSteps,
+    warmupSteps: Math.round(warmupEpochs * stepsPerEpoch),
+    imageShape: [train.dataset.channels, train.dataset.height, train.dataset.width],
+  };
+  check(
+    test.dataset.channels === train.dataset.channels,
+    'E_ARG',
+    `the test images have ${test.dataset.channels} channels but the training images ${train.dataset.channels}`,
+  );
+  check(test.dataset.labels !== undefined && test.dataset.labels !== null, 'E_ARG', `the evaluation data ${test.name} has no labels (kNN needs labels)`);
+  check(train.dataset.labels !== undefined && train.dataset.labels !== null || options.knnEvery === 0 && options.finalKnn === false, 'E_ARG',
+    `the training data ${train.name} has no labels; the kNN memory bank needs labelled training images (pass --knn-every 0 and --no-final-knn to pretrain without any)`);
+
+  const views = 2 + c.localCrops;
+  const reporter = new ProgressReporter({
+    mode: options.progress ?? 'auto',
+    totalSteps,
+    epochs,
+    jsonlPath: metricsPath,
+    logEvery: options.logEvery,
+    onProgress: options.onProgress,
+  });
+  const say = (m: string) => reporter.message(m);
+
+  // ---- models ----
+  const online = makeNet(c, device, seed);
+  const target: Net = { backbone: online.backbone.clone(), projector: online.projector.clone() };
+  const loss = new MVEBLoss({ lambda: c.lambda, eta: c.eta, minWidth: c.minWidth });
+  const loader = new MultiCropLoader(trainSet, {
+    batchSize,
+    views,
+    localCrops: c.localCrops,
+    cropSize: c.cropSize,
+    localCropSize: c.localCropSize,
+    seed,
+  });
+
+  let step = 0, startEpoch = 0, skippedSteps = 0, trainSeconds = 0, imagesSeen = 0;
+  let knnTop1RandomInit: number | null = null;
+  let knnHistory: TrainingState['knnHistory'] = [];
+  // monitor subsets (fixed for the run)
+  const monitorBank = subsetIndices(trainSet.size, c.knnMonitorBank, seed + 23);
+  const monitorQueries = subsetIndices(test.dataset.size, c.knnMonitorQueries, seed + 29);
+
+  if (resumed) {
+    const t = resumed.tensors;
+    online.backbone.loadStateDict(withPrefix(t, 'online.backbone.'), { strict: true });
+    online.projector.loadStateDict(withPrefix(t, 'online.projector.'), { strict: true });
+    target.backbone.loadStateDict(withPrefix(t, 'target.backbone.'), { strict: true });
+    target.projector.loadStateDict(withPrefix(t, 'target.projector.'), { strict: true });
+    const ob = withPrefix(t, 'optim.backbone.'), op = withPrefix(t, 'optim.projector.');
+    if (ob.size) online.backbone.loadOptimizerState(ob);
+    if (op.size) online.projector.loadOptimizerState(op);
+    disposeMap(t);
+    const s = resumed.state;
+    step = s.step;
+    startEpoch = s.epoch;
+    skippedSteps = s.skippedSteps;
+    trainSeconds = s.trainSeconds;
+    imagesSeen = s.imagesSeen;
+    knnTop1RandomInit = s.knnTop1RandomInit ?? null;
+    knnHistory = s.knnHistory ?? [];
+    truncateMetrics(metricsPath, step);
+    say(`resumed from ${checkpointPath} at step ${step} (epoch ${startEpoch + 1}/${epochs})`);
+  } else {
+    fs.writeFileSync(metricsPath, '');
+  }
+  say(`device: ${device} (${deviceReason})`);
+  say(
+    `data: ${train.name}, ${trainSet.size} images ${c.imageShape.join('x')}; model: ResNet-${c.depth} (${c.stem} stem, width x${c.width}, ` +
+      `${online.backbone.featureDim}-d features) + projector ${c.projectorDim}; ${views} views; ${c.optimizer.toUpperCase()} lr ${c.lr} x ${batchSize}/256; ` +
+      `${epochs} epochs x ${stepsPerEpoch} steps`,
+  );
+
+  const evalFeatures = async (net: Model, ds: Dataset, idx: Int32Array) => extractFeatures(net, ds, idx, { batchSize: 512, device });
+  const labelsOf = (ds: Dataset, idx: Int32Array) => Int32Array.from(idx, (i) => ds.labels![i]);
+  const knnOn = async (net: Model, bankIdx: Int32Array, queryIdx: Int32Array) => {
+    const bank = await evalFeatures(net, trainSet, bankIdx);
+    const queries = await evalFeatures(net, test.dataset, queryIdx);
+    try {
+      return await knnEvaluate(bank, labelsOf(trainSet, bankIdx), queries, labelsOf(test.dataset, queryIdx), {
+        k: c.knnK,
+        temperature: c.knnTemperature,
+        classes: Math.max(trainSet.numClasses ?? 0, test.dataset.numClasses ?? 0) || undefined,
+      });
+    } finally {
+      bank.dispose();
+      queries.dispose();
+    }
+  };
+  const finalBank = subsetIndices(trainSet.size, c.knnBank, seed + 31);
+  const allQueries = subsetIndices(test.dataset.size, 0, 0);
+  const finalKnn = options.finalKnn ?? true;
+
+  if (!resumed && (options.randomInitKnn ?? true) && finalKnn) {
+    const t0 = Date.now();
+    const r = await knnOn(online.backbone, finalBank, allQueries);
+    knnTop1RandomInit = r.top1;
+    say(`kNN top-1 of the same network at random initialisation: ${(100 * r.top1).toFixed(2)}% (${finalBank.length} bank images, ${allQueries.length} test images, ${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+  }
+
+  const state = (reason: string, epochNow: number, stepInEpoch: number): TrainingState => ({
+    step,
+    epoch: epochNow,
+    config: c as unknown as Record<string, unknown>,
+    loader: { seed, epoch: epochNow, stepInEpoch },
+    skippedSteps,
+    trainSeconds,
+    imagesSeen,
+    knnTop1RandomInit: knnTop1RandomInit ?? undefined,
+    knnHistory,
+    reason,
+  });
+  const writeCheckpoint = async (s: TrainingState) => {
+    const m = new Map<string, Tensor>();
+    const parts: [string, Map<string, Tensor>][] = [
+      ['online.backbone.', online.backbone.stateDict()],
+      ['online.projector.', online.projector.stateDict()],
+      ['target.backbone.', target.backbone.stateDict()],
+      ['target.projector.', target.projector.stateDict()],
+      ['optim.backbone.', online.backbone.optimizerState()],
+      ['optim.projector.', online.projector.optimizerState()],
+    ];
+    for (const [p, t] of parts) prefixed(p, t, m);
+    try {
+      await saveCheckpoint(checkpointPath, m, s);
+    } finally {
+      disposeMap(m);
+    }
+  };
+
+  const optimizerOptions = (lr: number) => ({
+    kind: c.optimizer,
+    lr,
+    momentum: 0.9,
+    weightDecay: c.weightDecay,
+    trust: 0.001,
+  });
+
+  let lastLoss: number | null = null, lastAlignment: number | null = null;
+  const runStart = Date.now();
+  let stoppedEarly = false;
+  try {
+    for (let epoch = startEpoch; epoch < epochs && !stoppedEarly; epoch++) {
+      const epochFirstStep = epoch * stepsPerEpoch;
+      for await (const batch of loader.epoch(epoch)) {
+        const stepInEpoch = batch.step;
+        if (epochFirstStep + stepInEpoch < step) {
+          batch.views.forEach((v: Tensor) => v.dispose());
+          continue; // mid-epoch resume: the loader is a pure function of (seed, epoch, step)
+        }
+        if (options.maxSteps !== undefined && step >= options.maxSteps) {
+          batch.views.forEach((v: Tensor) => v.dispose());
+          stoppedEarly = true;
+          break;
+        }
+        const t0 = Date.now();
+        const lr = learningRateAt(step, { baseLr: c.lr, batchSize, warmupSteps: c.warmupSteps, totalSteps });
+        const m = momentumAt(step, totalSteps, c.baseMomentum);
+        const input: Tensor[] = batch.views.map((v: Tensor) => (v.device === device ? v : v.to(device)));
+        if (input[0] !== batch.views[0]) batch.views.forEach((v: Tensor) => v.dispose());
+        const r = await trainStep(online, target, loss, input, m);
+        if (!Number.isFinite(r.loss)) {
+          // the state before this step was restored by trainStep: save it and stop
+          await writeCheckpoint(state('non-finite-loss', epoch, stepInEpoch));
+          input.forEach((v) => v.dispose());
+          throw new MvebError(
+            'E_NUMERIC',
+            `training stopped: the loss became ${r.loss} at step ${step} (epoch ${epoch + 1}, lr ${lr.toExponential(3)}). ` +
+              `The state before this step is saved in ${checkpointPath}; try a lower --lr or a larger --batch-size.`,
+          );
+        }
+        let finite = online.projector.optimizerStep(optimizerOptions(lr)).finite;
+        if (finite) finite = online.backbone.optimizerStep(optimizerOptions(lr)).finite;
+        if (!finite) skippedSteps++;
+        input.forEach((v) => v.dispose());
+        const seconds = (Date.now() - t0) / 1000;
+        trainSeconds += seconds;
+        imagesSeen += batchSize;
+        lastLoss = r.loss;
+        lastAlignment = r.alignment;
+        const rec: StepRecord = {
+          step,
+          epoch,
+          loss: r.loss,
+          alignment: r.alignment,
+          entropy: r.entropy,
+          tau: r.widths.reduce((a, b) => a + b, 0) / r.widths.length,
+          lr,
+          momentum: m,
+          imagesPerSecond: batchSize / Math.max(seconds, 1e-6),
+        };
+        if (!finite) rec.skipped = true;
+        step++;
+        const rate = imagesSeen / Math.max(trainSeconds, 1e-6);
+        reporter.step(rec, ((totalSteps - step) * batchSize) / rate);
+      }
+      if (stoppedEarly) break;
+      // ---- end of epoch: kNN monitor, checkpoint ----
+      let knnTop1: number | undefined;
+      if (c.knnEvery > 0 && ((epoch + 1) % c.knnEvery === 0 || epoch + 1 === epochs) && train.dataset.labels) {
+        knnTop1 = (await knnOn(online.backbone, monitorBank, monitorQueries)).top1;
+      }
+      const rec = { epoch, step, knnTop1, seconds: (Date.now() - runStart) / 1000 };
+      knnHistory.push(rec);
+      reporter.epoch(rec);
+      await writeCheckpoint(state('epoch', epoch + 1, 0));
+    }
+    if (stoppedEarly) {
+      const epochNow = Math.floor(step / stepsPerEpoch);
+      await writeCheckpoint(state('interrupted', epochNow, step - epochNow * stepsPerEpoch));
+      say(`stopped after ${step} steps (maxSteps); resume with --resume`);
+    }
+
+    // ---- final evaluation ----
+    let knnTop1: number | null = null, knnTop5: number | undefined;
+    if (finalKnn && !stoppedEarly) {
+      const t0 = Date.now();
+      const r = await knnOn(online.backbone, finalBank, allQueries);
+      knnTop1 = r.top1;
+      knnTop5 = r.top5;
+      say(`kNN top-1 on the ${allQueries.length} test images (bank ${finalBank.length}): learned ${(100 * r.top1).toFixed(2)}%` +
+        (knnTop1RandomInit !== null ? `, random init ${(100 * knnTop1RandomInit).toFixed(2)}%` : '') + ` (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+    }
+    const summary: PretrainSummary = {
+      epochs: stoppedEarly ? step / stepsPerEpoch : epochs,
+      steps: step,
+      seconds: (Date.now() - runStart) / 1000,
+      imagesPerSecond: imagesSeen / Math.max(trainSeconds, 1e-6),
+      knnTop1,
+      knnTop1RandomInit,
+      checkpoint: checkpointPath,
+      report: reportPath,
+      metrics: metricsPath,
+      device,
+      deviceReason,
+      skippedSteps,
+      finalLoss: lastLoss,
+      finalAlignment: lastAlignment,
+      out,
+    };
+    if (knnTop5 !== undefined) summary.knnTop5 = knnTop5;
+    reporter.close();
+    const metrics = readMetrics(metricsPath);
+    fs.writeFileSync(
+      reportPath,
+      renderReport({
+        title: `MVEB pretraining: ResNet-${c.depth} x${c.width} on ${c.data}`,
+        steps: metrics.steps,
+        epochs: metrics.epochs,
+        summary: summary as unknown as Record<string, unknown>,
+        config: c as unknown as Record<string, unknown>,
+      }),
+    );
+    return summary;
+  } finally {
+    reporter.close();
+    for (const n of [online, target]) {
+      n.backbone.dispose();
+      n.projector.dispose();
+    }
+    loss.dispose?.();
+  }
+}
+
+export interface StepResult {
+  loss: number;
+  alignment: number;
+  entropy: number;
+  widths: number[];
+}
+
+/**
+ * One MVEB step up to (not including) the optimiser: online forward of every view, EMA + target
+ * forward of the two global views, loss, backward. Gradients are left in the online models. With a
+ * non-finite loss nothing is back-propagated and the models' state before the step is restored.
+ */
+export async function trainStep(online: Net, target: Net, loss: MVEBLoss, views: Tensor[], m: number): Promise<StepResult> {
+  const V = views.length;
+  // snapshots for the non-finite-loss rollback: BN buffers of the online nets, everything of the target
+  const rollback = {
+    ob: online.backbone.buffers(),
+    op: online.projector.buffers(),
+    tb: target.backbone.stateDict(),
+    tp: target.projector.stateDict(),
+  };
+  const z: Tensor[] = [];
+  const targets: Tensor[] = [];
+  let afterFirstPass: { b: Map<string, Tensor>; p: Map<string, Tensor> } | null = null;
+  try {
+    for (let v = 0; v < V; v++) {
+      const h = await online.backbone.forward(views[v], { train: true });
+      z.push(await online.projector.forward(h, { train: true }));
+      h.dispose();
+    }
+    if (V > 1) afterFirstPass = { b: online.backbone.buffers(), p: online.projector.buffers() };
+    target.backbone.emaUpdate(online.backbone, m);
+    target.projector.emaUpdate(online.projector, m);
+    for (let v = 0; v < 2; v++) {
+      const h = await target.backbone.forward(views[v], { train: true });
+      targets.push(await target.projector.forward(h, { train: true }));
+      h.dispose();
+    }
+    const r = await loss.forward(z, targets);
+    const result: StepResult = { loss: r.loss, alignment: r.alignment, entropy: r.entropy, widths: Array.from(r.widths as ArrayLike<number>) };
+    if (!Number.isFinite(r.loss)) {
+      r.grads.forEach((g: Tensor) => g.dispose());
+      online.backbone.loadStateDict(rollback.ob, { strict: false });
+      online.projector.loadStateDict(rollback.op, { strict: false });
+      target.backbone.loadStateDict(rollback.tb, { strict: true });
+      target.projector.loadStateDict(rollback.tp, { strict: true });
+      return result;
+    }
+    online.backbone.zeroGrad();
+    online.projector.zeroGrad();
+    const backward = async (v: number) => {
+      const gh = await online.projector.backward(r.grads[v]);
+      const gx = await online.backbone.backward(gh, { inputGrad: false });
+      gh.dispose();
+      gx?.dispose?.();
+    };
+    // the last view's activations are still live; the others are recomputed (same input, same batch
+    // statistics, so the same activations)
+    await backward(V - 1);
+    for (let v = 0; v < V - 1; v++) {
+      const h = await online.backbone.forward(views[v], { train: true });
+      const zz = await online.projector.forward(h, { train: true });
+      h.dispose();
+      zz.dispose();
+      await backward(v);
+    }
+    if (afterFirstPass) {
+      online.backbone.loadStateDict(afterFirstPass.b, { strict: false });
+      online.projector.loadStateDict(afterFirstPass.p, { strict: false });
+    }
+    r.grads.forEach((g: Tensor) => g.dispose());
+    return result;
+  } finally {
+    z.forEach((t) => t.dispose());
+    targets.forEach((t) => t.dispose());
+    disposeMap(rollback.ob);
+    disposeMap(rollback.op);
+    disposeMap(rollback.tb);
+    disposeMap(rollback.tp);
+    if (afterFirstPass) {
+      disposeMap(afterFirstPass.b);
+      disposeMap(afterFirstPass.p);
+    }
+  }
+}
+
+/** A Dataset view of `indices` (copies the images; labels follow). */
+function subsetDataset(ds: Dataset, indices: Int32Array): Dataset {
+  return ds.subset(indices);
+}
