@@ -104,6 +104,14 @@ def randomize(model, gen):
                 m.running_mean.copy_((torch.rand(m.running_mean.shape, generator=gen) - 0.5) * 0.2)
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
                 m.num_batches_tracked.fill_(3)
+        # Residual-branch scale 0.3 on the last BN of each Bottleneck: with gamma ~ U(0.5, 1.5)
+        # everywhere, the 16-block narrow ResNet-50 is so ill-conditioned that PyTorch's OWN float32
+        # result differs from float64 by up to 5e-2 (measured); with 0.3 its float32 error is ~1e-5,
+        # so a 1e-4 comparison tests the implementation, not the conditioning. (Trained and
+        # zero-init-residual ResNets are even closer to the identity path.)
+        for m in model.modules():
+            if isinstance(m, Bottleneck):
+                m.bn3.weight.mul_(0.3)
 
 
 def fixture(model, x, grad_out, meta, path):
@@ -143,7 +151,7 @@ def main():
         # name, depth, width multiplier, in channels, cifar, N, H, W
         ("resnet18_cifar_c3", 18, 0.125, 3, True, 4, 32, 32),
         ("resnet18_cifar_c1", 18, 0.0625, 1, True, 3, 17, 15),
-        ("resnet50_imagenet_c3", 50, 0.0625, 3, False, 2, 64, 64),
+        ("resnet50_imagenet_c3", 50, 0.0625, 3, False, 4, 64, 64),
     ]
     for name, depth, wm, cin, cifar, n, h, w in cases:
         w0 = int(round(64 * wm))

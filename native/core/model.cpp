@@ -201,6 +201,7 @@ std::unique_ptr<Model> Model::resnet(Backend& backend, const ResnetConfig& cfg) 
   m->feature_dim_ = inplanes;
   m->num_batches_tracked_.assign(b.bn_count, 0);
   m->allocate_arenas();
+  if (!cfg.initialize) return m;
 
   // torchvision init: convs kaiming_normal_(fan_out, relu) -> std = sqrt(2 / (K R S)); BN weight 1
   // bias 0; last BN of each block weight 0 when zero_init_residual. Value i of the tensor at arena
@@ -262,6 +263,7 @@ std::unique_ptr<Model> Model::projector(Backend& backend, const ProjectorConfig&
   }
   m->num_batches_tracked_.assign(b.bn_count, 0);
   m->allocate_arenas();
+  if (!cfg.initialize) return m;
   // PyTorch Linear default: kaiming_uniform_(a = sqrt 5) -> U(-1/sqrt(in), 1/sqrt(in)); bias the same bound.
   std::vector<float> host(m->param_count_, 0.f);
   for (const ArenaEntry& e : m->params_) {
@@ -672,7 +674,10 @@ void Model::load_state_dict(const std::vector<std::pair<std::string, Tensor>>& t
 // training helpers
 
 std::unique_ptr<Model> Model::clone() const {
-  std::unique_ptr<Model> m = is_resnet_ ? resnet(*backend_, impl_->rcfg) : projector(*backend_, impl_->pcfg);
+  ResnetConfig rc = impl_->rcfg;
+  ProjectorConfig pc = impl_->pcfg;
+  rc.initialize = pc.initialize = false;  // everything is copied below
+  std::unique_ptr<Model> m = is_resnet_ ? resnet(*backend_, rc) : projector(*backend_, pc);
   backend_->copy(m->param_arena_.f32(), param_arena_.f32(), param_count_ * sizeof(float));
   backend_->copy(m->buffer_arena_.f32(), buffer_arena_.f32(), buffer_count_ * sizeof(float));
   m->num_batches_tracked_ = num_batches_tracked_;

@@ -33,11 +33,13 @@ struct ResnetConfig {
   double width_multiplier = 1;  // stage widths round(64 w) * {1, 2, 4, 8}
   bool zero_init_residual = false;
   uint64_t seed = 0;
+  bool initialize = true;       // false: skip the random init (clone, shape-only uses)
 };
 
 struct ProjectorConfig {
   int in_dim = 2048, hidden_dim = 2048, out_dim = 2048;
   uint64_t seed = 0;
+  bool initialize = true;
 };
 
 struct OptimizerOptions {
