@@ -69,7 +69,15 @@ class CpuBackend final : public Backend {
   double sum_squares(const float* x, size_t n) override;
 
   // ==== MVEB loss pieces (loss_rows.cpp, vmf.cpp) ====
-  // (declared by the loss's owner)
+  void l2_normalize_rows_forward(float* y, float* norms, const float* x, int N, int D, float eps) override;
+  void l2_normalize_rows_backward(float* dx, const float* dy, const float* y, const float* norms, int N, int D,
+                                  float eps) override;
+  // fp32 (blocked Cholesky on gemm), falling back to float64 when the factorisation fails or the
+  // condition estimate exceeds vmf_float64_condition; E_NUMERIC when that fails too.
+  VmfInfo vmf_score(float* score, const float* z, int N, int D, float eta, float min_width) override;
+  // The float64 path alone (also the fallback); exposed for tests and benchmarks.
+  VmfInfo vmf_score_float64(float* score, const float* z, int N, int D, float eta, float min_width);
+  static constexpr double vmf_float64_condition = 1e5;
 
  private:
   CpuFeatures features_;

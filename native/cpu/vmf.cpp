@@ -1,0 +1,480 @@
+// vmf.cpp: CpuBackend::vmf_score, the vMF Stein score estimator of mveb-spec.md section 2.3, computed
+// as it should be (not as the official code does):
+//   S = Z Z^T                 lower triangle only, by row panels of gemm (N^2 D FLOP instead of 2 N^2 D)
+//   tau = max(k-th largest of 1 - S over all N^2 entries (diagonal included), k = floor(N^2/2), min_width)
+//                             exact linear-time radix selection (two 16-bit histogram passes over the
+//                             lower triangle, off-diagonal entries counted twice), no sort
+//   K = exp(S / tau), r = rowsum(K) (fp64 accumulation), A = K + eta I
+//   G = (z / tau) * r         closed form of the N x N x D broadcast of the official code
+//   A = L L^T                 blocked left-looking Cholesky, the panel update on gemm (N^3/3 FLOP)
+//   score = -A^{-1} G         two blocked triangular solves on gemm (2 N^2 D FLOP), no inverse
+// fp32 storage and gemm (fp32 accumulation), fp64 for the diagonal blocks, row sums and the selection
+// counts. The condition number of A is estimated from the factor (power iteration on L L^T for
+// lambda_max, inverse iteration with two triangular solves per step for lambda_min; both converge
+// from below/above so the estimate never overshoots by more than rounding). If the fp32 factorisation
+// breaks down, the estimate exceeds vmf_float64_condition (fp32 would lose > ~1e-2 relative), or the
+// result is not finite, everything is recomputed in float64 (vmf_score_float64: plain double loops,
+// threaded); if that fails too, E_NUMERIC.
+// FLOP: N^2 D (S) + N^3/3 (Cholesky) + 2 N^2 D (solves); at N = 4096, D = 2048 about 126 GFLOP.
+// Tested by test/native/test_vmf.cpp ("loss: vmf ...") against a float64 reference and spec section 9;
+// benchmarked by benchmarks/loss.js (npm run bench:loss).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "cpu/cpu_backend.h"
+#include "cpu/kernel_util.h"
+#include "cpu/vmf_kernels.h"
+
+namespace mveb {
+
+namespace vmf_detail {
+namespace {
+void axpy_portable(float* y, float a, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+void scale_portable(float* y, float a, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] *= a;
+}
+double dot_portable(const float* a, const float* b, int64_t n) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int l = 0; l < 8; ++l) acc[l] += a[i + l] * b[i + l];
+  double s = 0;
+  for (; i < n; ++i) s += static_cast<double>(a[i]) * b[i];
+  for (float v : acc) s += v;
+  return s;
+}
+}  // namespace
+Prims prims_portable() { return Prims{axpy_portable, scale_portable, dot_portable}; }
+}  // namespace vmf_detail
+
+namespace {
+
+using vmf_detail::Prims;
+
+constexpr int kBlock = 128;        // Cholesky / solve block (gemm depth of the updates)
+constexpr int kPanelRows = 256;    // row panel of the S = Z Z^T gemm
+constexpr int kSolveColumns = 128; // column strip of the in-block triangular solves (L1/L2 resident)
+
+// Monotone map float -> uint32 (a < b as floats  <=>  key(a) < key(b)); no NaN reaches it.
+inline uint32_t float_key(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+inline float key_float(uint32_t k) {
+  uint32_t u = (k & 0x80000000u) ? (k & 0x7FFFFFFFu) : ~k;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// The k-th smallest (1-based) entry of the symmetric matrix whose lower triangle is in S (row stride
+// ld), over all N^2 entries. Radix selection on the order-preserving keys, 16 bits per pass; each
+// strictly-lower entry counts twice. Exact, O(N^2) work, threaded.
+float select_kth_smallest_symmetric(ThreadPool& pool, const float* S, int N, int64_t ld, uint64_t k) {
+  const int T = pool.size();
+  const int64_t row_tasks = (N + 31) / 32;
+  std::vector<uint64_t> hist(static_cast<size_t>(T) << 16);
+  uint32_t prefix = 0;
+  for (int pass = 0; pass < 2; ++pass) {
+    std::fill(hist.begin(), hist.end(), 0);
+    pool.parallel_tasks(row_tasks, [&](int64_t task, int t) {
+      uint64_t* h = hist.data() + (static_cast<size_t>(t) << 16);
+      const int i1 = std::min<int>(N, static_cast<int>(task + 1) * 32);
+      for (int i = static_cast<int>(task) * 32; i < i1; ++i) {
+        const float* row = S + i * ld;
+        if (pass == 0) {
+          for (int j = 0; j < i; ++j) h[float_key(row[j]) >> 16] += 2;
+          h[float_key(row[i]) >> 16] += 1;
+        } else {
+          for (int j = 0; j <= i; ++j) {
+            const uint32_t key = float_key(row[j]);
+            if ((key >> 16) == prefix) h[key & 0xFFFFu] += (j == i) ? 1 : 2;
+          }
+        }
+      }
+    });
+    for (int t = 1; t < T; ++t)
+      for (size_t b = 0; b < 65536; ++b) hist[b] += hist[(static_cast<size_t>(t) << 16) + b];
+    uint64_t cumulative = 0;
+    uint32_t bin = 0;
+    for (; bin < 65536; ++bin) {
+      if (cumulative + hist[bin] >= k) break;
+      cumulative += hist[bin];
+    }
+    k -= cumulative;
+    prefix = pass == 0 ? bin : ((prefix << 16) | bin);
+  }
+  return key_float(prefix);
+}
+
+// In-place solve of L X = B (lower) or L^T X = B (upper = transposed lower), L kb x kb (row stride
+// ldl), B kb x ncols (row stride ldb). Row-axpy form (vectorises over columns), threaded over
+// column strips.
+void block_solve(ThreadPool& pool, const Prims& p, const float* L, int64_t ldl, int kb, float* B, int64_t ldb,
+                 int64_t ncols, bool transposed) {
+  const int64_t strips = (ncols + kSolveColumns - 1) / kSolveColumns;
+  pool.parallel_tasks(strips, [&](int64_t s, int) {
+    const int64_t c0 = s * kSolveColumns, w = std::min<int64_t>(kSolveColumns, ncols - c0);
+    if (!transposed) {
+      for (int c = 0; c < kb; ++c) {
+        float* rc = B + c * ldb + c0;
+        const float* lrow = L + c * ldl;
+        for (int m = 0; m < c; ++m) p.axpy(rc, -lrow[m], B + m * ldb + c0, w);
+        p.scale(rc, 1.f / lrow[c], w);
+      }
+    } else {
+      for (int c = kb - 1; c >= 0; --c) {
+        float* rc = B + c * ldb + c0;
+        const float* lrow = L + c * ldl;
+        p.scale(rc, 1.f / lrow[c], w);
+        for (int m = 0; m < c; ++m) p.axpy(B + m * ldb + c0, -lrow[m], rc, w);
+      }
+    }
+  });
+}
+
+// Blocked left-looking Cholesky of the lower triangle of A (N x N, row stride N) in place.
+// Returns false on a non-positive or non-finite pivot.
+bool cholesky_f32(CpuBackend& be, const Prims& p, float* A, int N) {
+  std::vector<double> blk(static_cast<size_t>(kBlock) * kBlock);
+  std::vector<float> panel;
+  for (int k0 = 0; k0 < N; k0 += kBlock) {
+    const int kb = std::min(kBlock, N - k0);
+    // A[k0:N, k0:k0+kb] -= L[k0:N, 0:k0] L[k0:k0+kb, 0:k0]^T
+    if (k0 > 0)
+      be.gemm(false, true, N - k0, kb, k0, -1.f, A + static_cast<int64_t>(k0) * N, N,
+              A + static_cast<int64_t>(k0) * N, N, 1.f, A + static_cast<int64_t>(k0) * N + k0, N);
+    // factor the diagonal block in double
+    for (int i = 0; i < kb; ++i)
+      for (int j = 0; j <= i; ++j) blk[i * kb + j] = A[static_cast<int64_t>(k0 + i) * N + k0 + j];
+    for (int j = 0; j < kb; ++j) {
+      double d = blk[j * kb + j];
+      for (int m = 0; m < j; ++m) d -= blk[j * kb + m] * blk[j * kb + m];
+      if (!(d > 0) || !std::isfinite(d)) return false;
+      const double ljj = std::sqrt(d);
+      blk[j * kb + j] = ljj;
+      for (int i = j + 1; i < kb; ++i) {
+        double s = blk[i * kb + j];
+        for (int m = 0; m < j; ++m) s -= blk[i * kb + m] * blk[j * kb + m];
+        blk[i * kb + j] = s / ljj;
+      }
+    }
+    for (int i = 0; i < kb; ++i)
+      for (int j = 0; j <= i; ++j) A[static_cast<int64_t>(k0 + i) * N + k0 + j] = static_cast<float>(blk[i * kb + j]);
+    // panel below: L[r, k0:k0+kb] = A[r, k0:k0+kb] L_kk^{-T}, i.e. L_kk X = A_panel^T (transposed copy)
+    const int rows = N - k0 - kb;
+    if (rows > 0) {
+      panel.resize(static_cast<size_t>(kb) * rows);
+      const float* src = A + static_cast<int64_t>(k0 + kb) * N + k0;
+      for (int r = 0; r < rows; ++r)
+        for (int c = 0; c < kb; ++c) panel[static_cast<size_t>(c) * rows + r] = src[static_cast<int64_t>(r) * N + c];
+      block_solve(be.pool(), p, A + static_cast<int64_t>(k0) * N + k0, N, kb, panel.data(), rows, rows, false);
+      float* dst = A + static_cast<int64_t>(k0 + kb) * N + k0;
+      bool finite = true;
+      for (int r = 0; r < rows; ++r)
+        for (int c = 0; c < kb; ++c) {
+          const float v = panel[static_cast<size_t>(c) * rows + r];
+          finite &= std::isfinite(v);
+          dst[static_cast<int64_t>(r) * N + c] = v;
+        }
+      if (!finite) return false;
+    }
+  }
+  return true;
+}
+
+// X = (L L^T)^{-1} X in place for X [N, D] (row stride D), blocked on gemm.
+void cholesky_solve_f32(CpuBackend& be, const Prims& p, const float* L, int N, float* X, int D) {
+  for (int k0 = 0; k0 < N; k0 += kBlock) {  // L Y = X
+    const int kb = std::min(kBlock, N - k0);
+    if (k0 > 0)
+      be.gemm(false, false, kb, D, k0, -1.f, L + static_cast<int64_t>(k0) * N, N, X, D, 1.f,
+              X + static_cast<int64_t>(k0) * D, D);
+    block_solve(be.pool(), p, L + static_cast<int64_t>(k0) * N + k0, N, kb, X + static_cast<int64_t>(k0) * D, D, D,
+                false);
+  }
+  const int last = ((N - 1) / kBlock) * kBlock;
+  for (int k0 = last; k0 >= 0; k0 -= kBlock) {  // L^T X = Y
+    const int kb = std::min(kBlock, N - k0), rest = N - k0 - kb;
+    if (rest > 0)
+      be.gemm(true, false, kb, D, rest, -1.f, L + static_cast<int64_t>(k0 + kb) * N + k0, N,
+              X + static_cast<int64_t>(k0 + kb) * D, D, 1.f, X + static_cast<int64_t>(k0) * D, D);
+    block_solve(be.pool(), p, L + static_cast<int64_t>(k0) * N + k0, N, kb, X + static_cast<int64_t>(k0) * D, D, D,
+                true);
+  }
+}
+
+// Condition estimate of A = L L^T from its factor: lambda_max by power iteration from the all-ones
+// vector (A > 0 elementwise, so its Perron vector is close to it), lambda_min by inverse iteration
+// (one forward and one backward substitution per step). Both are Rayleigh-type bounds from inside the
+// spectrum, so the estimate is <= cond(A) up to rounding; a few steps give the right magnitude.
+template <typename Real, typename Dot, typename Axpy>
+double condition_estimate(const Real* L, int N, Dot dot, Axpy axpy) {
+  constexpr int kSteps = 3;
+  std::vector<Real> v(N), u(N), w(N);
+  auto normalise = [&](std::vector<Real>& x) {
+    double s = 0;
+    for (Real a : x) s += static_cast<double>(a) * a;
+    const double n = std::sqrt(s);
+    for (Real& a : x) a = static_cast<Real>(a / n);
+    return n;
+  };
+  auto lower_t_times = [&](const std::vector<Real>& x, std::vector<Real>& y) {  // y = L^T x
+    std::fill(y.begin(), y.end(), Real(0));
+    for (int i = 0; i < N; ++i) axpy(y.data(), x[i], L + static_cast<int64_t>(i) * N, i + 1);
+  };
+  auto lower_times = [&](const std::vector<Real>& x, std::vector<Real>& y) {  // y = L x
+    for (int i = 0; i < N; ++i) y[i] = static_cast<Real>(dot(L + static_cast<int64_t>(i) * N, x.data(), i + 1));
+  };
+  auto lower_solve = [&](std::vector<Real>& x) {  // x = L^{-1} x
+    for (int i = 0; i < N; ++i) {
+      const Real* row = L + static_cast<int64_t>(i) * N;
+      x[i] = static_cast<Real>((x[i] - dot(row, x.data(), i)) / row[i]);
+    }
+  };
+  auto lower_t_solve = [&](std::vector<Real>& x) {  // x = L^{-T} x
+    for (int i = N - 1; i >= 0; --i) {
+      const Real* row = L + static_cast<int64_t>(i) * N;
+      x[i] = static_cast<Real>(x[i] / row[i]);
+      axpy(x.data(), -x[i], row, i);
+    }
+  };
+  std::fill(v.begin(), v.end(), Real(1));
+  normalise(v);
+  double lambda_max = 0;
+  for (int s = 0; s < kSteps; ++s) {
+    lower_t_times(v, u);
+    lower_times(u, w);
+    double rq = 0;
+    for (int i = 0; i < N; ++i) rq += static_cast<double>(v[i]) * w[i];
+    lambda_max = std::max(lambda_max, rq);
+    v = w;
+    normalise(v);
+  }
+  for (int i = 0; i < N; ++i) v[i] = static_cast<Real>(((i * 7919) % 13) - 6.0 + 0.5 * std::sin(i + 1.0));
+  normalise(v);
+  double inv_lambda_min = 0;
+  for (int s = 0; s < kSteps; ++s) {
+    lower_solve(v);
+    lower_t_solve(v);
+    inv_lambda_min = std::max(inv_lambda_min, normalise(v));
+  }
+  return lambda_max * inv_lambda_min;
+}
+
+void check_vmf_args(const char* op, int N, int D, float eta, float min_width) {
+  MVEB_CHECK(N >= 2, "E_SHAPE", op, ": needs at least 2 rows (samples), found N = ", N);
+  MVEB_CHECK(D >= 1, "E_SHAPE", op, ": needs at least 1 column, found D = ", D);
+  MVEB_CHECK(std::isfinite(eta) && eta >= 0, "E_ARG", op, ": eta must be finite and >= 0, found ", eta);
+  MVEB_CHECK(std::isfinite(min_width) && min_width > 0, "E_ARG", op, ": minWidth must be finite and > 0, found ",
+             min_width);
+}
+
+void check_finite_input(const char* op, const float* z, int N, int D) {
+  for (int64_t i = 0; i < static_cast<int64_t>(N) * D; ++i)
+    if (!std::isfinite(z[i]))
+      throw_error("E_NUMERIC", op, ": z contains a non-finite value (", z[i], " at row ", i / D, ", column ", i % D,
+                  ")");
+}
+
+}  // namespace
+
+VmfInfo CpuBackend::vmf_score(float* score, const float* z, int N, int D, float eta, float min_width) {
+  check_vmf_args("vmf_score", N, D, eta, min_width);
+  check_finite_input("vmf_score", z, N, D);
+  const Prims p = vmf_detail::prims_for(isa());
+  ScratchBuffer storage(static_cast<size_t>(N) * N);
+  float* A = storage.get();
+
+  // S = Z Z^T, lower triangle (plus the upper part of each diagonal panel, unused)
+  for (int r0 = 0; r0 < N; r0 += kPanelRows) {
+    const int m = std::min(kPanelRows, N - r0);
+    gemm(false, true, m, r0 + m, D, 1.f, z + static_cast<int64_t>(r0) * D, D, z, D, 0.f,
+         A + static_cast<int64_t>(r0) * N, N);
+  }
+
+  // width: k-th largest of 1 - S = 1 - (k-th smallest of S); 1 - s is monotone in float too
+  const uint64_t k = static_cast<uint64_t>(N) * N / 2;
+  const float s_k = select_kth_smallest_symmetric(pool(), A, N, N, k);
+  VmfInfo info;
+  info.width_raw = 1.f - s_k;
+  info.width = std::max(info.width_raw, min_width);
+  const float tau = info.width;
+
+  // K = exp(S / tau) on the lower triangle; row sums of the full symmetric K in double
+  const int T = pool().size();
+  std::vector<double> colsum(static_cast<size_t>(T) * N, 0.0), rowsum(N, 0.0);
+  pool().parallel_tasks((N + 15) / 16, [&](int64_t task, int t) {
+    double* col = colsum.data() + static_cast<size_t>(t) * N;
+    const int i1 = std::min<int>(N, static_cast<int>(task + 1) * 16);
+    for (int i = static_cast<int>(task) * 16; i < i1; ++i) {
+      float* row = A + static_cast<int64_t>(i) * N;
+      double r = 0;
+      for (int j = 0; j <= i; ++j) {
+        const float kij = std::exp(row[j] / tau);
+        row[j] = kij;
+        r += kij;
+        if (j < i) col[j] += kij;
+      }
+      rowsum[i] = r;
+      row[i] += eta;
+    }
+  });
+  for (int t = 0; t < T; ++t)
+    for (int i = 0; i < N; ++i) rowsum[i] += colsum[static_cast<size_t>(t) * N + i];
+
+  // right-hand side -G = -(z / tau) r, solved in place into score
+  pool().parallel_for(N, 16, [&](int64_t b, int64_t e, int) {
+    for (int64_t i = b; i < e; ++i) {
+      const float c = static_cast<float>(-rowsum[i] / tau);
+      const float* zi = z + i * D;
+      float* si = score + i * D;
+      for (int d = 0; d < D; ++d) si[d] = c * zi[d];
+    }
+  });
+
+  bool ok = cholesky_f32(*this, p, A, N);
+  if (ok) {
+    info.condition = condition_estimate<float>(
+        A, N, [&](const float* a, const float* b, int n) { return p.dot(a, b, n); },
+        [&](float* y, float a, const float* x, int n) { p.axpy(y, a, x, n); });
+    ok = std::isfinite(info.condition) && info.condition <= vmf_float64_condition;
+  }
+  if (ok) {
+    cholesky_solve_f32(*this, p, A, N, score, D);
+    ok = all_finite(score, static_cast<size_t>(N) * D);
+  }
+  if (ok) return info;
+  return vmf_score_float64(score, z, N, D, eta, min_width);
+}
+
+// The same estimator with every intermediate in double (S from the fp32 z with double products and
+// sums). Used when fp32 is not accurate enough; O(N^2 D) simple loops, threaded over rows / columns.
+VmfInfo CpuBackend::vmf_score_float64(float* score, const float* z, int N, int D, float eta, float min_width) {
+  check_vmf_args("vmf_score_float64", N, D, eta, min_width);
+  check_finite_input("vmf_score_float64", z, N, D);
+  const int64_t NN = static_cast<int64_t>(N) * N;
+  std::vector<double> A(NN), Zd(static_cast<size_t>(N) * D);
+  for (int64_t i = 0; i < static_cast<int64_t>(N) * D; ++i) Zd[i] = z[i];
+  pool().parallel_tasks((N + 7) / 8, [&](int64_t task, int) {
+    const int i1 = std::min<int>(N, static_cast<int>(task + 1) * 8);
+    for (int i = static_cast<int>(task) * 8; i < i1; ++i) {
+      const double* zi = Zd.data() + static_cast<int64_t>(i) * D;
+      for (int j = 0; j <= i; ++j) {
+        const double* zj = Zd.data() + static_cast<int64_t>(j) * D;
+        double acc[4] = {0, 0, 0, 0};
+        int d = 0;
+        for (; d + 4 <= D; d += 4)
+          for (int l = 0; l < 4; ++l) acc[l] += zi[d + l] * zj[d + l];
+        double s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+        for (; d < D; ++d) s += zi[d] * zj[d];
+        A[static_cast<int64_t>(i) * N + j] = s;
+        A[static_cast<int64_t>(j) * N + i] = s;
+      }
+    }
+  });
+  // width by selection on a copy of all N^2 entries
+  std::vector<double> all(A);
+  const int64_t k = NN / 2;
+  std::nth_element(all.begin(), all.begin() + (k - 1), all.end());
+  const double width_raw = 1.0 - all[k - 1];
+  std::vector<double>().swap(all);
+  const double tau = std::max(width_raw, static_cast<double>(min_width));
+  VmfInfo info;
+  info.width_raw = static_cast<float>(width_raw);
+  info.width = static_cast<float>(tau);
+
+  std::vector<double> rowsum(N);
+  pool().parallel_for(N, 8, [&](int64_t b, int64_t e, int) {
+    for (int64_t i = b; i < e; ++i) {
+      double* row = A.data() + i * N;
+      double r = 0;
+      for (int j = 0; j < N; ++j) {
+        row[j] = std::exp(row[j] / tau);
+        r += row[j];
+      }
+      rowsum[i] = r;
+      row[i] += eta;
+    }
+  });
+  auto fail = [&](int i, double pivot) {
+    throw_error("E_NUMERIC", "vmf_score: K + eta*I is not positive definite even in float64 (pivot ", i, " = ", pivot,
+                ", width = ", tau, ", eta = ", eta,
+                "); expected finite, well-separated kernel values: is the width too small for exp(1/width) "
+                "to stay finite, or eta = 0 with repeated rows?");
+  };
+  // Cholesky, column by column (right-looking by dots over row prefixes), in place in the lower triangle
+  for (int j = 0; j < N; ++j) {
+    double* rj = A.data() + static_cast<int64_t>(j) * N;
+    double d = rj[j];
+    for (int m = 0; m < j; ++m) d -= rj[m] * rj[m];
+    if (!(d > 0) || !std::isfinite(d)) fail(j, d);
+    const double ljj = std::sqrt(d);
+    rj[j] = ljj;
+    pool().parallel_for(N - j - 1, 64, [&](int64_t b, int64_t e, int) {
+      for (int64_t i = j + 1 + b; i < j + 1 + e; ++i) {
+        double* ri = A.data() + i * N;
+        double acc[4] = {0, 0, 0, 0};
+        int m = 0;
+        for (; m + 4 <= j; m += 4)
+          for (int l = 0; l < 4; ++l) acc[l] += ri[m + l] * rj[m + l];
+        double s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+        for (; m < j; ++m) s += ri[m] * rj[m];
+        ri[j] = (ri[j] - s) / ljj;
+      }
+    });
+  }
+  info.condition = condition_estimate<double>(
+      A.data(), N,
+      [](const double* a, const double* b, int n) {
+        double s = 0;
+        for (int i = 0; i < n; ++i) s += a[i] * b[i];
+        return s;
+      },
+      [](double* y, double a, const double* x, int n) {
+        for (int i = 0; i < n; ++i) y[i] += a * x[i];
+      });
+  // X = -(z / tau) r, then L Y = X, L^T X = Y, threaded over column strips of D
+  for (int i = 0; i < N; ++i) {
+    const double c = -rowsum[i] / tau;
+    for (int d = 0; d < D; ++d) Zd[static_cast<int64_t>(i) * D + d] *= c;
+  }
+  pool().parallel_tasks((D + 63) / 64, [&](int64_t task, int) {
+    const int c0 = static_cast<int>(task) * 64, w = std::min(64, D - c0);
+    for (int i = 0; i < N; ++i) {
+      double* xi = Zd.data() + static_cast<int64_t>(i) * D + c0;
+      const double* li = A.data() + static_cast<int64_t>(i) * N;
+      for (int m = 0; m < i; ++m) {
+        const double* xm = Zd.data() + static_cast<int64_t>(m) * D + c0;
+        const double l = li[m];
+        for (int c = 0; c < w; ++c) xi[c] -= l * xm[c];
+      }
+      for (int c = 0; c < w; ++c) xi[c] /= li[i];
+    }
+    for (int i = N - 1; i >= 0; --i) {
+      double* xi = Zd.data() + static_cast<int64_t>(i) * D + c0;
+      const double* li = A.data() + static_cast<int64_t>(i) * N;
+      for (int c = 0; c < w; ++c) xi[c] /= li[i];
+      for (int m = 0; m < i; ++m) {
+        double* xm = Zd.data() + static_cast<int64_t>(m) * D + c0;
+        const double l = li[m];
+        for (int c = 0; c < w; ++c) xm[c] -= l * xi[c];
+      }
+    }
+  });
+  for (int64_t i = 0; i < static_cast<int64_t>(N) * D; ++i) {
+    score[i] = static_cast<float>(Zd[i]);
+    if (!std::isfinite(score[i]))
+      throw_error("E_NUMERIC", "vmf_score: the score is not finite in float64 (row ", i / D, "); expected a finite "
+                  "result: the kernel values overflow (width ", tau, ")");
+  }
+  return info;
+}
+
+}  // namespace mveb
