@@ -1,7 +1,8 @@
 // gemm.cpp: the CPU SGEMM. C[M,N] = alpha op(A) op(B) + beta C, row-major, every transpose
 // combination, any size. GotoBLAS structure: blocks of NC columns and KC depth of op(B) are packed
 // into NR-wide panels (threads share the packing), blocks of MC rows of op(A) are packed (times
-// alpha) into MR-tall panels by each thread, and an MR x NR micro-kernel (AVX-512 14x32, AVX2 6x16
+// alpha) into MR-tall panels by each thread (or, when op(A) = A and the ISA has a direct kernel, read
+// in place with no packing), and an MR x NR micro-kernel (AVX-512 14x32, AVX2 6x16
 // or portable 4x8, chosen by CpuBackend::isa()) runs over the panels. Edge tiles go through a small
 // local tile. Threads split the rows of C into blocks (or the columns when C has few rows).
 // Tested by test/native/test_kernels.cpp ("kernels: gemm ..."); speed by benchmarks/kernels.
@@ -99,6 +100,7 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
     return;
   }
   const int MR = kern.mr, NR = kern.nr;
+
   const int T = pool.size();
   const int KC = std::min(K, kern.kc);
   const int NC = std::min((N + NR - 1) / NR * NR, kern.nc);
@@ -111,6 +113,7 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
   const int MC = ((M + m_blocks - 1) / m_blocks + MR - 1) / MR * MR;
   m_blocks = (M + MC - 1) / MC;
 
+  const bool direct = !transA && kern.direct != nullptr;
   ScratchBuffer packed_b(static_cast<size_t>(KC) * NC);
   std::vector<std::unique_ptr<ScratchBuffer>> packed_a(static_cast<size_t>(T));
   for (auto& p : packed_a) p.reset(new ScratchBuffer(static_cast<size_t>(KC) * MC));
@@ -135,9 +138,11 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
         const int i0 = mb * MC, mc = std::min(MC, M - i0);
         const int p_begin = n_panels * ns / n_splits, p_end = n_panels * (ns + 1) / n_splits;
         float* pa = packed_a[static_cast<size_t>(thread)]->get();
+        // Direct kernels read full panels of A in place; only a last partial panel is packed (at pa).
         for (int ir = 0; ir < mc; ir += MR)
-          pack_a_panel(A, lda, transA, i0 + ir, std::min(MR, mc - ir), pc, kc, MR, alpha,
-                       pa + static_cast<long>(ir) * kc);
+          if (!direct || mc - ir < MR)
+            pack_a_panel(A, lda, transA, i0 + ir, std::min(MR, mc - ir), pc, kc, MR, alpha,
+                         direct ? pa : pa + static_cast<long>(ir) * kc);
         alignas(64) float tile[16 * 64];
         for (int p = p_begin; p < p_end; ++p) {
           const int j0 = p * NR, nr = std::min(NR, nc - j0);
@@ -145,17 +150,21 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
           for (int ir = 0; ir < mc; ir += MR) {
             const int mr = std::min(MR, mc - ir);
             float* c = C + static_cast<long>(i0 + ir) * ldc + jc + j0;
-            const float* a = pa + static_cast<long>(ir) * kc;
-            if (mr == MR && nr == NR) {
-              kern.fn(kc, a, pb, c, ldc, beta_block);
+            const bool full = mr == MR && nr == NR;
+            float* out = full ? c : tile;
+            const long ldo = full ? ldc : NR;
+            const float beta_out = full ? beta_block : 0.f;
+            if (direct && mr == MR) {
+              kern.direct(kc, A + static_cast<long>(i0 + ir) * lda + pc, lda, pb, out, ldo, alpha, beta_out);
             } else {
-              kern.fn(kc, a, pb, tile, NR, 0.f);
+              kern.fn(kc, direct ? pa : pa + static_cast<long>(ir) * kc, pb, out, ldo, beta_out);
+            }
+            if (!full)
               for (int i = 0; i < mr; ++i)
                 for (int j = 0; j < nr; ++j) {
                   float& dst = c[static_cast<long>(i) * ldc + j];
                   dst = beta_block == 0.f ? tile[i * NR + j] : tile[i * NR + j] + beta_block * dst;
                 }
-            }
           }
         }
       });

@@ -13,10 +13,15 @@ namespace gemm_detail {
 // C[MR x NR] (row stride ldc) = Ap*Bp (kc deep) + beta * C; beta == 0 never reads C.
 using MicroKernel = void (*)(int kc, const float* Ap, const float* Bp, float* C, long ldc, float beta);
 
+// The same tile with A read unpacked (row-major, row stride lda): C = alpha * A*Bp + beta * C.
+using DirectMicroKernel = void (*)(int kc, const float* A, long lda, const float* Bp, float* C, long ldc, float alpha,
+                                   float beta);
+
 struct KernelInfo {
   int mr, nr;
   MicroKernel fn;
   int kc, mc, nc;  // cache blocking: depth, rows of A per block, columns of B per block
+  DirectMicroKernel direct = nullptr;  // optional: used when op(A) = A (no packing of A)
 };
 
 KernelInfo kernel_scalar();

@@ -50,9 +50,56 @@ void micro_14x32(int kc, const float* __restrict Ap, const float* __restrict Bp,
     }
   }
 }
+// The same tile reading A unpacked from row-major memory (row i at A + i * lda), for op(A) = A: no
+// packing pass over A. Rows are addressed from five base pointers with lda-scaled offsets so the
+// loop needs few registers. C = alpha * acc + beta * C.
+void micro_14x32_direct(int kc, const float* __restrict A, long lda, const float* __restrict Bp, float* __restrict C,
+                        long ldc, float alpha, float beta) {
+  __m512 c0[MR], c1[MR];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) c0[i] = c1[i] = _mm512_setzero_ps();
+  const float* a0 = A;
+  const float* a3 = A + 3 * lda;
+  const float* a6 = A + 6 * lda;
+  const float* a9 = A + 9 * lda;
+  const float* a12 = A + 12 * lda;
+  for (int k = 0; k < kc; ++k) {
+    const __m512 b0 = _mm512_load_ps(Bp), b1 = _mm512_load_ps(Bp + 16);
+    const float* rows[MR] = {a0,      a0 + lda, a0 + 2 * lda, a3,      a3 + lda, a3 + 2 * lda, a6,
+                             a6 + lda, a6 + 2 * lda, a9,     a9 + lda, a9 + 2 * lda, a12,     a12 + lda};
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const __m512 a = _mm512_set1_ps(*rows[i]);
+      c0[i] = _mm512_fmadd_ps(a, b0, c0[i]);
+      c1[i] = _mm512_fmadd_ps(a, b1, c1[i]);
+    }
+    ++a0;
+    ++a3;
+    ++a6;
+    ++a9;
+    ++a12;
+    Bp += NR;
+  }
+  const __m512 va = _mm512_set1_ps(alpha);
+  if (beta == 0.f) {
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      _mm512_storeu_ps(C + i * ldc, _mm512_mul_ps(va, c0[i]));
+      _mm512_storeu_ps(C + i * ldc + 16, _mm512_mul_ps(va, c1[i]));
+    }
+  } else {
+    const __m512 vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      _mm512_storeu_ps(C + i * ldc, _mm512_fmadd_ps(vb, _mm512_loadu_ps(C + i * ldc), _mm512_mul_ps(va, c0[i])));
+      _mm512_storeu_ps(C + i * ldc + 16,
+                       _mm512_fmadd_ps(vb, _mm512_loadu_ps(C + i * ldc + 16), _mm512_mul_ps(va, c1[i])));
+    }
+  }
+}
 }  // namespace
 
-KernelInfo kernel_avx512() { return KernelInfo{MR, NR, micro_14x32, 256, 126, 2048}; }
+KernelInfo kernel_avx512() { return KernelInfo{MR, NR, micro_14x32, 256, 126, 2048, micro_14x32_direct}; }
 
 }  // namespace gemm_detail
 }  // namespace mveb

@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""run.py: CPU kernel benchmark, mveb vs PyTorch side by side in one run.
+
+Runs the C++ timing binary (kernels_bench, built by benchmarks/build-and-run-kernels.sh against
+libmveb_core.a) and times the same SGEMM shapes with torch.mm and the same ResNet-50 convolutions
+with torch.nn.functional.conv2d (channels_last, forward + input/weight gradients), both with 2
+threads, then prints one markdown table with GFLOP/s, the fraction of the measured FP32 peak and
+the ratio mveb / torch.
+Usage: /usr/bin/python3 benchmarks/kernels/run.py BINARY [THREADS]
+"""
+import os
+import subprocess
+import sys
+import time
+
+binary = sys.argv[1]
+threads = int(sys.argv[2]) if len(sys.argv) > 2 else 2
+
+# torch in this process only: OpenBLAS threads and, when it mis-detects the CPU, its SkylakeX kernels
+os.environ.setdefault("OPENBLAS_NUM_THREADS", str(threads))
+os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+os.environ.setdefault("OPENBLAS_CORETYPE", "SkylakeX")
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+torch.set_num_threads(threads)
+
+
+def best(fn, budget=0.6, reps=20):
+    fn()
+    best_t, total = 1e30, 0.0
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t0
+        best_t = min(best_t, dt)
+        total += dt
+        if total > budget:
+            break
+    return best_t
+
+
+def torch_gemm(m, n, k, ta, tb):
+    a = torch.randn(k, m).t() if ta else torch.randn(m, k)
+    b = torch.randn(n, k).t() if tb else torch.randn(k, n)
+    a = a.contiguous() if not ta else a
+    b = b.contiguous() if not tb else b
+    out = torch.empty(m, n)
+    t = best(lambda: torch.mm(a, b, out=out))
+    return 2.0 * m * n * k / t / 1e9
+
+
+def torch_conv(n, h, w, c, k, r, s, stride, pad):
+    x = torch.randn(n, c, h, w).to(memory_format=torch.channels_last).requires_grad_(True)
+    wt = torch.randn(k, c, r, s).to(memory_format=torch.channels_last).requires_grad_(True)
+    with torch.no_grad():
+        tf = best(lambda: F.conv2d(x, wt, stride=stride, padding=pad), 0.5, 5)
+    y = F.conv2d(x, wt, stride=stride, padding=pad)
+    dy = torch.randn_like(y)
+    # torch's backward computes both gradients at once
+    tb = best(lambda: torch.autograd.grad(y, (x, wt), dy, retain_graph=True), 0.5, 5)
+    return tf * 1e3, tb * 1e3
+
+
+GEMMS = [
+    (256, 256, 256, 0, 0), (1024, 1024, 1024, 0, 0), (2048, 2048, 2048, 0, 0),
+    # ResNet-50 layers as NHWC GEMMs at batch 4 (rows = N*P*Q)
+    (12544, 64, 576, 0, 1),   # 3x3 conv 64 at 56x56, forward (im2col x weights^T)
+    (3136, 256, 64, 0, 1),    # 1x1 conv 64->256 at 56x56, forward
+    (784, 256, 2304, 0, 1),   # 3x3 conv 256 at 14x14, forward
+    (3136, 64, 256, 0, 0),    # 1x1 conv backward data
+    (64, 256, 3136, 1, 0),    # 1x1 conv backward weight
+    (1024, 1024, 1024, 1, 1),
+]
+CONVS = [  # N H W C K R S stride pad (ResNet-50 layers, batch 8)
+    (8, 224, 224, 3, 64, 7, 7, 2, 3),
+    (8, 56, 56, 64, 64, 3, 3, 1, 1),
+    (8, 56, 56, 64, 256, 1, 1, 1, 0),
+    (8, 28, 28, 128, 128, 3, 3, 1, 1),
+    (8, 14, 14, 256, 256, 3, 3, 1, 1),
+    (8, 7, 7, 512, 2048, 1, 1, 1, 0),
+]
+ROUNDS = 2  # mveb and torch alternate, best of the rounds: the machine is shared
+
+
+def ours(*args):
+    out = subprocess.run([binary, str(threads), *map(str, args)], check=True, capture_output=True, text=True).stdout
+    return [l.split() for l in out.splitlines() if l.strip()]
+
+
+peak = 0.0
+isa = "?"
+for _ in range(3):
+    for l in ours("peak"):
+        if l[0] == "isa":
+            isa = l[1]
+        if l[0] == "peak":
+            peak = max(peak, float(l[1]))
+print(f"threads: {threads}; torch {torch.__version__}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}")
+print(f"mveb ISA: {isa}")
+if peak:
+    print(f"measured FP32 FMA peak ({threads} cores, AVX-512 FMA loop, best of 3): {peak:.1f} GFLOP/s")
+print()
+pk = (lambda g: f"{100 * g / peak:.0f}%") if peak else (lambda g: "-")
+print("| SGEMM M x N x K (tA,tB) | mveb GFLOP/s | % peak | torch.mm GFLOP/s | % peak | mveb / torch | max rel err |")
+print("|---|---|---|---|---|---|---|")
+for m, n, k, ta, tb in GEMMS:
+    g_ours, g_torch, rel = 0.0, 0.0, "-"
+    for _ in range(ROUNDS):
+        l = [x for x in ours("gemm", m, n, k, ta, tb) if x[0] == "gemm"][0]
+        g_ours, rel = max(g_ours, float(l[6])), l[7]
+        g_torch = max(g_torch, torch_gemm(m, n, k, bool(ta), bool(tb)))
+    print(f"| {m} x {n} x {k} ({ta},{tb}) | {g_ours:.1f} | {pk(g_ours)} | {g_torch:.1f} | {pk(g_torch)} | {g_ours / g_torch:.2f} | {rel} |")
+    sys.stdout.flush()
+print()
+print("| conv NHWC N,H,W,C -> K, RxS /stride pad | GFLOP fwd | mveb fwd ms | torch fwd ms | torch/mveb fwd | mveb bwd data+weight ms | torch bwd ms | torch/mveb bwd |")
+print("|---|---|---|---|---|---|---|---|")
+for shape in CONVS:
+    n, h, w, c, k, r, s, stride, pad = shape
+    p, q = (h + 2 * pad - r) // stride + 1, (w + 2 * pad - s) // stride + 1
+    gflop = 2.0 * n * p * q * k * r * s * c / 1e9
+    tf = tb = ttf = ttb = 1e30
+    for _ in range(ROUNDS):
+        l = [x for x in ours("conv", *shape) if x[0] == "conv"][0]
+        tf, tb = min(tf, float(l[10])), min(tb, float(l[11]) + float(l[12]))
+        a, b = torch_conv(*shape)
+        ttf, ttb = min(ttf, a), min(ttb, b)
+    print(f"| {n},{h},{w},{c} -> {k}, {r}x{s} /{stride} p{pad} | {gflop:.2f} | {tf:.2f} ({gflop / tf * 1e3:.0f} GFLOP/s) | {ttf:.2f} | {ttf / tf:.2f} | {tb:.2f} | {ttb:.2f} | {ttb / tb:.2f} |")
+    sys.stdout.flush()
