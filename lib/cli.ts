@@ -67,8 +67,10 @@ function fail(e: unknown, json: boolean): never {
 
 const pct = (v: number | null | undefined) => (v === null || v === undefined ? 'n/a' : `${(100 * v).toFixed(2)}%`);
 
-export function buildProgram(): Command {
+/** The program; `configure` runs before any subcommand is added (tests: exitOverride, configureOutput). */
+export function buildProgram(configure?: (program: Command) => void): Command {
   const program = new Command();
+  configure?.(program);
   program
     .name('mveb')
     .description('MVEB (Multi-View Entropy Bottleneck) self-supervised pretraining and evaluation')

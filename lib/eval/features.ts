@@ -22,9 +22,7 @@ export async function extractFeatures(
   const outData = new Float32Array(indices.length * d);
   for (let s = 0; s < indices.length; s += batchSize) {
     const idx = indices.subarray(s, Math.min(indices.length, s + batchSize));
-    const cpuBatch = evalBatch(dataset, idx);
-    const x = cpuBatch.device === device ? cpuBatch : cpuBatch.to(device);
-    if (x !== cpuBatch) cpuBatch.dispose();
+    const x = await evalBatch(dataset, idx, { device });
     const f = await model.forward(x, { train: false });
     x.dispose();
     outData.set((await f.data()) as Float32Array, s * d);

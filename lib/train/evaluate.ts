@@ -65,9 +65,9 @@ function dataSource(config: Partial<ResolvedConfig>): string | undefined {
   return m && m[1] !== '(in-memory dataset)' ? m[1] : undefined;
 }
 
-function split(data: string | Dataset, which: 'train' | 'test'): Dataset {
+async function split(data: string | Dataset, which: 'train' | 'test'): Promise<Dataset> {
   if (typeof data !== 'string') return data;
-  return data === 'fashion-mnist' ? builtinFashionMnist(which) : loadDataset(data, { split: which });
+  return data === 'fashion-mnist' ? await builtinFashionMnist(which) : await loadDataset(data, { split: which });
 }
 
 /** Loads the backbone (online or target) of a checkpoint onto `device`. */
@@ -111,8 +111,8 @@ export async function evaluateCheckpoint(checkpointPath: string, o: EvaluateOpti
     if (source === undefined) {
       throw new MvebError('E_ARG', `the checkpoint was trained on ${net.config.data ?? 'unknown data'}; pass --data with labelled images to evaluate on`);
     }
-    const train = split(source, 'train');
-    const test = o.testData !== undefined ? split(o.testData, 'test') : split(source, 'test');
+    const train = await split(source, 'train');
+    const test = o.testData !== undefined ? await split(o.testData, 'test') : await split(source, 'test');
     if (!train.labels || !test.labels) throw new MvebError('E_ARG', 'evaluation needs labelled train and test images');
     const seed = o.seed ?? 0;
     const trainIdx = subsetIndices(train.size, o.trainImages ?? 0, seed + 31);

@@ -19,7 +19,7 @@ import { MvebError, check } from '../errors';
 import { Tensor, DeviceName } from '../tensor';
 import { Model } from '../model';
 import { MVEBLoss } from '../loss';
-import { Dataset, MultiCropLoader, builtinFashionMnist, loadDataset } from '../data';
+import { Dataset, builtinFashionMnist, loadDataset, augmentBatch, defaultViews, epochPermutation, ViewConfig } from '../data';
 import { backends } from '../doctor';
 import { extractFeatures, subsetIndices } from '../eval/features';
 import { knnEvaluate } from '../eval/knn';
@@ -193,10 +193,24 @@ function validate(o: PretrainOptions): void {
   if (o.onProgress !== undefined && typeof o.onProgress !== 'function') throw bad('onProgress', 'a function', typeof o.onProgress);
 }
 
-function loadSplit(data: string | Dataset, split: 'train' | 'test'): { dataset: Dataset; name: string } {
+async function loadSplit(data: string | Dataset, split: 'train' | 'test'): Promise<{ dataset: Dataset; name: string }> {
   if (typeof data !== 'string') return { dataset: data, name: '(in-memory dataset)' };
-  if (data === 'fashion-mnist') return { dataset: builtinFashionMnist(split), name: `fashion-mnist (built in, ${split})` };
-  return { dataset: loadDataset(data, { split }), name: `${data} (${split})` };
+  if (data === 'fashion-mnist') return { dataset: await builtinFashionMnist(split), name: `fashion-mnist (built in, ${split})` };
+  return { dataset: await loadDataset(data, { split }), name: `${data} (${split})` };
+}
+
+/**
+ * The multi-crop views (mveb-spec.md section 5) at this dataset's resolution: two global crops of
+ * cropSize, scale (0.4, 1), and localCrops local crops, scale (0.05, 0.4). The blur sigma range
+ * (0.1, 2.0) is meant for 224-pixel crops; it is scaled by cropSize / 224 so small images are not
+ * blurred beyond recognition (a no-op at 224).
+ */
+export function trainingViews(c: { cropSize: number; localCropSize: number; localCrops: number }): ViewConfig[] {
+  const views = defaultViews({ globalSize: c.cropSize, localSize: c.localCropSize, localCrops: c.localCrops });
+  return views.map((v) => {
+    const f = Math.min(1, v.size / 224);
+    return { ...v, blurSigma: [0.1 * f, 2.0 * f] as [number, number] };
+  });
 }
 
 /** A Model pair (backbone + projector). */
@@ -257,12 +271,12 @@ export async function pretrain(options: PretrainOptions = {}): Promise<PretrainS
     (prev?.[k] as ResolvedConfig[K] | undefined) ?? (options[k] as ResolvedConfig[K] | undefined) ?? fallback;
 
   const dataOpt = options.data ?? (prev?.data && prev.data !== '(in-memory dataset)' ? prev.data : PRETRAIN_DEFAULTS.data);
-  const train = loadSplit(dataOpt, 'train');
-  const test = loadSplit(options.testData ?? dataOpt, 'test');
+  const train = await loadSplit(dataOpt, 'train');
+  const test = await loadSplit(options.testData ?? dataOpt, 'test');
   const seed = pick('seed', PRETRAIN_DEFAULTS.seed);
   const trainImagesReq = pick('trainImages', PRETRAIN_DEFAULTS.trainImages);
   const trainIndices = subsetIndices(train.dataset.size, trainImagesReq, seed + 17);
-  const trainSet = trainIndices.length === train.dataset.size ? train.dataset : subsetDataset(train.dataset, trainIndices);
+  const trainSet = trainIndices.length === train.dataset.size ? train.dataset : train.dataset.subset(trainIndices);
   const batchSize = pick('batchSize', PRETRAIN_DEFAULTS.batchSize);
   check(
     trainSet.size >= batchSize,
@@ -330,15 +344,7 @@ export async function pretrain(options: PretrainOptions = {}): Promise<PretrainS
   const online = makeNet(c, device, seed);
   const target: Net = { backbone: online.backbone.clone(), projector: online.projector.clone() };
   const loss = new MVEBLoss({ lambda: c.lambda, eta: c.eta, minWidth: c.minWidth });
-  const loader = new MultiCropLoader(trainSet, {
-    batchSize,
-    views,
-    localCrops: c.localCrops,
-    cropSize: c.cropSize,
-    localCropSize: c.localCropSize,
-    seed,
-  });
-
+  const viewConfigs = trainingViews(c);
   let step = 0, startEpoch = 0, skippedSteps = 0, trainSeconds = 0, imagesSeen = 0;
   let knnTop1RandomInit: number | null = null;
   let knnHistory: TrainingState['knnHistory'] = [];
@@ -447,22 +453,21 @@ export async function pretrain(options: PretrainOptions = {}): Promise<PretrainS
   try {
     for (let epoch = startEpoch; epoch < epochs && !stoppedEarly; epoch++) {
       const epochFirstStep = epoch * stepsPerEpoch;
-      for await (const batch of loader.epoch(epoch)) {
-        const stepInEpoch = batch.step;
-        if (epochFirstStep + stepInEpoch < step) {
-          batch.views.forEach((v: Tensor) => v.dispose());
-          continue; // mid-epoch resume: the loader is a pure function of (seed, epoch, step)
-        }
+      const perm = epochPermutation(trainSet.size, seed, epoch);
+      const fetch = (s: number) =>
+        augmentBatch(trainSet, perm.subarray(s * batchSize, (s + 1) * batchSize), viewConfigs, seed, epochFirstStep + s, { device });
+      // the next batch is augmented on the data threads while this step computes
+      let next: Promise<Tensor[]> | null = step - epochFirstStep < stepsPerEpoch ? fetch(Math.max(0, step - epochFirstStep)) : null;
+      for (let stepInEpoch = Math.max(0, step - epochFirstStep); stepInEpoch < stepsPerEpoch; stepInEpoch++) {
         if (options.maxSteps !== undefined && step >= options.maxSteps) {
-          batch.views.forEach((v: Tensor) => v.dispose());
           stoppedEarly = true;
           break;
         }
-        const t0 = Date.now();
+        const t0 = Date.now(); // step time includes any wait for the data
+        const input = await next!;
+        next = stepInEpoch + 1 < stepsPerEpoch && (options.maxSteps === undefined || step + 1 < options.maxSteps) ? fetch(stepInEpoch + 1) : null;
         const lr = learningRateAt(step, { baseLr: c.lr, batchSize, warmupSteps: c.warmupSteps, totalSteps });
         const m = momentumAt(step, totalSteps, c.baseMomentum);
-        const input: Tensor[] = batch.views.map((v: Tensor) => (v.device === device ? v : v.to(device)));
-        if (input[0] !== batch.views[0]) batch.views.forEach((v: Tensor) => v.dispose());
         const r = await trainStep(online, target, loss, input, m);
         if (!Number.isFinite(r.loss)) {
           // the state before this step was restored by trainStep: save it and stop
@@ -499,6 +504,7 @@ export async function pretrain(options: PretrainOptions = {}): Promise<PretrainS
         const rate = imagesSeen / Math.max(trainSeconds, 1e-6);
         reporter.step(rec, ((totalSteps - step) * batchSize) / rate);
       }
+      if (next) (await next).forEach((v) => v.dispose());
       if (stoppedEarly) break;
       // ---- end of epoch: kNN monitor, checkpoint ----
       let knnTop1: number | undefined;
@@ -653,7 +659,3 @@ export async function trainStep(online: Net, target: Net, loss: MVEBLoss, views:
   }
 }
 
-/** A Dataset view of `indices` (copies the images; labels follow). */
-function subsetDataset(ds: Dataset, indices: Int32Array): Dataset {
-  return ds.subset(indices);
-}

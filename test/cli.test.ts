@@ -1,0 +1,136 @@
+// cli.test.ts: the `mveb` command line in process: --help shows defaults, every kind of bad option is
+// refused with a message naming it, and a tiny pretrain -> eval knn -> eval linear -> export round
+// trip prints JSON summaries. Run: MVEB_ADDON_PATH=/tmp/addon-train/Release/mveb.node npx jest test/cli.test.ts
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { CommanderError } from 'commander';
+import { buildProgram } from '../lib/cli';
+import { resolveDevice } from '../lib/train/device';
+import { backends } from '../lib/doctor';
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mveb-cli-'));
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+/** Runs the CLI in process; returns stdout, stderr and the commander error (if any). */
+async function cli(...args: string[]): Promise<{ out: string; err: string; error?: CommanderError; exit?: number }> {
+  let out = '', err = '';
+  const write = jest.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => ((out += String(s)), true));
+  const writeErr = jest.spyOn(process.stderr, 'write').mockImplementation((s: string | Uint8Array) => ((err += String(s)), true));
+  const exit = jest.spyOn(process, 'exit').mockImplementation(((code?: number) => {
+    throw Object.assign(new Error(`exit ${code}`), { exitCode: code });
+  }) as never);
+  try {
+    await buildProgram((p) => p.exitOverride().configureOutput({ writeOut: (s) => (out += s), writeErr: (s) => (err += s) })).parseAsync(['node', 'mveb', ...args]);
+    return { out, err };
+  } catch (e) {
+    if (e instanceof CommanderError) return { out, err, error: e };
+    const code = (e as { exitCode?: number }).exitCode;
+    if (code !== undefined) return { out, err, exit: code };
+    throw e;
+  } finally {
+    write.mockRestore();
+    writeErr.mockRestore();
+    exit.mockRestore();
+  }
+}
+
+describe('cli: help and validation', () => {
+  test('--help of every command shows the defaults', async () => {
+    const top = await cli('--help');
+    for (const c of ['pretrain', 'eval', 'export', 'doctor']) expect(top.out).toContain(c);
+    const p = await cli('pretrain', '--help');
+    expect(p.out).toContain('--epochs <n>');
+    expect(p.out).toContain('(default: 5)');
+    expect(p.out).toContain('(default: 256)');
+    expect(p.out).toContain('(default: "auto")');
+    expect(p.out).toContain('--resume');
+    const k = await cli('eval', 'knn', '--help');
+    expect(k.out).toContain('(default: 200)');
+    const l = await cli('eval', 'linear', '--help');
+    expect(l.out).toContain('(default: 90)');
+    const x = await cli('export', '--help');
+    expect(x.out).toContain('--checkpoint <path>');
+  });
+
+  test.each([
+    [['pretrain', '--epochs', '0'], '--epochs'],
+    [['pretrain', '--epochs', 'ten'], '--epochs'],
+    [['pretrain', '--batch-size', '1'], '--batch-size'],
+    [['pretrain', '--width', '-0.5'], '--width'],
+    [['pretrain', '--lr', 'NaN'], '--lr'],
+    [['pretrain', '--device', 'tpu'], '--device'],
+    [['pretrain', '--optimizer', 'adam'], '--optimizer'],
+    [['pretrain', '--arch', 'vgg16'], '--arch'],
+    [['pretrain', '--local-crops', '2.5'], '--local-crops'],
+    [['pretrain', '--no-such-option'], 'no-such-option'],
+    [['eval', 'knn'], '--checkpoint'],
+    [['eval', 'knn', '--checkpoint', 'x', '--k', '0'], '--k'],
+    [['eval', 'linear', '--checkpoint', 'x', '--epochs', '-3'], '--epochs'],
+    [['export', '--checkpoint', 'x'], '--out'],
+  ])('%j is refused naming %s', async (args, name) => {
+    const r = await cli(...(args as string[]));
+    expect(r.error).toBeDefined();
+    expect(r.error!.exitCode).not.toBe(0);
+    expect(r.err).toContain(name);
+  });
+
+  test('a missing checkpoint is an E_CHECKPOINT error with --json error line', async () => {
+    const r = await cli('eval', 'knn', '--checkpoint', path.join(tmp, 'nope.safetensors'), '--json');
+    expect(r.exit).toBe(1);
+    expect(r.err).toContain('[E_CHECKPOINT]');
+    expect(JSON.parse(r.out.trim().split('\n').pop()!).error.code).toBe('E_CHECKPOINT');
+  });
+
+  test('--device auto says which device and why', () => {
+    const r = resolveDevice('auto');
+    expect(r.device).toBe(backends().cuda.available ? 'cuda' : 'cpu');
+    expect(r.reason).toMatch(/auto: CUDA is (not )?available/);
+    if (!backends().cuda.available) expect(() => resolveDevice('cuda')).toThrow(/CUDA is not usable/);
+  });
+
+  test('doctor --json', async () => {
+    const r = await cli('doctor', '--json');
+    const j = JSON.parse(r.out.trim().split('\n').pop()!);
+    expect(j.backends.cpu.available).toBe(true);
+    expect(j.device.device).toBeDefined();
+  });
+});
+
+describe('cli: pretrain -> eval -> export', () => {
+  const out = path.join(tmp, 'run');
+  test('tiny run prints a JSON summary last', async () => {
+    const r = await cli('pretrain', '--width', '0.0625', '--projector-dim', '32', '--batch-size', '32', '--train-images', '96',
+      '--epochs', '1', '--knn-every', '0', '--no-final-knn', '--device', 'cpu', '--out', out, '--optimizer', 'sgd', '--lr', '0.3', '--json');
+    expect(r.exit).toBeUndefined();
+    const s = JSON.parse(r.out.trim().split('\n').pop()!);
+    expect(s.steps).toBe(3);
+    expect(s.epochs).toBe(1);
+    for (const k of ['seconds', 'imagesPerSecond', 'knnTop1', 'knnTop1RandomInit', 'checkpoint', 'report']) expect(k in s).toBe(true);
+    expect(fs.existsSync(s.checkpoint)).toBe(true);
+    expect(r.err).toContain('device: cpu');
+  });
+  test('eval knn and linear on the checkpoint', async () => {
+    const k = await cli('eval', 'knn', '--checkpoint', out, '--train-images', '300', '--test-images', '100', '--device', 'cpu', '--json');
+    const kj = JSON.parse(k.out.trim().split('\n').pop()!);
+    expect(kj.top1).toBeGreaterThan(0.1); // 10 classes: better than chance even for a barely trained net
+    expect(kj.top5).toBeGreaterThanOrEqual(kj.top1);
+    expect(kj.testCount).toBe(100);
+    const l = await cli('eval', 'linear', '--checkpoint', out, '--train-images', '300', '--test-images', '100', '--epochs', '5', '--device', 'cpu', '--json');
+    const lj = JSON.parse(l.out.trim().split('\n').pop()!);
+    expect(lj.top1).toBeGreaterThan(0.1);
+    expect(lj.mode).toBe('linear');
+  });
+  test('export writes torchvision names without fc', async () => {
+    const file = path.join(tmp, 'backbone.safetensors');
+    const r = await cli('export', '--checkpoint', out, '--out', file, '--json');
+    const j = JSON.parse(r.out.trim().split('\n').pop()!);
+    expect(j.path).toBe(file);
+    const bytes = fs.readFileSync(file);
+    const headerLen = Number(bytes.readBigUInt64LE(0));
+    const header = JSON.parse(bytes.subarray(8, 8 + headerLen).toString('utf8'));
+    expect(header['conv1.weight']).toBeDefined();
+    expect(header['layer4.1.bn2.running_var']).toBeDefined();
+    expect(Object.keys(header).some((k) => k.startsWith('fc.'))).toBe(false);
+  });
+});

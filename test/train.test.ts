@@ -1,0 +1,148 @@
+// train.test.ts: the MVEB training loop end to end on a tiny network (ResNet-18 CIFAR stem at width
+// x0.0625 on 28x28 Fashion-MNIST subsets, batch 32): loss decreases and alignment increases,
+// checkpoint + resume reproduce an uninterrupted run's losses step for step, a corrupted or
+// truncated checkpoint is refused with E_CHECKPOINT, schedules match the spec's numbers, the report
+// contains the curves. Run: MVEB_ADDON_PATH=/tmp/addon-train/Release/mveb.node npx jest test/train.test.ts
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { learningRateAt, momentumAt, maxLearningRate } from '../lib/train/schedule';
+import { renderReport, lineChart } from '../lib/train/report';
+import { pretrain, PretrainOptions } from '../lib/train/pretrain';
+import { loadCheckpoint, checksumTensors } from '../lib/train/checkpoint';
+import { builtinFashionMnist } from '../lib/data';
+import type { Dataset } from '../lib/data';
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mveb-train-'));
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+describe('train: schedules (mveb-spec.md section 4 numbers)', () => {
+  const o = { baseLr: 0.3, batchSize: 4096, warmupSteps: 3120, totalSteps: 249600 };
+  test('learning rate: warm-up from min_lr, cosine with the T denominator', () => {
+    expect(maxLearningRate(o)).toBeCloseTo(4.8, 12);
+    expect(learningRateAt(0, o)).toBeCloseTo(0.0048, 12);
+    expect(learningRateAt(3120, o)).toBeCloseTo(4.8, 10);
+    expect(learningRateAt(1560, o)).toBeCloseTo(0.0048 + (4.8 - 0.0048) / 2, 10);
+    expect(learningRateAt(249600 / 2, o)).toBeCloseTo(2.4965, 3);
+    expect(learningRateAt(249599, o)).toBeCloseTo(0.0066497, 6);
+  });
+  test('EMA momentum: 0.996 -> 0.998 at T/2 -> 1 at T', () => {
+    expect(momentumAt(0, 1000)).toBeCloseTo(0.996, 12);
+    expect(momentumAt(500, 1000)).toBeCloseTo(0.998, 12);
+    expect(momentumAt(1000, 1000)).toBeCloseTo(1, 12);
+  });
+});
+
+describe('train: report', () => {
+  test('charts contain one point per record and survive non-finite values', () => {
+    const svg = lineChart('t', { name: 't', x: [0, 1, 2, 3], y: [1, NaN, 3, 2] });
+    expect(svg.startsWith('<svg')).toBe(true);
+    expect((svg.match(/<circle/g) ?? []).length).toBe(3);
+    const html = renderReport({
+      title: 'x < y',
+      steps: [0, 1, 2].map((s) => ({ step: s, epoch: 0, loss: -s, alignment: s / 3, entropy: 1, tau: 0.5, lr: 0.1, momentum: 0.996, imagesPerSecond: 10 })),
+      epochs: [{ epoch: 0, step: 3, knnTop1: 0.5, seconds: 1 }],
+      summary: { knnTop1: 0.5 },
+      config: { depth: 18 },
+    });
+    expect(html).toContain('x &lt; y');
+    for (const t of ['loss', 'alignment', 'entropy surrogate', 'kernel width tau', 'learning rate', 'kNN top-1']) expect(html).toContain(t);
+    expect((html.match(/<svg/g) ?? []).length).toBe(8);
+  });
+});
+
+describe('train: pretrain end to end (tiny network)', () => {
+  let train: Dataset, test: Dataset;
+  beforeAll(async () => {
+    const all = await builtinFashionMnist('train');
+    train = all.subset(Int32Array.from({ length: 256 }, (_, i) => i));
+    const t = await builtinFashionMnist('test');
+    test = t.subset(Int32Array.from({ length: 200 }, (_, i) => i));
+  });
+  const base = (out: string): PretrainOptions => ({
+    data: train,
+    testData: test,
+    width: 0.0625,
+    projectorDim: 64,
+    batchSize: 32,
+    epochs: 3,
+    trainImages: 0,
+    optimizer: 'sgd',
+    lr: 0.5,
+    weightDecay: 1e-5,
+    warmupEpochs: 0,
+    knnEvery: 0,
+    finalKnn: false,
+    progress: 'none',
+    device: 'cpu',
+    seed: 1,
+    out: path.join(tmp, out),
+  });
+
+  test('loss decreases and alignment increases; metrics, report and checkpoint are written', async () => {
+    const steps: { loss: number; alignment: number; step: number }[] = [];
+    const summary = await pretrain({ ...base('a'), onProgress: (e) => e.type === 'step' && steps.push(e) });
+    expect(summary.steps).toBe(24);
+    expect(steps.map((s) => s.step)).toEqual(Array.from({ length: 24 }, (_, i) => i));
+    const mean = (a: number[]) => a.reduce((x, y) => x + y, 0) / a.length;
+    const first = steps.slice(0, 4), last = steps.slice(-4);
+    expect(mean(last.map((s) => s.loss))).toBeLessThan(mean(first.map((s) => s.loss)));
+    expect(mean(last.map((s) => s.alignment))).toBeGreaterThan(mean(first.map((s) => s.alignment)));
+    for (const s of steps) expect(Number.isFinite(s.loss)).toBe(true);
+    const lines = fs.readFileSync(summary.metrics, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    expect(lines.filter((l) => l.type === 'step').length).toBe(24);
+    expect(lines.filter((l) => l.type === 'epoch').length).toBe(3);
+    expect(fs.readFileSync(summary.report, 'utf8')).toContain('<svg');
+    const ck = await loadCheckpoint(summary.checkpoint);
+    expect(ck.state.step).toBe(24);
+    expect([...ck.tensors.keys()].some((k) => k === 'online.backbone.conv1.weight')).toBe(true);
+    expect([...ck.tensors.keys()].some((k) => k.startsWith('target.projector.'))).toBe(true);
+    expect([...ck.tensors.keys()].some((k) => k.startsWith('optim.backbone.'))).toBe(true);
+    ck.tensors.forEach((t) => t.dispose());
+  });
+
+  test('resume reproduces the uninterrupted run step for step (mid-epoch and epoch boundary)', async () => {
+    const run = async (o: PretrainOptions) => {
+      const losses: number[] = [];
+      const s = await pretrain({ ...o, onProgress: (e) => e.type === 'step' && losses.push(e.loss) });
+      return { losses, s };
+    };
+    const full = await run({ ...base('full'), epochs: 2 });
+    expect(full.losses.length).toBe(16);
+    const part1 = await run({ ...base('part'), epochs: 2, maxSteps: 5 });
+    expect(part1.s.steps).toBe(5);
+    expect(part1.losses).toEqual(full.losses.slice(0, 5));
+    const part2 = await run({ ...base('part'), epochs: 2, maxSteps: 8, resume: true });
+    expect(part2.losses).toEqual(full.losses.slice(5, 8));
+    const part3 = await run({ ...base('part'), epochs: 2, resume: true });
+    expect(part3.losses).toEqual(full.losses.slice(8));
+    const a = await loadCheckpoint(full.s.checkpoint), b = await loadCheckpoint(part3.s.checkpoint);
+    expect(checksumTensors(b.tensors)).toBe(checksumTensors(a.tensors));
+    a.tensors.forEach((t) => t.dispose());
+    b.tensors.forEach((t) => t.dispose());
+    // the resumed run's metrics file has each step once
+    const lines = fs.readFileSync(part3.s.metrics, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    expect(lines.filter((l) => l.type === 'step').map((l) => l.step)).toEqual(Array.from({ length: 16 }, (_, i) => i));
+  });
+
+  test('a corrupted or truncated checkpoint is refused with E_CHECKPOINT', async () => {
+    const src = path.join(tmp, 'a', 'checkpoint.safetensors');
+    const bytes = fs.readFileSync(src);
+    const flipped = Buffer.from(bytes);
+    flipped[flipped.length - 100] ^= 0x40;
+    const p1 = path.join(tmp, 'flipped.safetensors');
+    fs.writeFileSync(p1, flipped);
+    await expect(loadCheckpoint(p1)).rejects.toMatchObject({ code: 'E_CHECKPOINT', message: expect.stringContaining('corrupted') });
+    const p2 = path.join(tmp, 'truncated.safetensors');
+    fs.writeFileSync(p2, bytes.subarray(0, Math.floor(bytes.length / 2)));
+    await expect(loadCheckpoint(p2)).rejects.toMatchObject({ code: 'E_CHECKPOINT', message: expect.stringContaining(p2) });
+    await expect(loadCheckpoint(path.join(tmp, 'missing.safetensors'))).rejects.toMatchObject({ code: 'E_CHECKPOINT' });
+    await expect(pretrain({ ...base('b'), resume: p1 })).rejects.toMatchObject({ code: 'E_CHECKPOINT' });
+  });
+
+  test('options are validated with clear messages', async () => {
+    await expect(pretrain({ ...base('c'), width: -1 })).rejects.toMatchObject({ code: 'E_ARG', message: expect.stringContaining('width') });
+    await expect(pretrain({ ...base('c'), optimizer: 'adam' as never })).rejects.toMatchObject({ code: 'E_ARG' });
+    await expect(pretrain({ ...base('c'), batchSize: 1000 })).rejects.toMatchObject({ code: 'E_ARG', message: expect.stringContaining('batchSize') });
+  });
+});
