@@ -10,6 +10,7 @@
 // Memory traffic: train forward reads x three times and writes y once (~4 x 4 B per element).
 #include <cuda_runtime.h>
 
+#include "cpu/kernel_util.h"  // argument checks shared with the CPU backend
 #include "cuda/cuda_backend.h"
 
 namespace mveb {
@@ -174,7 +175,8 @@ ColumnPlan plan_columns(const CudaBackend& be, int M, int C) {
 }
 
 void check_rows(int M, int C, const char* op) {
-  MVEB_CHECK(M >= 0 && C >= 0, "E_SHAPE", op, ": invalid sizes M=", M, " C=", C);
+  check_nonnegative(op, "M", M);
+  check_nonnegative(op, "C", C);
 }
 
 }  // namespace
@@ -183,7 +185,8 @@ void CudaBackend::batchnorm_forward_train(float* y, float* saved_mean, float* sa
                                           float* running_var, const float* x, const float* gamma, const float* beta,
                                           const float* residual, bool relu, int M, int C, float momentum, float eps) {
   check_rows(M, C, "batchnorm_forward_train");
-  MVEB_CHECK(M > 0, "E_SHAPE", "batchnorm_forward_train: needs at least one row per channel, found M=", M);
+  MVEB_CHECK(M >= 2, "E_SHAPE", "batchnorm_forward_train: expected more than 1 value per channel when training, found ",
+             M, " rows");
   if (C == 0) return;
   ColumnPlan plan = plan_columns(*this, M, C);
   CudaScratch partial(*this, sizeof(double) * plan.splits * C);
@@ -242,7 +245,8 @@ void CudaBackend::batchnorm_backward(float* dx, float* dresidual, float* dgamma,
 }
 
 void CudaBackend::sum_rows(float* dbias, const float* dy, int M, int N) {
-  check_rows(M, N, "sum_rows");
+  check_nonnegative("sum_rows", "M", M);
+  check_nonnegative("sum_rows", "N", N);
   if (M == 0 || N == 0) return;
   ColumnPlan plan = plan_columns(*this, M, N);
   CudaScratch partial(*this, sizeof(double) * plan.splits * N);

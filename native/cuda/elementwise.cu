@@ -8,6 +8,7 @@
 
 #include <cmath>
 
+#include "cpu/kernel_util.h"  // argument checks shared with the CPU backend
 #include "cuda/cuda_backend.h"
 
 namespace mveb {
@@ -95,21 +96,23 @@ __global__ void maxpool_backward_kernel(float* __restrict__ dx, const float* __r
 }
 
 // [N, HW, C] -> [N, C]: block (32 channels x 8 lanes) per (channel block, image).
-__global__ void global_avgpool_forward_kernel(float* __restrict__ y, const float* __restrict__ x, int HW, int C) {
+__global__ void global_avgpool_forward_kernel(float* __restrict__ y, const float* __restrict__ x, int N, int HW, int C) {
   __shared__ double sh[8][32];
   int c = blockIdx.x * 32 + threadIdx.x;
-  int n = blockIdx.y;
-  double s = 0;
-  if (c < C) {
-    const float* xn = x + static_cast<long long>(n) * HW * C;
-    for (int k = threadIdx.y; k < HW; k += 8) s += xn[static_cast<long long>(k) * C + c];
-  }
-  sh[threadIdx.y][threadIdx.x] = s;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < C) {
-    double t = 0;
-    for (int l = 0; l < 8; ++l) t += sh[l][threadIdx.x];
-    y[static_cast<long long>(n) * C + c] = static_cast<float>(t / HW);
+  for (int n = blockIdx.y; n < N; n += gridDim.y) {
+    double s = 0;
+    if (c < C) {
+      const float* xn = x + static_cast<long long>(n) * HW * C;
+      for (int k = threadIdx.y; k < HW; k += 8) s += xn[static_cast<long long>(k) * C + c];
+    }
+    sh[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < C) {
+      double t = 0;
+      for (int l = 0; l < 8; ++l) t += sh[l][threadIdx.x];
+      y[static_cast<long long>(n) * C + c] = static_cast<float>(t / HW);
+    }
+    __syncthreads();
   }
 }
 __global__ void global_avgpool_backward_kernel(float* __restrict__ dx, const float* __restrict__ dy, int HW, int C,
@@ -187,7 +190,7 @@ __global__ void sumsq_partials_kernel(double* __restrict__ partial, double* __re
     double v = a[i];
     s1 += v * v;
     if (b) {
-      double g = static_cast<double>(b[i] + wd * a[i]);
+      double g = static_cast<double>(b[i]) + static_cast<double>(wd) * v;  // as the CPU: in double
       s2 += g * g;
     }
   }
@@ -220,11 +223,20 @@ unsigned reduction_blocks(size_t n) {
   return b == 0 ? 1u : static_cast<unsigned>(b);
 }
 
+// Same checks and messages as native/cpu/pool.cpp (2 pad <= kernel: no window is all padding).
 void check_pool(const PoolShape& s, const char* op) {
-  MVEB_CHECK(s.N >= 0 && s.H > 0 && s.W > 0 && s.C > 0 && s.kernel > 0 && s.stride > 0 && s.pad >= 0 &&
-                 s.pad < s.kernel && s.P() > 0 && s.Q() > 0,
-             "E_SHAPE", op, ": invalid pooling shape N=", s.N, " H=", s.H, " W=", s.W, " C=", s.C,
-             " kernel=", s.kernel, " stride=", s.stride, " pad=", s.pad);
+  check_nonnegative(op, "N", s.N);
+  check_positive(op, "H", s.H);
+  check_positive(op, "W", s.W);
+  check_nonnegative(op, "C", s.C);
+  check_positive(op, "kernel", s.kernel);
+  check_positive(op, "stride", s.stride);
+  check_nonnegative(op, "pad", s.pad);
+  MVEB_CHECK(2 * s.pad <= s.kernel, "E_SHAPE", op, ": pad must be <= kernel / 2 (", s.kernel / 2, "), found ", s.pad);
+  MVEB_CHECK(s.P() > 0 && s.Q() > 0, "E_SHAPE", op, ": output size must be > 0, found ", s.P(), "x", s.Q(),
+             " for input ", s.H, "x", s.W, " kernel ", s.kernel, " stride ", s.stride, " pad ", s.pad);
+  MVEB_CHECK(static_cast<double>(s.N) * s.H * s.W * s.C < 2147483647.0, "E_SHAPE", op,
+             ": input too large for int32 argmax (", static_cast<double>(s.N) * s.H * s.W * s.C, " elements)");
 }
 
 }  // namespace
@@ -255,9 +267,6 @@ void CudaBackend::axpy(float* y, float alpha, const float* x, size_t n) {
 
 void CudaBackend::maxpool2d_forward(float* y, int32_t* argmax, const float* x, const PoolShape& s) {
   check_pool(s, "maxpool2d_forward");
-  MVEB_CHECK(static_cast<long long>(s.N) * s.H * s.W * s.C < (1LL << 31), "E_SHAPE",
-             "maxpool2d_forward: input of ", static_cast<long long>(s.N) * s.H * s.W * s.C,
-             " values does not fit the int32 argmax");
   size_t total = static_cast<size_t>(s.N) * s.P() * s.Q() * s.C;
   if (!total) return;
   maxpool_forward_kernel<<<elementwise_blocks(total), 256, 0, stream_>>>(y, argmax, x, s, s.P(), s.Q(), total);
@@ -273,15 +282,18 @@ void CudaBackend::maxpool2d_backward(float* dx, const float* dy, const int32_t* 
 }
 
 void CudaBackend::global_avgpool_forward(float* y, const float* x, int N, int HW, int C) {
-  MVEB_CHECK(N >= 0 && HW > 0 && C >= 0, "E_SHAPE", "global_avgpool_forward: invalid sizes N=", N, " HW=", HW, " C=", C);
+  check_nonnegative("global_avgpool_forward", "N", N);
+  check_positive("global_avgpool_forward", "HW", HW);
+  check_nonnegative("global_avgpool_forward", "C", C);
   if (N == 0 || C == 0) return;
-  MVEB_CHECK(N <= 65535, "E_SHAPE", "global_avgpool_forward: batch ", N, " is larger than the CUDA grid allows (65535)");
-  global_avgpool_forward_kernel<<<dim3((C + 31) / 32, N), dim3(32, 8), 0, stream_>>>(y, x, HW, C);
+  global_avgpool_forward_kernel<<<dim3((C + 31) / 32, N < 65535 ? N : 65535), dim3(32, 8), 0, stream_>>>(y, x, N, HW, C);
   MVEB_CUDA_LAUNCH_CHECK("global_avgpool_forward_kernel");
 }
 
 void CudaBackend::global_avgpool_backward(float* dx, const float* dy, int N, int HW, int C) {
-  MVEB_CHECK(N >= 0 && HW > 0 && C >= 0, "E_SHAPE", "global_avgpool_backward: invalid sizes N=", N, " HW=", HW, " C=", C);
+  check_nonnegative("global_avgpool_backward", "N", N);
+  check_positive("global_avgpool_backward", "HW", HW);
+  check_nonnegative("global_avgpool_backward", "C", C);
   size_t total = static_cast<size_t>(N) * HW * C;
   if (!total) return;
   global_avgpool_backward_kernel<<<elementwise_blocks(total), 256, 0, stream_>>>(dx, dy, HW, C, total);
@@ -289,7 +301,8 @@ void CudaBackend::global_avgpool_backward(float* dx, const float* dy, int N, int
 }
 
 void CudaBackend::add_bias_rows(float* y, const float* bias, int M, int N) {
-  MVEB_CHECK(M >= 0 && N >= 0, "E_SHAPE", "add_bias_rows: invalid sizes M=", M, " N=", N);
+  check_nonnegative("add_bias_rows", "M", M);
+  check_nonnegative("add_bias_rows", "N", N);
   size_t total = static_cast<size_t>(M) * N;
   if (!total) return;
   add_bias_rows_kernel<<<elementwise_blocks(total), 256, 0, stream_>>>(y, bias, N, total);

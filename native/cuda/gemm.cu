@@ -14,6 +14,9 @@
 // to run at the 1e-7 level.
 #include <cuda_runtime.h>
 
+#include <algorithm>
+
+#include "cpu/kernel_util.h"  // the argument checks, shared with the CPU backend (same messages)
 #include "cuda/cuda_backend.h"
 
 namespace mveb {
@@ -264,12 +267,26 @@ GemmArgs conv_args(const ConvShape& s) {
   return a;
 }
 
+// Same checks and messages as native/cpu/conv.cpp.
 void check_conv(const ConvShape& s, const char* op) {
-  MVEB_CHECK(s.N >= 0 && s.H > 0 && s.W > 0 && s.C > 0 && s.K > 0 && s.R > 0 && s.S > 0 && s.stride > 0 && s.pad >= 0,
-             "E_SHAPE", op, ": invalid convolution shape N=", s.N, " H=", s.H, " W=", s.W, " C=", s.C, " K=", s.K,
-             " R=", s.R, " S=", s.S, " stride=", s.stride, " pad=", s.pad);
-  MVEB_CHECK(s.P() > 0 && s.Q() > 0, "E_SHAPE", op, ": the ", s.R, "x", s.S, " filter does not fit the ", s.H, "x",
-             s.W, " input with pad ", s.pad);
+  check_nonnegative(op, "N", s.N);
+  check_positive(op, "H", s.H);
+  check_positive(op, "W", s.W);
+  check_positive(op, "C", s.C);
+  check_positive(op, "K", s.K);
+  check_positive(op, "R", s.R);
+  check_positive(op, "S", s.S);
+  check_positive(op, "stride", s.stride);
+  check_nonnegative(op, "pad", s.pad);
+  MVEB_CHECK(s.P() > 0 && s.Q() > 0, "E_SHAPE", op, ": output size must be > 0, found ", s.P(), "x", s.Q(),
+             " for input ", s.H, "x", s.W, " filter ", s.R, "x", s.S, " stride ", s.stride, " pad ", s.pad);
+}
+
+void check_dims(const char* op, int N, int C, int H, int W) {
+  check_nonnegative(op, "N", N);
+  check_nonnegative(op, "C", C);
+  check_nonnegative(op, "H", H);
+  check_nonnegative(op, "W", W);
 }
 
 void transpose(CudaBackend& be, float* dst, const float* src, int B, int R, int Cc) {
@@ -284,7 +301,14 @@ void transpose(CudaBackend& be, float* dst, const float* src, int B, int R, int 
 
 void CudaBackend::gemm(bool transA, bool transB, int M, int N, int K, float alpha, const float* A, int lda,
                        const float* B, int ldb, float beta, float* C, int ldc) {
-  MVEB_CHECK(M >= 0 && N >= 0 && K >= 0, "E_ARG", "gemm: negative size M=", M, " N=", N, " K=", K);
+  // same checks and messages as native/cpu/gemm.cpp
+  check_nonnegative("gemm", "M", M);
+  check_nonnegative("gemm", "N", N);
+  check_nonnegative("gemm", "K", K);
+  const int a_cols = transA ? M : K, b_cols = transB ? K : N;
+  MVEB_CHECK(lda >= std::max(1, a_cols), "E_ARG", "gemm: lda must be >= ", std::max(1, a_cols), ", found ", lda);
+  MVEB_CHECK(ldb >= std::max(1, b_cols), "E_ARG", "gemm: ldb must be >= ", std::max(1, b_cols), ", found ", ldb);
+  MVEB_CHECK(ldc >= std::max(1, N), "E_ARG", "gemm: ldc must be >= ", std::max(1, N), ", found ", ldc);
   GemmArgs a{};
   a.M = M, a.N = N, a.K = K;
   a.alpha = alpha, a.beta = beta;
@@ -295,10 +319,12 @@ void CudaBackend::gemm(bool transA, bool transB, int M, int N, int K, float alph
 }
 
 void CudaBackend::nchw_to_nhwc(float* dst, const float* src, int N, int C, int H, int W) {
+  check_dims("nchw_to_nhwc", N, C, H, W);
   transpose(*this, dst, src, N, C, H * W);
 }
 
 void CudaBackend::nhwc_to_nchw(float* dst, const float* src, int N, int C, int H, int W) {
+  check_dims("nhwc_to_nchw", N, C, H, W);
   transpose(*this, dst, src, N, H * W, C);
 }
 

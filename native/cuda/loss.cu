@@ -19,6 +19,7 @@
 #include <functional>
 #include <vector>
 
+#include "cpu/kernel_util.h"  // argument checks shared with the CPU backend
 #include "cuda/cuda_backend.h"
 
 namespace mveb {
@@ -53,14 +54,16 @@ __global__ void l2_normalize_forward_kernel(float* __restrict__ y, float* __rest
     s += v * v;
   }
   s = block_sum_all(s);
-  float norm = static_cast<float>(sqrt(s));
-  float denom = norm > eps ? norm : eps;
+  const double norm_d = sqrt(s);
+  const float norm = static_cast<float>(norm_d);
+  const float denom = static_cast<float>(norm_d > eps ? norm_d : static_cast<double>(eps));
   float* yr = y + row * D;
   for (int d = threadIdx.x; d < D; d += blockDim.x) yr[d] = xr[d] / denom;
   if (threadIdx.x == 0) norms[row] = norm;
 }
 
-// dx_i = (dy_i - y_i (y_i . dy_i)) / max(norm_i, eps)
+// As native/cpu/loss_rows.cpp (the exact gradient of y = x / max(||x||, eps)):
+//   norm_i > eps: dx_i = (dy_i - y_i (y_i . dy_i)) / norm_i;  otherwise dx_i = dy_i / eps.
 __global__ void l2_normalize_backward_kernel(float* __restrict__ dx, const float* __restrict__ dy,
                                              const float* __restrict__ y, const float* __restrict__ norms, int D,
                                              float eps) {
@@ -71,15 +74,76 @@ __global__ void l2_normalize_backward_kernel(float* __restrict__ dx, const float
   for (int d = threadIdx.x; d < D; d += blockDim.x) s += static_cast<double>(yr[d]) * dyr[d];
   const float dot = static_cast<float>(block_sum_all(s));
   const float norm = norms[row];
-  const float denom = norm > eps ? norm : eps;
   float* dxr = dx + row * D;
-  for (int d = threadIdx.x; d < D; d += blockDim.x) dxr[d] = (dyr[d] - yr[d] * dot) / denom;
+  if (norm > eps) {
+    const float inv = static_cast<float>(1.0 / norm);
+    for (int d = threadIdx.x; d < D; d += blockDim.x) dxr[d] = (dyr[d] - yr[d] * dot) * inv;
+  } else {
+    const float inv = 1.f / eps;
+    for (int d = threadIdx.x; d < D; d += blockDim.x) dxr[d] = dyr[d] * inv;
+  }
+}
+
+// cond(A) of A = L L^T from its factor (L in the lower triangle, row stride N), the same estimate as
+// native/cpu/vmf.cpp (so both backends report the same number): lambda_max by 3 power-iteration
+// steps from the all-ones vector, 1 / lambda_min by 3 inverse-iteration steps (two triangular
+// solves each) from a fixed pseudo-random vector.
+double condition_estimate(const double* L, int N) {
+  constexpr int kSteps = 3;
+  std::vector<double> v(N), u(N), w(N);
+  auto normalise = [&](std::vector<double>& x) {
+    double s = 0;
+    for (double a : x) s += a * a;
+    const double n = std::sqrt(s);
+    for (double& a : x) a /= n;
+    return n;
+  };
+  std::fill(v.begin(), v.end(), 1.0);
+  normalise(v);
+  double lambda_max = 0;
+  for (int step = 0; step < kSteps; ++step) {
+    std::fill(u.begin(), u.end(), 0.0);  // u = L^T v
+    for (int i = 0; i < N; ++i) {
+      const double* row = L + static_cast<size_t>(i) * N;
+      for (int j = 0; j <= i; ++j) u[j] += v[i] * row[j];
+    }
+    for (int i = 0; i < N; ++i) {  // w = L u
+      const double* row = L + static_cast<size_t>(i) * N;
+      double s = 0;
+      for (int j = 0; j <= i; ++j) s += row[j] * u[j];
+      w[i] = s;
+    }
+    double rq = 0;
+    for (int i = 0; i < N; ++i) rq += v[i] * w[i];
+    lambda_max = std::max(lambda_max, rq);
+    v = w;
+    normalise(v);
+  }
+  for (int i = 0; i < N; ++i) v[i] = ((i * 7919) % 13) - 6.0 + 0.5 * std::sin(i + 1.0);
+  normalise(v);
+  double inv_lambda_min = 0;
+  for (int step = 0; step < kSteps; ++step) {
+    for (int i = 0; i < N; ++i) {  // v = L^{-1} v
+      const double* row = L + static_cast<size_t>(i) * N;
+      double s = 0;
+      for (int j = 0; j < i; ++j) s += row[j] * v[j];
+      v[i] = (v[i] - s) / row[i];
+    }
+    for (int i = N - 1; i >= 0; --i) {  // v = L^{-T} v
+      const double* row = L + static_cast<size_t>(i) * N;
+      v[i] /= row[i];
+      for (int j = 0; j < i; ++j) v[j] -= v[i] * row[j];
+    }
+    inv_lambda_min = std::max(inv_lambda_min, normalise(v));
+  }
+  return lambda_max * inv_lambda_min;
 }
 
 }  // namespace
 
 void CudaBackend::l2_normalize_rows_forward(float* y, float* norms, const float* x, int N, int D, float eps) {
-  MVEB_CHECK(N >= 0 && D >= 0, "E_SHAPE", "l2_normalize_rows_forward: invalid sizes N=", N, " D=", D);
+  check_nonnegative("l2_normalize_rows_forward", "N", N);
+  check_nonnegative("l2_normalize_rows_forward", "D", D);
   if (N == 0) return;
   l2_normalize_forward_kernel<<<N, 256, 0, stream_>>>(y, norms, x, D, eps);
   MVEB_CUDA_LAUNCH_CHECK("l2_normalize_forward_kernel");
@@ -87,16 +151,22 @@ void CudaBackend::l2_normalize_rows_forward(float* y, float* norms, const float*
 
 void CudaBackend::l2_normalize_rows_backward(float* dx, const float* dy, const float* y, const float* norms, int N,
                                              int D, float eps) {
-  MVEB_CHECK(N >= 0 && D >= 0, "E_SHAPE", "l2_normalize_rows_backward: invalid sizes N=", N, " D=", D);
+  check_nonnegative("l2_normalize_rows_backward", "N", N);
+  check_nonnegative("l2_normalize_rows_backward", "D", D);
   if (N == 0 || D == 0) return;
   l2_normalize_backward_kernel<<<N, 256, 0, stream_>>>(dx, dy, y, norms, D, eps);
   MVEB_CUDA_LAUNCH_CHECK("l2_normalize_backward_kernel");
 }
 
 VmfInfo CudaBackend::vmf_score(float* score, const float* z, int N, int D, float eta, float min_width) {
-  MVEB_CHECK(N >= 1 && D >= 1, "E_SHAPE", "vmf_score: needs N >= 1 rows of D >= 1 values, found N=", N, " D=", D);
-  MVEB_CHECK(N <= 16384, "E_SHAPE", "vmf_score: N=", N, " rows is more than the host factorisation handles (16384)");
-  MVEB_CHECK(std::isfinite(eta) && eta >= 0, "E_ARG", "vmf_score: eta must be finite and >= 0, found ", eta);
+  // argument checks and messages as native/cpu/vmf.cpp
+  const char* op = "vmf_score";
+  MVEB_CHECK(N >= 2, "E_SHAPE", op, ": needs at least 2 rows (samples), found N = ", N);
+  MVEB_CHECK(D >= 1, "E_SHAPE", op, ": needs at least 1 column, found D = ", D);
+  MVEB_CHECK(std::isfinite(eta) && eta >= 0, "E_ARG", op, ": eta must be finite and >= 0, found ", eta);
+  MVEB_CHECK(std::isfinite(min_width) && min_width > 0, "E_ARG", op, ": minWidth must be finite and > 0, found ",
+             min_width);
+  MVEB_CHECK(N <= 16384, "E_SHAPE", op, ": N = ", N, " rows is more than the host factorisation handles (16384)");
   const size_t nn = static_cast<size_t>(N) * N, nd = static_cast<size_t>(N) * D;
 
   // 1. S = Z Z^T on the device, then S and Z to the host.
@@ -107,9 +177,10 @@ VmfInfo CudaBackend::vmf_score(float* score, const float* z, int N, int D, float
     MVEB_CUDA_CHECK(cudaMemcpyAsync(Z.data(), z, nd * sizeof(float), cudaMemcpyDeviceToHost, stream_));
     download(S.data(), s_dev.as<float>(), nn * sizeof(float));
   }
-  for (size_t i = 0; i < nn; ++i)
-    MVEB_CHECK(std::isfinite(S[i]), "E_NUMERIC", "vmf_score: the similarity matrix Z Z^T has a non-finite entry (",
-               S[i], " at ", i / N, ",", i % N, "); the embeddings are not finite");
+  for (size_t i = 0; i < nd; ++i)
+    if (!std::isfinite(Z[i]))
+      throw_error("E_NUMERIC", op, ": z contains a non-finite value (", Z[i], " at row ", i / D, ", column ", i % D,
+                  ")");
 
   // 2. Width: tau0 = k-th largest of the N^2 distances 1 - S (diagonal included), k = N^2 / 2.
   VmfInfo info;
@@ -140,7 +211,6 @@ VmfInfo CudaBackend::vmf_score(float* score, const float* z, int N, int D, float
   MVEB_CHECK(std::isfinite(A[0]), "E_NUMERIC", "vmf_score: exp(S / tau) overflows with tau = ", tau);
 
   // 4. Cholesky A = L L^T (row-oriented, L in the lower triangle of A).
-  double min_pivot = INFINITY, max_pivot = 0;
   for (int j = 0; j < N; ++j) {
     double* Lj = &A[static_cast<size_t>(j) * N];
     for (int i = 0; i < j; ++i) {  // L[j][i] = (A[j][i] - sum_k L[j][k] L[i][k]) / L[i][i]
@@ -154,10 +224,8 @@ VmfInfo CudaBackend::vmf_score(float* score, const float* z, int N, int D, float
     MVEB_CHECK(d > 0 && std::isfinite(d), "E_NUMERIC", "vmf_score: K + eta I is not positive definite (pivot ", j,
                " = ", d, ", eta = ", eta, ", tau = ", tau, ")");
     Lj[j] = std::sqrt(d);
-    min_pivot = std::min(min_pivot, Lj[j]);
-    max_pivot = std::max(max_pivot, Lj[j]);
   }
-  info.condition = (max_pivot / min_pivot) * (max_pivot / min_pivot);
+  info.condition = condition_estimate(A.data(), N);
 
   // 5. Solve L Y = G, then L^T X = Y, column block by column block of G (all D columns at once,
   //    row-major so the inner loops run over d); score = -X.
