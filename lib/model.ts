@@ -1,0 +1,288 @@
+// model.ts: the public Model class: a torchvision-semantics ResNet-18/34/50 backbone or the MVEB
+// projector, held natively in flat arenas (native/core/model.h). forward/backward/optimizerStep/
+// emaUpdate run off the JS thread and return Promises; named-tensor views (parameters(), ...) are
+// copies in PyTorch layout with torchvision names. save/load use safetensors (lib/safetensors.ts).
+// Tested by test/model.test.ts (and natively by test/native/test_model.cpp against PyTorch).
+import { MvebError, check } from './errors';
+import { native } from './native';
+import { encodeTensors, loadTensors } from './safetensors';
+import { writeFileAtomic } from './atomic';
+import { Tensor, DeviceName } from './tensor';
+
+export interface ResnetOptions {
+  depth: 18 | 34 | 50;
+  /** 'imagenet': 7x7/2 conv + BN + ReLU + 3x3/2 max pool; 'cifar': 3x3/1 conv + BN + ReLU (default 'imagenet') */
+  stem?: 'imagenet' | 'cifar';
+  inChannels?: number;
+  /** stage widths round(64 w) x {1, 2, 4, 8} (default 1) */
+  widthMultiplier?: number;
+  /** zero the last BN weight of each residual block (default false, torchvision's default) */
+  zeroInitResidual?: boolean;
+  seed?: number;
+  device?: DeviceName;
+}
+
+export interface ProjectorOptions {
+  inDim: number;
+  hiddenDim: number;
+  outDim: number;
+  seed?: number;
+  device?: DeviceName;
+}
+
+export interface OptimizerStepOptions {
+  /** 'sgd': PyTorch SGD with momentum, weight decay on every tensor; 'lars': mveb-spec section 4 */
+  kind?: 'sgd' | 'lars';
+  lr: number;
+  momentum?: number;
+  weightDecay?: number;
+  /** LARS trust coefficient (eta), default 0.001 */
+  trust?: number;
+}
+
+type Handle = unknown;
+const DEVICES: readonly DeviceName[] = ['cpu', 'cuda'];
+
+const registry = new FinalizationRegistry<Handle>((h) => {
+  try {
+    native.modelDispose(h);
+  } catch {
+    /* already gone */
+  }
+});
+
+function int(v: unknown, name: string, lo: number, hi: number, fallback?: number): number {
+  if (v === undefined && fallback !== undefined) return fallback;
+  check(typeof v === 'number' && Number.isInteger(v) && v >= lo && v <= hi, 'E_ARG', () => `${name} must be an integer in [${lo}, ${hi}], found ${String(v)}`);
+  return v as number;
+}
+
+function device(v: unknown): DeviceName {
+  if (v === undefined) return 'cpu';
+  check(DEVICES.includes(v as DeviceName), 'E_DEVICE', () => `unknown device '${String(v)}': expected 'cpu' or 'cuda'`);
+  return v as DeviceName;
+}
+
+function toMap(r: { names: string[]; tensors: unknown[] }): Map<string, Tensor> {
+  const m = new Map<string, Tensor>();
+  r.names.forEach((n, i) => m.set(n, Tensor._wrap(r.tensors[i] as never)));
+  return m;
+}
+
+function fromMap(map: Map<string, Tensor>, what: string): [string[], unknown[]] {
+  check(map instanceof Map, 'E_ARG', `${what}: expected a Map<string, Tensor>`);
+  const names: string[] = [];
+  const handles: unknown[] = [];
+  for (const [k, t] of map) {
+    check(typeof k === 'string', 'E_ARG', `${what}: names must be strings`);
+    check(t instanceof Tensor, 'E_ARG', () => `${what}: '${k}' is not a Tensor`);
+    names.push(k);
+    handles.push(t._handle());
+  }
+  return [names, handles];
+}
+
+export class Model {
+  readonly kind: 'resnet' | 'projector';
+  readonly featureDim: number;
+  /** input channels (resnet) or input dimension (projector) */
+  readonly inChannels: number;
+  readonly device: DeviceName;
+  readonly parameterCount: number;
+  #handle: Handle | null;
+
+  private constructor(handle: Handle) {
+    this.#handle = handle;
+    const info = native.modelInfo(handle);
+    this.kind = info.kind;
+    this.featureDim = info.featureDim;
+    this.inChannels = info.inChannels;
+    this.device = info.device;
+    this.parameterCount = info.parameterCount;
+    registry.register(this, handle, this);
+  }
+
+  /** A torchvision-semantics ResNet backbone (no fc): forward gives pooled features [N, featureDim]. */
+  static resnet(opts: ResnetOptions): Model {
+    check(opts !== null && typeof opts === 'object', 'E_ARG', 'Model.resnet: expected an options object');
+    check([18, 34, 50].includes(opts.depth), 'E_ARG', () => `Model.resnet: depth must be 18, 34 or 50, found ${String(opts.depth)}`);
+    const stem = opts.stem ?? 'imagenet';
+    check(stem === 'imagenet' || stem === 'cifar', 'E_ARG', () => `Model.resnet: stem must be 'imagenet' or 'cifar', found '${String(stem)}'`);
+    const inChannels = int(opts.inChannels, 'Model.resnet: inChannels', 1, 4096, 3);
+    const widthMultiplier = opts.widthMultiplier ?? 1;
+    check(
+      typeof widthMultiplier === 'number' && Number.isFinite(widthMultiplier) && Math.round(64 * widthMultiplier) >= 1 && widthMultiplier <= 16,
+      'E_ARG',
+      () => `Model.resnet: widthMultiplier must be a number with round(64 w) >= 1 and w <= 16, found ${String(widthMultiplier)}`,
+    );
+    const zeroInitResidual = opts.zeroInitResidual ?? false;
+    check(typeof zeroInitResidual === 'boolean', 'E_ARG', 'Model.resnet: zeroInitResidual must be a boolean');
+    const seed = int(opts.seed, 'Model.resnet: seed', 0, 2147483647, 0);
+    return new Model(
+      native.modelResnet({ depth: opts.depth, stem, inChannels, widthMultiplier, zeroInitResidual, seed, device: device(opts.device) }),
+    );
+  }
+
+  /** The MVEB projector: Linear(no bias) -> BN1d -> ReLU -> Linear(no bias) -> BN1d -> ReLU -> Linear(bias). */
+  static projector(opts: ProjectorOptions): Model {
+    check(opts !== null && typeof opts === 'object', 'E_ARG', 'Model.projector: expected an options object');
+    const inDim = int(opts.inDim, 'Model.projector: inDim', 1, 1 << 20);
+    const hiddenDim = int(opts.hiddenDim, 'Model.projector: hiddenDim', 1, 1 << 20);
+    const outDim = int(opts.outDim, 'Model.projector: outDim', 1, 1 << 20);
+    const seed = int(opts.seed, 'Model.projector: seed', 0, 2147483647, 0);
+    return new Model(native.modelProjector({ inDim, hiddenDim, outDim, seed, device: device(opts.device) }));
+  }
+
+  get disposed(): boolean {
+    return this.#handle === null;
+  }
+
+  private h(): Handle {
+    if (this.#handle === null) throw new MvebError('E_DISPOSED', `the ${this.kind} model was used after dispose()`);
+    return this.#handle;
+  }
+
+  /** x: [N, C, H, W] (resnet) or [N, inDim] (projector). train (default true) uses batch statistics
+   * and updates the running ones. Saves what backward needs. */
+  async forward(x: Tensor, opts: { train?: boolean } = {}): Promise<Tensor> {
+    check(x instanceof Tensor, 'E_ARG', 'forward: x must be a Tensor');
+    const train = opts.train ?? true;
+    check(typeof train === 'boolean', 'E_ARG', 'forward: train must be a boolean');
+    const want = this.kind === 'resnet' ? `[N, ${this.inChannels}, H, W]` : `[N, ${this.inChannels}]`;
+    const rank = this.kind === 'resnet' ? 4 : 2;
+    check(x.shape.length === rank && x.shape[1] === this.inChannels, 'E_SHAPE', () => `forward: expected input shape ${want}, found [${x.shape.join(', ')}]`);
+    check(x.dtype === 'float32', 'E_DTYPE', () => `forward: expected a float32 input, found ${x.dtype}`);
+    check(x.device === this.device, 'E_DEVICE', () => `forward: the input is on ${x.device}, the model on ${this.device}`);
+    return Tensor._wrap(await native.modelForward(this.h(), x._handle(), train));
+  }
+
+  /** gradOut: [N, featureDim] for the last forward. Accumulates parameter gradients; returns the
+   * input gradient (null with { inputGrad: false }, which skips computing it). */
+  backward(gradOut: Tensor): Promise<Tensor>;
+  backward(gradOut: Tensor, opts: { inputGrad?: boolean }): Promise<Tensor | null>;
+  async backward(gradOut: Tensor, opts: { inputGrad?: boolean } = {}): Promise<Tensor | null> {
+    check(gradOut instanceof Tensor, 'E_ARG', 'backward: gradOut must be a Tensor');
+    check(gradOut.dtype === 'float32', 'E_DTYPE', () => `backward: expected a float32 gradOut, found ${gradOut.dtype}`);
+    const inputGrad = opts.inputGrad ?? true;
+    const r = await native.modelBackward(this.h(), gradOut._handle(), inputGrad);
+    return r === null ? null : Tensor._wrap(r);
+  }
+
+  /** Sets every parameter gradient to zero (one fill of the gradient arena). */
+  zeroGrad(): void {
+    native.modelZeroGrad(this.h());
+  }
+
+  /** Copies of the parameters, torchvision names, PyTorch layouts (conv weights OIHW). */
+  parameters(): Map<string, Tensor> {
+    return toMap(native.modelNamed(this.h(), 'parameters'));
+  }
+
+  gradients(): Map<string, Tensor> {
+    return toMap(native.modelNamed(this.h(), 'gradients'));
+  }
+
+  /** BN running_mean / running_var (float32) and num_batches_tracked (int32 scalar). */
+  buffers(): Map<string, Tensor> {
+    return toMap(native.modelNamed(this.h(), 'buffers'));
+  }
+
+  /** parameters then buffers, like a torchvision state_dict (without fc). */
+  stateDict(): Map<string, Tensor> {
+    return toMap(native.modelNamed(this.h(), 'stateDict'));
+  }
+
+  /** strict (default true): every entry present and no unknown names (E_FORMAT); shapes must match
+   * (E_SHAPE). For a backbone, fc.* entries are ignored. A failed load leaves the model unchanged. */
+  loadStateDict(tensors: Map<string, Tensor>, opts: { strict?: boolean } = {}): void {
+    const [names, handles] = fromMap(tensors, 'loadStateDict');
+    native.modelLoadStateDict(this.h(), names, handles, opts.strict ?? true);
+  }
+
+  /** Momentum buffers by parameter name (empty before the first optimizerStep). */
+  optimizerState(): Map<string, Tensor> {
+    return toMap(native.modelNamed(this.h(), 'optimizerState'));
+  }
+
+  loadOptimizerState(state: Map<string, Tensor>): void {
+    const [names, handles] = fromMap(state, 'loadOptimizerState');
+    native.modelLoadOptimizerState(this.h(), names, handles);
+  }
+
+  /** A deep copy (parameters, buffers); zero gradients, no optimiser state. */
+  clone(): Model {
+    return new Model(native.modelClone(this.h()));
+  }
+
+  /** this = m * this + (1 - m) * online, over the parameters (not the buffers). */
+  async emaUpdate(online: Model, m: number): Promise<void> {
+    check(online instanceof Model, 'E_ARG', 'emaUpdate: online must be a Model');
+    check(typeof m === 'number' && m >= 0 && m <= 1, 'E_ARG', () => `emaUpdate: momentum must be in [0, 1], found ${String(m)}`);
+    await native.modelEmaUpdate(this.h(), online.h(), m);
+  }
+
+  /** One optimiser step over all parameters. When any gradient is non-finite nothing changes and
+   * { finite: false } is returned. */
+  async optimizerStep(opts: OptimizerStepOptions): Promise<{ finite: boolean }> {
+    check(opts !== null && typeof opts === 'object', 'E_ARG', 'optimizerStep: expected an options object');
+    const kind = opts.kind ?? 'sgd';
+    check(kind === 'sgd' || kind === 'lars', 'E_ARG', () => `optimizerStep: kind must be 'sgd' or 'lars', found '${String(kind)}'`);
+    for (const k of ['lr', 'momentum', 'weightDecay', 'trust'] as const) {
+      const v = opts[k];
+      if (k === 'lr' || v !== undefined) check(typeof v === 'number' && Number.isFinite(v), 'E_ARG', () => `optimizerStep: ${k} must be a finite number, found ${String(v)}`);
+    }
+    return native.modelOptimizerStep(this.h(), { kind, lr: opts.lr, momentum: opts.momentum ?? 0.9, weightDecay: opts.weightDecay ?? 0, trust: opts.trust ?? 0.001 });
+  }
+
+  /** Writes the state dict (names prefixed by `prefix`, default none) as safetensors, atomically. */
+  async save(path: string, opts: { prefix?: string; metadata?: Record<string, string> } = {}): Promise<void> {
+    check(typeof path === 'string' && path.length > 0, 'E_ARG', 'save: path must be a non-empty string');
+    const sd = this.stateDict();
+    const prefixed = new Map<string, Tensor>();
+    for (const [k, v] of sd) prefixed.set((opts.prefix ?? '') + k, v);
+    try {
+      const bytes = await encodeTensors(prefixed, { format: 'pt', ...(opts.metadata ?? {}) });
+      await writeFileAtomic(path, bytes);
+    } finally {
+      sd.forEach((t) => t.dispose());
+    }
+  }
+
+  /** Loads a safetensors file written by save() or from a torchvision state dict. Entries are taken
+   * under `prefix` (default: none; a projector also finds 'projector.*' names, and a backbone ignores
+   * them). strict as loadStateDict. */
+  async load(path: string, opts: { strict?: boolean; prefix?: string } = {}): Promise<void> {
+    this.h();
+    const { tensors } = await loadTensors(path, { device: this.device });
+    try {
+      let prefix = opts.prefix;
+      if (prefix === undefined && this.kind === 'projector' && !tensors.has('0.weight') && tensors.has('projector.0.weight')) prefix = 'projector.';
+      const picked = new Map<string, Tensor>();
+      for (const [k, v] of tensors) {
+        if (prefix) {
+          if (k.startsWith(prefix)) picked.set(k.slice(prefix.length), v);
+        } else if (!(this.kind === 'resnet' && k.startsWith('projector.'))) {
+          picked.set(k, v);
+        }
+      }
+      try {
+        this.loadStateDict(picked, { strict: opts.strict ?? true });
+      } catch (e) {
+        const err = e as MvebError;
+        if (err && typeof err.code === 'string') throw new MvebError(err.code, `${path}: ${err.message}`);
+        throw e;
+      }
+    } finally {
+      tensors.forEach((t) => t.dispose());
+    }
+  }
+
+  /** Frees the native arenas now. Safe to call twice. */
+  dispose(): void {
+    if (this.#handle !== null) {
+      registry.unregister(this);
+      native.modelDispose(this.#handle);
+      this.#handle = null;
+    }
+  }
+}

@@ -1,0 +1,209 @@
+// model.test.ts: the Model API (lib/model.ts) and safetensors I/O (lib/safetensors.ts, lib/atomic.ts)
+// through the addon: the PyTorch fixture through JS (features, input gradient, a parameter gradient
+// within 1e-4), save/load round trip, strict-load errors, hostile files, clone/EMA/optimizer steps
+// against their formulas, argument validation codes, dispose.
+// Run: MVEB_ADDON_PATH=/tmp/addon-model/Release/mveb.node npx jest test/model.test.ts
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { Model } from '../lib/model';
+import { loadTensors, saveTensors } from '../lib/safetensors';
+import { writeFileAtomic } from '../lib/atomic';
+import { Tensor } from '../lib/tensor';
+import { MvebError } from '../lib/errors';
+
+const fixtures = path.join(__dirname, 'fixtures');
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mveb-model-'));
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let num = 0;
+  let den = 0;
+  expect(a.length).toBe(b.length);
+  for (let i = 0; i < a.length; i++) {
+    const d = a[i] - b[i];
+    if (!Number.isFinite(a[i])) return Infinity;
+    num += d * d;
+    den += b[i] * b[i];
+  }
+  return Math.sqrt(num / den);
+}
+
+async function expectCode(p: Promise<unknown> | (() => unknown), code: string): Promise<void> {
+  try {
+    if (typeof p === 'function') p();
+    else await p;
+  } catch (e) {
+    expect(e).toBeInstanceOf(MvebError);
+    expect((e as MvebError).code).toBe(code);
+    return;
+  }
+  throw new Error(`expected ${code}`);
+}
+
+test('resnet18 cifar fixture through the JS API matches PyTorch within 1e-4', async () => {
+  const { tensors: f, metadata } = await loadTensors(path.join(fixtures, 'resnet18_cifar_c3.safetensors'));
+  expect(metadata.depth).toBe('18');
+  const net = Model.resnet({ depth: 18, stem: 'cifar', inChannels: 3, widthMultiplier: Number(metadata.width_multiplier), seed: 0 });
+  const sd = new Map<string, Tensor>();
+  for (const [k, v] of f) {
+    if (k.startsWith('param.')) sd.set(k.slice(6), v);
+    if (k.startsWith('buffer.')) sd.set(k.slice(7), v);
+  }
+  net.loadStateDict(sd, { strict: true });
+  const feats = await net.forward(f.get('input')!, { train: true });
+  expect(feats.shape).toEqual([4, net.featureDim]);
+  expect(relError(feats.dataSync(), f.get('features')!.dataSync())).toBeLessThan(1e-4);
+  const dx = await net.backward(f.get('grad_out')!);
+  expect(relError(dx.dataSync(), f.get('input_grad')!.dataSync())).toBeLessThan(1e-4);
+  const grads = net.gradients();
+  expect(grads.get('conv1.weight')!.shape).toEqual([8, 3, 3, 3]);
+  expect(relError(grads.get('conv1.weight')!.dataSync(), f.get('grad.conv1.weight')!.dataSync())).toBeLessThan(1e-4);
+  expect(relError(grads.get('layer4.1.bn2.weight')!.dataSync(), f.get('grad.layer4.1.bn2.weight')!.dataSync())).toBeLessThan(1e-4);
+  const bufs = net.buffers();
+  expect(relError(bufs.get('layer2.0.downsample.1.running_var')!.dataSync(), f.get('after.layer2.0.downsample.1.running_var')!.dataSync())).toBeLessThan(1e-4);
+  expect(Array.from(bufs.get('bn1.num_batches_tracked')!.dataSync())).toEqual([4]);
+  [feats, dx, ...grads.values(), ...bufs.values(), ...f.values()].forEach((t) => t.dispose());
+  net.dispose();
+  expect(net.disposed).toBe(true);
+  await expectCode(net.forward(Tensor.zeros([1, 3, 8, 8])), 'E_DISPOSED');
+});
+
+test('save/load round trip (atomic write), prefix, strict errors, torchvision-style extra fc', async () => {
+  const a = Model.resnet({ depth: 18, stem: 'cifar', inChannels: 1, widthMultiplier: 0.0625, seed: 1 });
+  const x = Tensor.randn([2, 1, 8, 8], { seed: 3 });
+  (await a.forward(x)).dispose();
+  const file = path.join(tmp, 'a.safetensors');
+  await a.save(file);
+  expect(fs.readdirSync(tmp).filter((n) => n.endsWith('.tmp'))).toEqual([]);
+  const b = Model.resnet({ depth: 18, stem: 'cifar', inChannels: 1, widthMultiplier: 0.0625, seed: 2 });
+  await b.load(file, { strict: true });
+  const pa = a.stateDict();
+  const pb = b.stateDict();
+  expect([...pb.keys()]).toEqual([...pa.keys()]);
+  for (const [k, v] of pa) expect(Array.from(pb.get(k)!.dataSync())).toEqual(Array.from(v.dataSync()));
+
+  // the file a torchvision user would write: plus fc.*, num_batches_tracked as I64 (we write I64 too)
+  const withFc = new Map(pa);
+  withFc.set('fc.weight', Tensor.zeros([10, 32]));
+  const tv = path.join(tmp, 'tv.safetensors');
+  await saveTensors(tv, withFc, { format: 'pt' });
+  await b.load(tv, { strict: true });
+
+  // missing entry (strict) -> E_FORMAT; non-strict passes; wrong shape -> E_SHAPE
+  const missing = new Map(pa);
+  missing.delete('layer1.0.conv1.weight');
+  const mfile = path.join(tmp, 'missing.safetensors');
+  await saveTensors(mfile, missing);
+  await expectCode(b.load(mfile, { strict: true }), 'E_FORMAT');
+  await b.load(mfile, { strict: false });
+  const bad = new Map(pa);
+  bad.set('conv1.weight', Tensor.zeros([2, 1, 3, 3]));
+  await expectCode(Promise.resolve().then(() => b.loadStateDict(bad)), 'E_SHAPE');
+
+  // a backbone and a projector in one file under projector.*
+  const proj = Model.projector({ inDim: 32, hiddenDim: 16, outDim: 8, seed: 4 });
+  const both = new Map(pa);
+  const ps = proj.stateDict();
+  for (const [k, v] of ps) both.set(`projector.${k}`, v);
+  const bfile = path.join(tmp, 'both.safetensors');
+  await saveTensors(bfile, both);
+  const proj2 = Model.projector({ inDim: 32, hiddenDim: 16, outDim: 8, seed: 5 });
+  await proj2.load(bfile, { strict: true });
+  await b.load(bfile, { strict: true });
+  expect(Array.from(proj2.parameters().get('6.bias')!.dataSync())).toEqual(Array.from(ps.get('6.bias')!.dataSync()));
+  [a, b, proj, proj2].forEach((m) => m.dispose());
+  [...pa.values(), ...pb.values(), ...ps.values(), x].forEach((t) => t.dispose());
+});
+
+test('hostile files give MvebError, never a crash', async () => {
+  const cases: Array<[string, Buffer, string]> = [
+    ['empty', Buffer.alloc(0), 'E_FORMAT'],
+    ['huge header length', Buffer.from([0, 0, 0, 0, 0, 0, 0, 1, 0x7b, 0x7d]), 'E_FORMAT'],
+    ['garbage JSON', Buffer.concat([Buffer.from([4, 0, 0, 0, 0, 0, 0, 0]), Buffer.from('{"a"')]), 'E_FORMAT'],
+  ];
+  const header = '{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,64]}}';
+  const h = Buffer.alloc(8);
+  h.writeUInt32LE(header.length, 0);
+  cases.push(['offset out of range', Buffer.concat([h, Buffer.from(header), Buffer.alloc(16)]), 'E_FORMAT']);
+  for (const [name, bytes, code] of cases) {
+    const file = path.join(tmp, `${name.replace(/ /g, '_')}.safetensors`);
+    fs.writeFileSync(file, bytes);
+    await expectCode(loadTensors(file), code);
+  }
+  await expectCode(loadTensors(path.join(tmp, 'does-not-exist.safetensors')), 'E_IO');
+  const net = Model.projector({ inDim: 4, hiddenDim: 4, outDim: 4 });
+  await expectCode(net.load(path.join(tmp, 'empty.safetensors')), 'E_FORMAT');
+  net.dispose();
+});
+
+test('clone, emaUpdate and SGD optimizerStep follow their formulas; NaN gradients skip the step', async () => {
+  const online = Model.projector({ inDim: 6, hiddenDim: 8, outDim: 4, seed: 9 });
+  const target = online.clone();
+  const x = Tensor.randn([5, 6], { seed: 1 });
+  const g = Tensor.randn([5, 4], { seed: 2 });
+  (await online.forward(x)).dispose();
+  const dx = await online.backward(g);
+  expect(dx.shape).toEqual([5, 6]);
+  const p0 = online.parameters();
+  const g0 = online.gradients();
+  expect((await online.optimizerStep({ kind: 'sgd', lr: 0.1, momentum: 0.9, weightDecay: 0.01 })).finite).toBe(true);
+  const p1 = online.parameters();
+  for (const [k, v] of p0) {
+    const p = v.dataSync();
+    const gr = g0.get(k)!.dataSync();
+    const want = Array.from(p, (pv, i) => pv - 0.1 * (gr[i] + 0.01 * pv));
+    expect(relError(p1.get(k)!.dataSync(), want)).toBeLessThan(1e-6);
+  }
+  const mom = online.optimizerState();
+  expect(mom.size).toBe(p0.size);
+  const t0 = target.parameters();
+  await target.emaUpdate(online, 0.9);
+  const t1 = target.parameters();
+  for (const [k, v] of t0) {
+    const o = p1.get(k)!.dataSync();
+    const want = Array.from(v.dataSync(), (tv, i) => 0.9 * tv + 0.1 * o[i]);
+    expect(relError(t1.get(k)!.dataSync(), want)).toBeLessThan(1e-6);
+  }
+  // a NaN input makes NaN gradients: the step is skipped
+  online.zeroGrad();
+  const nanX = Tensor.from(new Float32Array(30).fill(NaN), [5, 6]);
+  (await online.forward(nanX)).dispose();
+  (await online.backward(g, { inputGrad: false }));
+  expect((await online.optimizerStep({ kind: 'lars', lr: 0.1, weightDecay: 1e-6 })).finite).toBe(false);
+  const p2 = online.parameters();
+  for (const [k, v] of p1) expect(Array.from(p2.get(k)!.dataSync())).toEqual(Array.from(v.dataSync()));
+  [x, g, dx, nanX, ...p0.values(), ...g0.values(), ...p1.values(), ...p2.values(), ...mom.values(), ...t0.values(), ...t1.values()].forEach((t) => t.dispose());
+  online.dispose();
+  target.dispose();
+});
+
+test('argument validation gives stable codes', async () => {
+  await expectCode(() => Model.resnet({ depth: 20 as 18 }), 'E_ARG');
+  await expectCode(() => Model.resnet({ depth: 18, stem: 'tiny' as 'cifar' }), 'E_ARG');
+  await expectCode(() => Model.resnet({ depth: 18, inChannels: 0 }), 'E_ARG');
+  await expectCode(() => Model.resnet({ depth: 18, device: 'tpu' as 'cpu' }), 'E_DEVICE');
+  await expectCode(() => Model.projector({ inDim: 4, hiddenDim: 0, outDim: 2 }), 'E_ARG');
+  const net = Model.resnet({ depth: 18, stem: 'cifar', widthMultiplier: 0.0625 });
+  expect(net.featureDim).toBe(32);
+  const wrong = Tensor.zeros([2, 1, 8, 8]);
+  await expectCode(net.forward(wrong), 'E_SHAPE');
+  await expectCode(net.backward(Tensor.zeros([2, 32])), 'E_ARG');
+  await expectCode(net.optimizerStep({ lr: NaN }), 'E_ARG');
+  await expectCode(net.optimizerStep({ kind: 'adam' as 'sgd', lr: 1 }), 'E_ARG');
+  const other = Model.projector({ inDim: 4, hiddenDim: 4, outDim: 4 });
+  await expectCode(net.emaUpdate(other, 0.5), 'E_SHAPE');
+  await expectCode(net.emaUpdate(net, 2), 'E_ARG');
+  net.dispose();
+  other.dispose();
+  wrong.dispose();
+});
+
+test('writeFileAtomic replaces the file whole and leaves no temporary file', async () => {
+  const file = path.join(tmp, 'atomic.bin');
+  await writeFileAtomic(file, Buffer.from('old'));
+  await writeFileAtomic(file, Buffer.from('new content'));
+  expect(fs.readFileSync(file, 'utf8')).toBe('new content');
+  expect(fs.readdirSync(tmp).filter((n) => n.includes('atomic.bin') && n.endsWith('.tmp'))).toEqual([]);
+  await expectCode(writeFileAtomic(path.join(tmp, 'no-such-dir', 'x.bin'), Buffer.from('x')), 'E_IO');
+});
