@@ -92,8 +92,43 @@ void scale_c(ThreadPool& pool, int M, int N, float beta, float* C, long ldc) {
 
 KernelInfo kernel_scalar() { return KernelInfo{kScalarMR, kScalarNR, micro_scalar, 256, 128, 2048}; }
 
+KernelInfo kernel_for(Isa isa) {
+  return isa == Isa::Avx512 ? kernel_avx512() : isa == Isa::Avx2 ? kernel_avx2() : kernel_scalar();
+}
+
+PackedB::PackedB(ThreadPool& pool, const KernelInfo& kern, bool transB, int N_, int K_, const float* B, long ldb)
+    : N(N_), K(K_), KC(std::min(K_, kern.kc)), NC(std::min((N_ + kern.nr - 1) / kern.nr * kern.nr, kern.nc)),
+      NR(kern.nr) {
+  const long padded_n = (static_cast<long>(N) + NR - 1) / NR * NR;
+  data_.reset(new ScratchBuffer(static_cast<size_t>(padded_n) * std::max(1, K)));
+  // tasks: (jc block, pc block, panel)
+  std::vector<int> jcs, pcs;
+  for (int jc = 0; jc < N; jc += NC) jcs.push_back(jc);
+  for (int pc = 0; pc < K; pc += KC) pcs.push_back(pc);
+  const int max_panels = NC / NR;
+  const int64_t tasks = static_cast<int64_t>(jcs.size()) * pcs.size() * max_panels;
+  pool.parallel_for(tasks, 4, [&](int64_t b, int64_t e, int) {
+    for (int64_t t = b; t < e; ++t) {
+      const int p = static_cast<int>(t % max_panels);
+      const int pi = static_cast<int>((t / max_panels) % static_cast<int64_t>(pcs.size()));
+      const int ji = static_cast<int>(t / max_panels / static_cast<int64_t>(pcs.size()));
+      const int jc = jcs[static_cast<size_t>(ji)], pc = pcs[static_cast<size_t>(pi)];
+      const int nc = std::min(NC, N - jc), kc = std::min(KC, K - pc), j0 = p * NR;
+      if (j0 >= nc) continue;
+      float* dst = const_cast<float*>(block(jc, pc)) + static_cast<long>(p) * kc * NR;
+      pack_b_panel(B, ldb, transB, pc, kc, jc + j0, std::min(NR, nc - j0), NR, dst);
+    }
+  });
+}
+
+const float* PackedB::block(int jc, int pc) const {
+  const int ncp = (std::min(NC, N - jc) + NR - 1) / NR * NR;
+  return data_->get() + static_cast<long>(jc) * K + static_cast<long>(pc) * ncp;
+}
+
 void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB, int M, int N, int K, float alpha,
-              const float* A, long lda, const float* B, long ldb, float beta, float* C, long ldc) {
+              const float* A, long lda, const float* B, long ldb, float beta, float* C, long ldc,
+              const PackedB* packed) {
   if (M == 0 || N == 0) return;
   if (K == 0 || alpha == 0.f) {
     scale_c(pool, M, N, beta, C, ldc);
@@ -114,9 +149,8 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
   m_blocks = (M + MC - 1) / MC;
 
   const bool direct = !transA && kern.direct != nullptr;
-  ScratchBuffer packed_b(static_cast<size_t>(KC) * NC);
-  std::vector<std::unique_ptr<ScratchBuffer>> packed_a(static_cast<size_t>(T));
-  for (auto& p : packed_a) p.reset(new ScratchBuffer(static_cast<size_t>(KC) * MC));
+  std::unique_ptr<ScratchBuffer> packed_b(packed ? nullptr : new ScratchBuffer(static_cast<size_t>(KC) * NC));
+  std::vector<std::unique_ptr<ScratchBuffer>> packed_a(static_cast<size_t>(T));  // allocated by their thread
 
   for (int jc = 0; jc < N; jc += NC) {
     const int nc = std::min(NC, N - jc);
@@ -126,18 +160,22 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
     for (int pc = 0; pc < K; pc += KC) {
       const int kc = std::min(KC, K - pc);
       const float beta_block = pc == 0 ? beta : 1.f;
-      pool.parallel_for(n_panels, 1, [&](int64_t b, int64_t e, int) {
-        for (int64_t p = b; p < e; ++p) {
-          const int j0 = static_cast<int>(p) * NR;
-          pack_b_panel(B, ldb, transB, pc, kc, jc + j0, std::min(NR, nc - j0), NR,
-                       packed_b.get() + static_cast<long>(p) * kc * NR);
-        }
-      });
+      const float* b_block = packed ? packed->block(jc, pc) : packed_b->get();
+      if (!packed)
+        pool.parallel_for(n_panels, 1, [&](int64_t b, int64_t e, int) {
+          for (int64_t p = b; p < e; ++p) {
+            const int j0 = static_cast<int>(p) * NR;
+            pack_b_panel(B, ldb, transB, pc, kc, jc + j0, std::min(NR, nc - j0), NR,
+                         packed_b->get() + static_cast<long>(p) * kc * NR);
+          }
+        });
       pool.parallel_tasks(static_cast<int64_t>(m_blocks) * n_splits, [&](int64_t task, int thread) {
         const int mb = static_cast<int>(task / n_splits), ns = static_cast<int>(task % n_splits);
         const int i0 = mb * MC, mc = std::min(MC, M - i0);
         const int p_begin = n_panels * ns / n_splits, p_end = n_panels * (ns + 1) / n_splits;
-        float* pa = packed_a[static_cast<size_t>(thread)]->get();
+        auto& pa_buffer = packed_a[static_cast<size_t>(thread)];
+        if (!pa_buffer) pa_buffer.reset(new ScratchBuffer(static_cast<size_t>(KC) * (direct ? MR : MC)));
+        float* pa = pa_buffer->get();
         // Direct kernels read full panels of A in place; only a last partial panel is packed (at pa).
         for (int ir = 0; ir < mc; ir += MR)
           if (!direct || mc - ir < MR)
@@ -146,7 +184,7 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
         alignas(64) float tile[16 * 64];
         for (int p = p_begin; p < p_end; ++p) {
           const int j0 = p * NR, nr = std::min(NR, nc - j0);
-          const float* pb = packed_b.get() + static_cast<long>(p) * kc * NR;
+          const float* pb = b_block + static_cast<long>(p) * kc * NR;
           for (int ir = 0; ir < mc; ir += MR) {
             const int mr = std::min(MR, mc - ir);
             float* c = C + static_cast<long>(i0 + ir) * ldc + jc + j0;
@@ -183,10 +221,7 @@ void CpuBackend::gemm(bool transA, bool transB, int M, int N, int K, float alpha
   MVEB_CHECK(lda >= std::max(1, a_cols), "E_ARG", "gemm: lda must be >= ", std::max(1, a_cols), ", found ", lda);
   MVEB_CHECK(ldb >= std::max(1, b_cols), "E_ARG", "gemm: ldb must be >= ", std::max(1, b_cols), ", found ", ldb);
   MVEB_CHECK(ldc >= std::max(1, N), "E_ARG", "gemm: ldc must be >= ", std::max(1, N), ", found ", ldc);
-  gemm_detail::KernelInfo kern = isa() == Isa::Avx512 ? gemm_detail::kernel_avx512()
-                                 : isa() == Isa::Avx2 ? gemm_detail::kernel_avx2()
-                                                      : gemm_detail::kernel_scalar();
-  gemm_detail::gemm_run(pool(), kern, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  gemm_detail::gemm_run(pool(), gemm_detail::kernel_for(isa()), transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 }  // namespace mveb

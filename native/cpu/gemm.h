@@ -5,6 +5,10 @@
 // Tested by test/native/test_kernels.cpp ("kernels: gemm ...") under every ISA.
 #pragma once
 #include <cstddef>
+#include <memory>
+
+#include "cpu/cpu_features.h"
+#include "cpu/kernel_util.h"
 
 namespace mveb {
 class ThreadPool;
@@ -28,10 +32,28 @@ KernelInfo kernel_scalar();
 KernelInfo kernel_avx2();
 KernelInfo kernel_avx512();
 
+// The micro-kernel of an ISA.
+KernelInfo kernel_for(Isa isa);
+
+// op(B) [K, N] packed once, in the blocks gemm_run uses, for several products with different A
+// (the chunks of a convolution). Block (jc, pc) of NC columns and KC depth starts at jc * K + pc * ncp
+// (ncp: the block's width rounded up to NR).
+class PackedB {
+ public:
+  PackedB(ThreadPool& pool, const KernelInfo& kernel, bool transB, int N, int K, const float* B, long ldb);
+  const float* block(int jc, int pc) const;
+  int N, K, KC, NC, NR;
+
+ private:
+  std::unique_ptr<ScratchBuffer> data_;
+};
+
 // The whole blocked, packed, multithreaded GEMM with the given micro-kernel. Row-major:
-// C[M,N] = alpha op(A) op(B) + beta C.
+// C[M,N] = alpha op(A) op(B) + beta C. With `packed`, op(B) comes from it (B, ldb, transB unused).
+// Called from inside a pool region it runs on the calling thread alone.
 void gemm_run(ThreadPool& pool, const KernelInfo& kernel, bool transA, bool transB, int M, int N, int K, float alpha,
-              const float* A, long lda, const float* B, long ldb, float beta, float* C, long ldc);
+              const float* A, long lda, const float* B, long ldb, float beta, float* C, long ldc,
+              const PackedB* packed = nullptr);
 
 }  // namespace gemm_detail
 }  // namespace mveb
