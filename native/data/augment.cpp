@@ -127,34 +127,52 @@ void resample_taps(ResampleTaps& taps, int in_size, int out_size) {
 }
 
 namespace {
-// Separable resize of an (in_h x in_w x C) region read through `get(y, x, c)` into dst.
-template <typename Get>
+// Separable resize of an (in_h x in_w x C) region into dst. load_row(y, float* row) writes input row y
+// (in_w * C floats) so each source row is converted once.
+template <typename LoadRow>
 void resize_region(Image& dst, int in_h, int in_w, int channels, int out_h, int out_w, std::vector<float>& scratch,
-                   const Get& get) {
+                   const LoadRow& load_row) {
   dst.resize(out_h, out_w, channels);
   // Horizontal pass into scratch [in_h, out_w, C] (a copy when the width already matches), clamped to
   // [0, 1] like PIL's uint8 intermediate: bicubic overshoot on sharp edges would otherwise reach the
   // vertical pass (up to 16 levels off PIL on noise without this clamp, < 1 level with it).
-  scratch.resize(static_cast<size_t>(in_h) * out_w * channels);
+  const size_t out_row = static_cast<size_t>(out_w) * channels;
+  scratch.resize(static_cast<size_t>(in_h) * out_row);
   if (in_w == out_w) {
-    for (int y = 0; y < in_h; ++y)
-      for (int x = 0; x < in_w; ++x)
-        for (int c = 0; c < channels; ++c) scratch[(static_cast<size_t>(y) * out_w + x) * channels + c] = get(y, x, c);
+    for (int y = 0; y < in_h; ++y) load_row(y, &scratch[y * out_row]);
   } else {
     ResampleTaps tx;
     resample_taps(tx, in_w, out_w);
-    for (int y = 0; y < in_h; ++y)
+    std::vector<float> in_row(static_cast<size_t>(in_w) * channels);
+    for (int y = 0; y < in_h; ++y) {
+      load_row(y, in_row.data());
+      float* out = &scratch[y * out_row];
       for (int x = 0; x < out_w; ++x) {
         const float* wt = &tx.weights[static_cast<size_t>(x) * tx.max_taps];
-        for (int c = 0; c < channels; ++c) {
-          float acc = 0;
-          for (int i = 0; i < tx.count[x]; ++i) acc += wt[i] * get(y, tx.first[x] + i, c);
-          scratch[(static_cast<size_t>(y) * out_w + x) * channels + c] = clamp01(acc);
+        const float* in = &in_row[static_cast<size_t>(tx.first[x]) * channels];
+        const int taps = tx.count[x];
+        if (channels == 3) {
+          float a0 = 0, a1 = 0, a2 = 0;
+          for (int i = 0; i < taps; ++i) {
+            a0 += wt[i] * in[3 * i];
+            a1 += wt[i] * in[3 * i + 1];
+            a2 += wt[i] * in[3 * i + 2];
+          }
+          out[3 * x] = clamp01(a0);
+          out[3 * x + 1] = clamp01(a1);
+          out[3 * x + 2] = clamp01(a2);
+        } else {
+          for (int c = 0; c < channels; ++c) {
+            float acc = 0;
+            for (int i = 0; i < taps; ++i) acc += wt[i] * in[i * channels + c];
+            out[static_cast<size_t>(x) * channels + c] = clamp01(acc);
+          }
         }
       }
+    }
   }
   // Vertical pass into dst, clamped to [0, 1] (PIL clips to the uint8 range).
-  const size_t row = static_cast<size_t>(out_w) * channels;
+  const size_t row = out_row;
   if (in_h == out_h) {
     for (size_t i = 0; i < row * out_h; ++i) dst.px[i] = clamp01(scratch[i]);
     return;
@@ -179,15 +197,18 @@ void resized_crop(Image& dst, const uint8_t* src, int height, int width, int cha
                   int out_w, std::vector<float>& scratch) {
   (void)height;
   const float inv255 = 1.f / 255.f;
-  const size_t stride = static_cast<size_t>(width) * channels;
+  const size_t stride = static_cast<size_t>(width) * channels, n = static_cast<size_t>(box.width) * channels;
   const uint8_t* base = src + static_cast<size_t>(box.top) * stride + static_cast<size_t>(box.left) * channels;
-  resize_region(dst, box.height, box.width, channels, out_h, out_w, scratch, [&](int y, int x, int c) {
-    return base[y * stride + static_cast<size_t>(x) * channels + c] * inv255;
+  resize_region(dst, box.height, box.width, channels, out_h, out_w, scratch, [&](int y, float* row) {
+    const uint8_t* in = base + y * stride;
+    for (size_t j = 0; j < n; ++j) row[j] = in[j] * inv255;
   });
 }
 
 void resize_float(Image& dst, const Image& src, int out_h, int out_w, std::vector<float>& scratch) {
-  resize_region(dst, src.h, src.w, src.c, out_h, out_w, scratch, [&](int y, int x, int c) { return src.at(y, x, c); });
+  const size_t n = static_cast<size_t>(src.w) * src.c;
+  resize_region(dst, src.h, src.w, src.c, out_h, out_w, scratch,
+                [&](int y, float* row) { std::copy(&src.px[y * n], &src.px[y * n] + n, row); });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -290,19 +311,27 @@ void gaussian_blur(Image& img, double sigma, std::vector<float>& scratch) {
     k[i + radius] = static_cast<float>(std::exp(-0.5 * (i / sigma) * (i / sigma)) / sum);
   const int h = img.h, w = img.w, c = img.c;
   scratch.resize(img.px.size());
-  // horizontal: img -> scratch
-  for (int y = 0; y < h; ++y)
-    for (int x = 0; x < w; ++x)
-      for (int ch = 0; ch < c; ++ch) {
-        float acc = 0;
-        for (int i = -radius; i <= radius; ++i) {
-          const int xx = std::min(w - 1, std::max(0, x + i));
-          acc += k[i + radius] * img.at(y, xx, ch);
-        }
-        scratch[(static_cast<size_t>(y) * w + x) * c + ch] = acc;
-      }
-  // vertical: scratch -> img
+  // horizontal: img -> scratch, through a row padded with replicated edge pixels so the tap loop is a
+  // contiguous, vectorisable multiply-add over the whole row
   const size_t row = static_cast<size_t>(w) * c;
+  std::vector<float> padded(row + 2 * static_cast<size_t>(radius) * c);
+  for (int y = 0; y < h; ++y) {
+    const float* in = &img.px[y * row];
+    for (int i = 0; i < radius; ++i)
+      for (int ch = 0; ch < c; ++ch) {
+        padded[static_cast<size_t>(i) * c + ch] = in[ch];
+        padded[row + static_cast<size_t>(radius + i) * c + ch] = in[row - c + ch];
+      }
+    std::copy(in, in + row, padded.begin() + static_cast<size_t>(radius) * c);
+    float* out = &scratch[y * row];
+    for (size_t j = 0; j < row; ++j) out[j] = 0.f;
+    for (int i = 0; i <= 2 * radius; ++i) {
+      const float* src = &padded[static_cast<size_t>(i) * c];
+      const float wt = k[i];
+      for (size_t j = 0; j < row; ++j) out[j] += wt * src[j];
+    }
+  }
+  // vertical: scratch -> img
   for (int y = 0; y < h; ++y) {
     float* out = &img.px[y * row];
     for (size_t j = 0; j < row; ++j) out[j] = 0.f;
