@@ -20,6 +20,7 @@ namespace gemm_detail {
 
 namespace {
 constexpr int kScalarMR = 4, kScalarNR = 8;
+constexpr int kDirectBMaxRows = 128;
 
 void micro_scalar(int kc, const float* __restrict Ap, const float* __restrict Bp, float* __restrict C, long ldc,
                   float beta) {
@@ -37,7 +38,7 @@ void micro_scalar(int kc, const float* __restrict Ap, const float* __restrict Bp
       C[i * ldc + j] = beta == 0.f ? acc[i][j] : acc[i][j] + beta * C[i * ldc + j];
 }
 
-// Packs op(B)[k0:k0+kc, j0:j0+nc] into NR-wide panels [panel][k][NR], zero-padded.
+// Packs op(B)[k0:k0+kc, j0:j0+cols] into one NR-wide panel [k][NR], zero-padded.
 void pack_b_panel(const float* B, long ldb, bool transB, int k0, int kc, int j0, int cols, int nr, float* dst) {
   if (!transB) {
     for (int k = 0; k < kc; ++k) {
@@ -55,6 +56,13 @@ void pack_b_panel(const float* B, long ldb, bool transB, int k0, int kc, int j0,
     for (int j = cols; j < nr; ++j)
       for (int k = 0; k < kc; ++k) dst[static_cast<long>(k) * nr + j] = 0.f;
   }
+}
+
+// Packs the panels [p_begin, p_end) of op(B)[k0:k0+kc, jc:jc+nc] (panel p at dst + p * kc * NR).
+void pack_b_panels(const float* B, long ldb, bool transB, int k0, int kc, int jc, int nc, int nr, int p_begin,
+                   int p_end, float* dst) {
+  for (int p = p_begin; p < p_end; ++p)
+    pack_b_panel(B, ldb, transB, k0, kc, jc + p * nr, std::min(nr, nc - p * nr), nr, dst + static_cast<long>(p) * kc * nr);
 }
 
 // Packs alpha * op(A)[i0:i0+rows, k0:k0+kc] into one MR-tall panel [k][MR], zero-padded.
@@ -148,8 +156,12 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
   const int MC = ((M + m_blocks - 1) / m_blocks + MR - 1) / MR * MR;
   m_blocks = (M + MC - 1) / MC;
 
-  const bool direct = !transA && kern.direct != nullptr;
-  std::unique_ptr<ScratchBuffer> packed_b(packed ? nullptr : new ScratchBuffer(static_cast<size_t>(KC) * NC));
+  // Few rows of C: B is read in place (packing it would cost about as much as the arithmetic), A packed.
+  // (Only for short rows of B: a long row stride costs a TLB miss per row.)
+  const bool direct_b = !transB && !packed && kern.direct_b != nullptr && M <= kDirectBMaxRows && ldb <= 1024;
+  const bool direct = !direct_b && !transA && kern.direct != nullptr;
+  std::unique_ptr<ScratchBuffer> packed_b(
+      packed ? nullptr : new ScratchBuffer(static_cast<size_t>(KC) * (direct_b ? NR : NC)));
   std::vector<std::unique_ptr<ScratchBuffer>> packed_a(static_cast<size_t>(T));  // allocated by their thread
 
   for (int jc = 0; jc < N; jc += NC) {
@@ -161,13 +173,12 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
       const int kc = std::min(KC, K - pc);
       const float beta_block = pc == 0 ? beta : 1.f;
       const float* b_block = packed ? packed->block(jc, pc) : packed_b->get();
-      if (!packed)
+      const int partial_panel = nc % NR ? n_panels - 1 : -1;  // direct_b packs only this one, at offset 0
+      if (direct_b && partial_panel >= 0)
+        pack_b_panel(B, ldb, false, pc, kc, jc + partial_panel * NR, nc - partial_panel * NR, NR, packed_b->get());
+      if (!packed && !direct_b)
         pool.parallel_for(n_panels, 1, [&](int64_t b, int64_t e, int) {
-          for (int64_t p = b; p < e; ++p) {
-            const int j0 = static_cast<int>(p) * NR;
-            pack_b_panel(B, ldb, transB, pc, kc, jc + j0, std::min(NR, nc - j0), NR,
-                         packed_b->get() + static_cast<long>(p) * kc * NR);
-          }
+          pack_b_panels(B, ldb, transB, pc, kc, jc, nc, NR, static_cast<int>(b), static_cast<int>(e), packed_b->get());
         });
       pool.parallel_tasks(static_cast<int64_t>(m_blocks) * n_splits, [&](int64_t task, int thread) {
         const int mb = static_cast<int>(task / n_splits), ns = static_cast<int>(task % n_splits);
@@ -184,7 +195,8 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
         alignas(64) float tile[16 * 64];
         for (int p = p_begin; p < p_end; ++p) {
           const int j0 = p * NR, nr = std::min(NR, nc - j0);
-          const float* pb = b_block + static_cast<long>(p) * kc * NR;
+          const bool b_in_place = direct_b && p != partial_panel;
+          const float* pb = direct_b ? b_block : b_block + static_cast<long>(p) * kc * NR;
           for (int ir = 0; ir < mc; ir += MR) {
             const int mr = std::min(MR, mc - ir);
             float* c = C + static_cast<long>(i0 + ir) * ldc + jc + j0;
@@ -192,7 +204,10 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
             float* out = full ? c : tile;
             const long ldo = full ? ldc : NR;
             const float beta_out = full ? beta_block : 0.f;
-            if (direct && mr == MR) {
+            if (b_in_place) {
+              kern.direct_b(kc, pa + static_cast<long>(ir) * kc, B + static_cast<long>(pc) * ldb + jc + j0, ldb, out,
+                            ldo, beta_out);
+            } else if (direct && mr == MR) {
               kern.direct(kc, A + static_cast<long>(i0 + ir) * lda + pc, lda, pb, out, ldo, alpha, beta_out);
             } else {
               kern.fn(kc, direct ? pa : pa + static_cast<long>(ir) * kc, pb, out, ldo, beta_out);
