@@ -140,6 +140,9 @@ export class MVEBLoss {
     return { ...r, grads: r.grads.map((h) => Tensor._wrap(h)) };
   }
 
+  /** The loss holds no native resources; present so callers can treat it like other disposables. */
+  dispose(): void {}
+
   /** vmfScore with this loss's eta and minWidth. */
   vmfScore(z: Tensor): Promise<VmfScoreResult> {
     return vmfScore(z, { eta: this.eta, minWidth: this.minWidth });

@@ -129,11 +129,10 @@ void block_solve(ThreadPool& pool, const Prims& p, const float* L, int64_t ldl, 
         p.scale(rc, 1.f / lrow[c], w);
       }
     } else {
-      for (int c = kb - 1; c >= 0; --c) {
+      for (int c = kb - 1; c >= 0; --c) {  // x_c = (b_c - sum_{m > c} L[m][c] x_m) / L[c][c]
         float* rc = B + c * ldb + c0;
-        const float* lrow = L + c * ldl;
-        p.scale(rc, 1.f / lrow[c], w);
-        for (int m = 0; m < c; ++m) p.axpy(B + m * ldb + c0, -lrow[m], rc, w);
+        for (int m = c + 1; m < kb; ++m) p.axpy(rc, -L[m * ldl + c], B + m * ldb + c0, w);
+        p.scale(rc, 1.f / L[c * ldl + c], w);
       }
     }
   });

@@ -1,0 +1,132 @@
+#!/usr/bin/env node
+// loss.js: benchmark of the vMF Stein score estimator (the heart of MVEBLoss) on the CPU backend, side
+// by side in the same run with PyTorch (benchmarks/loss_torch.py via /usr/bin/python3, 2 threads):
+// the official composition (mm, topk, exp, N x N x D broadcast, inverse, einsum; skipped where the
+// N x N x D tensor does not fit) and a PyTorch Cholesky/solve version. Also times one full MVEBLoss
+// forward (V = 2, gradients included) at each size.
+//   npm run bench:loss                    N in {256, 1024, 4096}, D = 2048
+//   node benchmarks/loss.js 128,512 2048  other sizes
+// Env: MVEB_ADDON_PATH (default build/Release/mveb.node), MVEB_NUM_THREADS (default 2 here, to match
+// PyTorch), MVEB_BENCH_NO_TORCH=1 to skip PyTorch.
+// FLOP floor (anchors.md count): 2 N^2 D (S) + N^3 / 3 (Cholesky) + 2 N^2 D (solves), at the 2-core
+// FP32 peak of ~400 GFLOP/s. Our code computes S as a triangle (N^2 D), so its own count is lower.
+'use strict';
+const fs = require('fs');
+const os = require('os');
+const path = require('path');
+const { spawnSync } = require('child_process');
+
+if (!process.env.MVEB_NUM_THREADS) process.env.MVEB_NUM_THREADS = '2';
+const root = path.resolve(__dirname, '..');
+const addonPath = process.env.MVEB_ADDON_PATH || path.join(root, 'build', 'Release', 'mveb.node');
+if (!fs.existsSync(addonPath)) {
+  console.error(`addon not found at ${addonPath}: run npm run build:native (or set MVEB_ADDON_PATH)`);
+  process.exit(1);
+}
+const addon = require(addonPath);
+const PEAK = 400e9;
+
+const Ns = (process.argv[2] || '256,1024,4096').split(',').map(Number);
+const D = Number(process.argv[3] || 2048);
+
+function unitRows(N, D, seed) {
+  const h = addon.tensorRandn([N, D], seed, 'cpu');
+  const z = addon.tensorReadSync(h);
+  h.dispose();
+  for (let i = 0; i < N; i++) {
+    let s = 0;
+    for (let d = 0; d < D; d++) s += z[i * D + d] ** 2;
+    const inv = 1 / Math.sqrt(s);
+    for (let d = 0; d < D; d++) z[i * D + d] *= inv;
+  }
+  return z;
+}
+
+async function best(fn, reps) {
+  let t = Infinity;
+  let out;
+  for (let r = 0; r < reps; r++) {
+    const t0 = process.hrtime.bigint();
+    out = await fn();
+    t = Math.min(t, Number(process.hrtime.bigint() - t0) / 1e9);
+  }
+  return [t, out];
+}
+
+function torchAvailable() {
+  if (process.env.MVEB_BENCH_NO_TORCH) return 'disabled by MVEB_BENCH_NO_TORCH';
+  const r = spawnSync('/usr/bin/python3', ['-c', 'import torch, numpy'], { encoding: 'utf8' });
+  return r.status === 0 ? null : `PyTorch not importable by /usr/bin/python3: ${(r.stderr || '').trim().split('\n').pop()}`;
+}
+
+const fmt = (s) => (s == null ? '-' : s < 1 ? `${(s * 1e3).toFixed(1)} ms` : `${s.toFixed(2)} s`);
+
+async function main() {
+  const torchMissing = torchAvailable();
+  console.log(`vMF score estimator, D = ${D}, ${process.env.MVEB_NUM_THREADS} threads, ${os.cpus()[0].model}`);
+  if (torchMissing) console.log(`(${torchMissing}: PyTorch columns skipped)`);
+  const rows = [];
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mveb-bench-loss-'));
+  for (const N of Ns) {
+    const reps = N <= 256 ? 5 : N <= 1024 ? 3 : 2;
+    const z = unitRows(N, D, 1000 + N);
+    const zh = addon.tensorFrom(z, [N, D], 'float32', 'cpu');
+    await addon.vmfScore(zh, { eta: 0.01, minWidth: 0.1 }); // warm-up
+    const [ours, r] = await best(() => addon.vmfScore(zh, { eta: 0.01, minWidth: 0.1 }), reps);
+    const score = addon.tensorReadSync(r.score);
+    // one full loss forward, V = 2 views + 2 targets (normalisation, 2 estimator calls, gradients)
+    const views = [1, 2, 3, 4].map((s) => addon.tensorRandn([N, D], 7 * N + s, 'cpu'));
+    const [lossT] = await best(() => addon.mvebLossForward(views.slice(0, 2), views.slice(2), {}), N <= 1024 ? 2 : 1);
+    const row = { N, ours, lossT, width: r.width, condition: r.condition };
+    if (!torchMissing) {
+      const zf = path.join(tmp, 'z.f32');
+      const sf = path.join(tmp, 'ours.f32');
+      fs.writeFileSync(zf, Buffer.from(z.buffer, z.byteOffset, z.byteLength));
+      fs.writeFileSync(sf, Buffer.from(score.buffer, score.byteOffset, score.byteLength));
+      const p = spawnSync('/usr/bin/python3', [path.join(__dirname, 'loss_torch.py'), zf, sf, N, D, reps].map(String), {
+        encoding: 'utf8',
+        maxBuffer: 1 << 20,
+      });
+      if (p.status !== 0) {
+        console.log(`N = ${N}: PyTorch run failed: ${(p.stderr || '').trim().split('\n').slice(-3).join(' | ')}`);
+      } else {
+        Object.assign(row, JSON.parse(p.stdout.trim().split('\n').pop()));
+      }
+    }
+    const flops = 4 * N * N * D + (N * N * N) / 3;
+    row.floor = flops / PEAK;
+    rows.push(row);
+    const line = [
+      `N=${N}`,
+      `ours ${fmt(ours)} (${((100 * row.floor) / ours).toFixed(0)}% of floor ${fmt(row.floor)})`,
+      `loss fwd V=2 ${fmt(lossT)}`,
+      row.cholesky_s != null ? `torch cholesky ${fmt(row.cholesky_s)} (x${(row.cholesky_s / ours).toFixed(1)})` : null,
+      row.official_s != null
+        ? `official ${fmt(row.official_s)} (x${(row.official_s / ours).toFixed(1)})`
+        : row.official_skipped
+          ? `official skipped: ${row.official_skipped}`
+          : null,
+      `tau ${r.width.toFixed(4)}, cond ~${r.condition.toPrecision(3)}`,
+      row.ours_err != null ? `rel err vs fp64: ours ${row.ours_err.toExponential(1)}, torch chol ${row.cholesky_err.toExponential(1)}` +
+        (row.official_err != null ? `, official ${row.official_err.toExponential(1)}` : '') : null,
+    ].filter(Boolean);
+    console.log(line.join(' | '));
+    [zh, r.score, ...views].forEach((h) => h.dispose());
+  }
+  fs.rmSync(tmp, { recursive: true, force: true });
+  console.log('\n| N | ours | % of FLOP floor | PyTorch Cholesky/solve | official composition | speed-up vs official | vs torch Cholesky | full loss fwd (V=2) |');
+  console.log('|---|---|---|---|---|---|---|---|');
+  for (const r of rows) {
+    console.log(
+      `| ${r.N} | ${fmt(r.ours)} | ${((100 * r.floor) / r.ours).toFixed(0)}% | ${fmt(r.cholesky_s)} | ` +
+        `${r.official_s != null ? fmt(r.official_s) : r.official_skipped ? 'skipped (N x N x D does not fit)' : '-'} | ` +
+        `${r.official_s != null ? `${(r.official_s / r.ours).toFixed(1)}x` : '-'} | ` +
+        `${r.cholesky_s != null ? `${(r.cholesky_s / r.ours).toFixed(1)}x` : '-'} | ${fmt(r.lossT)} |`,
+    );
+  }
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});
