@@ -305,6 +305,11 @@ describe('native augmentation', () => {
       expect(Buffer.from(x.data.buffer).equals(Buffer.from(d[v].data.buffer))).toBe(false);
       expect(x.data.every((y) => Number.isFinite(y))).toBe(true);
     });
+    // an Int32Array view with a byte offset reads the right indices
+    const big = new Int32Array([7, 0, 22, 5, 9, 13, 1]);
+    const sub = await augmentBatch(three, big.subarray(1, 6), views, 42, 3);
+    sub.forEach((t, v) => expect(Buffer.from((t.dataSync() as Float32Array).buffer).equals(Buffer.from(a[v].data.buffer))).toBe(true));
+    sub.forEach((t) => t.dispose());
     one.dispose();
     three.dispose();
     await expectReject(augmentBatch(one, idx, views, 1, 1), 'E_DISPOSED');
