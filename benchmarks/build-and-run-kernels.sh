@@ -7,8 +7,9 @@ set -e
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${MVEB_BENCH_BUILD:-/tmp/mveb-bench-kernels}
 threads=${1:-2}
-cmake -S "$root" -B "$build" -G Ninja -DMVEB_CUDA=off -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build "$build" --target mveb_core -j2 >/dev/null
+cmake -S "$root" -B "$build" -G Ninja -DMVEB_CUDA=off -DCMAKE_BUILD_TYPE=Release >"$build.log" 2>&1 ||
+  { cat "$build.log"; exit 1; }
+cmake --build "$build" --target mveb_core -j2 >>"$build.log" 2>&1 || { cat "$build.log"; exit 1; }
 ${CXX:-g++} -O2 -std=c++17 -I"$root/native" "$root/benchmarks/kernels/kernels_bench.cpp" "$build/libmveb_core.a" \
   -lpthread -ldl -o "$build/kernels_bench"
 echo "commit: $(git -C "$root" rev-parse --short HEAD)  date: $(date -u +%Y-%m-%dT%H:%MZ)"

@@ -40,7 +40,9 @@ std::vector<std::unique_ptr<CpuBackend>> isa_backends() {
 Vec to_d(const FVec& v) { return Vec(v.begin(), v.end()); }
 FVec poison(size_t n) { return FVec(n, kNaN); }
 FVec rnd(size_t n, uint64_t seed, float lo = -1.f, float hi = 1.f) { return mtest::random_vector(n, seed, lo, hi); }
-std::string tag(const CpuBackend& b) { return std::string(" [") + mveb::isa_name(b.isa()) + "]"; }
+std::string tag(CpuBackend& b) {
+  return std::string(" [") + mveb::isa_name(b.isa()) + ", " + std::to_string(b.pool().size()) + " threads]";
+}
 
 // Relative error of the float result against the double reference.
 double err(const FVec& a, const Vec& b) { return mtest::rel_error(a.data(), b.data(), a.size()); }
@@ -175,6 +177,8 @@ std::string str(const ConvShape& s) {
 
 TEST("kernels: conv2d forward / backward data / backward weight match the reference") {
   auto backends = isa_backends();
+  backends.emplace_back(new CpuBackend(1));  // the single-thread and odd-thread-count paths
+  backends.emplace_back(new CpuBackend(3));
   int seed = 100;
   for (const ConvShape& s : conv_cases()) {
     const size_t nx = static_cast<size_t>(s.N) * s.H * s.W * s.C, nw = static_cast<size_t>(s.K) * s.R * s.S * s.C,
