@@ -6,12 +6,45 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
+import { spawnSync } from 'child_process';
 import { learningRateAt, momentumAt, maxLearningRate } from '../lib/train/schedule';
 import { renderReport, lineChart } from '../lib/train/report';
 import { pretrain, PretrainOptions } from '../lib/train/pretrain';
 import { loadCheckpoint, checksumTensors } from '../lib/train/checkpoint';
 import { builtinFashionMnist } from '../lib/data';
 import type { Dataset } from '../lib/data';
+
+/**
+ * Runs pretrain() in a child Node process with MVEB_NUM_THREADS pinned (the addon reads it when it
+ * loads; jest's sandboxed process.env cannot reach it) and returns the per-step losses and summary.
+ * The child compiles lib/*.ts on the fly with the TypeScript transpiler.
+ */
+function pretrainInChild(opts: Record<string, unknown>, threads: number): { losses: number[]; summary: { steps: number; checkpoint: string; metrics: string } } {
+  const script = `
+    const fs = require('fs'), ts = require('typescript');
+    require.extensions['.ts'] = (m, f) => m._compile(ts.transpileModule(fs.readFileSync(f, 'utf8'),
+      { compilerOptions: { module: ts.ModuleKind.CommonJS, target: ts.ScriptTarget.ES2022, esModuleInterop: true } }).outputText, f);
+    const { pretrain } = require('./lib/train/pretrain');
+    const { builtinFashionMnist } = require('./lib/data');
+    const { backends } = require('./lib/doctor');
+    const o = JSON.parse(process.argv[1]);
+    const first = (ds, n) => ds.subset(Int32Array.from({ length: n }, (_, i) => i));
+    const losses = [];
+    pretrain({ ...o, data: first(builtinFashionMnist('train'), o.trainCount), testData: first(builtinFashionMnist('test'), 200),
+               onProgress: (e) => e.type === 'step' && losses.push(e.loss) })
+      .then((summary) => process.stdout.write(JSON.stringify({ losses, summary, threads: backends().cpu.threads })))
+      .catch((e) => { process.stderr.write(String(e.stack || e)); process.exit(1); });`;
+  const r = spawnSync(process.execPath, ['-e', script, JSON.stringify(opts)], {
+    cwd: path.resolve(__dirname, '..'),
+    env: { ...process.env, MVEB_NUM_THREADS: String(threads) },
+    encoding: 'utf8',
+    maxBuffer: 1 << 24,
+  });
+  if (r.status !== 0) throw new Error(`child pretrain failed: ${r.stderr}`);
+  const out = JSON.parse(r.stdout);
+  expect(out.threads).toBe(threads);
+  return out;
+}
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mveb-train-'));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -52,16 +85,16 @@ describe('train: report', () => {
 });
 
 describe('train: pretrain end to end (tiny network)', () => {
-  let train: Dataset, test: Dataset;
+  let train: Dataset, testSet: Dataset;
   beforeAll(async () => {
     const all = await builtinFashionMnist('train');
     train = all.subset(Int32Array.from({ length: 256 }, (_, i) => i));
     const t = await builtinFashionMnist('test');
-    test = t.subset(Int32Array.from({ length: 200 }, (_, i) => i));
+    testSet = t.subset(Int32Array.from({ length: 200 }, (_, i) => i));
   });
   const base = (out: string): PretrainOptions => ({
     data: train,
-    testData: test,
+    testData: testSet,
     width: 0.0625,
     projectorDim: 64,
     batchSize: 32,
@@ -102,27 +135,27 @@ describe('train: pretrain end to end (tiny network)', () => {
   });
 
   test('resume reproduces the uninterrupted run step for step (mid-epoch and epoch boundary)', async () => {
-    const run = async (o: PretrainOptions) => {
-      const losses: number[] = [];
-      const s = await pretrain({ ...o, onProgress: (e) => e.type === 'step' && losses.push(e.loss) });
-      return { losses, s };
+    const o = (out: string) => {
+      const { data, testData, ...rest } = base(out);
+      void data, void testData;
+      return { ...rest, trainCount: 128, epochs: 2 };
     };
-    const full = await run({ ...base('full'), epochs: 2 });
-    expect(full.losses.length).toBe(16);
-    const part1 = await run({ ...base('part'), epochs: 2, maxSteps: 5 });
-    expect(part1.s.steps).toBe(5);
-    expect(part1.losses).toEqual(full.losses.slice(0, 5));
-    const part2 = await run({ ...base('part'), epochs: 2, maxSteps: 8, resume: true });
-    expect(part2.losses).toEqual(full.losses.slice(5, 8));
-    const part3 = await run({ ...base('part'), epochs: 2, resume: true });
-    expect(part3.losses).toEqual(full.losses.slice(8));
-    const a = await loadCheckpoint(full.s.checkpoint), b = await loadCheckpoint(part3.s.checkpoint);
+    const full = pretrainInChild(o('full'), 1);
+    expect(full.losses.length).toBe(8);
+    const part1 = pretrainInChild({ ...o('part'), maxSteps: 3 }, 1);
+    expect(part1.summary.steps).toBe(3);
+    expect(part1.losses).toEqual(full.losses.slice(0, 3));
+    const part2 = pretrainInChild({ ...o('part'), maxSteps: 4, resume: true }, 1); // stops at the epoch boundary
+    expect(part2.losses).toEqual(full.losses.slice(3, 4));
+    const part3 = pretrainInChild({ ...o('part'), resume: true }, 1);
+    expect(part3.losses).toEqual(full.losses.slice(4));
+    const a = await loadCheckpoint(full.summary.checkpoint), b = await loadCheckpoint(part3.summary.checkpoint);
     expect(checksumTensors(b.tensors)).toBe(checksumTensors(a.tensors));
     a.tensors.forEach((t) => t.dispose());
     b.tensors.forEach((t) => t.dispose());
     // the resumed run's metrics file has each step once
-    const lines = fs.readFileSync(part3.s.metrics, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
-    expect(lines.filter((l) => l.type === 'step').map((l) => l.step)).toEqual(Array.from({ length: 16 }, (_, i) => i));
+    const lines = fs.readFileSync(part3.summary.metrics, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    expect(lines.filter((l) => l.type === 'step').map((l) => l.step)).toEqual(Array.from({ length: 8 }, (_, i) => i));
   });
 
   test('a corrupted or truncated checkpoint is refused with E_CHECKPOINT', async () => {

@@ -479,8 +479,9 @@ export async function pretrain(options: PretrainOptions = {}): Promise<PretrainS
               `The state before this step is saved in ${checkpointPath}; try a lower --lr or a larger --batch-size.`,
           );
         }
-        let finite = online.projector.optimizerStep(optimizerOptions(lr)).finite;
-        if (finite) finite = online.backbone.optimizerStep(optimizerOptions(lr)).finite;
+        // the projector first: a non-finite gradient usually shows there and then nothing is updated
+        let finite = (await online.projector.optimizerStep(optimizerOptions(lr))).finite;
+        if (finite) finite = (await online.backbone.optimizerStep(optimizerOptions(lr))).finite;
         if (!finite) skippedSteps++;
         input.forEach((v) => v.dispose());
         const seconds = (Date.now() - t0) / 1000;
@@ -604,8 +605,8 @@ export async function trainStep(online: Net, target: Net, loss: MVEBLoss, views:
       h.dispose();
     }
     if (V > 1) afterFirstPass = { b: online.backbone.buffers(), p: online.projector.buffers() };
-    target.backbone.emaUpdate(online.backbone, m);
-    target.projector.emaUpdate(online.projector, m);
+    await target.backbone.emaUpdate(online.backbone, m);
+    await target.projector.emaUpdate(online.projector, m);
     for (let v = 0; v < 2; v++) {
       const h = await target.backbone.forward(views[v], { train: true });
       targets.push(await target.projector.forward(h, { train: true }));
