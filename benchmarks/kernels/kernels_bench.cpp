@@ -4,6 +4,7 @@
 //   kernels_bench THREADS peak                       -> "peak <GFLOP/s>"
 //   kernels_bench THREADS gemm M N K tA tB           -> "gemm M N K tA tB <GFLOP/s> <max rel err>"
 //   kernels_bench THREADS conv N H W C K R S st pad  -> "conv ... <fwd ms> <bwd data ms> <bwd weight ms>"
+//   kernels_bench THREADS bn M C                     -> "bn M C <fwd ms> <bwd ms>" (train, residual + ReLU)
 // The GEMM result is checked against float64 dot products on sampled entries.
 #include <immintrin.h>
 
@@ -98,12 +99,29 @@ void bench_conv(mveb::CpuBackend& b, const mveb::ConvShape& s) {
               tf * 1e3, td * 1e3, tw * 1e3);
   std::fflush(stdout);
 }
+// Batch norm (train, fused residual + ReLU) forward and backward over [M, C].
+void bench_bn(mveb::CpuBackend& b, int M, int C) {
+  const size_t n = static_cast<size_t>(M) * C;
+  auto x = random_floats(n, 6), res = random_floats(n, 7), dy = random_floats(n, 8);
+  std::vector<float> y(n), dx(n), dres(n), gamma(C, 1.f), beta(C, 0.1f), mean(C), invstd(C), rm(C, 0.f), rv(C, 1.f),
+      dg(C), db(C);
+  const double tf = best_time([&] {
+    b.batchnorm_forward_train(y.data(), mean.data(), invstd.data(), rm.data(), rv.data(), x.data(), gamma.data(),
+                              beta.data(), res.data(), true, M, C, 0.1f, 1e-5f);
+  }, 0.5, 10);
+  const double tb = best_time([&] {
+    b.batchnorm_backward(dx.data(), dres.data(), dg.data(), db.data(), dy.data(), y.data(), x.data(), gamma.data(),
+                         mean.data(), invstd.data(), true, true, M, C);
+  }, 0.5, 10);
+  std::printf("bn %d %d %.3f %.3f\n", M, C, tf * 1e3, tb * 1e3);
+  std::fflush(stdout);
+}
 }  // namespace
 
 int main(int argc, char** argv) {
   // kernels_bench THREADS peak | gemm M N K tA tB | conv N H W C K R S stride pad
   if (argc < 3) {
-    std::fprintf(stderr, "usage: kernels_bench THREADS peak | gemm M N K tA tB | conv N H W C K R S stride pad\n");
+    std::fprintf(stderr, "usage: kernels_bench THREADS peak | gemm M N K tA tB | conv N H W C K R S stride pad | bn M C\n");
     return 2;
   }
   const int threads = std::atoi(argv[1]);
@@ -124,6 +142,8 @@ int main(int argc, char** argv) {
     bench_gemm(b, v[0], v[1], v[2], v[3] != 0, v[4] != 0);
   } else if (what == "conv" && v.size() == 9) {
     bench_conv(b, mveb::ConvShape{v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]});
+  } else if (what == "bn" && v.size() == 2) {
+    bench_bn(b, v[0], v[1]);
   } else {
     std::fprintf(stderr, "bad arguments\n");
     return 2;

@@ -5,6 +5,9 @@
 // C (contiguous) so the compiler vectorises them.
 // Tested by test/native/test_kernels.cpp ("kernels: batchnorm ...") against the float64 reference,
 // whose backward is itself checked by finite differences.
+// -O2 (the project's flag) vectorises only loops with no run-time checks; these loops over channels
+// need them, so this file asks for the dynamic cost model.
+#pragma GCC optimize("vect-cost-model=dynamic")
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -126,10 +129,18 @@ void CpuBackend::batchnorm_backward(float* dx, float* dresidual, float* dgamma, 
     const float* xr = x + m * C;
     float* sg = acc;
     float* sgx = acc + C;
-    for (int c = 0; c < C; ++c) {
-      const float g = relu ? (yr[c] > 0.f ? dyr[c] : 0.f) : dyr[c];
-      sg[c] += g;
-      sgx[c] += g * (xr[c] - mean[c]);
+    if (relu) {
+      for (int c = 0; c < C; ++c) {
+        const float d = dyr[c], yv = yr[c];  // both loads unconditional: the select vectorises
+        const float g = yv > 0.f ? d : 0.f;
+        sg[c] += g;
+        sgx[c] += g * (xr[c] - mean[c]);
+      }
+    } else {
+      for (int c = 0; c < C; ++c) {
+        sg[c] += dyr[c];
+        sgx[c] += dyr[c] * (xr[c] - mean[c]);
+      }
     }
   });
   // dgamma = sum g xhat = invstd * sum g (x - mean); dbeta = sum g.
@@ -156,12 +167,22 @@ void CpuBackend::batchnorm_backward(float* dx, float* dresidual, float* dgamma, 
       const float* yr = y + m * C;
       const float* xr = x + m * C;
       float* dxr = dx + m * C;
-      float* drr = dresidual ? dresidual + m * C : nullptr;
-      for (int c = 0; c < C; ++c) {
-        const float g = relu ? (yr[c] > 0.f ? dyr[c] : 0.f) : dyr[c];
-        if (drr) drr[c] = g;
-        dxr[c] = a[c] * g + bcoef[c] * (xr[c] - mean[c]) + ccoef[c];
+      const float* g = dyr;
+      if (relu) {  // g = dy masked by the ReLU, kept in dresidual (or in dx) for the next loop
+        float* gr = dresidual ? dresidual + m * C : dxr;
+        for (int c = 0; c < C; ++c) {
+          const float d = dyr[c], yv = yr[c];
+          gr[c] = yv > 0.f ? d : 0.f;
+        }
+        g = gr;
+      } else if (dresidual) {
+        float* gr = dresidual + m * C;
+        for (int c = 0; c < C; ++c) gr[c] = dyr[c];
       }
+      const float* am = a.data();
+      const float* bm = bcoef.data();
+      const float* cm = ccoef.data();
+      for (int c = 0; c < C; ++c) dxr[c] = am[c] * g[c] + bm[c] * (xr[c] - mean[c]) + cm[c];
     }
   });
 }

@@ -13,6 +13,9 @@
 // workspace (kWorkspaceFloats, 16 MB).
 // Tested by test/native/test_kernels.cpp ("kernels: conv ...") against the float64 reference, whose
 // backward passes are checked by finite differences.
+// -O2 (the project's flag) vectorises only loops with no run-time checks; these loops over channels
+// need them, so this file asks for the dynamic cost model.
+#pragma GCC optimize("vect-cost-model=dynamic")
 #include <algorithm>
 #include <cstring>
 #include <memory>

@@ -1,6 +1,9 @@
 // elementwise.cpp: ReLU forward/backward, add, axpy, bias rows (add_bias_rows, sum_rows) and the
 // global average pool, on the CPU backend's thread pool (plain loops the compiler vectorises).
 // Tested by test/native/test_kernels.cpp ("kernels: relu/add/axpy/bias/avgpool ...").
+// -O2 (the project's flag) vectorises only loops with no run-time checks; these loops over channels
+// need them, so this file asks for the dynamic cost model.
+#pragma GCC optimize("vect-cost-model=dynamic")
 #include <algorithm>
 #include <vector>
 
@@ -21,7 +24,10 @@ void CpuBackend::relu_forward(float* y, const float* x, size_t n) {
 
 void CpuBackend::relu_backward(float* dx, const float* dy, const float* y, size_t n) {
   pool().parallel_for(static_cast<int64_t>(n), kGrain, [&](int64_t b, int64_t e, int) {
-    for (int64_t i = b; i < e; ++i) dx[i] = y[i] > 0.f ? dy[i] : 0.f;
+    for (int64_t i = b; i < e; ++i) {
+      const float d = dy[i], yv = y[i];  // both loads unconditional: the select vectorises
+      dx[i] = yv > 0.f ? d : 0.f;
+    }
   });
 }
 

@@ -1,6 +1,9 @@
 // layout.cpp: NCHW <-> NHWC transposes (the API is NCHW, the kernels NHWC). Blocked 2-D transpose
 // per image ([C, HW] <-> [HW, C]) in 32x32 tiles, threads over images x tile rows.
 // Tested by test/native/test_kernels.cpp ("kernels: layout ...").
+// -O2 (the project's flag) vectorises only loops with no run-time checks; these loops over channels
+// need them, so this file asks for the dynamic cost model.
+#pragma GCC optimize("vect-cost-model=dynamic")
 #include <algorithm>
 
 #include "cpu/cpu_backend.h"

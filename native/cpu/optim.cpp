@@ -1,6 +1,9 @@
 // optim.cpp: optimiser steps on flat float arenas (SGD with momentum, LARS as the official MVEB code,
 // EMA of the target network) and the reductions all_finite / sum_squares (double accumulation).
 // Tested by test/native/test_kernels.cpp ("kernels: sgd/lars/ema/...") against the reference formulas.
+// -O2 (the project's flag) vectorises only loops with no run-time checks; these loops over channels
+// need them, so this file asks for the dynamic cost model.
+#pragma GCC optimize("vect-cost-model=dynamic")
 #include <algorithm>
 #include <cmath>
 #include <vector>

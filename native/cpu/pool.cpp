@@ -2,6 +2,9 @@
 // window order wins ties, NaN propagates). argmax holds the flat index into x of the chosen input
 // ((n * H + h) * W + w) * C + c; backward scatters dy there (assigns dx).
 // Tested by test/native/test_kernels.cpp ("kernels: maxpool ...").
+// -O2 (the project's flag) vectorises only loops with no run-time checks; these loops over channels
+// need them, so this file asks for the dynamic cost model.
+#pragma GCC optimize("vect-cost-model=dynamic")
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -40,20 +43,24 @@ void CpuBackend::maxpool2d_forward(float* y, int32_t* argmax, const float* x, co
         const int w0 = q * s.stride - s.pad, w_lo = std::max(0, w0), w_hi = std::min(s.W, w0 + s.kernel);
         float* yo = y + (np * Q + q) * C;
         int32_t* ao = argmax + (np * Q + q) * C;
+        // Start from the first tap inside the image (pad <= kernel / 2 guarantees one), then
+        // branch-free selects so the channel loop vectorises.
+        const int32_t first = static_cast<int32_t>(((static_cast<int64_t>(n) * s.H + h_lo) * s.W + w_lo) * C);
         for (int c = 0; c < C; ++c) {
-          yo[c] = -std::numeric_limits<float>::infinity();
-          ao[c] = -1;
+          yo[c] = x[first + c];
+          ao[c] = first + c;
         }
         for (int h = h_lo; h < h_hi; ++h)
           for (int w = w_lo; w < w_hi; ++w) {
             const int32_t base = static_cast<int32_t>(((static_cast<int64_t>(n) * s.H + h) * s.W + w) * C);
+            if (base == first) continue;
             const float* xi = x + base;
             for (int c = 0; c < C; ++c) {
-              const float v = xi[c];
-              if (ao[c] < 0 || v > yo[c] || (std::isnan(v) && !std::isnan(yo[c]))) {
-                yo[c] = v;
-                ao[c] = base + c;
-              }
+              const float v = xi[c], cur = yo[c];
+              const int32_t arg = ao[c];
+              const bool take = v > cur || (v != v && cur == cur);  // a NaN wins (and propagates)
+              yo[c] = take ? v : cur;
+              ao[c] = take ? base + c : arg;
             }
           }
       }
