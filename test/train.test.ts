@@ -173,6 +173,19 @@ describe('train: pretrain end to end (tiny network)', () => {
     await expect(pretrain({ ...base('b'), resume: p1 })).rejects.toMatchObject({ code: 'E_CHECKPOINT' });
   });
 
+  test('a non-finite loss stops the run with E_NUMERIC and a checkpoint of the state before that step', async () => {
+    const o = { ...base('nan'), lr: 1e24, weightDecay: 0 };
+    await expect(pretrain(o)).rejects.toMatchObject({ code: 'E_NUMERIC', message: expect.stringMatching(/training stopped: the loss became non-finite at step \d+/) });
+    const ck = await loadCheckpoint(path.join(o.out!, 'checkpoint.safetensors'));
+    expect(ck.state.reason).toBe('non-finite-loss');
+    expect(ck.state.step).toBeGreaterThanOrEqual(1);
+    for (const t of ck.tensors.values()) {
+      const d = t.dataSync();
+      for (let i = 0; i < d.length; i++) if (!Number.isFinite(d[i])) throw new Error('non-finite value in the saved state');
+      t.dispose();
+    }
+  });
+
   test('options are validated with clear messages', async () => {
     await expect(pretrain({ ...base('c'), width: -1 })).rejects.toMatchObject({ code: 'E_ARG', message: expect.stringContaining('width') });
     await expect(pretrain({ ...base('c'), optimizer: 'adam' as never })).rejects.toMatchObject({ code: 'E_ARG' });

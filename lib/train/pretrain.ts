@@ -233,6 +233,20 @@ function makeNet(c: ResolvedConfig, device: DeviceName, seed: number): Net {
   return { backbone, projector };
 }
 
+/** true when every parameter and buffer of the model is finite (only called after a failure). */
+function allFinite(model: Model): boolean {
+  const sd = model.stateDict();
+  try {
+    for (const t of sd.values()) {
+      const d = t.dataSync();
+      for (let i = 0; i < d.length; i++) if (!Number.isFinite(d[i])) return false;
+    }
+    return true;
+  } finally {
+    disposeMap(sd);
+  }
+}
+
 function disposeMap(m: Map<string, Tensor>): void {
   m.forEach((t) => t.dispose());
 }
@@ -470,13 +484,20 @@ export async function pretrain(options: PretrainOptions = {}): Promise<PretrainS
         const m = momentumAt(step, totalSteps, c.baseMomentum);
         const r = await trainStep(online, target, loss, input, m);
         if (!Number.isFinite(r.loss)) {
-          // the state before this step was restored by trainStep: save it and stop
-          await writeCheckpoint(state('non-finite-loss', epoch, stepInEpoch));
+          // trainStep restored the state before this step. Save it when it is finite (an optimiser
+          // step can overflow the weights themselves); otherwise the last epoch checkpoint stays.
           input.forEach((v) => v.dispose());
+          const good = [online.backbone, online.projector, target.backbone, target.projector].every(allFinite);
+          if (good) await writeCheckpoint(state('non-finite-loss', epoch, stepInEpoch));
+          const saved = good
+            ? `The state before this step is saved in ${checkpointPath}`
+            : fs.existsSync(checkpointPath)
+              ? `The weights had already overflowed, so the last good checkpoint is the previous one in ${checkpointPath}`
+              : 'The weights had already overflowed and no earlier checkpoint exists';
           throw new MvebError(
             'E_NUMERIC',
-            `training stopped: the loss became ${r.loss} at step ${step} (epoch ${epoch + 1}, lr ${lr.toExponential(3)}). ` +
-              `The state before this step is saved in ${checkpointPath}; try a lower --lr or a larger --batch-size.`,
+            `training stopped: the loss became non-finite at step ${step} (epoch ${epoch + 1}, lr ${lr.toExponential(3)}). ` +
+              `${saved}; try a lower --lr or a larger --batch-size.`,
           );
         }
         // the projector first: a non-finite gradient usually shows there and then nothing is updated
@@ -612,7 +633,14 @@ export async function trainStep(online: Net, target: Net, loss: MVEBLoss, views:
       targets.push(await target.projector.forward(h, { train: true }));
       h.dispose();
     }
-    const r = await loss.forward(z, targets);
+    let r: Awaited<ReturnType<MVEBLoss['forward']>>;
+    try {
+      r = await loss.forward(z, targets);
+    } catch (e) {
+      // non-finite embeddings are refused by the loss (E_NUMERIC): the same as a non-finite loss
+      if ((e as { code?: string }).code !== 'E_NUMERIC') throw e;
+      r = { loss: NaN, alignment: NaN, entropy: NaN, widths: [NaN], grads: [] } as unknown as typeof r;
+    }
     const result: StepResult = { loss: r.loss, alignment: r.alignment, entropy: r.entropy, widths: Array.from(r.widths as ArrayLike<number>) };
     if (!Number.isFinite(r.loss)) {
       r.grads.forEach((g: Tensor) => g.dispose());
