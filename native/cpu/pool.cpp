@@ -55,10 +55,11 @@ void CpuBackend::maxpool2d_forward(float* y, int32_t* argmax, const float* x, co
             const int32_t base = static_cast<int32_t>(((static_cast<int64_t>(n) * s.H + h) * s.W + w) * C);
             if (base == first) continue;
             const float* xi = x + base;
-            for (int c = 0; c < C; ++c) {
+            const int channels = C;  // a local copy: stores through yo/ao cannot change it
+            for (int c = 0; c < channels; ++c) {
               const float v = xi[c], cur = yo[c];
               const int32_t arg = ao[c];
-              const bool take = v > cur || (v != v && cur == cur);  // a NaN wins (and propagates)
+              const bool take = (v > cur) | ((v != v) & (cur == cur));  // a NaN wins (and propagates)
               yo[c] = take ? v : cur;
               ao[c] = take ? base + c : arg;
             }
