@@ -3,9 +3,9 @@
 
 Runs the C++ timing binary (kernels_bench, built by benchmarks/build-and-run-kernels.sh against
 libmveb_core.a) and times the same SGEMM shapes with torch.mm and the same ResNet-50 convolutions
-with torch.nn.functional.conv2d (channels_last, forward + input/weight gradients), both with 2
-threads, then prints one markdown table with GFLOP/s, the fraction of the measured FP32 peak and
-the ratio mveb / torch.
+with torch.nn.functional.conv2d (channels_last, forward + input/weight gradients) and the same batch
+norms (train mode, + residual + ReLU), both with 2 threads, alternating shape by shape, and prints
+markdown tables with GFLOP/s, the fraction of the measured FP32 peak and the ratios.
 Usage: /usr/bin/python3 benchmarks/kernels/run.py BINARY [THREADS]
 """
 import os
@@ -80,7 +80,25 @@ CONVS = [  # N H W C K R S stride pad (ResNet-50 layers, batch 8)
     (8, 14, 14, 256, 256, 3, 3, 1, 1),
     (8, 7, 7, 512, 2048, 1, 1, 1, 0),
 ]
+BNS = [(25088, 64), (25088, 256), (6272, 512)]  # [rows = N*H*W at batch 8, channels]
 ROUNDS = 2  # mveb and torch alternate, best of the rounds: the machine is shared
+
+
+def torch_bn(m, c):
+    """Train-mode BN + residual + ReLU on channels_last [8, c, h, w] with m = 8*h*w rows."""
+    hw = m // 8
+    h = int(round(hw ** 0.5))
+    x = torch.randn(8, c, h, hw // h).to(memory_format=torch.channels_last).requires_grad_(True)
+    r = torch.randn_like(x)
+    g = torch.ones(c, requires_grad=True)
+    b = torch.zeros(c, requires_grad=True)
+    rm, rv = torch.zeros(c), torch.ones(c)
+    fwd = lambda: torch.relu(F.batch_norm(x, rm, rv, g, b, True, 0.1, 1e-5) + r)
+    tf = best(fwd, 0.5, 10)
+    y = fwd()
+    dy = torch.randn_like(y)
+    tb = best(lambda: torch.autograd.grad(y, (x, g, b), dy, retain_graph=True), 0.5, 10)
+    return tf * 1e3, tb * 1e3
 
 
 def ours(*args):
@@ -113,7 +131,7 @@ for m, n, k, ta, tb in GEMMS:
     print(f"| {m} x {n} x {k} ({ta},{tb}) | {g_ours:.1f} | {pk(g_ours)} | {g_torch:.1f} | {pk(g_torch)} | {g_ours / g_torch:.2f} | {rel} |")
     sys.stdout.flush()
 print()
-print("| conv NHWC N,H,W,C -> K, RxS /stride pad | GFLOP fwd | mveb fwd ms | torch fwd ms | torch/mveb fwd | mveb bwd data+weight ms | torch bwd ms | torch/mveb bwd |")
+print("| conv NHWC N,H,W,C -> K, RxS /stride pad | GFLOP fwd | mveb fwd ms (GFLOP/s, % peak) | torch fwd ms | torch/mveb fwd | mveb bwd data+weight ms (GFLOP/s, % peak) | torch bwd ms | torch/mveb bwd |")
 print("|---|---|---|---|---|---|---|---|")
 for shape in CONVS:
     n, h, w, c, k, r, s, stride, pad = shape
@@ -125,5 +143,18 @@ for shape in CONVS:
         tf, tb = min(tf, float(l[10])), min(tb, float(l[11]) + float(l[12]))
         a, b = torch_conv(*shape)
         ttf, ttb = min(ttf, a), min(ttb, b)
-    print(f"| {n},{h},{w},{c} -> {k}, {r}x{s} /{stride} p{pad} | {gflop:.2f} | {tf:.2f} ({gflop / tf * 1e3:.0f} GFLOP/s) | {ttf:.2f} | {ttf / tf:.2f} | {tb:.2f} | {ttb:.2f} | {ttb / tb:.2f} |")
+    gf, gb = gflop / tf * 1e3, 2 * gflop / tb * 1e3
+    print(f"| {n},{h},{w},{c} -> {k}, {r}x{s} /{stride} p{pad} | {gflop:.2f} | {tf:.2f} ({gf:.0f}, {pk(gf)}) | {ttf:.2f} | {ttf / tf:.2f} | {tb:.2f} ({gb:.0f}, {pk(gb)}) | {ttb:.2f} | {ttb / tb:.2f} |")
+    sys.stdout.flush()
+print()
+print("| batch norm train + residual + ReLU, rows x C | mveb fwd ms | torch fwd ms | torch/mveb fwd | mveb bwd ms | torch bwd ms | torch/mveb bwd |")
+print("|---|---|---|---|---|---|---|")
+for m, c in BNS:
+    tf = tb = ttf = ttb = 1e30
+    for _ in range(ROUNDS):
+        l = [x for x in ours("bn", m, c) if x[0] == "bn"][0]
+        tf, tb = min(tf, float(l[3])), min(tb, float(l[4]))
+        a, b = torch_bn(m, c)
+        ttf, ttb = min(ttf, a), min(ttb, b)
+    print(f"| {m} x {c} | {tf:.2f} | {ttf:.2f} | {ttf / tf:.2f} | {tb:.2f} | {ttb:.2f} | {ttb / tb:.2f} |")
     sys.stdout.flush()
