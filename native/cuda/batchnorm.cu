@@ -97,10 +97,11 @@ __global__ void bn_var_kernel(float* __restrict__ saved_invstd, float* __restric
 
 // y = act(gamma * (x - mean) * invstd + beta + residual); invstd either given (train) or
 // 1 / sqrt(var + eps) from the running variance (eval).
-__global__ void bn_apply_kernel(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ gamma,
+// (no __restrict__ on y / x / residual: BN may run in place, y == x or y == residual)
+__global__ void bn_apply_kernel(float* y, const float* x, const float* __restrict__ gamma,
                                 const float* __restrict__ beta, const float* __restrict__ mean,
                                 const float* __restrict__ invstd, const float* __restrict__ running_var, float eps,
-                                const float* __restrict__ residual, int relu, size_t total, int C) {
+                                const float* residual, int relu, size_t total, int C) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<size_t>(blockDim.x) * gridDim.x) {
     int c = static_cast<int>(i % C);
@@ -131,9 +132,9 @@ __global__ void bn_backward_finalize_kernel(float* __restrict__ coef, float* __r
   coef[2 * C + c] = train ? static_cast<float>(inv * inv * sgx / M) : 0.f;
 }
 
-__global__ void bn_backward_apply_kernel(float* __restrict__ dx, float* __restrict__ dresidual,
-                                         const float* __restrict__ dy, const float* __restrict__ y,
-                                         const float* __restrict__ x, const float* __restrict__ mean,
+// (no __restrict__ on the per-element arrays: dx or dresidual may alias dy)
+__global__ void bn_backward_apply_kernel(float* dx, float* dresidual, const float* dy, const float* y,
+                                         const float* x, const float* __restrict__ mean,
                                          const float* __restrict__ coef, int relu, size_t total, int C) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<size_t>(blockDim.x) * gridDim.x) {

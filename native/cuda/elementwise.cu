@@ -18,14 +18,14 @@ namespace {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < (n); \
        i += static_cast<size_t>(blockDim.x) * gridDim.x)
 
-__global__ void relu_forward_kernel(float* __restrict__ y, const float* __restrict__ x, size_t n) {
+// Elementwise kernels take no __restrict__ where callers may run them in place (y == x, dx == dy).
+__global__ void relu_forward_kernel(float* y, const float* x, size_t n) {
   MVEB_GRID_STRIDE(i, n) {
     float v = x[i];
     y[i] = v > 0.f ? v : 0.f;
   }
 }
-__global__ void relu_backward_kernel(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ y,
-                                     size_t n) {
+__global__ void relu_backward_kernel(float* dx, const float* dy, const float* y, size_t n) {
   MVEB_GRID_STRIDE(i, n) dx[i] = y[i] > 0.f ? dy[i] : 0.f;
 }
 // (no __restrict__: y may alias a or b)
@@ -115,7 +115,7 @@ __global__ void global_avgpool_forward_kernel(float* __restrict__ y, const float
     __syncthreads();
   }
 }
-__global__ void global_avgpool_backward_kernel(float* __restrict__ dx, const float* __restrict__ dy, int HW, int C,
+__global__ void global_avgpool_backward_kernel(float* dx, const float* dy, int HW, int C,
                                                size_t total) {
   const float inv = 1.0f / HW;
   MVEB_GRID_STRIDE(i, total) {
@@ -125,7 +125,7 @@ __global__ void global_avgpool_backward_kernel(float* __restrict__ dx, const flo
   }
 }
 
-__global__ void add_bias_rows_kernel(float* __restrict__ y, const float* __restrict__ bias, int N, size_t total) {
+__global__ void add_bias_rows_kernel(float* y, const float* bias, int N, size_t total) {
   MVEB_GRID_STRIDE(i, total) y[i] += bias[i % N];
 }
 
