@@ -318,6 +318,22 @@ describe('native augmentation', () => {
     await expectReject(augmentBatch(rgb, [0], [{ size: 4, flipP: 2 }], 1, 1), 'E_ARG', /flipP/);
   });
 
+  test("device 'cuda' delivers CUDA tensors, or fails with E_DEVICE when CUDA is unusable", async () => {
+    const cuda = (native.backends() as { cuda: { available: boolean } }).cuda;
+    const view = [{ size: 4, scale: [0.5, 1] as [number, number] }];
+    if (cuda.available) {
+      const [t] = await augmentBatch(rgb, [1, 2], view, 1, 1, { device: 'cuda' });
+      const [c] = await augmentBatch(rgb, [1, 2], view, 1, 1);
+      expect(t.device).toBe('cuda');
+      expect(Buffer.from((t.dataSync() as Float32Array).buffer).equals(Buffer.from((c.dataSync() as Float32Array).buffer))).toBe(true);
+      t.dispose();
+      c.dispose();
+    } else {
+      await expectReject(augmentBatch(rgb, [1, 2], view, 1, 1, { device: 'cuda' }), 'E_DEVICE');
+      await expectReject(evalBatch(rgb, [1], { device: 'cuda' }), 'E_DEVICE');
+    }
+  });
+
   test('epoch permutations are seeded permutations', () => {
     const p = epochPermutation(100, 5, 2);
     expect(Array.from(p).sort((x, y) => x - y)).toEqual(Array.from({ length: 100 }, (_, i) => i));

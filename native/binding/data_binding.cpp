@@ -168,6 +168,7 @@ Napi::Value data_augment_batch(const Napi::CallbackInfo& info) {
     const uint64_t seed = get_u64(env, info[3], "seed"), step = get_u64(env, info[4], "step");
     const mveb::Device device = parse_device(env, info[5].IsString() ? info[5].As<Napi::String>().Utf8Value() : "cpu");
     if (indices->empty()) throw_js(env, "E_ARG", "indices must not be empty");
+    if (device == mveb::Device::CUDA) runtime(env).cuda();  // E_DEVICE now, with the reason, when CUDA is unusable
     const int64_t batch = static_cast<int64_t>(indices->size());
     std::vector<mveb::Tensor> outs;
     for (const auto& v : *views)
@@ -202,6 +203,7 @@ Napi::Value data_eval_batch(const Napi::CallbackInfo& info) {
       throw_js(env, "E_ARG", "mean and std must have one value per channel (" + std::to_string(dataset->channels()) +
                                  "), found " + std::to_string(mean->size()) + " and " + std::to_string(stdv->size()));
     const mveb::Device device = parse_device(env, info[5].IsString() ? info[5].As<Napi::String>().Utf8Value() : "cpu");
+    if (device == mveb::Device::CUDA) runtime(env).cuda();
     const int64_t batch = static_cast<int64_t>(indices->size());
     mveb::Tensor out = mveb::empty_tensor(runtime(env).cpu(), {batch, dataset->channels(), size, size});
     return run_async<mveb::Tensor>(
