@@ -7,7 +7,8 @@
 //   K = exp(S / tau), r = rowsum(K) (fp64 accumulation), A = K + eta I
 //   G = (z / tau) * r         closed form of the N x N x D broadcast of the official code
 //   A = L L^T                 blocked left-looking Cholesky, the panel update on gemm (N^3/3 FLOP)
-//   score = -A^{-1} G         two blocked triangular solves on gemm (2 N^2 D FLOP), no inverse
+//   score = -A^{-1} G         two blocked triangular solves on gemm (2 N^2 D FLOP); no inverse of A
+//                             (only of the 112 x 112 triangular diagonal blocks of L, see below)
 // fp32 storage and gemm (fp32 accumulation), fp64 for the diagonal blocks, row sums and the selection
 // counts. The condition number of A is estimated from the factor (power iteration on L L^T for
 // lambda_max, inverse iteration with two triangular solves per step for lambda_min; both converge
@@ -56,9 +57,8 @@ namespace {
 
 using vmf_detail::Prims;
 
-constexpr int kBlock = 128;        // Cholesky / solve block (gemm depth of the updates)
+constexpr int kBlock = 112;        // Cholesky / solve block: gemm depth of the updates; a multiple of 14 and 16 (micro-kernel rows)
 constexpr int kPanelRows = 256;    // row panel of the S = Z Z^T gemm
-constexpr int kSolveColumns = 128; // column strip of the in-block triangular solves (L1/L2 resident)
 
 // Monotone map float -> uint32 (a < b as floats  <=>  key(a) < key(b)); no NaN reaches it.
 inline uint32_t float_key(float f) {
@@ -113,90 +113,89 @@ float select_kth_smallest_symmetric(ThreadPool& pool, const float* S, int N, int
   return key_float(prefix);
 }
 
-// In-place solve of L X = B (lower) or L^T X = B (upper = transposed lower), L kb x kb (row stride
-// ldl), B kb x ncols (row stride ldb). Row-axpy form (vectorises over columns), threaded over
-// column strips.
-void block_solve(ThreadPool& pool, const Prims& p, const float* L, int64_t ldl, int kb, float* B, int64_t ldb,
-                 int64_t ncols, bool transposed) {
-  const int64_t strips = (ncols + kSolveColumns - 1) / kSolveColumns;
-  pool.parallel_tasks(strips, [&](int64_t s, int) {
-    const int64_t c0 = s * kSolveColumns, w = std::min<int64_t>(kSolveColumns, ncols - c0);
-    if (!transposed) {
-      for (int c = 0; c < kb; ++c) {
-        float* rc = B + c * ldb + c0;
-        const float* lrow = L + c * ldl;
-        for (int m = 0; m < c; ++m) p.axpy(rc, -lrow[m], B + m * ldb + c0, w);
-        p.scale(rc, 1.f / lrow[c], w);
-      }
-    } else {
-      for (int c = kb - 1; c >= 0; --c) {  // x_c = (b_c - sum_{m > c} L[m][c] x_m) / L[c][c]
-        float* rc = B + c * ldb + c0;
-        for (int m = c + 1; m < kb; ++m) p.axpy(rc, -L[m * ldl + c], B + m * ldb + c0, w);
-        p.scale(rc, 1.f / L[c * ldl + c], w);
-      }
+// Triangular solves with the diagonal blocks go through gemm too: each kb x kb diagonal block L_kk is
+// factored in double and inverted there (a triangular inverse, kb^3/3 FLOP, stored in fp32), and
+// applied as a kb-deep gemm. This is the standard blocked-TRSM device (an inverse of small triangular
+// blocks of the factor, never of K); it replaces kb^2/2 row axpys per row block (memory bound, ~4x
+// slower than gemm at this block size) and keeps fp32 accuracy: the blocks are as well conditioned as the
+// factor, whose condition is sqrt(cond(K + eta I)) <= ~300 before the float64 fallback.
+
+// Factors the kb x kb block (lower triangle of A, row stride lda) in double: writes L_kk back into A
+// and its inverse into inv (kb x kb, zero above the diagonal). False on a non-positive pivot.
+bool factor_diagonal_block(float* A, int64_t lda, int kb, std::vector<double>& blk, float* inv) {
+  for (int i = 0; i < kb; ++i)
+    for (int j = 0; j <= i; ++j) blk[i * kb + j] = A[i * lda + j];
+  for (int j = 0; j < kb; ++j) {
+    double d = blk[j * kb + j];
+    for (int m = 0; m < j; ++m) d -= blk[j * kb + m] * blk[j * kb + m];
+    if (!(d > 0) || !std::isfinite(d)) return false;
+    const double ljj = std::sqrt(d);
+    blk[j * kb + j] = ljj;
+    for (int i = j + 1; i < kb; ++i) {
+      double s = blk[i * kb + j];
+      for (int m = 0; m < j; ++m) s -= blk[i * kb + m] * blk[j * kb + m];
+      blk[i * kb + j] = s / ljj;
     }
-  });
+  }
+  for (int i = 0; i < kb; ++i)
+    for (int j = 0; j <= i; ++j) A[i * lda + j] = static_cast<float>(blk[i * kb + j]);
+  // inverse of the lower-triangular factor, column by column: T[i][j] = -(sum_{j<=m<i} L[i][m] T[m][j]) / L[i][i]
+  std::vector<double> t(static_cast<size_t>(kb) * kb, 0.0);
+  for (int j = 0; j < kb; ++j) {
+    t[j * kb + j] = 1.0 / blk[j * kb + j];
+    for (int i = j + 1; i < kb; ++i) {
+      double s = 0;
+      for (int m = j; m < i; ++m) s += blk[i * kb + m] * t[m * kb + j];
+      t[i * kb + j] = -s / blk[i * kb + i];
+    }
+  }
+  for (size_t i = 0; i < t.size(); ++i) inv[i] = static_cast<float>(t[i]);
+  return true;
 }
 
-// Blocked left-looking Cholesky of the lower triangle of A (N x N, row stride N) in place.
-// Returns false on a non-positive or non-finite pivot.
-bool cholesky_f32(CpuBackend& be, const Prims& p, float* A, int N) {
+// Blocked left-looking Cholesky of the lower triangle of A (N x N, row stride N) in place; the inverse
+// of each diagonal block goes to inv (block b at inv + b * kBlock * kBlock). False on a non-positive or
+// non-finite pivot.
+bool cholesky_f32(CpuBackend& be, float* A, int N, float* inv) {
   std::vector<double> blk(static_cast<size_t>(kBlock) * kBlock);
   std::vector<float> panel;
   for (int k0 = 0; k0 < N; k0 += kBlock) {
     const int kb = std::min(kBlock, N - k0);
+    float* Akk = A + static_cast<int64_t>(k0) * N + k0;
+    float* inv_k = inv + static_cast<int64_t>(k0 / kBlock) * kBlock * kBlock;
     // A[k0:N, k0:k0+kb] -= L[k0:N, 0:k0] L[k0:k0+kb, 0:k0]^T
     if (k0 > 0)
       be.gemm(false, true, N - k0, kb, k0, -1.f, A + static_cast<int64_t>(k0) * N, N,
-              A + static_cast<int64_t>(k0) * N, N, 1.f, A + static_cast<int64_t>(k0) * N + k0, N);
-    // factor the diagonal block in double
-    for (int i = 0; i < kb; ++i)
-      for (int j = 0; j <= i; ++j) blk[i * kb + j] = A[static_cast<int64_t>(k0 + i) * N + k0 + j];
-    for (int j = 0; j < kb; ++j) {
-      double d = blk[j * kb + j];
-      for (int m = 0; m < j; ++m) d -= blk[j * kb + m] * blk[j * kb + m];
-      if (!(d > 0) || !std::isfinite(d)) return false;
-      const double ljj = std::sqrt(d);
-      blk[j * kb + j] = ljj;
-      for (int i = j + 1; i < kb; ++i) {
-        double s = blk[i * kb + j];
-        for (int m = 0; m < j; ++m) s -= blk[i * kb + m] * blk[j * kb + m];
-        blk[i * kb + j] = s / ljj;
-      }
-    }
-    for (int i = 0; i < kb; ++i)
-      for (int j = 0; j <= i; ++j) A[static_cast<int64_t>(k0 + i) * N + k0 + j] = static_cast<float>(blk[i * kb + j]);
-    // panel below: L[r, k0:k0+kb] = A[r, k0:k0+kb] L_kk^{-T}, i.e. L_kk X = A_panel^T (transposed copy)
+              A + static_cast<int64_t>(k0) * N, N, 1.f, Akk, N);
+    if (!factor_diagonal_block(Akk, N, kb, blk, inv_k)) return false;
+    // panel below: L[r, k0:k0+kb] = A[r, k0:k0+kb] L_kk^{-T}
     const int rows = N - k0 - kb;
     if (rows > 0) {
-      panel.resize(static_cast<size_t>(kb) * rows);
-      const float* src = A + static_cast<int64_t>(k0 + kb) * N + k0;
+      panel.resize(static_cast<size_t>(rows) * kb);
+      float* dst = Akk + static_cast<int64_t>(kb) * N;
       for (int r = 0; r < rows; ++r)
-        for (int c = 0; c < kb; ++c) panel[static_cast<size_t>(c) * rows + r] = src[static_cast<int64_t>(r) * N + c];
-      block_solve(be.pool(), p, A + static_cast<int64_t>(k0) * N + k0, N, kb, panel.data(), rows, rows, false);
-      float* dst = A + static_cast<int64_t>(k0 + kb) * N + k0;
-      bool finite = true;
-      for (int r = 0; r < rows; ++r)
-        for (int c = 0; c < kb; ++c) {
-          const float v = panel[static_cast<size_t>(c) * rows + r];
-          finite &= std::isfinite(v);
-          dst[static_cast<int64_t>(r) * N + c] = v;
-        }
-      if (!finite) return false;
+        std::memcpy(panel.data() + static_cast<size_t>(r) * kb, dst + static_cast<int64_t>(r) * N, kb * sizeof(float));
+      be.gemm(false, true, rows, kb, kb, 1.f, panel.data(), kb, inv_k, kb, 0.f, dst, N);
     }
   }
   return true;
 }
 
-// X = (L L^T)^{-1} X in place for X [N, D] (row stride D), blocked on gemm.
-void cholesky_solve_f32(CpuBackend& be, const Prims& p, const float* L, int N, float* X, int D) {
+// X = (L L^T)^{-1} X in place for X [N, D] (row stride D), blocked on gemm (inv from cholesky_f32).
+void cholesky_solve_f32(CpuBackend& be, const float* L, const float* inv, int N, float* X, int D) {
+  std::vector<float> tmp(static_cast<size_t>(std::min(kBlock, N)) * D);
+  auto apply_inverse = [&](int k0, int kb, bool transposed) {  // X_k = inv_k X_k (or inv_k^T X_k)
+    float* Xk = X + static_cast<int64_t>(k0) * D;
+    std::memcpy(tmp.data(), Xk, static_cast<size_t>(kb) * D * sizeof(float));
+    be.gemm(transposed, false, kb, D, kb, 1.f, inv + static_cast<int64_t>(k0 / kBlock) * kBlock * kBlock, kb,
+            tmp.data(), D, 0.f, Xk, D);
+  };
   for (int k0 = 0; k0 < N; k0 += kBlock) {  // L Y = X
     const int kb = std::min(kBlock, N - k0);
     if (k0 > 0)
       be.gemm(false, false, kb, D, k0, -1.f, L + static_cast<int64_t>(k0) * N, N, X, D, 1.f,
               X + static_cast<int64_t>(k0) * D, D);
-    block_solve(be.pool(), p, L + static_cast<int64_t>(k0) * N + k0, N, kb, X + static_cast<int64_t>(k0) * D, D, D,
-                false);
+    apply_inverse(k0, kb, false);
   }
   const int last = ((N - 1) / kBlock) * kBlock;
   for (int k0 = last; k0 >= 0; k0 -= kBlock) {  // L^T X = Y
@@ -204,8 +203,7 @@ void cholesky_solve_f32(CpuBackend& be, const Prims& p, const float* L, int N, f
     if (rest > 0)
       be.gemm(true, false, kb, D, rest, -1.f, L + static_cast<int64_t>(k0 + kb) * N + k0, N,
               X + static_cast<int64_t>(k0 + kb) * D, D, 1.f, X + static_cast<int64_t>(k0) * D, D);
-    block_solve(be.pool(), p, L + static_cast<int64_t>(k0) * N + k0, N, kb, X + static_cast<int64_t>(k0) * D, D, D,
-                true);
+    apply_inverse(k0, kb, true);
   }
 }
 
@@ -338,7 +336,8 @@ VmfInfo CpuBackend::vmf_score(float* score, const float* z, int N, int D, float 
     }
   });
 
-  bool ok = cholesky_f32(*this, p, A, N);
+  std::vector<float> inverses(static_cast<size_t>((N + kBlock - 1) / kBlock) * kBlock * kBlock);
+  bool ok = cholesky_f32(*this, A, N, inverses.data());
   if (ok) {
     info.condition = condition_estimate<float>(
         A, N, [&](const float* a, const float* b, int n) { return p.dot(a, b, n); },
@@ -346,7 +345,7 @@ VmfInfo CpuBackend::vmf_score(float* score, const float* z, int N, int D, float 
     ok = std::isfinite(info.condition) && info.condition <= vmf_float64_condition;
   }
   if (ok) {
-    cholesky_solve_f32(*this, p, A, N, score, D);
+    cholesky_solve_f32(*this, A, inverses.data(), N, score, D);
     ok = all_finite(score, static_cast<size_t>(N) * D);
   }
   if (ok) return info;

@@ -1,7 +1,7 @@
 // vmf_kernels.h: the few vector primitives of the vMF estimator (vmf.cpp): row axpy, row scale and a
 // float dot product, in a portable version (vmf.cpp) and an AVX-512 version (vmf_avx512.cpp), picked
-// once per call from CpuBackend::isa(). They carry the small in-block triangular solves and the
-// condition estimate; the bulk of the work goes through gemm. Tested via test/native/test_vmf.cpp
+// once per call from CpuBackend::isa(). They carry the condition estimate (matrix-vector products and
+// single-vector triangular solves with the factor); the bulk of the work goes through gemm. Tested via test/native/test_vmf.cpp
 // (every path runs there: MVEB_ISA=scalar forces the portable one).
 #pragma once
 #include <cstdint>
