@@ -51,20 +51,32 @@ struct Block {
   int H = 0, W = 0, C = 0;  // input spatial size and channels (planned)
 };
 
-// Bump allocator of activation offsets, 64-byte aligned.
+}  // namespace
+
+// Activation offsets. Training: a bump allocator (every activation kept for backward). Inference
+// (eval forward): outputs rotate through 5 slots of the largest activation's size, never one that
+// is still live (a block's input, its residual, the op's own input), so batch 512 feature
+// extraction needs a few activations' worth of memory instead of the whole network's.
 struct Planner {
   size_t top = 0, max_tensor = 0;
+  bool inference = false;
+  size_t slot_size = 0;
+  static constexpr int kSlots = 5;
   size_t alloc(size_t n) {
     size_t off = top;
     top += (n + 15) / 16 * 16;
     return off;
   }
-  size_t tensor(size_t n) {
+  size_t tensor(size_t n, std::initializer_list<size_t> live = {}) {
     max_tensor = std::max(max_tensor, n);
-    return alloc(n);
+    if (!inference) return alloc(n);
+    for (int i = 0; i < kSlots; ++i) {
+      const size_t off = static_cast<size_t>(i) * slot_size;
+      if (std::find(live.begin(), live.end(), off) == live.end()) return off;
+    }
+    throw_error("E_INTERNAL", "activation planner ran out of slots");
   }
 };
-}  // namespace
 
 struct Model::Impl {
   ResnetConfig rcfg;
@@ -290,23 +302,45 @@ std::unique_ptr<Model> Model::projector(Backend& backend, const ProjectorConfig&
 // ---------------------------------------------------------------------------------------------
 // planning: activation offsets for one input shape
 
-void Model::plan(const Shape& shape) {
-  if (shape == planned_shape_ && act_arena_.defined()) return;
-  Impl& I = *impl_;
+void Model::plan(const Shape& shape, bool inference) {
+  inference = inference && is_resnet_;  // the projector's activations are small: one plan for both
+  if (shape == planned_shape_ && inference == planned_inference_ && act_arena_.defined()) return;
+  Planner sizing;  // a training-layout pass gives the largest activation (the slot size)
+  plan_into(shape, sizing);
   Planner p;
+  if (inference) {
+    p.inference = true;
+    p.slot_size = (sizing.max_tensor + 15) / 16 * 16;
+    p.top = Planner::kSlots * p.slot_size;
+    plan_into(shape, p);
+  } else {
+    p = sizing;
+    impl_->scratch_size = p.max_tensor;
+    for (int i = 0; i < 4; ++i) impl_->scratch[i] = p.alloc(p.max_tensor);
+  }
+  act_arena_ = Tensor();  // free the old one first (peak memory)
+  act_arena_ = empty_tensor(*backend_, {static_cast<int64_t>(p.top)});
+  planned_shape_ = shape;
+  planned_inference_ = inference;
+  forward_done_ = false;
+}
+
+void Model::plan_into(const Shape& shape, Planner& p) {
+  Impl& I = *impl_;
+  size_t live_a = NONE, live_b = NONE;  // a block's input and residual (inference slots)
   auto plan_conv = [&](ConvLayer& c, size_t in, int N, int H, int W) {
     c.in = in;
     c.s = ConvShape{N, H, W, c.C, c.K, c.R, c.R, c.stride, c.pad};
     MVEB_CHECK(c.s.P() >= 1 && c.s.Q() >= 1, "E_SHAPE", "input [", shape[0], ", ", shape[1], ", ", shape[2], ", ",
                shape[3], "] is too small for this network: a ", c.R, "x", c.R, "/", c.stride,
                " convolution would get a ", H, "x", W, " input");
-    c.out = p.tensor(static_cast<size_t>(N) * c.s.P() * c.s.Q() * c.K);
+    c.out = p.tensor(static_cast<size_t>(N) * c.s.P() * c.s.Q() * c.K, {in, live_a, live_b});
   };
   auto plan_bn = [&](BnLayer& b, size_t in, int M, size_t res) {
     b.in = in;
     b.M = M;
     b.res = res;
-    b.out = p.tensor(static_cast<size_t>(M) * b.C);
+    b.out = p.tensor(static_cast<size_t>(M) * b.C, {in, live_a, live_b});
     b.mean = p.alloc(b.C);
     b.invstd = p.alloc(b.C);
   };
@@ -322,7 +356,7 @@ void Model::plan(const Shape& shape) {
       I.pool_shape = PoolShape{N, h, w, c, 3, 2, 1};
       MVEB_CHECK(I.pool_shape.P() >= 1 && I.pool_shape.Q() >= 1, "E_SHAPE", "input too small for the max pool");
       h = I.pool_shape.P(), w = I.pool_shape.Q();
-      I.pool_out = p.tensor(static_cast<size_t>(N) * h * w * c);
+      I.pool_out = p.tensor(static_cast<size_t>(N) * h * w * c, {cur});
       I.pool_argmax = p.alloc(static_cast<size_t>(N) * h * w * c);
       cur = I.pool_out;
     }
@@ -332,11 +366,13 @@ void Model::plan(const Shape& shape) {
       size_t x = cur;
       int hh = h, ww = w;
       size_t residual = cur;
+      live_a = cur;
       if (blk.down) {
         plan_conv(blk.dconv, cur, N, h, w);
         plan_bn(blk.dbn, blk.dconv.out, N * blk.dconv.s.P() * blk.dconv.s.Q(), NONE);
         residual = blk.dbn.out;
       }
+      live_b = residual;
       for (size_t i = 0; i < blk.convs.size(); ++i) {
         plan_conv(blk.convs[i], x, N, hh, ww);
         hh = blk.convs[i].s.P(), ww = blk.convs[i].s.Q();
@@ -346,10 +382,11 @@ void Model::plan(const Shape& shape) {
       }
       blk.out = x;
       cur = x, h = hh, w = ww, c = blk.convs.back().K;
+      live_a = live_b = NONE;
     }
     I.head_HW = h * w;
     I.head_C = c;
-    I.feat = p.tensor(static_cast<size_t>(N) * c);
+    I.feat = p.tensor(static_cast<size_t>(N) * c, {cur});
   } else {
     const int N = static_cast<int>(shape[0]);
     I.N = N;
@@ -365,12 +402,6 @@ void Model::plan(const Shape& shape) {
       }
     }
   }
-  I.scratch_size = p.max_tensor;
-  for (int i = 0; i < 4; ++i) I.scratch[i] = p.alloc(p.max_tensor);
-  act_arena_ = Tensor();  // free the old one first (peak memory)
-  act_arena_ = empty_tensor(*backend_, {static_cast<int64_t>(p.top)});
-  planned_shape_ = shape;
-  forward_done_ = false;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -387,7 +418,7 @@ Tensor Model::forward(const Tensor& x, bool train) {
     MVEB_CHECK(x.shape.size() == 2 && x.shape[1] == in_channels_ && x.shape[0] >= 1, "E_SHAPE",
                "forward input: expected shape [N, ", in_channels_, "], found ", shape_string(x.shape));
   }
-  plan(x.shape);
+  plan(x.shape, !train);
   Impl& I = *impl_;
   Backend& be = *backend_;
   float* A = act_arena_.f32();
@@ -405,7 +436,8 @@ Tensor Model::forward(const Tensor& x, bool train) {
     } else {
       be.batchnorm_forward_eval(A + b.out, A + b.in, P + b.gamma, P + b.beta, B + b.rmean, B + b.rvar,
                                 b.res == NONE ? nullptr : A + b.res, b.relu, b.M, b.C, BN_EPS);
-      // backward in eval mode uses the running statistics as mean/invstd
+      if (is_resnet_) return;  // inference: no backward follows
+      // a projector backward in eval mode uses the running statistics as mean/invstd
       std::vector<float> mean(b.C), var(b.C);
       be.download(mean.data(), B + b.rmean, b.C * sizeof(float));
       be.download(var.data(), B + b.rvar, b.C * sizeof(float));
@@ -455,6 +487,9 @@ Tensor Model::forward(const Tensor& x, bool train) {
 
 Tensor Model::backward(const Tensor& grad_out, bool input_grad) {
   MVEB_CHECK(forward_done_, "E_ARG", "backward needs a preceding forward on this model");
+  MVEB_CHECK(!planned_inference_, "E_ARG",
+             "backward after forward(x, { train: false }): an eval-mode ResNet forward keeps no activations; "
+             "run forward with { train: true } to train");
   check_float(grad_out, "backward gradOut");
   MVEB_CHECK(grad_out.storage->backend == backend_, "E_DEVICE", "backward gradOut is on ",
              device_name(grad_out.device()), ", the model on ", device_name(backend_->device()));

@@ -11,7 +11,9 @@
 // optimiser one pass, EMA one pass.
 //
 // forward(x NCHW, train) converts to NHWC and saves every activation backward needs (conv inputs,
-// BN inputs and outputs, pool argmax, BN batch statistics). backward(gradOut) returns the input
+// BN inputs and outputs, pool argmax, BN batch statistics). An eval-mode ResNet forward is pure
+// inference: its activations rotate through 5 buffers (no backward after it), so large-batch
+// feature extraction stays small. backward(gradOut) returns the input
 // gradient (NCHW) and ACCUMULATES parameter gradients. Gradient scratch: four buffers the size of
 // the largest activation, rotated block by block (see resnet_backward in model.cpp).
 #pragma once
@@ -56,6 +58,8 @@ struct ArenaEntry {
   bool krsc = false;
   bool matrix = false;  // ndim > 1: LARS weight decay and trust adaptation apply
 };
+
+struct Planner;
 
 class Model {
  public:
@@ -109,7 +113,8 @@ class Model {
  private:
   Model(Backend& backend);
   void allocate_arenas();
-  void plan(const Shape& input_shape);
+  void plan(const Shape& input_shape, bool inference);
+  void plan_into(const Shape& input_shape, Planner& p);
   Tensor to_pytorch_layout(const ArenaEntry& e, const float* arena) const;
   void from_pytorch_layout(const ArenaEntry& e, float* arena, const Tensor& t) const;
 
@@ -122,6 +127,7 @@ class Model {
   std::vector<int64_t> num_batches_tracked_;  // one per BN layer, host side
   std::unique_ptr<Impl> impl_;
   Shape planned_shape_;
+  bool planned_inference_ = false;
   bool forward_done_ = false, forward_train_ = false;
 };
 

@@ -409,4 +409,17 @@ TEST("model: backward accumulates parameter gradients; bad inputs give E_SHAPE/E
   m->forward(x, true);
   Tensor badg = empty_tensor(be, {4, m->feature_dim()});
   EXPECT_THROWS_CODE(m->backward(badg), "E_SHAPE");
+  // eval forward is inference: a few rotating buffers, same features as with the training layout
+  const size_t train_bytes = m->activation_bytes();
+  Tensor fe = m->forward(x, false);
+  const size_t eval_bytes = m->activation_bytes();
+  EXPECT_TRUE(eval_bytes * 3 < train_bytes, "eval arena " << eval_bytes << " vs train arena " << train_bytes);
+  EXPECT_THROWS_CODE(m->backward(g), "E_ARG");
+  Tensor big = empty_tensor(be, {3, 2, 33, 33});
+  auto bv = mtest::random_vector(big.numel(), 33);
+  be.upload(big.f32(), bv.data(), bv.size() * 4);
+  Tensor fe2 = m->forward(big, false);
+  EXPECT_TRUE(fe2.shape == Shape({3, m->feature_dim()}));
+  Tensor fe3 = m->forward(x, false);
+  EXPECT_REL(mtest::rel_error(fe3.f32(), fe.f32(), fe.numel()), 0.0, "eval forward is repeatable across re-plans");
 }

@@ -1,0 +1,112 @@
+#!/usr/bin/env node
+// train-step.js: ResNet training-step throughput (forward in train mode + backward + SGD momentum
+// step, input gradient skipped as PyTorch skips it) on the CPU backend, side by side in the same run
+// with PyTorch 1.13 CPU (benchmarks/train_step_torch.py via /usr/bin/python3, same thread count) in
+// NCHW and channels_last. Prints images/s, the ratio ours / best PyTorch, our peak native memory and
+// each process's peak RSS.
+//   npm run bench:train-step                 resnet50 224x224 batch 16, resnet18-cifar 32x32 batch 128
+//   node benchmarks/train-step.js --steps 3  more timed steps (default 2, after 1 warm-up step)
+//   node benchmarks/train-step.js --only r18 one configuration (r18 | r50)
+// Env: MVEB_ADDON_PATH (default build/Release/mveb.node), MVEB_NUM_THREADS (default 2, = PyTorch's
+// threads here), MVEB_BENCH_NO_TORCH=1 to skip PyTorch.
+// Napkin math: resnet50 224 forward is 4.1 GFLOP/image, a training step ~3x that = 12.3 GFLOP/image;
+// at the 2-core FP32 peak of ~400 GFLOP/s the floor is ~33 img/s. resnet18-cifar 32x32: 0.56
+// GFLOP/image forward, ~1.67 GFLOP/image per step, floor ~240 img/s.
+'use strict';
+const fs = require('fs');
+const path = require('path');
+const { spawnSync } = require('child_process');
+
+if (!process.env.MVEB_NUM_THREADS) process.env.MVEB_NUM_THREADS = '2';
+const threads = Number(process.env.MVEB_NUM_THREADS);
+const root = path.resolve(__dirname, '..');
+const addonPath = process.env.MVEB_ADDON_PATH || path.join(root, 'build', 'Release', 'mveb.node');
+if (!fs.existsSync(addonPath)) {
+  console.error(`addon not found at ${addonPath}: run npm run build:native (or set MVEB_ADDON_PATH)`);
+  process.exit(1);
+}
+const addon = require(addonPath);
+
+const args = process.argv.slice(2);
+const opt = (name, fallback) => {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1] : fallback;
+};
+const steps = Number(opt('--steps', '2'));
+const only = opt('--only', null);
+const FLOP_PER_IMAGE = { r50: 3 * 4.11e9, r18: 3 * 0.556e9 };
+const configs = [
+  // smaller first: the native peak counter is process-wide, so each row's peak covers it and those before
+  { key: 'r18', name: 'resnet18-cifar 32x32 batch 128', depth: 18, stem: 'cifar', batch: 128, size: 32 },
+  { key: 'r50', name: 'resnet50 224x224 batch 16', depth: 50, stem: 'imagenet', batch: 16, size: 224 },
+].filter((c) => !only || c.key === only);
+
+function torchAvailable() {
+  if (process.env.MVEB_BENCH_NO_TORCH) return 'disabled by MVEB_BENCH_NO_TORCH';
+  const r = spawnSync('/usr/bin/python3', ['-c', 'import torch, torchvision'], { encoding: 'utf8' });
+  return r.status === 0 ? null : `PyTorch not importable by /usr/bin/python3: ${(r.stderr || '').trim().split('\n').pop()}`;
+}
+
+async function ours(c) {
+  const net = addon.modelResnet({ depth: c.depth, stem: c.stem, inChannels: 3, zeroInitResidual: true, seed: 0, device: 'cpu' });
+  const info = addon.modelInfo(net);
+  const x = addon.tensorRandn([c.batch, 3, c.size, c.size], 1, 'cpu');
+  const g = addon.tensorRandn([c.batch, info.featureDim], 2, 'cpu');
+  const times = [];
+  for (let i = 0; i <= steps; i++) {
+    const t0 = process.hrtime.bigint();
+    addon.modelZeroGrad(net);
+    const y = await addon.modelForward(net, x, true);
+    await addon.modelBackward(net, g, false);
+    const r = await addon.modelOptimizerStep(net, { kind: 'sgd', lr: 0.01, momentum: 0.9, weightDecay: 1e-4 });
+    if (!r.finite) throw new Error('non-finite gradients in the benchmark');
+    y.dispose();
+    if (i > 0) times.push(Number(process.hrtime.bigint() - t0) / 1e9);
+  }
+  const peak = addon.memory().cpu.peakBytes;
+  const activationBytes = addon.modelInfo(net).activationBytes;
+  addon.modelDispose(net);
+  x.dispose();
+  g.dispose();
+  return { imagesPerS: c.batch / Math.min(...times), times, peak, activationBytes };
+}
+
+function torchRun(c, fmt) {
+  const r = spawnSync('/usr/bin/python3', [path.join(__dirname, 'train_step_torch.py'), String(c.depth), c.stem, String(c.batch),
+    String(c.size), String(steps), String(threads), fmt], { encoding: 'utf8', env: { ...process.env, OMP_NUM_THREADS: String(threads) } });
+  if (r.status !== 0) return { error: (r.stderr || '').trim().split('\n').pop() };
+  return JSON.parse(r.stdout.trim().split('\n').pop());
+}
+
+const mib = (b) => (b / 2 ** 20).toFixed(0) + ' MiB';
+
+(async () => {
+  const why = torchAvailable();
+  console.log(`train-step benchmark: ${threads} threads, ${steps} timed steps after 1 warm-up, best step reported; addon ${addonPath}`);
+  if (why) console.log(`PyTorch side skipped: ${why}`);
+  const rows = [];
+  for (const c of configs) {
+    const o = await ours(c);
+    const tn = why ? null : torchRun(c, 'nchw');
+    const tc = why ? null : torchRun(c, 'channels_last');
+    const bestTorch = Math.max(tn && tn.images_per_s ? tn.images_per_s : 0, tc && tc.images_per_s ? tc.images_per_s : 0);
+    const floor = (threads / 2) * 400e9 / FLOP_PER_IMAGE[c.key];
+    rows.push({ c, o, tn, tc, bestTorch, floor });
+    const fmt = (t) => (!t ? 'n/a' : t.error ? `error: ${t.error}` : `${t.images_per_s.toFixed(2)} img/s (peak RSS ${mib(t.max_rss_bytes)})`);
+    console.log(`\n${c.name}`);
+    console.log(`  ours                 ${o.imagesPerS.toFixed(2)} img/s  (steps ${o.times.map((t) => t.toFixed(2)).join(', ')} s; ` +
+      `peak native memory ${mib(o.peak)}, activations arena ${mib(o.activationBytes)}; ${(100 * o.imagesPerS / floor).toFixed(0)}% of the FP32-peak floor ${floor.toFixed(0)} img/s)`);
+    console.log(`  PyTorch NCHW         ${fmt(tn)}`);
+    console.log(`  PyTorch channels_last ${fmt(tc)}`);
+    if (bestTorch > 0) console.log(`  ratio ours / best PyTorch: ${(o.imagesPerS / bestTorch).toFixed(2)}x`);
+  }
+  console.log('\n| configuration | ours img/s | PyTorch NCHW | PyTorch channels_last | ours / best PyTorch | our peak memory |');
+  console.log('|---|---|---|---|---|---|');
+  for (const r of rows) {
+    const v = (t) => (t && t.images_per_s ? t.images_per_s.toFixed(2) : 'n/a');
+    console.log(`| ${r.c.name} | ${r.o.imagesPerS.toFixed(2)} | ${v(r.tn)} | ${v(r.tc)} | ${r.bestTorch ? (r.o.imagesPerS / r.bestTorch).toFixed(2) + 'x' : 'n/a'} | ${mib(r.o.peak)} |`);
+  }
+})().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});

@@ -1,0 +1,49 @@
+#!/usr/bin/python3
+"""train_step_torch.py: the PyTorch side of benchmarks/train-step.js. One ResNet training step
+(forward in train mode, backward of sum(features * g), SGD momentum 0.9 with weight decay) timed with
+torch.set_num_threads(threads), NCHW or channels_last. Prints one JSON line:
+    {"images_per_s": ..., "seconds_per_step": [...], "max_rss_bytes": ...}
+Usage: /usr/bin/python3 benchmarks/train_step_torch.py DEPTH STEM BATCH SIZE STEPS THREADS nchw|channels_last
+"""
+import json
+import resource
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torchvision
+
+
+def main():
+    depth, stem, batch, size, steps, threads, fmt = sys.argv[1:8]
+    depth, batch, size, steps, threads = int(depth), int(batch), int(size), int(steps), int(threads)
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    net = getattr(torchvision.models, f"resnet{depth}")(zero_init_residual=True)
+    net.fc = nn.Identity()
+    if stem == "cifar":
+        net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        net.maxpool = nn.Identity()
+    net.train()
+    x = torch.randn(batch, 3, size, size)
+    if fmt == "channels_last":
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    g = torch.randn(batch, 512 if depth < 50 else 2048)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    times = []
+    for i in range(steps + 1):  # the first step warms up
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=False)
+        (net(x) * g).sum().backward()
+        opt.step()
+        if i > 0:
+            times.append(time.perf_counter() - t0)
+    best = min(times)
+    print(json.dumps({"images_per_s": batch / best, "seconds_per_step": times,
+                      "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+
+
+if __name__ == "__main__":
+    main()
