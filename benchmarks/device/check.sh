@@ -82,14 +82,14 @@ if [ $build_rc -eq 0 ] && [ -x "$TESTS" ]; then
     t0=$(now)
     {
       CUDA_LIB=$(dirname "$(ls /usr/local/cuda/lib64/libcudart_static.a /usr/local/cuda*/lib*/libcudart_static.a /usr/local/cuda*/targets/*/lib/libcudart_static.a 2>/dev/null | head -1)")
-      g++ -O2 -std=c++17 -I native benchmarks/device/bench_cuda.cpp "$BUILD/libmveb_core.a" "$BUILD/libmveb_cuda.a" \
+      g++ -O2 -std=c++17 -I native benchmarks/device/bench_cuda.cpp -Wl,--start-group "$BUILD/libmveb_core.a" "$BUILD/libmveb_cuda.a" -Wl,--end-group \
         -L"$CUDA_LIB" -lcudart_static -lpthread -ldl -lrt -o "$BUILD/bench_cuda" &&
-      timeout 120 "$BUILD/bench_cuda" &&
-      if [ -f benchmarks/device/bench_torch.py ]; then timeout 120 python3 benchmarks/device/bench_torch.py; fi
+      timeout 120 "$BUILD/bench_cuda" | tee "$BUILD/bench_ours.txt" &&
+      if [ -f benchmarks/device/bench_torch.py ]; then timeout 150 python3 benchmarks/device/bench_torch.py "$BUILD/bench_ours.txt"; fi
     } > "$OUT/bench.log" 2>&1
     rc=$?
     row "bench (ours, torch)" "rc=$rc $(( $(now) - t0 )) s (bench.log)"
-    grep -E '^(op|gemm|conv|bn|vmf|ratio)' "$OUT/bench.log" | head -20 | sed 's/^/    /' >> "$SUMMARY"
+    grep -E '^op ' "$OUT/bench.log" | head -20 | sed 's/^/    /' >> "$SUMMARY"
   fi
 else
   row "tests" "not run (build failed; see build.log)"
