@@ -251,6 +251,7 @@ void adjust_saturation(Image& img, double factor) {
 
 void adjust_hue(Image& img, double factor) {
   if (img.c != 3) return;
+  const float shift = static_cast<float>(factor);
   const size_t pixels = static_cast<size_t>(img.h) * img.w;
   for (size_t i = 0; i < pixels; ++i) {
     float* p = &img.px[3 * i];
@@ -266,10 +267,13 @@ void adjust_hue(Image& img, double factor) {
     if (maxc == r) h = bc - gc;
     else if (maxc == g) h = 2.f + rc - bc;
     else h = 4.f + gc - rc;
-    h = std::fmod(h / 6.f + 1.f, 1.f);
-    // shift, Python-style modulo
-    h = static_cast<float>(std::fmod(static_cast<double>(h) + factor, 1.0));
-    if (h < 0) h += 1.f;
+    // torchvision: h = fmod(h / 6 + 1, 1), then (h + factor) % 1 (Python modulo: result in [0, 1));
+    // x - floor(x) is exact and equals both for these arguments, without the cost of fmod
+    h = h / 6.f + 1.f;
+    h -= std::floor(h);
+    h += shift;
+    h -= std::floor(h);
+    if (h >= 1.f) h = 0.f;  // -tiny + 1 rounds to 1
     // _hsv2rgb
     const float v = maxc;
     const float h6 = h * 6.f;
