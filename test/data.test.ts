@@ -136,6 +136,44 @@ describe('IDX', () => {
   });
 });
 
+describe('parser robustness', () => {
+  test('every truncation and 300 random byte mutations of IDX / CIFAR files: a Dataset or an MvebError, never a crash', () => {
+    const idx = idxBytes([3, 4, 5], pseudoRandomBytes(60, 17));
+    const cifar = Buffer.concat([Buffer.from([3]), Buffer.from(pseudoRandomBytes(3072, 2)), Buffer.from([7]), Buffer.from(pseudoRandomBytes(3072, 3))]);
+    const file = path.join(tmp, 'fuzz-images-idx3-ubyte');
+    const cfile = path.join(tmp, 'fuzz.bin');
+    let ok = 0, errors = 0;
+    const attempt = (fn: () => Dataset) => {
+      try {
+        const ds = fn();
+        expect(ds.images.length).toBe(ds.size * ds.height * ds.width * ds.channels);
+        ok++;
+      } catch (e) {
+        expect(e).toBeInstanceOf(MvebError);
+        expect(['E_FORMAT', 'E_SHAPE']).toContain((e as MvebError).code);
+        errors++;
+      }
+    };
+    for (let n = 0; n < idx.length; n++) {
+      fs.writeFileSync(file, idx.subarray(0, n));
+      attempt(() => loadIdx(file));
+    }
+    const rnd = pseudoRandomBytes(900, 99);
+    for (let k = 0; k < 300; k++) {
+      const m = Buffer.from(idx);
+      m[rnd[3 * k] % 24] = rnd[3 * k + 1]; // the header is where structure lives
+      fs.writeFileSync(file, k % 2 ? zlib.gzipSync(m) : m);
+      attempt(() => loadIdx(file));
+      const c = Buffer.from(cifar.subarray(0, cifar.length - (rnd[3 * k + 2] % 3)));
+      c[(rnd[3 * k] * 7) % c.length] = rnd[3 * k + 1];
+      fs.writeFileSync(cfile, c);
+      attempt(() => loadCifar(cfile, { variant: 'cifar10' }));
+    }
+    expect(ok).toBeGreaterThan(0);
+    expect(errors).toBeGreaterThan(idx.length - 2); // every truncation but the full file fails
+  });
+});
+
 describe('CIFAR', () => {
   function record(label: number[], seed: number): { bytes: Buffer; hwc: Uint8Array } {
     const chw = pseudoRandomBytes(3072, seed);
