@@ -128,16 +128,17 @@ void col2im_scatter(float* dx_img, const float* dcol, const ConvShape& s, int p0
   for (int p = p0; p < p1; ++p)
     for (int q = 0; q < Q; ++q) {
       const float* src = dcol + (static_cast<int64_t>(p - p0) * Q + q) * rsc;
+      // The taps of one filter row inside the image are one contiguous span in both dcol and dx.
+      const int w0 = q * s.stride - s.pad;
+      const int s_lo = std::max(0, -w0), s_hi = std::min(s.S, s.W - w0);
+      if (s_lo >= s_hi) continue;
+      const int64_t span = static_cast<int64_t>(s_hi - s_lo) * C;
       for (int r = 0; r < s.R; ++r) {
         const int h = p * s.stride - s.pad + r;
         if (h < 0 || h >= s.H) continue;
-        for (int ss = 0; ss < s.S; ++ss) {
-          const int w = q * s.stride - s.pad + ss;
-          if (w < 0 || w >= s.W) continue;
-          float* d = dx_img + (static_cast<int64_t>(h) * s.W + w) * C;
-          const float* g = src + (static_cast<int64_t>(r) * s.S + ss) * C;
-          for (int c = 0; c < C; ++c) d[c] += g[c];
-        }
+        float* d = dx_img + (static_cast<int64_t>(h) * s.W + w0 + s_lo) * C;
+        const float* g = src + (static_cast<int64_t>(r) * s.S + s_lo) * C;
+        for (int64_t i = 0; i < span; ++i) d[i] += g[i];
       }
     }
 }
