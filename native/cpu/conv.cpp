@@ -9,8 +9,8 @@
 //                                      ACCUMULATES into dw as backend.h says)
 //   backward data    dcol[rows, RSC] = dy[rows, K] * w[K, RSC], scattered (col2im) into the thread's
 //                    own images of dx (one image per task, so no two threads write the same pixel)
-// With fewer chunks (or images) than threads the GEMM itself is threaded instead, over one bounded
-// workspace (kWorkspaceFloats, 16 MB).
+// With too few rows (or fewer images than threads) the GEMM itself is threaded instead, over one
+// bounded workspace (kWorkspaceFloats, 16 MB).
 // Tested by test/native/test_kernels.cpp ("kernels: conv ...") against the float64 reference, whose
 // backward passes are checked by finite differences.
 // -O2 (the project's flag) vectorises only loops with no run-time checks; these loops over channels
@@ -115,7 +115,7 @@ namespace {
 // Dynamic tasks over `rows` split into chunks of at most max_rows, the count a multiple of the
 // thread count so the threads end together. Returns the chunk size (0: too little work to split).
 int64_t balanced_chunk(int64_t rows, int64_t max_rows, int threads) {
-  if (threads <= 1 || rows < 64 * static_cast<int64_t>(threads)) return 0;
+  if (rows < 64 * static_cast<int64_t>(threads)) return 0;
   int64_t chunks = (rows + max_rows - 1) / max_rows;
   chunks = (chunks + threads - 1) / threads * threads;
   return (rows + chunks - 1) / chunks;
@@ -190,7 +190,7 @@ void CpuBackend::conv2d_backward_data(float* dx, const float* dy, const float* w
   }
   const int T = pool().size();
   const int64_t image = static_cast<int64_t>(s.H) * s.W * s.C;
-  if (T > 1 && s.N >= T) {
+  if (s.N >= T) {
     // One image per task; bands of output rows small enough for the cache.
     const gemm_detail::KernelInfo kern = gemm_detail::kernel_for(isa());
     const gemm_detail::PackedB wt(pool(), kern, false, rsc, s.K, w, rsc);
