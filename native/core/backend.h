@@ -8,6 +8,7 @@
 // A backend that lacks an op throws E_UNSUPPORTED from the default below; a new op is not done
 // until both backends have it and a cross-backend test compares them.
 #pragma once
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -52,7 +53,18 @@ class Backend {
   virtual void copy(void* dst, const void* src, size_t bytes) = 0;  // within this backend
   virtual void fill(float* dst, float value, size_t n) = 0;
   virtual void synchronize() = 0;
-  MemoryCounter& memory() { return memory_; }
+  // Live allocations of this backend (thread-safe: tensors are allocated on async workers too).
+  MemoryCounter memory() const { return {mem_buffers_.load(), mem_bytes_.load(), mem_peak_.load()}; }
+  void memory_allocated(size_t bytes) {
+    mem_buffers_ += 1;
+    const int64_t now = mem_bytes_ += static_cast<int64_t>(bytes);
+    for (int64_t peak = mem_peak_.load(); now > peak && !mem_peak_.compare_exchange_weak(peak, now);) {
+    }
+  }
+  void memory_freed(size_t bytes) {
+    mem_buffers_ -= 1;
+    mem_bytes_ -= static_cast<int64_t>(bytes);
+  }
 
   // ---- dense ----
   // C = alpha * op(A) op(B) + beta * C (beta = 0 assigns even if C holds NaN).
@@ -127,7 +139,7 @@ class Backend {
 
  protected:
   [[noreturn]] void unsupported(const char* op) const;
-  MemoryCounter memory_;
+  std::atomic<int64_t> mem_buffers_{0}, mem_bytes_{0}, mem_peak_{0};
 };
 
 // What `mveb doctor` / backends() report about CUDA. Never throws; without a GPU or driver,

@@ -13,17 +13,12 @@ const char* device_name(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
 
 Storage::Storage(Backend* b, size_t n) : backend(b), bytes(n) {
   data = backend->allocate(bytes == 0 ? 4 : bytes);
-  MemoryCounter& m = backend->memory();
-  m.buffers += 1;
-  m.bytes += static_cast<int64_t>(bytes);
-  if (m.bytes > m.peak_bytes) m.peak_bytes = m.bytes;
+  backend->memory_allocated(bytes);
 }
 
 Storage::~Storage() {
   backend->deallocate(data, bytes == 0 ? 4 : bytes);
-  MemoryCounter& m = backend->memory();
-  m.buffers -= 1;
-  m.bytes -= static_cast<int64_t>(bytes);
+  backend->memory_freed(bytes);
 }
 
 std::string shape_string(const Shape& s) {

@@ -19,7 +19,7 @@ const char* dtype_name(DType d);
 const char* device_name(Device d);
 inline size_t dtype_size(DType) { return 4; }
 
-// Live-allocation counters of one device; owned by the Runtime.
+// A snapshot of one backend's live-allocation counters (Backend::memory()).
 struct MemoryCounter {
   int64_t buffers = 0;
   int64_t bytes = 0;
