@@ -137,7 +137,7 @@ void* CudaBackend::allocate(size_t bytes) {
     cudaMemGetInfo(&free_b, &total_b);
     cudaGetLastError();
     throw_error("E_CUDA", "cudaMalloc(", cls, " bytes) failed: ", cudaGetErrorString(e), " (", cudaGetErrorName(e),
-                "); device memory free ", free_b, " of ", total_b, " bytes, ", memory_.bytes,
+                "); device memory free ", free_b, " of ", total_b, " bytes, ", memory().bytes,
                 " bytes held by tensors");
   }
   return p;
