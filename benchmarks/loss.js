@@ -42,15 +42,21 @@ function unitRows(N, D, seed) {
   return z;
 }
 
+// Best wall time and best process CPU time (all threads: the pool's and libuv's; the JS thread idles
+// while it awaits) over reps runs. On a shared, loaded machine the CPU time is the steadier figure.
 async function best(fn, reps) {
   let t = Infinity;
+  let cpu = Infinity;
   let out;
   for (let r = 0; r < reps; r++) {
     const t0 = process.hrtime.bigint();
+    const c0 = process.cpuUsage();
     out = await fn();
+    const c = process.cpuUsage(c0);
     t = Math.min(t, Number(process.hrtime.bigint() - t0) / 1e9);
+    cpu = Math.min(cpu, (c.user + c.system) / 1e6);
   }
-  return [t, out];
+  return [t, out, cpu];
 }
 
 function torchAvailable() {
@@ -72,12 +78,12 @@ async function main() {
     const z = unitRows(N, D, 1000 + N);
     const zh = addon.tensorFrom(z, [N, D], 'float32', 'cpu');
     await addon.vmfScore(zh, { eta: 0.01, minWidth: 0.1 }); // warm-up
-    const [ours, r] = await best(() => addon.vmfScore(zh, { eta: 0.01, minWidth: 0.1 }), reps);
+    const [ours, r, oursCpu] = await best(() => addon.vmfScore(zh, { eta: 0.01, minWidth: 0.1 }), reps);
     const score = addon.tensorReadSync(r.score);
     // one full loss forward, V = 2 views + 2 targets (normalisation, 2 estimator calls, gradients)
     const views = [1, 2, 3, 4].map((s) => addon.tensorRandn([N, D], 7 * N + s, 'cpu'));
     const [lossT] = await best(() => addon.mvebLossForward(views.slice(0, 2), views.slice(2), {}), N <= 1024 ? 2 : 1);
-    const row = { N, ours, lossT, width: r.width, condition: r.condition };
+    const row = { N, ours, oursCpu, lossT, width: r.width, condition: r.condition, load: os.loadavg()[0] };
     if (!torchMissing) {
       const zf = path.join(tmp, 'z.f32');
       const sf = path.join(tmp, 'ours.f32');
@@ -114,14 +120,25 @@ async function main() {
     [zh, r.score, ...views].forEach((h) => h.dispose());
   }
   fs.rmSync(tmp, { recursive: true, force: true });
-  console.log('\n| N | ours | % of FLOP floor | PyTorch Cholesky/solve | official composition | speed-up vs official | vs torch Cholesky | full loss fwd (V=2) |');
-  console.log('|---|---|---|---|---|---|---|---|');
+  console.log('\nWall time (best of the repetitions; 1-minute load average at the end of each size in the last column):');
+  console.log('| N | ours | % of FLOP floor | PyTorch Cholesky/solve | official composition | ours vs official | ours vs torch Cholesky | full loss fwd (V=2) | load |');
+  console.log('|---|---|---|---|---|---|---|---|---|');
   for (const r of rows) {
     console.log(
       `| ${r.N} | ${fmt(r.ours)} | ${((100 * r.floor) / r.ours).toFixed(0)}% | ${fmt(r.cholesky_s)} | ` +
         `${r.official_s != null ? fmt(r.official_s) : r.official_skipped ? 'skipped (N x N x D does not fit)' : '-'} | ` +
-        `${r.official_s != null ? `${(r.official_s / r.ours).toFixed(1)}x` : '-'} | ` +
-        `${r.cholesky_s != null ? `${(r.cholesky_s / r.ours).toFixed(1)}x` : '-'} | ${fmt(r.lossT)} |`,
+        `${r.official_s != null ? `${(r.official_s / r.ours).toFixed(1)}x faster` : '-'} | ` +
+        `${r.cholesky_s != null ? `${(r.cholesky_s / r.ours).toFixed(1)}x` : '-'} | ${fmt(r.lossT)} | ${r.load.toFixed(1)} |`,
+    );
+  }
+  console.log('\nProcess CPU time (both threads together; steadier than wall time on a shared machine):');
+  console.log('| N | ours | PyTorch Cholesky/solve | official composition | ours vs official | ours vs torch Cholesky |');
+  console.log('|---|---|---|---|---|---|');
+  for (const r of rows) {
+    console.log(
+      `| ${r.N} | ${fmt(r.oursCpu)} | ${fmt(r.cholesky_cpu)} | ${r.official_cpu != null ? fmt(r.official_cpu) : '-'} | ` +
+        `${r.official_cpu != null ? `${(r.official_cpu / r.oursCpu).toFixed(1)}x` : '-'} | ` +
+        `${r.cholesky_cpu != null ? `${(r.cholesky_cpu / r.oursCpu).toFixed(1)}x` : '-'} |`,
     );
   }
 }
