@@ -60,9 +60,37 @@ double dot512(const float* a, const float* b, int64_t n) {
   return s;
 }
 
+void daxpy512(double* y, double a, const double* x, int64_t n) {
+  const __m512d va = _mm512_set1_pd(a);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m512d y0 = _mm512_loadu_pd(y + i), y1 = _mm512_loadu_pd(y + i + 8);
+    _mm512_storeu_pd(y + i, _mm512_fmadd_pd(va, _mm512_loadu_pd(x + i), y0));
+    _mm512_storeu_pd(y + i + 8, _mm512_fmadd_pd(va, _mm512_loadu_pd(x + i + 8), y1));
+  }
+  for (; i < n; ++i) y[i] += a * x[i];
+}
+
+double ddot512(const double* a, const double* b, int64_t n) {
+  __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd(), s2 = _mm512_setzero_pd(), s3 = _mm512_setzero_pd();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    s0 = _mm512_fmadd_pd(_mm512_loadu_pd(a + i), _mm512_loadu_pd(b + i), s0);
+    s1 = _mm512_fmadd_pd(_mm512_loadu_pd(a + i + 8), _mm512_loadu_pd(b + i + 8), s1);
+    s2 = _mm512_fmadd_pd(_mm512_loadu_pd(a + i + 16), _mm512_loadu_pd(b + i + 16), s2);
+    s3 = _mm512_fmadd_pd(_mm512_loadu_pd(a + i + 24), _mm512_loadu_pd(b + i + 24), s3);
+  }
+  for (; i + 8 <= n; i += 8) s0 = _mm512_fmadd_pd(_mm512_loadu_pd(a + i), _mm512_loadu_pd(b + i), s0);
+  alignas(64) double lanes[8];
+  _mm512_store_pd(lanes, _mm512_add_pd(_mm512_add_pd(s0, s1), _mm512_add_pd(s2, s3)));
+  double s = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
 }  // namespace
 
-Prims prims_avx512() { return Prims{axpy512, scale512, dot512}; }
+Prims prims_avx512() { return Prims{axpy512, scale512, dot512, daxpy512, ddot512}; }
 
 }  // namespace vmf_detail
 }  // namespace mveb
