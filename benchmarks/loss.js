@@ -3,7 +3,9 @@
 // by side in the same run with PyTorch (benchmarks/loss_torch.py via /usr/bin/python3, 2 threads):
 // the official composition (mm, topk, exp, N x N x D broadcast, inverse, einsum; skipped where the
 // N x N x D tensor does not fit) and a PyTorch Cholesky/solve version. Also times one full MVEBLoss
-// forward (V = 2, gradients included) at each size.
+// forward (V = 2, gradients included) at each size, and the whole loss (forward + gradients) in the
+// official setup (V = 8 views, estimator per 128 rows) against the official loss with autograd,
+// checking our loss value and gradients against a float64 PyTorch run on the same inputs.
 //   npm run bench:loss                    N in {256, 1024, 4096}, D = 2048
 //   node benchmarks/loss.js 128,512 2048  other sizes
 // Env: MVEB_ADDON_PATH (default build/Release/mveb.node), MVEB_NUM_THREADS (default 2 here, to match
@@ -119,6 +121,36 @@ async function main() {
     console.log(line.join(' | '));
     [zh, r.score, ...views].forEach((h) => h.dispose());
   }
+  // The whole loss with gradients, official setup (2 global + 6 local views, estimator per 128 rows
+  // as per GPU), against the official composition with autograd in PyTorch.
+  const lossRows = [];
+  for (const [N, V, group] of [
+    [256, 8, 128],
+    [128, 2, 0],
+  ]) {
+    const views = [];
+    for (let v = 0; v < V + 2; v++) views.push(addon.tensorRandn([N, D], 50 + v, 'cpu'));
+    const opts = { groupSize: group };
+    await addon.mvebLossForward(views.slice(0, V), views.slice(V), opts); // warm-up
+    const [t, r, cpu] = await best(() => addon.mvebLossForward(views.slice(0, V), views.slice(V), opts), 3);
+    const row = { N, V, group, ours: t, oursCpu: cpu, loss: r.loss, load: os.loadavg()[0] };
+    if (!torchMissing) {
+      const vf = path.join(tmp, 'views.f32');
+      const gf = path.join(tmp, 'grads.f32');
+      fs.writeFileSync(vf, Buffer.concat(views.map((h) => Buffer.from(addon.tensorReadSync(h).buffer))));
+      fs.writeFileSync(gf, Buffer.concat(r.grads.map((h) => Buffer.from(addon.tensorReadSync(h).buffer))));
+      const p = spawnSync(
+        '/usr/bin/python3',
+        [path.join(__dirname, 'loss_torch.py'), 'loss', vf, gf, N, D, V, group, 2, r.loss].map(String),
+        { encoding: 'utf8', maxBuffer: 1 << 20 },
+      );
+      if (p.status !== 0) console.log(`loss N = ${N}: PyTorch run failed: ${(p.stderr || '').trim().split('\n').slice(-3).join(' | ')}`);
+      else Object.assign(row, JSON.parse(p.stdout.trim().split('\n').pop()));
+    }
+    r.grads.forEach((h) => h.dispose());
+    views.forEach((h) => h.dispose());
+    lossRows.push(row);
+  }
   fs.rmSync(tmp, { recursive: true, force: true });
   console.log('\nWall time (best of the repetitions; 1-minute load average at the end of each size in the last column):');
   console.log('| N | ours | % of FLOP floor | PyTorch Cholesky/solve | official composition | ours vs official | ours vs torch Cholesky | full loss fwd (V=2) | load |');
@@ -129,6 +161,19 @@ async function main() {
         `${r.official_s != null ? fmt(r.official_s) : r.official_skipped ? 'skipped (N x N x D does not fit)' : '-'} | ` +
         `${r.official_s != null ? `${(r.official_s / r.ours).toFixed(1)}x faster` : '-'} | ` +
         `${r.cholesky_s != null ? `${(r.cholesky_s / r.ours).toFixed(1)}x` : '-'} | ${fmt(r.lossT)} | ${r.load.toFixed(1)} |`,
+    );
+  }
+  console.log('\nWhole MVEBLoss forward with gradients vs the official loss with autograd (PyTorch, fp32), same inputs:');
+  console.log('| N | views | estimator rows | ours (wall / CPU) | official fwd+bwd (wall / CPU) | ours vs official (wall / CPU) | loss rel err vs fp64: ours / official fp32 | grads rel err vs fp64: ours / official fp32 |');
+  console.log('|---|---|---|---|---|---|---|---|');
+  for (const r of lossRows) {
+    const has = r.official_s != null;
+    console.log(
+      `| ${r.N} | ${r.V} | ${r.group || r.N} | ${fmt(r.ours)} / ${fmt(r.oursCpu)} | ` +
+        `${has ? `${fmt(r.official_s)} / ${fmt(r.official_cpu)}` : '-'} | ` +
+        `${has ? `${(r.official_s / r.ours).toFixed(1)}x / ${(r.official_cpu / r.oursCpu).toFixed(1)}x` : '-'} | ` +
+        `${has ? `${r.ours_loss_err.toExponential(1)} / ${r.official_loss_err.toExponential(1)}` : '-'} | ` +
+        `${has ? `${r.ours_grad_err.toExponential(1)} / ${r.official_grad_err.toExponential(1)}` : '-'} |`,
     );
   }
   console.log('\nProcess CPU time (both threads together; steadier than wall time on a shared machine):');

@@ -9,6 +9,9 @@
 # (float32 file from loss.js). Times are the best wall time and the best process CPU time (both
 # threads together) over the repetitions. Prints one JSON line. Usage:
 #   /usr/bin/python3 benchmarks/loss_torch.py Z.f32 OURS.f32 N D REPS
+# Second mode, the whole loss with autograd (official composition per view and group; float64 run as
+# the reference for our loss value and gradients):
+#   /usr/bin/python3 benchmarks/loss_torch.py loss VIEWS.f32 OURS_GRADS.f32 N D V GROUP REPS OURS_LOSS
 import json
 import sys
 import time
@@ -67,7 +70,61 @@ def mem_available():
     return 0
 
 
+def official_loss(online, targets, lambd=0.01, group=None, estimator=official):
+    """loss_mveb of pretrainer.py:332-345 (my own code): normalise, crosswise alignment of the global
+    views, local views to the unnormalised mean target, entropy surrogate per view with the score
+    detached (per group of `group` rows, as per GPU), both terms over V. Returns the loss."""
+    V = len(online)
+    z = [torch.nn.functional.normalize(u, dim=1) for u in online]
+    with torch.no_grad():
+        t = [torch.nn.functional.normalize(u, dim=1) for u in targets]
+    tm = (t[0] + t[1]) / 2
+    A = (z[0] * t[1]).sum(1).mean() + (z[1] * t[0]).sum(1).mean()
+    for v in range(2, V):
+        A = A + (z[v] * tm).sum(1).mean()
+    U = 0
+    for v in range(V):
+        N = z[v].shape[0]
+        g = group or N
+        with torch.no_grad():
+            s = torch.cat([estimator(z[v][i:i + g].detach())[0] for i in range(0, N, g)])
+        U = U + (-(s.detach() * z[v]).sum(1)).mean()
+    return -A / V - lambd * U / V
+
+
+def loss_mode(argv):
+    """loss FILE OURS_GRADS N D V GROUP REPS OURS_LOSS: the whole loss with autograd, official composition
+    in float32 (timed) and float64 (reference for our loss value and gradients)."""
+    import numpy as np
+    path, gpath, N, D, V, group, reps, ours_loss = argv[0], argv[1], *map(int, argv[2:7]), float(argv[7])
+    data = np.fromfile(path, dtype='float32').reshape(V + 2, N, D)
+    ours_g = torch.from_numpy(np.fromfile(gpath, dtype='float32').reshape(V, N, D).copy())
+    res = {'N': N, 'D': D, 'V': V, 'group': group}
+
+    def run(dtype):
+        online = [torch.tensor(data[v], dtype=dtype, requires_grad=True) for v in range(V)]
+        targets = [torch.tensor(data[V + a], dtype=dtype) for a in range(2)]
+        L = official_loss(online, targets, group=group)
+        L.backward()
+        return float(L), torch.stack([u.grad for u in online])
+
+    run(torch.float32)  # warm-up
+    best, best_cpu = float('inf'), float('inf')
+    for _ in range(reps):
+        t0, c0 = time.perf_counter(), time.process_time()
+        run(torch.float32)
+        best, best_cpu = min(best, time.perf_counter() - t0), min(best_cpu, time.process_time() - c0)
+    L64, g64 = run(torch.float64)
+    L32, g32 = run(torch.float32)
+    res.update(official_s=best, official_cpu=best_cpu, loss64=L64, loss_official32=L32,
+               ours_loss_err=abs(ours_loss - L64) / abs(L64), official_loss_err=abs(L32 - L64) / abs(L64),
+               ours_grad_err=rel(ours_g, g64), official_grad_err=rel(g32, g64))
+    print(json.dumps(res))
+
+
 def main():
+    if sys.argv[1] == 'loss':
+        return loss_mode(sys.argv[2:])
     zpath, ourpath, N, D, reps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
     Z = torch.from_numpy(__import__('numpy').fromfile(zpath, dtype='float32').reshape(N, D).copy())
     ours = torch.from_numpy(__import__('numpy').fromfile(ourpath, dtype='float32').reshape(N, D).copy())
