@@ -2,8 +2,27 @@
 // through the addon, result shapes, gradient properties, groupSize, and error codes.
 // Run: npx jest test/loss.test.ts   (MVEB_ADDON_PATH=... to use another addon build)
 // The numerics are checked in depth by the native tests (test/native/test_vmf.cpp).
+import * as fs from 'fs';
+import * as path from 'path';
 import { MvebError, Tensor } from '../lib';
 import { MVEBLoss, vmfScore } from '../lib/loss';
+
+// Golden values of the official loss with PyTorch autograd in float64 (benchmarks/loss_fixture.py).
+interface FixtureCase {
+  name: string;
+  N: number;
+  D: number;
+  V: number;
+  groupSize: number;
+  lambda: number;
+  online: number[][];
+  targets: number[][];
+  loss: number;
+  grads: number[][];
+}
+const fixture = JSON.parse(fs.readFileSync(path.join(__dirname, 'fixtures', 'loss_torch.json'), 'utf8')) as {
+  cases: FixtureCase[];
+};
 
 const example1 = [1, 0, 0, 0, 1, 0, 0.6, 0.8, 0, 0, 0.6, 0.8];
 const example1Score = [
@@ -109,6 +128,21 @@ describe('MVEBLoss', () => {
     expect(relError(g, expected)).toBeLessThan(1e-5);
     r.grads.forEach((x) => x.dispose());
   });
+
+  test.each(fixture.cases.map((c) => [c.name, c] as const))(
+    'PyTorch autograd golden values (float64 official loss): %s',
+    async (_name, c) => {
+      const online = c.online.map((v) => t(v, c.N, c.D));
+      const targets = c.targets.map((v) => t(v, c.N, c.D));
+      const loss = new MVEBLoss({ lambda: c.lambda, groupSize: c.groupSize || undefined });
+      const r = await loss.forward(online, targets);
+      expect(Math.abs(r.loss - c.loss) / Math.abs(c.loss)).toBeLessThan(1e-5);
+      expect(r.grads).toHaveLength(c.V);
+      const ours = r.grads.flatMap((g) => Array.from(g.dataSync()));
+      expect(relError(ours, c.grads.flat())).toBeLessThan(1e-5);
+      [...online, ...targets, ...r.grads].forEach((x) => x.dispose());
+    },
+  );
 
   test('local views, raw inputs: gradients are tangential to the raw rows; groupSize', async () => {
     const N = 12;
