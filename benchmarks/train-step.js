@@ -2,8 +2,9 @@
 // train-step.js: ResNet training-step throughput (forward in train mode + backward + SGD momentum
 // step, input gradient skipped as PyTorch skips it) on the CPU backend, side by side in the same run
 // with PyTorch 1.13 CPU (benchmarks/train_step_torch.py via /usr/bin/python3, same thread count) in
-// NCHW and channels_last. Prints images/s, the ratio ours / best PyTorch, our peak native memory and
-// each process's peak RSS.
+// NCHW and channels_last. Prints images/s (wall) and images per CPU-second (process CPU time: less
+// sensitive to other load on a shared machine), the ratios ours / best PyTorch, our peak native
+// memory and each process's peak RSS.
 //   npm run bench:train-step                 resnet50 224x224 batch 16, resnet18-cifar 32x32 batch 128
 //   node benchmarks/train-step.js --steps 3  more timed steps (default 2, after 1 warm-up step)
 //   node benchmarks/train-step.js --only r18 one configuration (r18 | r50)
@@ -53,22 +54,28 @@ async function ours(c) {
   const x = addon.tensorRandn([c.batch, 3, c.size, c.size], 1, 'cpu');
   const g = addon.tensorRandn([c.batch, info.featureDim], 2, 'cpu');
   const times = [];
+  const cpu = [];
   for (let i = 0; i <= steps; i++) {
     const t0 = process.hrtime.bigint();
+    const c0 = process.cpuUsage();
     addon.modelZeroGrad(net);
     const y = await addon.modelForward(net, x, true);
     await addon.modelBackward(net, g, false);
     const r = await addon.modelOptimizerStep(net, { kind: 'sgd', lr: 0.01, momentum: 0.9, weightDecay: 1e-4 });
     if (!r.finite) throw new Error('non-finite gradients in the benchmark');
     y.dispose();
-    if (i > 0) times.push(Number(process.hrtime.bigint() - t0) / 1e9);
+    if (i > 0) {
+      times.push(Number(process.hrtime.bigint() - t0) / 1e9);
+      const c = process.cpuUsage(c0);
+      cpu.push((c.user + c.system) / 1e6);
+    }
   }
   const peak = addon.memory().cpu.peakBytes;
   const activationBytes = addon.modelInfo(net).activationBytes;
   addon.modelDispose(net);
   x.dispose();
   g.dispose();
-  return { imagesPerS: c.batch / Math.min(...times), times, peak, activationBytes };
+  return { imagesPerS: c.batch / Math.min(...times), imagesPerCpuS: c.batch / Math.min(...cpu), times, peak, activationBytes };
 }
 
 function torchRun(c, fmt) {
@@ -90,21 +97,22 @@ const mib = (b) => (b / 2 ** 20).toFixed(0) + ' MiB';
     const tn = why ? null : torchRun(c, 'nchw');
     const tc = why ? null : torchRun(c, 'channels_last');
     const bestTorch = Math.max(tn && tn.images_per_s ? tn.images_per_s : 0, tc && tc.images_per_s ? tc.images_per_s : 0);
+    const bestTorchCpu = Math.max(tn && tn.images_per_cpu_s ? tn.images_per_cpu_s : 0, tc && tc.images_per_cpu_s ? tc.images_per_cpu_s : 0);
     const floor = (threads / 2) * 400e9 / FLOP_PER_IMAGE[c.key];
-    rows.push({ c, o, tn, tc, bestTorch, floor });
-    const fmt = (t) => (!t ? 'n/a' : t.error ? `error: ${t.error}` : `${t.images_per_s.toFixed(2)} img/s (peak RSS ${mib(t.max_rss_bytes)})`);
+    rows.push({ c, o, tn, tc, bestTorch, bestTorchCpu, floor });
+    const fmt = (t) => (!t ? 'n/a' : t.error ? `error: ${t.error}` : `${t.images_per_s.toFixed(2)} img/s, ${t.images_per_cpu_s.toFixed(2)} img/CPU-s (peak RSS ${mib(t.max_rss_bytes)})`);
     console.log(`\n${c.name}`);
-    console.log(`  ours                 ${o.imagesPerS.toFixed(2)} img/s  (steps ${o.times.map((t) => t.toFixed(2)).join(', ')} s; ` +
+    console.log(`  ours                 ${o.imagesPerS.toFixed(2)} img/s, ${o.imagesPerCpuS.toFixed(2)} img/CPU-s (steps ${o.times.map((t) => t.toFixed(2)).join(', ')} s; ` +
       `peak native memory ${mib(o.peak)}, activations arena ${mib(o.activationBytes)}; ${(100 * o.imagesPerS / floor).toFixed(0)}% of the FP32-peak floor ${floor.toFixed(0)} img/s)`);
     console.log(`  PyTorch NCHW         ${fmt(tn)}`);
     console.log(`  PyTorch channels_last ${fmt(tc)}`);
-    if (bestTorch > 0) console.log(`  ratio ours / best PyTorch: ${(o.imagesPerS / bestTorch).toFixed(2)}x`);
+    if (bestTorch > 0) console.log(`  ratio ours / best PyTorch: ${(o.imagesPerS / bestTorch).toFixed(2)}x wall, ${(o.imagesPerCpuS / bestTorchCpu).toFixed(2)}x per CPU-second`);
   }
-  console.log('\n| configuration | ours img/s | PyTorch NCHW | PyTorch channels_last | ours / best PyTorch | our peak memory |');
-  console.log('|---|---|---|---|---|---|');
+  console.log('\n| configuration | ours img/s | PyTorch NCHW | PyTorch channels_last | ours / best PyTorch (wall) | (per CPU-s) | our peak memory |');
+  console.log('|---|---|---|---|---|---|---|');
   for (const r of rows) {
     const v = (t) => (t && t.images_per_s ? t.images_per_s.toFixed(2) : 'n/a');
-    console.log(`| ${r.c.name} | ${r.o.imagesPerS.toFixed(2)} | ${v(r.tn)} | ${v(r.tc)} | ${r.bestTorch ? (r.o.imagesPerS / r.bestTorch).toFixed(2) + 'x' : 'n/a'} | ${mib(r.o.peak)} |`);
+    console.log(`| ${r.c.name} | ${r.o.imagesPerS.toFixed(2)} | ${v(r.tn)} | ${v(r.tc)} | ${r.bestTorch ? (r.o.imagesPerS / r.bestTorch).toFixed(2) + 'x' : 'n/a'} | ${r.bestTorchCpu ? (r.o.imagesPerCpuS / r.bestTorchCpu).toFixed(2) + 'x' : 'n/a'} | ${mib(r.o.peak)} |`);
   }
 })().catch((e) => {
   console.error(e);

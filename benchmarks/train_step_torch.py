@@ -2,7 +2,8 @@
 """train_step_torch.py: the PyTorch side of benchmarks/train-step.js. One ResNet training step
 (forward in train mode, backward of sum(features * g), SGD momentum 0.9 with weight decay) timed with
 torch.set_num_threads(threads), NCHW or channels_last. Prints one JSON line:
-    {"images_per_s": ..., "seconds_per_step": [...], "max_rss_bytes": ...}
+    {"images_per_s": ..., "seconds_per_step": [...], "images_per_cpu_s": ..., "max_rss_bytes": ...}
+(images per CPU-second: less sensitive than wall time to other processes on a shared machine)
 Usage: /usr/bin/python3 benchmarks/train_step_torch.py DEPTH STEM BATCH SIZE STEPS THREADS nchw|channels_last
 """
 import json
@@ -32,16 +33,18 @@ def main():
         x = x.contiguous(memory_format=torch.channels_last)
     g = torch.randn(batch, 512 if depth < 50 else 2048)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    times = []
+    times, cpu = [], []
     for i in range(steps + 1):  # the first step warms up
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         opt.zero_grad(set_to_none=False)
         (net(x) * g).sum().backward()
         opt.step()
         if i > 0:
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
     best = min(times)
     print(json.dumps({"images_per_s": batch / best, "seconds_per_step": times,
+                      "images_per_cpu_s": batch / min(cpu),
                       "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 
 
