@@ -2,12 +2,13 @@
 // NHWC/KRSC, and the NCHW <-> NHWC layout transposes, for the CUDA backend (cuda_backend.h).
 // Test: `mveb_native_tests cuda:` on a GPU machine (test/native/test_cuda.cpp compares with the CPU).
 //
-// One kernel template, instantiated 4 times (plain GEMM, conv forward, conv backward-data, conv
+// One kernel template for the 4 problems (plain GEMM, conv forward, conv backward-data, conv
 // backward-weight); only the operand loaders differ, the convolution operands are gathered on the
-// fly (no im2col buffer). Tile 64x64x16, 256 threads, 4x4 outputs per thread, fp32 FMA on SIMT
-// cores: about 2x16 FLOP per shared-memory float read, so this runs at a fraction of H200's fp32
-// peak (67 TFLOP/s); tensor cores (TF32/BF16) are the next step and would change the accuracy
-// budget (engineering.md: TF32 about 1e-3), so the default stays exact fp32.
+// fly (no im2col buffer). Tiles 64 or 128 per side (4 shapes), x16 deep, 256 threads, 4x4 to 8x8
+// outputs per thread, fp32 FMA on SIMT cores: 16 instantiations in all. The 8x8 shape does 64 FMAs
+// per 16 shared-memory floats (4 float4 reads); H200's fp32 SIMT peak is ~67 TFLOP/s. Tensor cores
+// (TF32/BF16) are the next step and would change the accuracy budget (engineering.md: TF32 about
+// 1e-3), so the default stays exact fp32. Not yet timed on a GPU (benchmarks/device/bench_cuda.cpp).
 // Split-K: when the output has fewer tiles than 2 per SM and the reduction is long (the vMF
 // Z Z^T, conv weight gradients: K = N*P*Q), blockIdx.z splits the reduction and the partial
 // products are atomically added (C is scaled by beta first). Summation order then varies from run
@@ -22,7 +23,7 @@
 namespace mveb {
 namespace {
 
-constexpr int kBM = 64, kBN = 64, kBK = 16, kThreads = 256;
+constexpr int kBK = 16, kThreads = 256;
 
 enum GemmMode { kPlain = 0, kConvForward = 1, kConvBackwardData = 2, kConvBackwardWeight = 3 };
 
@@ -126,63 +127,105 @@ __device__ __forceinline__ bool b_n_contiguous(const GemmArgs& a) {
   return MODE == kPlain ? !a.transB : MODE != kConvForward;
 }
 
-template <int MODE>
+// Block tile BM x BN = (16 TM) x (16 TN), 256 threads as 16 x 16; each thread owns TM x TN outputs
+// in groups of 4 rows / 4 columns spaced 64 apart (rows g*64 + ty*4 + e), so its shared-memory
+// operands are float4 reads without bank conflicts. K steps of kBK = 16; shared memory is double
+// buffered and the next tile's global loads are issued before the current tile's FMAs (one
+// __syncthreads per step). Per step a thread does TM*TN*16 FMAs for (TM+TN)*4 float4 reads.
+template <int MODE, int TM, int TN>
 __global__ void __launch_bounds__(kThreads) gemm_kernel(GemmArgs a) {
-  __shared__ float As[kBK][kBM + 1];
-  __shared__ float Bs[kBK][kBN + 1];
+  constexpr int BM = 16 * TM, BN = 16 * TN;
+  constexpr int LA = BM * kBK / kThreads, LB = BN * kBK / kThreads;  // global loads per thread and step
+  __shared__ __align__(16) float As[2][kBK][BM + 4];
+  __shared__ __align__(16) float Bs[2][kBK][BN + 4];
   const int tid = threadIdx.x;
   const int tx = tid % 16, ty = tid / 16;
-  const int m0 = blockIdx.x * kBM, n0 = blockIdx.y * kBN;
+  const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
   const int k_begin = blockIdx.z * a.k_chunk;
   const int k_end = min(a.K, k_begin + a.k_chunk);
   const bool ak = a_k_contiguous<MODE>(a), bn = b_n_contiguous<MODE>(a);
 
-  float acc[4][4];
+  float ra[LA], rb[LB];
+  auto load_global = [&](int k0) {
 #pragma unroll
-  for (int i = 0; i < 4; ++i)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
-
-  for (int k0 = k_begin; k0 < k_end; k0 += kBK) {
-#pragma unroll
-    for (int i = 0; i < (kBM * kBK) / kThreads; ++i) {
+    for (int i = 0; i < LA; ++i) {
       int l = tid + i * kThreads;
-      int mm = ak ? l / kBK : l % kBM;
-      int kk = ak ? l % kBK : l / kBM;
+      int mm = ak ? l / kBK : l % BM;
+      int kk = ak ? l % kBK : l / BM;
       int m = m0 + mm, k = k0 + kk;
-      As[kk][mm] = (m < a.M && k < k_end) ? load_a<MODE>(a, m, k) : 0.f;
+      ra[i] = (m < a.M && k < k_end) ? load_a<MODE>(a, m, k) : 0.f;
     }
 #pragma unroll
-    for (int i = 0; i < (kBN * kBK) / kThreads; ++i) {
+    for (int i = 0; i < LB; ++i) {
       int l = tid + i * kThreads;
-      int nn = bn ? l % kBN : l / kBK;
-      int kk = bn ? l / kBN : l % kBK;
+      int nn = bn ? l % BN : l / kBK;
+      int kk = bn ? l / BN : l % kBK;
       int n = n0 + nn, k = k0 + kk;
-      Bs[kk][nn] = (n < a.N && k < k_end) ? load_b<MODE>(a, k, n) : 0.f;
+      rb[i] = (n < a.N && k < k_end) ? load_b<MODE>(a, k, n) : 0.f;
     }
-    __syncthreads();
+  };
+  auto store_shared = [&](int buf) {
+#pragma unroll
+    for (int i = 0; i < LA; ++i) {
+      int l = tid + i * kThreads;
+      int mm = ak ? l / kBK : l % BM;
+      int kk = ak ? l % kBK : l / BM;
+      As[buf][kk][mm] = ra[i];
+    }
+#pragma unroll
+    for (int i = 0; i < LB; ++i) {
+      int l = tid + i * kThreads;
+      int nn = bn ? l % BN : l / kBK;
+      int kk = bn ? l / BN : l % kBK;
+      Bs[buf][kk][nn] = rb[i];
+    }
+  };
+
+  float acc[TM][TN];
+#pragma unroll
+  for (int i = 0; i < TM; ++i)
+#pragma unroll
+    for (int j = 0; j < TN; ++j) acc[i][j] = 0.f;
+
+  if (k_begin < k_end) {
+    load_global(k_begin);
+    store_shared(0);
+  }
+  __syncthreads();
+  int buf = 0;
+  for (int k0 = k_begin; k0 < k_end; k0 += kBK) {
+    const bool more = k0 + kBK < k_end;
+    if (more) load_global(k0 + kBK);  // in flight during the FMAs below
 #pragma unroll
     for (int kk = 0; kk < kBK; ++kk) {
-      float av[4], bv[4];
+      float av[TM], bv[TN];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) av[i] = As[kk][ty + 16 * i];
+      for (int g = 0; g < TM / 4; ++g) {
+        float4 v = *reinterpret_cast<const float4*>(&As[buf][kk][g * 64 + ty * 4]);
+        av[g * 4 + 0] = v.x, av[g * 4 + 1] = v.y, av[g * 4 + 2] = v.z, av[g * 4 + 3] = v.w;
+      }
 #pragma unroll
-      for (int j = 0; j < 4; ++j) bv[j] = Bs[kk][tx + 16 * j];
+      for (int g = 0; g < TN / 4; ++g) {
+        float4 v = *reinterpret_cast<const float4*>(&Bs[buf][kk][g * 64 + tx * 4]);
+        bv[g * 4 + 0] = v.x, bv[g * 4 + 1] = v.y, bv[g * 4 + 2] = v.z, bv[g * 4 + 3] = v.w;
+      }
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
+      for (int i = 0; i < TM; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+        for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
     }
+    if (more) store_shared(buf ^ 1);  // the other buffer: nobody reads it in this step
     __syncthreads();
+    buf ^= 1;
   }
 
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    int m = m0 + ty + 16 * i;
+  for (int i = 0; i < TM; ++i) {
+    const int m = m0 + (i / 4) * 64 + ty * 4 + (i % 4);
     if (m >= a.M) continue;
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      int n = n0 + tx + 16 * j;
+    for (int j = 0; j < TN; ++j) {
+      const int n = n0 + (j / 4) * 64 + tx * 4 + (j % 4);
       if (n >= a.N) continue;
       float* c = a.C + static_cast<long long>(m) * a.ldc + n;
       float v = a.alpha * acc[i][j];
@@ -229,11 +272,30 @@ __global__ void batched_transpose_kernel(float* __restrict__ dst, const float* _
   }
 }
 
+template <int MODE, int TM, int TN>
+void launch_tiles(CudaBackend& be, const GemmArgs& a, unsigned splits) {
+  constexpr int BM = 16 * TM, BN = 16 * TN;
+  dim3 grid((a.M + BM - 1) / BM, (a.N + BN - 1) / BN, splits);
+  MVEB_CHECK(grid.y <= 65535u, "E_ARG", "gemm: N = ", a.N, " is too large for the CUDA grid (at most ", 65535 * BN, ")");
+  gemm_kernel<MODE, TM, TN><<<grid, kThreads, 0, be.stream()>>>(a);
+  MVEB_CUDA_LAUNCH_CHECK("gemm_kernel");
+}
+
+long long tile_count(const GemmArgs& a, int tm, int tn) {
+  return static_cast<long long>((a.M + 16 * tm - 1) / (16 * tm)) * ((a.N + 16 * tn - 1) / (16 * tn));
+}
+
 template <int MODE>
 void launch_gemm(CudaBackend& be, GemmArgs a, bool force_accumulate) {
   if (a.M <= 0 || a.N <= 0) return;
-  const long long tiles = static_cast<long long>((a.M + kBM - 1) / kBM) * ((a.N + kBN - 1) / kBN);
-  const long long target = 2LL * be.sm_count();
+  // Tile shape: 128-wide in a dimension that has >= 128, unless the bigger tiles leave SMs idle
+  // (then the smaller ones give more blocks); split-K below covers what is still too few.
+  int tm = a.M >= 128 ? 8 : 4, tn = a.N >= 128 ? 8 : 4;
+  const long long sms = be.sm_count();
+  if (tm == 8 && tn == 8 && tile_count(a, 8, 8) < sms) (a.M >= a.N ? tn : tm) = 4;
+  if ((tm == 8 || tn == 8) && tile_count(a, tm, tn) < sms) tm = tn = 4;
+  const long long tiles = tile_count(a, tm, tn);
+  const long long target = 2 * sms;
   long long splits = 1;
   if (tiles < target && a.K > 512) {
     splits = (target + tiles - 1) / tiles;
@@ -254,10 +316,15 @@ void launch_gemm(CudaBackend& be, GemmArgs a, bool force_accumulate) {
     }
     a.atomic = 1;
   }
-  dim3 grid((a.M + kBM - 1) / kBM, (a.N + kBN - 1) / kBN, static_cast<unsigned>(splits));
-  MVEB_CHECK(grid.y <= 65535u, "E_ARG", "gemm: N = ", a.N, " is too large for the CUDA grid (at most ", 65535 * kBN, ")");
-  gemm_kernel<MODE><<<grid, kThreads, 0, be.stream()>>>(a);
-  MVEB_CUDA_LAUNCH_CHECK("gemm_kernel");
+  const unsigned z = static_cast<unsigned>(splits);
+  if (tm == 8 && tn == 8)
+    launch_tiles<MODE, 8, 8>(be, a, z);
+  else if (tm == 8)
+    launch_tiles<MODE, 8, 4>(be, a, z);
+  else if (tn == 8)
+    launch_tiles<MODE, 4, 8>(be, a, z);
+  else
+    launch_tiles<MODE, 4, 4>(be, a, z);
 }
 
 GemmArgs conv_args(const ConvShape& s) {

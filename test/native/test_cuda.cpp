@@ -135,7 +135,9 @@ TEST("cuda: gemm, all transposes, alpha/beta, padded leading dimensions, split-K
     float alpha, beta;
   };
   for (const Case& cs : {Case{37, 53, 71, 0.7f, 0.f}, Case{37, 53, 71, -1.3f, 0.3f}, Case{65, 1, 129, 1.f, 1.f},
-                         Case{5, 7, 3001, 1.f, 0.f}, Case{129, 67, 2500, 0.5f, -0.5f}}) {
+                         Case{5, 7, 3001, 1.f, 0.f}, Case{129, 67, 2500, 0.5f, -0.5f},
+                         // 128-wide tiles in M, N or both (the tile shape depends on M, N and the SM count)
+                         Case{200, 150, 37, 1.f, 0.f}, Case{40, 300, 50, 0.9f, 0.2f}, Case{257, 20, 33, 1.f, 1.f}}) {
     for (int ta = 0; ta < 2; ++ta)
       for (int tb = 0; tb < 2; ++tb) {
         const int lda = (ta ? cs.M : cs.K) + 3, ldb = (tb ? cs.K : cs.N) + 2, ldc = cs.N + 5;

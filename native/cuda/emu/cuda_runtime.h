@@ -20,6 +20,11 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __shared__ static  // one copy per kernel instantiation = per block (blocks run one at a time)
+#define __align__(n) __attribute__((aligned(n)))
+
+struct __attribute__((aligned(16))) float4 {
+  float x, y, z, w;
+};
 
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;

@@ -16,7 +16,7 @@ FILTER=${1:-cuda:}
 JOBS=${JOBS:-2}
 mkdir -p "$B/gen" "$B/obj"
 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
-FLAGS=(-std=c++20 -O1 -g $SAN -I"$ROOT/native/cuda/emu" -I"$ROOT/native" -DMVEB_WITH_CUDA=1 -DMVEB_CUDA_EMU=1
+FLAGS=(-std=c++20 -O1 -g -fno-strict-aliasing $SAN -I"$ROOT/native/cuda/emu" -I"$ROOT/native" -DMVEB_WITH_CUDA=1 -DMVEB_CUDA_EMU=1
        "-DMVEB_CUDA_ARCHS_STR='\"emu\"'" -Wno-unused-result)
 
 objs=()
