@@ -7,6 +7,8 @@
 // loss.cu (l2 normalise, vMF score). Test: build with -DMVEB_CUDA=on and run
 // `mveb_native_tests cuda:` on a GPU machine (test/native/test_cuda.cpp compares every op with the
 // CPU backend; without a GPU every case is skipped with the reason). See benchmarks/device/.
+// Without a GPU, `native/cuda/emu/run.sh` runs the same tests against these kernels under a CPU
+// emulation of the CUDA runtime (checks indexing, bounds, tiling and host logic; not GPU execution).
 #pragma once
 #include <cuda_runtime_api.h>
 
