@@ -2,7 +2,7 @@
 // l2_normalize_rows_forward/backward and mveb_loss_forward (core/mveb_loss.h), against spec section 9
 // and an independent float64 reference written here (sort for the width, LU with partial pivoting
 // for the solve, the whole loss in double), plus finite differences in float64 for the gradients.
-// Run: /tmp/build-loss/mveb_native_tests "loss:"   (all cases together take a few seconds)
+// Run: build/mveb_native_tests "loss:"   (npm run test:native runs everything; these take < 1 s)
 #include <algorithm>
 #include <cmath>
 #include <cstring>
