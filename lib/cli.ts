@@ -99,6 +99,8 @@ export function buildProgram(configure?: (program: Command) => void): Command {
     .addOption(new Option('--optimizer <kind>', 'optimiser').choices(['lars', 'sgd']).default('lars'))
     .option('--weight-decay <x>', 'weight decay (LARS: not on biases and BN parameters)', float(0), 1e-6)
     .option('--warmup-epochs <x>', 'linear warm-up in epochs (default min(10, epochs/10))', float(0))
+    .option('--base-momentum <m>', 'EMA momentum m0 of the target (cosine to 1)', float(0, 1), 0.996)
+    .option('--lambda <x>', 'weight of the entropy term', float(0), 0.01)
     .option('--local-crops <n>', 'local crops per image besides the two global views', int(0, 64), 0)
     .option('--train-images <n>', 'use a seeded random subset of this many training images (0 = all)', int(0), 20000)
     .option('--device <name>', 'auto (CUDA when available, else CPU), cpu or cuda', choice('auto', 'cpu', 'cuda'), 'auto')
@@ -130,6 +132,8 @@ export function buildProgram(configure?: (program: Command) => void): Command {
           weightDecay: o.weightDecay,
           warmupEpochs: o.warmupEpochs,
           localCrops: o.localCrops,
+          baseMomentum: o.baseMomentum,
+          lambda: o.lambda,
           trainImages: o.trainImages,
           device: o.device,
           out: o.out,

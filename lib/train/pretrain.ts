@@ -536,7 +536,7 @@ export async function pretrain(options: PretrainOptions = {}): Promise<PretrainS
       const rec = { epoch, step, knnTop1, seconds: (Date.now() - runStart) / 1000 };
       knnHistory.push(rec);
       reporter.epoch(rec);
-      await writeCheckpoint(state('epoch', epoch + 1, 0));
+      await writeCheckpoint(state(epoch + 1 === epochs ? 'final' : 'epoch', epoch + 1, 0));
     }
     if (stoppedEarly) {
       const epochNow = Math.floor(step / stepsPerEpoch);
