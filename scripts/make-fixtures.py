@@ -15,6 +15,8 @@ BasicBlock/Bottleneck/_make_layer code:
     param.<name>, buffer.<name>       initial parameters (OIHW) and buffers (incl. num_batches_tracked, I64)
     grad.<name>                       every parameter gradient
     after.<name>                      buffers after the one train-mode forward
+projector_optimizer.safetensors: sgd3.<name> / lars3.<name>, the parameters after three training
+steps with torch.optim.SGD and with the official LARS (class LARS below).
 Metadata names the architecture. Widths are scaled (width multiplier w: stage widths round(64 w) *
 {1,2,4,8}) to keep all fixtures small. torchvision_keys.json lists the state-dict names and shapes of
 the real torchvision resnet18/34/50 so the native test can check our naming against them.
@@ -144,6 +146,58 @@ def fixture(model, x, grad_out, meta, path):
     print(f"{os.path.relpath(path)}: {os.path.getsize(path)} bytes, features {list(feats.shape)}")
 
 
+class LARS(torch.optim.Optimizer):
+    """The official code's LARS (mveb-spec section 4, Barlow-Twins style), with both filters on:
+    biases and BN parameters (ndim == 1) get no weight decay and no trust-ratio scaling."""
+
+    def __init__(self, params, lr, weight_decay=0, momentum=0.9, eta=0.001):
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta))
+
+    @torch.no_grad()
+    def step(self):
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                dp = p.grad
+                if p.ndim != 1:
+                    dp = dp.add(p, alpha=g["weight_decay"])
+                    param_norm, update_norm = torch.norm(p), torch.norm(dp)
+                    one = torch.ones_like(param_norm)
+                    q = torch.where(param_norm > 0.0, torch.where(update_norm > 0, g["eta"] * param_norm / update_norm, one), one)
+                    dp = dp.mul(q)
+                state = self.state[p]
+                if "mu" not in state:
+                    state["mu"] = torch.zeros_like(p)
+                mu = state["mu"]
+                mu.mul_(g["momentum"]).add_(dp)
+                p.add_(mu, alpha=-g["lr"])
+
+
+def optimizer_fixture(model, x, grad_out, path):
+    """Three training steps (train-mode forward, backward of sum(y * g), optimiser step) with
+    torch.optim.SGD (momentum 0.9, weight decay 1e-2, lr 0.1) and with the official LARS (momentum
+    0.9, weight decay 1e-2, eta 0.001, lr 0.5), in float64 from the same float32 start."""
+    import copy
+    tensors = {"input": x.float(), "grad_out": grad_out.float()}
+    for n, p in model.float().named_parameters():
+        tensors["param." + n] = p.detach().clone()
+    for n, b in model.named_buffers():
+        tensors["buffer." + n] = b.detach().clone()
+    for kind in ("sgd", "lars"):
+        m = copy.deepcopy(model).double().train()
+        opt = (torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2) if kind == "sgd"
+               else LARS(m.parameters(), lr=0.5, weight_decay=1e-2, momentum=0.9, eta=0.001))
+        for _ in range(3):
+            opt.zero_grad()
+            (m(x.double()) * grad_out.double()).sum().backward()
+            opt.step()
+        for n, p in m.named_parameters():
+            tensors[f"{kind}3.{n}"] = p.detach().float()
+    write_safetensors(path, tensors, {"kind": "projector_optimizer", "steps": 3})
+    print(f"{os.path.relpath(path)}: {os.path.getsize(path)} bytes")
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     gen = torch.Generator().manual_seed(20240601)
@@ -174,6 +228,14 @@ def main():
     grad_out = torch.randn((n, dout), generator=gen)
     fixture(proj, x, grad_out, {"kind": "projector", "in_dim": din, "hidden_dim": dh, "out_dim": dout},
             os.path.join(OUT, "projector.safetensors"))
+    # optimiser steps on a small projector (its own generator: the fixtures above stay unchanged)
+    ogen = torch.Generator().manual_seed(7)
+    small = nn.Sequential(nn.Linear(12, 16, bias=False), nn.BatchNorm1d(16), nn.ReLU(inplace=True),
+                          nn.Linear(16, 16, bias=False), nn.BatchNorm1d(16), nn.ReLU(inplace=True),
+                          nn.Linear(16, 8, bias=True))
+    randomize(small, ogen)
+    optimizer_fixture(small, torch.randn((10, 12), generator=ogen), torch.randn((10, 8), generator=ogen),
+                      os.path.join(OUT, "projector_optimizer.safetensors"))
 
     keys = {}
     for depth in (18, 34, 50):
