@@ -6,6 +6,8 @@
 // or portable 4x8, chosen by CpuBackend::isa()) runs over the panels. Edge tiles go through a small
 // local tile. Threads split the rows of C into blocks (or the columns when C has few rows).
 // Tested by test/native/test_kernels.cpp ("kernels: gemm ..."); speed by benchmarks/kernels.
+// -O2 vectorises only loops with no run-time checks; the packing loops need them.
+#pragma GCC optimize("vect-cost-model=dynamic")
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -41,6 +43,11 @@ void micro_scalar(int kc, const float* __restrict Ap, const float* __restrict Bp
 // Packs op(B)[k0:k0+kc, j0:j0+cols] into one NR-wide panel [k][NR], zero-padded.
 void pack_b_panel(const float* B, long ldb, bool transB, int k0, int kc, int j0, int cols, int nr, float* dst) {
   if (!transB) {
+    if (cols == nr) {
+      for (int k = 0; k < kc; ++k)
+        std::memcpy(dst + static_cast<long>(k) * nr, B + static_cast<long>(k0 + k) * ldb + j0, sizeof(float) * nr);
+      return;
+    }
     for (int k = 0; k < kc; ++k) {
       const float* src = B + static_cast<long>(k0 + k) * ldb + j0;
       float* d = dst + static_cast<long>(k) * nr;
@@ -49,12 +56,18 @@ void pack_b_panel(const float* B, long ldb, bool transB, int k0, int kc, int j0,
       for (; j < nr; ++j) d[j] = 0.f;
     }
   } else {
-    for (int j = 0; j < cols; ++j) {
-      const float* src = B + static_cast<long>(j0 + j) * ldb + k0;
-      for (int k = 0; k < kc; ++k) dst[static_cast<long>(k) * nr + j] = src[k];
+    // Blocks of 16 depths: the 16 x cols source block stays in L1 while each output row is written
+    // contiguously.
+    for (int kb = 0; kb < kc; kb += 16) {
+      const int ke = std::min(kc, kb + 16);
+      for (int k = kb; k < ke; ++k) {
+        float* d = dst + static_cast<long>(k) * nr;
+        const float* src = B + static_cast<long>(j0) * ldb + k0 + k;
+        int j = 0;
+        for (; j < cols; ++j) d[j] = src[static_cast<long>(j) * ldb];
+        for (; j < nr; ++j) d[j] = 0.f;
+      }
     }
-    for (int j = cols; j < nr; ++j)
-      for (int k = 0; k < kc; ++k) dst[static_cast<long>(k) * nr + j] = 0.f;
   }
 }
 
@@ -100,12 +113,17 @@ void scale_c(ThreadPool& pool, int M, int N, float beta, float* C, long ldc) {
 
 KernelInfo kernel_scalar() { return KernelInfo{kScalarMR, kScalarNR, micro_scalar, 256, 128, 2048}; }
 
+int balanced_depth(int K, int kc_max) {
+  const int blocks = std::max(1, (K + kc_max - 1) / kc_max);
+  return (K + blocks - 1) / blocks;
+}
+
 KernelInfo kernel_for(Isa isa) {
   return isa == Isa::Avx512 ? kernel_avx512() : isa == Isa::Avx2 ? kernel_avx2() : kernel_scalar();
 }
 
 PackedB::PackedB(ThreadPool& pool, const KernelInfo& kern, bool transB, int N_, int K_, const float* B, long ldb)
-    : N(N_), K(K_), KC(std::min(K_, kern.kc)), NC(std::min((N_ + kern.nr - 1) / kern.nr * kern.nr, kern.nc)),
+    : N(N_), K(K_), KC(balanced_depth(K_, kern.kc)), NC(std::min((N_ + kern.nr - 1) / kern.nr * kern.nr, kern.nc)),
       NR(kern.nr) {
   const long padded_n = (static_cast<long>(N) + NR - 1) / NR * NR;
   data_.reset(new ScratchBuffer(static_cast<size_t>(padded_n) * std::max(1, K)));
@@ -145,7 +163,7 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
   const int MR = kern.mr, NR = kern.nr;
 
   const int T = pool.size();
-  const int KC = std::min(K, kern.kc);
+  const int KC = balanced_depth(K, kern.kc);
   const int NC = std::min((N + NR - 1) / NR * NR, kern.nc);
 
   // Row blocks: enough to keep every thread busy when M allows, balanced, multiples of MR.

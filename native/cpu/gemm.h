@@ -36,6 +36,9 @@ KernelInfo kernel_scalar();
 KernelInfo kernel_avx2();
 KernelInfo kernel_avx512();
 
+// Depth of the K blocks: K split into equal blocks of at most kc_max.
+int balanced_depth(int K, int kc_max);
+
 // The micro-kernel of an ISA.
 KernelInfo kernel_for(Isa isa);
 

@@ -17,6 +17,12 @@ void micro_6x16(int kc, const float* __restrict Ap, const float* __restrict Bp, 
   __m256 c0[MR], c1[MR];
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) c0[i] = c1[i] = _mm256_setzero_ps();
+  // Fetch the C tile now so its cache misses overlap the arithmetic instead of stalling the stores.
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc + NR - 1), _MM_HINT_T0);
+  }
   for (int k = 0; k < kc; ++k) {
     const __m256 b0 = _mm256_load_ps(Bp), b1 = _mm256_load_ps(Bp + 8);
 #pragma GCC unroll 8
@@ -56,6 +62,12 @@ void micro_6x16_direct(int kc, const float* __restrict A, long lda, const float*
   __m256 c0[MR], c1[MR];
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) c0[i] = c1[i] = _mm256_setzero_ps();
+  // Fetch the C tile now so its cache misses overlap the arithmetic instead of stalling the stores.
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc + NR - 1), _MM_HINT_T0);
+  }
   const float* a0 = A;
   const float* a3 = A + 3 * lda;
   for (int k = 0; k < kc; ++k) {

@@ -103,12 +103,12 @@ TEST("kernels: gemm matches the reference for odd sizes, all transposes, alpha/b
         }
 }
 
-TEST("kernels: gemm beyond one cache block (K > KC, N > NC), K = 0 and alpha = 0") {
+TEST("kernels: gemm beyond one cache block (K > KC, N > NC), M > 128, K = 0 and alpha = 0") {
   auto backends = isa_backends();
   for (auto& b : backends) {
     for (int t = 0; t < 4; ++t) {
       const bool ta = t & 1, tb = t & 2;
-      const int M = 37, N = 2101, K = 531;
+      const int M = 13, N = 2101, K = 1301;  // several K blocks for every ISA, two column blocks
       const FVec A = rnd(static_cast<size_t>(M) * K, 11 + t), B = rnd(static_cast<size_t>(K) * N, 12 + t);
       Vec ref(static_cast<size_t>(M) * N);
       const Vec Ad = to_d(A), Bd = to_d(B);
@@ -116,6 +116,16 @@ TEST("kernels: gemm beyond one cache block (K > KC, N > NC), K = 0 and alpha = 0
       FVec C = poison(static_cast<size_t>(M) * N);
       b->gemm(ta, tb, M, N, K, 1.f, A.data(), ta ? M : K, B.data(), tb ? K : N, 0.f, C.data(), N);
       EXPECT_REL(err(C, ref), kTol, "gemm big tA=" << ta << " tB=" << tb << tag(*b));
+    }
+    {  // more rows than the direct-B limit, several K blocks, long B rows
+      const int M = 141, N = 1030, K = 700;
+      const FVec A = rnd(static_cast<size_t>(M) * K, 21), B = rnd(static_cast<size_t>(K) * N, 22);
+      Vec ref(static_cast<size_t>(M) * N);
+      const Vec Ad = to_d(A), Bd = to_d(B);
+      ref::gemm(false, false, M, N, K, 1.0, Ad.data(), K, Bd.data(), N, 0.0, ref.data(), N);
+      FVec C = poison(static_cast<size_t>(M) * N);
+      b->gemm(false, false, M, N, K, 1.f, A.data(), K, B.data(), N, 0.f, C.data(), N);
+      EXPECT_REL(err(C, ref), kTol, "gemm 141x1030x700" << tag(*b));
     }
     FVec C = poison(12);
     b->gemm(false, false, 3, 4, 0, 1.f, nullptr, 1, nullptr, 4, 0.f, C.data(), 4);
