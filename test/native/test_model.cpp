@@ -463,3 +463,62 @@ TEST("model: three SGD and three LARS training steps vs torch.optim.SGD and the 
     std::printf("    %s: worst relative error of the 3-step parameter updates %.2e\n", kind, worst);
   }
 }
+
+namespace {
+// A CPU copy of any tensor (for comparisons of CUDA results).
+Tensor to_cpu(const Tensor& t) {
+  Backend& cpu = mtest::runtime().cpu();
+  Tensor out = empty_tensor(cpu, t.shape, t.dtype);
+  if (t.bytes()) t.backend().download(out.storage->data, t.storage->data, t.bytes());
+  return out;
+}
+Tensor to_backend(Backend& be, const Tensor& t) {
+  Tensor out = empty_tensor(be, t.shape, t.dtype);
+  if (t.bytes()) be.upload(out.storage->data, t.storage->data, t.bytes());
+  return out;
+}
+}  // namespace
+
+TEST("model: CUDA backend runs the resnet50 and projector fixtures (train features, input and parameter grads, BN stats)") {
+  std::string reason;
+  Backend* cuda = mtest::runtime().try_cuda(&reason);
+  if (!cuda) SKIP("no CUDA backend: " + reason);
+  for (const char* file : {"resnet50_imagenet_c3.safetensors", "resnet18_cifar_c1.safetensors", "projector.safetensors"}) {
+    Fixture f = load_fixture(file);
+    std::unique_ptr<Model> m;
+    if (f.meta.at("kind") == "projector") {
+      ProjectorConfig c;
+      c.in_dim = std::stoi(f.meta.at("in_dim")), c.hidden_dim = std::stoi(f.meta.at("hidden_dim"));
+      c.out_dim = std::stoi(f.meta.at("out_dim"));
+      m = Model::projector(*cuda, c);
+    } else {
+      ResnetConfig c;
+      c.depth = std::stoi(f.meta.at("depth"));
+      c.cifar_stem = f.meta.at("stem") == "cifar";
+      c.in_channels = std::stoi(f.meta.at("in_channels"));
+      c.width_multiplier = std::stod(f.meta.at("width_multiplier"));
+      m = Model::resnet(*cuda, c);
+    }
+    NamedTensors sd = f.with_prefix("param.");
+    for (auto& kv : f.with_prefix("buffer.")) sd.push_back(kv);
+    m->load_state_dict(sd, true);  // CPU tensors into a CUDA model
+    // FP32 math is expected (TF32 would need ~1e-3); the bound is the network tolerance.
+    const double tol = 1e-4;
+    Tensor fe = to_cpu(m->forward(to_backend(*cuda, f["input"]), false));
+    EXPECT_REL(rel(fe, f["features_eval"]), tol, file << " CUDA features (eval)");
+    Tensor ft = to_cpu(m->forward(to_backend(*cuda, f["input"]), true));
+    EXPECT_REL(rel(ft, f["features"]), tol, file << " CUDA features (train)");
+    Tensor dx = to_cpu(m->backward(to_backend(*cuda, f["grad_out"])));
+    EXPECT_REL(rel(dx, f["input_grad"]), tol, file << " CUDA input gradient");
+    double worst = 0;
+    for (auto& [name, g] : m->gradients()) {
+      const double e = rel(to_cpu(g), f["grad." + name]);
+      worst = std::max(worst, e);
+      EXPECT_REL(e, tol, file << " CUDA gradient of " << name);
+    }
+    for (auto& [name, b] : m->buffers())
+      if (b.dtype == DType::Float32) EXPECT_REL(rel(to_cpu(b), f["after." + name]), tol, file << " CUDA buffer " << name);
+    std::printf("    %s on CUDA: features %.2e, input grad %.2e, worst parameter grad %.2e\n", file, rel(ft, f["features"]),
+                rel(dx, f["input_grad"]), worst);
+  }
+}
