@@ -7,7 +7,9 @@
 // local tile. Threads split the rows of C into blocks (or the columns when C has few rows).
 // Tested by test/native/test_kernels.cpp ("kernels: gemm ..."); speed by benchmarks/kernels.
 // -O2 vectorises only loops with no run-time checks; the packing loops need them.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("vect-cost-model=dynamic")
+#endif
 #include <algorithm>
 #include <cstring>
 #include <vector>

@@ -3,7 +3,9 @@
 // Tested by test/native/test_kernels.cpp ("kernels: sgd/lars/ema/...") against the reference formulas.
 // -O2 (the project's flag) vectorises only loops with no run-time checks; these loops over channels
 // need them, so this file asks for the dynamic cost model.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("vect-cost-model=dynamic")
+#endif
 #include <algorithm>
 #include <cmath>
 #include <vector>
