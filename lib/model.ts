@@ -214,6 +214,14 @@ export class Model {
     return new Model(native.modelClone(this.h()));
   }
 
+  /** Copies `source`'s parameters and/or buffers (BN running statistics and counters) into this
+   * model of the same architecture: one native memcpy per arena, no layout transforms. A cheap
+   * snapshot / rollback (keep a clone(), copyFrom it to roll back) instead of stateDict() copies. */
+  copyFrom(source: Model, opts: { parameters?: boolean; buffers?: boolean } = {}): void {
+    check(source instanceof Model, 'E_ARG', 'copyFrom: source must be a Model');
+    native.modelCopyFrom(this.h(), source.h(), opts.parameters ?? true, opts.buffers ?? true);
+  }
+
   /** this = m * this + (1 - m) * online, over the parameters (not the buffers). */
   async emaUpdate(online: Model, m: number): Promise<void> {
     check(online instanceof Model, 'E_ARG', 'emaUpdate: online must be a Model');

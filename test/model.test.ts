@@ -165,6 +165,14 @@ test('clone, emaUpdate and SGD optimizerStep follow their formulas; NaN gradient
     const want = Array.from(v.dataSync(), (tv, i) => 0.9 * tv + 0.1 * o[i]);
     expect(relError(t1.get(k)!.dataSync(), want)).toBeLessThan(1e-6);
   }
+  // copyFrom: a cheap rollback of the parameters
+  const snap = target.clone();
+  snap.copyFrom(online, { parameters: true, buffers: false });
+  const ps = snap.parameters();
+  for (const [k, v] of p1) expect(Array.from(ps.get(k)!.dataSync())).toEqual(Array.from(v.dataSync()));
+  ps.forEach((t) => t.dispose());
+  expect(() => snap.copyFrom(Model.projector({ inDim: 6, hiddenDim: 9, outDim: 4 }))).toThrow(MvebError);
+  snap.dispose();
   // a NaN input makes NaN gradients: the step is skipped
   online.zeroGrad();
   const nanX = Tensor.from(new Float32Array(30).fill(NaN), [5, 6]);

@@ -233,6 +233,21 @@ Napi::Value model_clone(const Napi::CallbackInfo& info) {
   });
 }
 
+// modelCopyFrom(dst, src, parameters, buffers): synchronous (one memcpy per arena)
+Napi::Value model_copy_from(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    BoxPtr dst = unwrap_box(env, info[0]);
+    BoxPtr src = unwrap_box(env, info[1]);
+    const bool params = info[2].ToBoolean().Value(), buffers = info[3].ToBoolean().Value();
+    if (dst == src) return env.Undefined();
+    std::scoped_lock lock(dst->mutex, src->mutex);
+    MVEB_CHECK(dst->model && src->model, "E_DISPOSED", "copyFrom: a model was used after dispose()");
+    dst->model->copy_from(*src->model, params, buffers);
+    return env.Undefined();
+  });
+}
+
 // modelEmaUpdate(target, online, m) -> Promise<void>
 Napi::Value model_ema_update(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -357,6 +372,7 @@ void register_model(Napi::Env env, Napi::Object exports) {
   exports.Set("modelLoadStateDict", Napi::Function::New(env, model_load_state_dict, "modelLoadStateDict"));
   exports.Set("modelLoadOptimizerState", Napi::Function::New(env, model_load_optimizer_state, "modelLoadOptimizerState"));
   exports.Set("modelClone", Napi::Function::New(env, model_clone, "modelClone"));
+  exports.Set("modelCopyFrom", Napi::Function::New(env, model_copy_from, "modelCopyFrom"));
   exports.Set("modelEmaUpdate", Napi::Function::New(env, model_ema_update, "modelEmaUpdate"));
   exports.Set("modelOptimizerStep", Napi::Function::New(env, model_optimizer_step, "modelOptimizerStep"));
   exports.Set("safetensorsEncode", Napi::Function::New(env, safetensors_encode, "safetensorsEncode"));

@@ -719,6 +719,21 @@ std::unique_ptr<Model> Model::clone() const {
   return m;
 }
 
+void Model::copy_from(const Model& src, bool parameters, bool buffers) {
+  bool same = src.is_resnet_ == is_resnet_ && src.param_count_ == param_count_ && src.buffer_count_ == buffer_count_ &&
+              src.params_.size() == params_.size();
+  for (size_t i = 0; same && i < params_.size(); ++i) same = src.params_[i].shape == params_[i].shape;
+  MVEB_CHECK(same, "E_SHAPE", "copyFrom: the models differ in architecture (", src.param_count_, " vs ", param_count_,
+             " parameters)");
+  MVEB_CHECK(src.backend_ == backend_, "E_DEVICE", "copyFrom: models are on different devices");
+  if (&src == this) return;
+  if (parameters) backend_->copy(param_arena_.f32(), src.param_arena_.f32(), param_count_ * sizeof(float));
+  if (buffers) {
+    backend_->copy(buffer_arena_.f32(), src.buffer_arena_.f32(), buffer_count_ * sizeof(float));
+    num_batches_tracked_ = src.num_batches_tracked_;
+  }
+}
+
 void Model::ema_update(const Model& online, float m) {
   MVEB_CHECK(online.param_count_ == param_count_ && online.params_.size() == params_.size() &&
                  online.is_resnet_ == is_resnet_,

@@ -95,6 +95,9 @@ class Model {
   const std::vector<ArenaEntry>& buffer_entries() const { return buffers_; }
 
   std::unique_ptr<Model> clone() const;  // deep copy of parameters and buffers; zero gradients, no momentum
+  // Copies src's parameters and/or buffers (running stats and counters) into this model: one arena
+  // copy each, no layout transforms (a cheap snapshot/rollback; E_SHAPE unless same architecture).
+  void copy_from(const Model& src, bool parameters, bool buffers);
   // this = m * this + (1 - m) * online, parameters only.
   void ema_update(const Model& online, float m);
   // Skips the update and returns false when any gradient is non-finite.

@@ -352,6 +352,22 @@ TEST("model: clone, EMA, SGD and LARS steps match their formulas; non-finite gra
   EXPECT_REL(mtest::rel_error(lars->param_arena(), ref.data(), n), 1e-6, "LARS step");
   EXPECT_TRUE(online->parameter_entries()[0].matrix && !online->parameter_entries()[1].matrix);
 
+  // copy_from: parameters only, then buffers only
+  auto snap = online->clone();
+  const size_t nb = online->buffer_entries().back().offset + online->buffer_entries().back().numel;
+  std::vector<float> snap_buffers(snap->buffer_arena(), snap->buffer_arena() + nb);
+  sgd->forward(x, true);  // moves sgd's running statistics away from snap's
+  EXPECT_TRUE(mtest::rel_error(sgd->buffer_arena(), snap_buffers.data(), nb) > 1e-3);
+  snap->copy_from(*sgd, true, false);
+  EXPECT_REL(mtest::rel_error(snap->param_arena(), sgd->param_arena(), n), 0.0, "copy_from parameters");
+  EXPECT_REL(mtest::rel_error(snap->buffer_arena(), snap_buffers.data(), nb), 0.0, "copy_from left buffers alone");
+  snap->copy_from(*sgd, false, true);
+  EXPECT_REL(mtest::rel_error(snap->buffer_arena(), sgd->buffer_arena(), nb), 0.0, "copy_from buffers");
+  ProjectorConfig other_cfg = c;
+  other_cfg.hidden_dim = 9;
+  auto other_arch = Model::projector(be, other_cfg);
+  EXPECT_THROWS_CODE(snap->copy_from(*other_arch, true, true), "E_SHAPE");
+
   // momentum state round trip
   auto state = lars->optimizer_state();
   EXPECT_TRUE(state.size() == online->parameter_entries().size());
