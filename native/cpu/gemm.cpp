@@ -24,7 +24,6 @@ namespace gemm_detail {
 
 namespace {
 constexpr int kScalarMR = 4, kScalarNR = 8;
-constexpr int kDirectBMaxRows = 128;
 
 void micro_scalar(int kc, const float* __restrict Ap, const float* __restrict Bp, float* __restrict C, long ldc,
                   float beta) {
@@ -176,12 +175,8 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
   const int MC = ((M + m_blocks - 1) / m_blocks + MR - 1) / MR * MR;
   m_blocks = (M + MC - 1) / MC;
 
-  // Few rows of C: B is read in place (packing it would cost about as much as the arithmetic), A packed.
-  // (Only for short rows of B: a long row stride costs a TLB miss per row.)
-  const bool direct_b = !transB && !packed && kern.direct_b != nullptr && M <= kDirectBMaxRows && ldb <= 1024;
-  const bool direct = !direct_b && !transA && kern.direct != nullptr;
-  std::unique_ptr<ScratchBuffer> packed_b(
-      packed ? nullptr : new ScratchBuffer(static_cast<size_t>(KC) * (direct_b ? NR : NC)));
+  const bool direct = !transA && kern.direct != nullptr;
+  std::unique_ptr<ScratchBuffer> packed_b(packed ? nullptr : new ScratchBuffer(static_cast<size_t>(KC) * NC));
   std::vector<std::unique_ptr<ScratchBuffer>> packed_a(static_cast<size_t>(T));  // allocated by their thread
 
   for (int jc = 0; jc < N; jc += NC) {
@@ -193,10 +188,7 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
       const int kc = std::min(KC, K - pc);
       const float beta_block = pc == 0 ? beta : 1.f;
       const float* b_block = packed ? packed->block(jc, pc) : packed_b->get();
-      const int partial_panel = nc % NR ? n_panels - 1 : -1;  // direct_b packs only this one, at offset 0
-      if (direct_b && partial_panel >= 0)
-        pack_b_panel(B, ldb, false, pc, kc, jc + partial_panel * NR, nc - partial_panel * NR, NR, packed_b->get());
-      if (!packed && !direct_b)
+      if (!packed)
         pool.parallel_for(n_panels, 1, [&](int64_t b, int64_t e, int) {
           pack_b_panels(B, ldb, transB, pc, kc, jc, nc, NR, static_cast<int>(b), static_cast<int>(e), packed_b->get());
         });
@@ -215,8 +207,7 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
         alignas(64) float tile[16 * 64];
         for (int p = p_begin; p < p_end; ++p) {
           const int j0 = p * NR, nr = std::min(NR, nc - j0);
-          const bool b_in_place = direct_b && p != partial_panel;
-          const float* pb = direct_b ? b_block : b_block + static_cast<long>(p) * kc * NR;
+          const float* pb = b_block + static_cast<long>(p) * kc * NR;
           for (int ir = 0; ir < mc; ir += MR) {
             const int mr = std::min(MR, mc - ir);
             float* c = C + static_cast<long>(i0 + ir) * ldc + jc + j0;
@@ -224,10 +215,7 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
             float* out = full ? c : tile;
             const long ldo = full ? ldc : NR;
             const float beta_out = full ? beta_block : 0.f;
-            if (b_in_place) {
-              kern.direct_b(kc, pa + static_cast<long>(ir) * kc, B + static_cast<long>(pc) * ldb + jc + j0, ldb, out,
-                            ldo, beta_out);
-            } else if (direct && mr == MR) {
+            if (direct && mr == MR) {
               kern.direct(kc, A + static_cast<long>(i0 + ir) * lda + pc, lda, pb, out, ldo, alpha, beta_out);
             } else {
               kern.fn(kc, direct ? pa : pa + static_cast<long>(ir) * kc, pb, out, ldo, beta_out);

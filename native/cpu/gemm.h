@@ -21,15 +21,11 @@ using MicroKernel = void (*)(int kc, const float* Ap, const float* Bp, float* C,
 using DirectMicroKernel = void (*)(int kc, const float* A, long lda, const float* Bp, float* C, long ldc, float alpha,
                                    float beta);
 
-// The same tile with packed A and B read in place (row-major, row stride ldb): C = Ap*B + beta * C.
-using DirectBMicroKernel = void (*)(int kc, const float* Ap, const float* B, long ldb, float* C, long ldc, float beta);
-
 struct KernelInfo {
   int mr, nr;
   MicroKernel fn;
   int kc, mc, nc;  // cache blocking: depth, rows of A per block, columns of B per block
   DirectMicroKernel direct = nullptr;  // optional: used when op(A) = A (no packing of A)
-  DirectBMicroKernel direct_b = nullptr;  // optional: used when op(B) = B and C has few rows
 };
 
 KernelInfo kernel_scalar();

@@ -103,51 +103,10 @@ void micro_14x32_direct(int kc, const float* __restrict A, long lda, const float
     }
   }
 }
-// The same tile with packed A and B read in place from row-major op(B) = B (row k at B + k * ldb),
-// for products with few rows of C where packing B would cost as much as the arithmetic.
-void micro_14x32_direct_b(int kc, const float* __restrict Ap, const float* __restrict B, long ldb,
-                          float* __restrict C, long ldc, float beta) {
-  __m512 c0[MR], c1[MR];
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) c0[i] = c1[i] = _mm512_setzero_ps();
-  // Fetch the C tile now so its cache misses overlap the arithmetic instead of stalling the stores.
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) {
-    _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc + NR - 1), _MM_HINT_T0);
-  }
-  for (int k = 0; k < kc; ++k) {
-    const __m512 b0 = _mm512_loadu_ps(B), b1 = _mm512_loadu_ps(B + 16);
-    _mm_prefetch(reinterpret_cast<const char*>(B + 8 * ldb), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(B + 8 * ldb + 16), _MM_HINT_T0);
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
-      const __m512 a = _mm512_set1_ps(Ap[i]);
-      c0[i] = _mm512_fmadd_ps(a, b0, c0[i]);
-      c1[i] = _mm512_fmadd_ps(a, b1, c1[i]);
-    }
-    Ap += MR;
-    B += ldb;
-  }
-  if (beta == 0.f) {
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
-      _mm512_storeu_ps(C + i * ldc, c0[i]);
-      _mm512_storeu_ps(C + i * ldc + 16, c1[i]);
-    }
-  } else {
-    const __m512 vb = _mm512_set1_ps(beta);
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
-      _mm512_storeu_ps(C + i * ldc, _mm512_fmadd_ps(vb, _mm512_loadu_ps(C + i * ldc), c0[i]));
-      _mm512_storeu_ps(C + i * ldc + 16, _mm512_fmadd_ps(vb, _mm512_loadu_ps(C + i * ldc + 16), c1[i]));
-    }
-  }
-}
 }  // namespace
 
 KernelInfo kernel_avx512() {
-  return KernelInfo{MR, NR, micro_14x32, 640, 126, 2048, micro_14x32_direct, micro_14x32_direct_b};
+  return KernelInfo{MR, NR, micro_14x32, 640, 126, 2048, micro_14x32_direct};
 }
 
 }  // namespace gemm_detail
