@@ -13,6 +13,9 @@ constexpr int MR = 14, NR = 32;
 
 void micro_14x32(int kc, const float* __restrict Ap, const float* __restrict Bp, float* __restrict C, long ldc,
                  float beta) {
+  // beta lives in memory during the loop: 28 accumulators + 2 B vectors + 1 broadcast use all 32
+  // zmm registers, and a register held for beta makes the compiler spill a B vector instead.
+  volatile float beta_in_memory = beta;
   __m512 c0[MR], c1[MR];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) c0[i] = c1[i] = _mm512_setzero_ps();
@@ -24,8 +27,6 @@ void micro_14x32(int kc, const float* __restrict Ap, const float* __restrict Bp,
   }
   for (int k = 0; k < kc; ++k) {
     const __m512 b0 = _mm512_load_ps(Bp), b1 = _mm512_load_ps(Bp + 16);
-    _mm_prefetch(reinterpret_cast<const char*>(Bp + 8 * NR), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(Bp + 8 * NR + 16), _MM_HINT_T0);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
       const __m512 a = _mm512_set1_ps(Ap[i]);
@@ -35,6 +36,7 @@ void micro_14x32(int kc, const float* __restrict Ap, const float* __restrict Bp,
     Ap += MR;
     Bp += NR;
   }
+  beta = beta_in_memory;
   if (beta == 0.f) {
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
@@ -61,6 +63,7 @@ void micro_14x32(int kc, const float* __restrict Ap, const float* __restrict Bp,
 // loop needs few registers. C = alpha * acc + beta * C.
 void micro_14x32_direct(int kc, const float* __restrict A, long lda, const float* __restrict Bp, float* __restrict C,
                         long ldc, float alpha, float beta) {
+  volatile float alpha_in_memory = alpha, beta_in_memory = beta;  // see micro_14x32
   __m512 c0[MR], c1[MR];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) c0[i] = c1[i] = _mm512_setzero_ps();
@@ -86,6 +89,8 @@ void micro_14x32_direct(int kc, const float* __restrict A, long lda, const float
     ++a12;
     Bp += NR;
   }
+  alpha = alpha_in_memory;
+  beta = beta_in_memory;
   const __m512 va = _mm512_set1_ps(alpha);
   if (beta == 0.f) {
 #pragma GCC unroll 16
