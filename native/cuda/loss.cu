@@ -2,15 +2,19 @@
 // the vMF Stein score estimator (mveb-spec.md sections 2.3-2.5; semantics in core/backend.h).
 // Test: `mveb_native_tests cuda:` on a GPU machine (test/native/test_cuda.cpp compares with the CPU).
 //
-// vmf_score: S = Z Z^T runs on the GPU (the only O(N^2 D) part: 2*128^2*2048 = 67 MFLOP at the
-// official N = 128, D = 2048). S and Z then go to the host, where the width (k-th largest of the
-// N^2 distances, nth_element), K = exp(S / tau), G = Z / tau * rowsum(K), the Cholesky factor of
-// K + eta I and the two triangular solves run in float64. Why the host: N is the per-GPU batch
-// (128 in the official config, a few thousand at most), so the factorisation is N^3/3 = 0.7 MFLOP,
-// far below what a device Cholesky would gain over a handful of launch latencies, and float64 on
-// the host keeps the solve exact with cond(K + eta I) in the hundreds (spec example 2: 409).
-// The cost is two device-to-host copies (N^2 + N D floats, 1.1 MB at N = 128) and one sync.
-// For N of several thousand this becomes slow (N = 4096: ~23 GFLOP on one core); a blocked GPU
+// vmf_score: the O(N^2 D) products run on the GPU, the O(N^2) and O(N^3) work on the host in
+// float64:
+//   GPU   S = Z Z^T                                     (2 N^2 D FLOP: 67 MFLOP at N = 128, D = 2048)
+//   host  tau = max(k-th largest of 1 - S, min_width)   (nth_element over the N^2 entries)
+//   host  A = exp(S / tau) + eta I, r = rowsum(K), A = L L^T, cond estimate (as the CPU backend),
+//         W = -A^{-1} diag(r / tau) from L^{-1}       (~N^3 FLOP: 2 MFLOP at N = 128)
+//   GPU   score = W Z = -A^{-1} (Z / tau) r              (2 N^2 D FLOP)
+// Why the host for the N x N part: N is the per-GPU batch (128 in the official config, a few
+// thousand at most), so the factorisation is tiny next to a handful of launch latencies, and
+// float64 keeps it exact with cond(K + eta I) in the hundreds (spec example 2: 409). Cost: S down
+// and W up (N^2 floats each, 64 KB at N = 128) and two syncs. The explicit inverse (rounded to fp32
+// in W) loses about cond * 6e-8 relative, the same order as the CPU backend's fp32 solve. For N of
+// several thousand the host part becomes slow (N = 4096: ~70 GFLOP on one core); a blocked GPU
 // Cholesky would then be the next step.
 #include <cuda_runtime.h>
 
@@ -168,19 +172,22 @@ VmfInfo CudaBackend::vmf_score(float* score, const float* z, int N, int D, float
              min_width);
   MVEB_CHECK(N <= 16384, "E_SHAPE", op, ": N = ", N, " rows is more than the host factorisation handles (16384)");
   const size_t nn = static_cast<size_t>(N) * N, nd = static_cast<size_t>(N) * D;
+  if (!all_finite(z, nd)) {  // rare path: find the first bad value for the message
+    std::vector<float> Z(nd);
+    download(Z.data(), z, nd * sizeof(float));
+    for (size_t i = 0; i < nd; ++i)
+      if (!std::isfinite(Z[i]))
+        throw_error("E_NUMERIC", op, ": z contains a non-finite value (", Z[i], " at row ", i / D, ", column ", i % D,
+                    ")");
+  }
 
-  // 1. S = Z Z^T on the device, then S and Z to the host.
-  std::vector<float> S(nn), Z(nd);
+  // 1. S = Z Z^T on the device, then to the host.
+  std::vector<float> S(nn);
   {
     CudaScratch s_dev(*this, nn * sizeof(float));
     gemm(false, true, N, N, D, 1.f, z, D, z, D, 0.f, s_dev.as<float>(), N);
-    MVEB_CUDA_CHECK(cudaMemcpyAsync(Z.data(), z, nd * sizeof(float), cudaMemcpyDeviceToHost, stream_));
     download(S.data(), s_dev.as<float>(), nn * sizeof(float));
   }
-  for (size_t i = 0; i < nd; ++i)
-    if (!std::isfinite(Z[i]))
-      throw_error("E_NUMERIC", op, ": z contains a non-finite value (", Z[i], " at row ", i / D, ", column ", i % D,
-                  ")");
 
   // 2. Width: tau0 = k-th largest of the N^2 distances 1 - S (diagonal included), k = N^2 / 2.
   VmfInfo info;
@@ -193,11 +200,9 @@ VmfInfo CudaBackend::vmf_score(float* score, const float* z, int N, int D, float
     info.width = std::max(info.width_raw, min_width);
   }
   const double tau = info.width;
-  MVEB_CHECK(tau > 0, "E_NUMERIC", "vmf_score: the kernel width must be > 0, found ", tau,
-             " (min_width ", min_width, ")");
 
-  // 3. A = K + eta I (lower triangle suffices), G = Z / tau * rowsum(K), in float64.
-  std::vector<double> A(nn), G(nd);
+  // 3. A = K + eta I with K = exp(S / tau), r = rowsum(K), in float64.
+  std::vector<double> A(nn), r(N);
   for (int i = 0; i < N; ++i) {
     double rowsum = 0;
     for (int j = 0; j < N; ++j) {
@@ -206,9 +211,8 @@ VmfInfo CudaBackend::vmf_score(float* score, const float* z, int N, int D, float
       A[static_cast<size_t>(i) * N + j] = kij;
     }
     A[static_cast<size_t>(i) * N + i] += eta;
-    for (int d = 0; d < D; ++d) G[static_cast<size_t>(i) * D + d] = Z[static_cast<size_t>(i) * D + d] / tau * rowsum;
+    r[i] = rowsum;
   }
-  MVEB_CHECK(std::isfinite(A[0]), "E_NUMERIC", "vmf_score: exp(S / tau) overflows with tau = ", tau);
 
   // 4. Cholesky A = L L^T (row-oriented, L in the lower triangle of A).
   for (int j = 0; j < N; ++j) {
@@ -221,41 +225,53 @@ VmfInfo CudaBackend::vmf_score(float* score, const float* z, int N, int D, float
     }
     double d = Lj[j];
     for (int k = 0; k < j; ++k) d -= Lj[k] * Lj[k];
-    MVEB_CHECK(d > 0 && std::isfinite(d), "E_NUMERIC", "vmf_score: K + eta I is not positive definite (pivot ", j,
-               " = ", d, ", eta = ", eta, ", tau = ", tau, ")");
+    MVEB_CHECK(d > 0 && std::isfinite(d), "E_NUMERIC", op, ": K + eta*I is not positive definite in float64 (pivot ",
+               j, " = ", d, ", width = ", tau, ", eta = ", eta,
+               "); expected finite, well-separated kernel values: is the width too small for exp(1/width) to stay "
+               "finite, or eta = 0 with repeated rows?");
     Lj[j] = std::sqrt(d);
   }
   info.condition = condition_estimate(A.data(), N);
 
-  // 5. Solve L Y = G, then L^T X = Y, column block by column block of G (all D columns at once,
-  //    row-major so the inner loops run over d); score = -X.
-  std::vector<double>& X = G;
-  for (int i = 0; i < N; ++i) {  // forward substitution
+  // 5. A^{-1} = L^{-T} L^{-1} (float64, 2N^3/3 FLOP: 1.4 MFLOP at N = 128), then the N x N map
+  //    W = -A^{-1} diag(r / tau), so that score = -A^{-1} (Z / tau) r = W Z: one GPU gemm of
+  //    2 N^2 D FLOP instead of two host triangular solves over D columns.
+  std::vector<double> Linv(nn, 0.0);
+  for (int i = 0; i < N; ++i) {  // row i of L^{-1}: Linv[i][j] = -(sum_{k=j}^{i-1} L[i][k] Linv[k][j]) / L[i][i]
     const double* Li = &A[static_cast<size_t>(i) * N];
-    double* xi = &X[static_cast<size_t>(i) * D];
+    double* Xi = &Linv[static_cast<size_t>(i) * N];
     for (int k = 0; k < i; ++k) {
-      const double* xk = &X[static_cast<size_t>(k) * D];
       const double l = Li[k];
-      for (int d = 0; d < D; ++d) xi[d] -= l * xk[d];
+      const double* Xk = &Linv[static_cast<size_t>(k) * N];
+      for (int j = 0; j <= k; ++j) Xi[j] -= l * Xk[j];
     }
     const double inv = 1.0 / Li[i];
-    for (int d = 0; d < D; ++d) xi[d] *= inv;
+    for (int j = 0; j < i; ++j) Xi[j] *= inv;
+    Xi[i] = inv;
   }
-  for (int i = N - 1; i >= 0; --i) {  // back substitution with L^T: x_i = (y_i - sum_{k>i} L[k][i] x_k) / L[i][i]
-    double* xi = &X[static_cast<size_t>(i) * D];
-    for (int k = i + 1; k < N; ++k) {
-      const double l = A[static_cast<size_t>(k) * N + i];
-      const double* xk = &X[static_cast<size_t>(k) * D];
-      for (int d = 0; d < D; ++d) xi[d] -= l * xk[d];
+  std::vector<double> Ainv(nn, 0.0);  // lower triangle: Ainv[i][j] = sum_{k >= i} Linv[k][i] Linv[k][j], j <= i
+  for (int k = 0; k < N; ++k) {
+    const double* Xk = &Linv[static_cast<size_t>(k) * N];
+    for (int i = 0; i <= k; ++i) {
+      const double xi = Xk[i];
+      double* Ai = &Ainv[static_cast<size_t>(i) * N];
+      for (int j = 0; j <= i; ++j) Ai[j] += xi * Xk[j];
     }
-    const double inv = 1.0 / A[static_cast<size_t>(i) * N + i];
-    for (int d = 0; d < D; ++d) xi[d] *= inv;
   }
-  std::vector<float> out(nd);
-  for (size_t i = 0; i < nd; ++i) out[i] = static_cast<float>(-X[i]);
-  upload(score, out.data(), nd * sizeof(float));
-  synchronize();  // `out` is a local: the copy must be done before it goes away (pageable staging
-                  // already guarantees this; the sync makes it independent of that detail)
+  std::vector<float> W(nn);
+  for (int i = 0; i < N; ++i)
+    for (int j = 0; j < N; ++j) {
+      const double a = j <= i ? Ainv[static_cast<size_t>(i) * N + j] : Ainv[static_cast<size_t>(j) * N + i];
+      W[static_cast<size_t>(i) * N + j] = static_cast<float>(-a * r[j] / tau);
+    }
+
+  // 6. score = W Z on the device.
+  {
+    CudaScratch w_dev(*this, nn * sizeof(float));
+    upload(w_dev.as<float>(), W.data(), nn * sizeof(float));
+    gemm(false, false, N, D, N, 1.f, w_dev.as<float>(), N, z, D, 0.f, score, D);
+    synchronize();  // W (host) and w_dev must outlive the copy and the gemm
+  }
   return info;
 }
 
