@@ -167,13 +167,15 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
   const int KC = balanced_depth(K, kern.kc);
   const int NC = std::min((N + NR - 1) / NR * NR, kern.nc);
 
-  // Row blocks: enough to keep every thread busy when M allows, balanced, multiples of MR.
+  // Row blocks: enough to keep every thread busy when M allows, a multiple of the thread count,
+  // balanced to within one MR panel.
   int m_blocks = (M + kern.mc - 1) / kern.mc;
   const int m_panels = (M + MR - 1) / MR;
   if (m_panels >= 4 * T) m_blocks = std::max(m_blocks, T);
   if (m_blocks > 1 && m_blocks % T) m_blocks = std::min(m_panels, (m_blocks + T - 1) / T * T);
-  const int MC = ((M + m_blocks - 1) / m_blocks + MR - 1) / MR * MR;
-  m_blocks = (M + MC - 1) / MC;
+  m_blocks = std::min(m_blocks, m_panels);
+  // Block b holds panels [m_panels * b / m_blocks, m_panels * (b + 1) / m_blocks): equal within one panel.
+  const int MC = (m_panels + m_blocks - 1) / m_blocks * MR;  // the largest block
 
   const bool direct = !transA && kern.direct != nullptr;
   std::unique_ptr<ScratchBuffer> packed_b(packed ? nullptr : new ScratchBuffer(static_cast<size_t>(KC) * NC));
@@ -194,7 +196,8 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
         });
       pool.parallel_tasks(static_cast<int64_t>(m_blocks) * n_splits, [&](int64_t task, int thread) {
         const int mb = static_cast<int>(task / n_splits), ns = static_cast<int>(task % n_splits);
-        const int i0 = mb * MC, mc = std::min(MC, M - i0);
+        const int i0 = static_cast<int>(static_cast<int64_t>(m_panels) * mb / m_blocks) * MR;
+        const int mc = std::min(M, static_cast<int>(static_cast<int64_t>(m_panels) * (mb + 1) / m_blocks) * MR) - i0;
         const int p_begin = n_panels * ns / n_splits, p_end = n_panels * (ns + 1) / n_splits;
         auto& pa_buffer = packed_a[static_cast<size_t>(thread)];
         if (!pa_buffer) pa_buffer.reset(new ScratchBuffer(static_cast<size_t>(KC) * (direct ? MR : MC)));
