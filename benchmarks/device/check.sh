@@ -18,6 +18,11 @@ SUMMARY="$OUT/summary.txt"
 row() { printf '%-28s %s\n' "$1" "$2" >> "$SUMMARY"; }
 now() { date +%s; }
 
+# nvcc must be on PATH for CMake's check_language(CUDA)
+if ! command -v nvcc >/dev/null 2>&1; then
+  for d in /usr/local/cuda/bin /usr/local/cuda-*/bin; do [ -x "$d/nvcc" ] && export PATH="$d:$PATH" && break; done
+fi
+
 # ---- environment (env.txt) ----
 {
   echo "date: $(date -u +%FT%TZ)"; echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)"
