@@ -5,13 +5,16 @@
 //   kernels_bench THREADS gemm M N K tA tB           -> "gemm M N K tA tB <GFLOP/s> <max rel err>"
 //   kernels_bench THREADS conv N H W C K R S st pad  -> "conv ... <fwd ms> <bwd data ms> <bwd weight ms>"
 //   kernels_bench THREADS bn M C                     -> "bn M C <fwd ms> <bwd ms>" (train, residual + ReLU)
-// The GEMM result is checked against float64 dot products on sampled entries.
+// The GEMM result is checked against float64 dot products on sampled entries. THREADS = 1 times with
+// the thread's CPU time (robust on a shared machine), otherwise wall time.
 #include <immintrin.h>
 
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
+#include <string>
 #include <vector>
 
 #include "cpu/cpu_backend.h"
@@ -52,14 +55,24 @@ __attribute__((target("avx512f"))) double fma_peak_one_core() {
   return iters * 16.0 * 16 * 2 / dt / 1e9;
 }
 
+// With one thread the kernels run on the calling thread, so its CPU time (CLOCK_THREAD_CPUTIME_ID)
+// measures them without the time other jobs on the shared machine take; with more, wall time.
+bool g_thread_cpu_time = false;
+double now_seconds() {
+  if (!g_thread_cpu_time) return std::chrono::duration<double>(Clock::now().time_since_epoch()).count();
+  timespec t;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
 template <typename F>
 double best_time(F f, double budget_s = 0.6, int max_reps = 20) {
   f();  // warm-up
   double best = 1e30, total = 0;
   for (int r = 0; r < max_reps && total < budget_s; ++r) {
-    auto t0 = Clock::now();
+    const double t0 = now_seconds();
     f();
-    const double dt = seconds_since(t0);
+    const double dt = now_seconds() - t0;
     best = std::min(best, dt);
     total += dt;
   }
@@ -129,6 +142,7 @@ int main(int argc, char** argv) {
   std::vector<int> v;
   for (int i = 3; i < argc; ++i) v.push_back(std::atoi(argv[i]));
   mveb::CpuBackend b(threads);
+  g_thread_cpu_time = threads == 1;
   std::printf("isa %s threads %d\n", mveb::isa_name(b.isa()), threads);
   if (what == "peak" && b.features().avx512f) {  // one core's FMA ceiling (the caller scales by cores)
     std::printf("peak1 %.1f\n", fma_peak_one_core());
