@@ -1,0 +1,69 @@
+// train_step_profile.cpp: where the time of one ResNet training step goes, per op and per conv
+// shape: a Backend decorator times every op the model calls on the CPU backend (zeroGrad + train
+// forward + backward without input gradient + SGD step; the second step is reported).
+// Build against a core library from any build dir, then run:
+//   cmake --build /tmp/build-x --target mveb_core
+//   g++ -O2 -std=c++17 -Inative benchmarks/train_step_profile.cpp /tmp/build-x/libmveb_core.a -lpthread -o /tmp/tsprof
+//   MVEB_NUM_THREADS=2 /tmp/tsprof 18 cifar 128 32      (depth stem batch size)
+//   MVEB_NUM_THREADS=2 /tmp/tsprof 50 imagenet 16 224
+#include "core/model.h"
+#include "core/runtime.h"
+#include "core/random.h"
+#include <chrono>
+#include <algorithm>
+#include <cstdio>
+#include <map>
+#include <string>
+#include <vector>
+using namespace mveb;
+using clk = std::chrono::steady_clock;
+struct T { std::map<std::string,double>* m; std::string k; clk::time_point t0=clk::now(); ~T(){ (*m)[k]+=std::chrono::duration<double>(clk::now()-t0).count(); } };
+class Prof : public Backend {
+ public:
+  Backend& b; std::map<std::string,double> m;
+  explicit Prof(Backend& x):b(x){}
+  Device device() const override { return b.device(); }
+  std::string name() const override { return b.name(); }
+  void* allocate(size_t n) override { return b.allocate(n); }
+  void deallocate(void* p, size_t n) override { b.deallocate(p,n); }
+  void upload(void* d, const void* s, size_t n) override { b.upload(d,s,n); }
+  void download(void* d, const void* s, size_t n) override { b.download(d,s,n); }
+  void copy(void* d, const void* s, size_t n) override { T t{&m,"copy"}; b.copy(d,s,n); }
+  void fill(float* d, float v, size_t n) override { T t{&m,"fill"}; b.fill(d,v,n); }
+  void synchronize() override {}
+  void gemm(bool a,bool bb,int M,int N,int K,float al,const float* A,int lda,const float* B,int ldb,float be,float* C,int ldc) override { T t{&m,"gemm"}; b.gemm(a,bb,M,N,K,al,A,lda,B,ldb,be,C,ldc);}
+  void nchw_to_nhwc(float* d,const float* s,int N,int C,int H,int W) override { T t{&m,"layout"}; b.nchw_to_nhwc(d,s,N,C,H,W);}
+  void nhwc_to_nchw(float* d,const float* s,int N,int C,int H,int W) override { T t{&m,"layout"}; b.nhwc_to_nchw(d,s,N,C,H,W);}
+  std::string ck(const char* w, const ConvShape& s){ char buf[128]; snprintf(buf,sizeof buf,"%s %dx%d/%d C%d K%d HW%d",w,s.R,s.S,s.stride,s.C,s.K,s.H); return buf; }
+  void conv2d_forward(float* y,const float* x,const float* w,const ConvShape& s) override { T t{&m,ck("conv fwd ",s)}; T t2{&m,"conv fwd"}; b.conv2d_forward(y,x,w,s);}
+  void conv2d_backward_data(float* dx,const float* dy,const float* w,const ConvShape& s) override { T t{&m,ck("conv bwdD",s)}; T t2{&m,"conv bwd data"}; b.conv2d_backward_data(dx,dy,w,s);}
+  void conv2d_backward_weight(float* dw,const float* dy,const float* x,const ConvShape& s) override { T t{&m,ck("conv bwdW",s)}; T t2{&m,"conv bwd weight"}; b.conv2d_backward_weight(dw,dy,x,s);}
+  void batchnorm_forward_train(float* y,float* sm,float* si,float* rm,float* rv,const float* x,const float* g,const float* be,const float* r,bool relu,int M,int C,float mo,float eps) override { T t{&m,"bn fwd"}; b.batchnorm_forward_train(y,sm,si,rm,rv,x,g,be,r,relu,M,C,mo,eps);}
+  void batchnorm_forward_eval(float* y,const float* x,const float* g,const float* be,const float* rm,const float* rv,const float* r,bool relu,int M,int C,float eps) override { T t{&m,"bn fwd eval"}; b.batchnorm_forward_eval(y,x,g,be,rm,rv,r,relu,M,C,eps);}
+  void add_bias_rows(float* y,const float* bias,int M,int N) override { T t{&m,"bias"}; b.add_bias_rows(y,bias,M,N);}
+  void sum_rows(float* d,const float* dy,int M,int N) override { T t{&m,"bias"}; b.sum_rows(d,dy,M,N);}
+  void lars_step(float* p,float* mb,const float* g,size_t n,float lr,float mo,float wd,float tr,bool ad) override { T t{&m,"lars"}; b.lars_step(p,mb,g,n,lr,mo,wd,tr,ad);}
+  void ema_update(float* t_,const float* o,size_t n,float mm) override { T t{&m,"ema"}; b.ema_update(t_,o,n,mm);}
+  void batchnorm_backward(float* dx,float* dr,float* dg,float* db,const float* dy,const float* y,const float* x,const float* g,const float* mean,const float* is,bool relu,bool train,int M,int C) override { T t{&m,"bn bwd"}; b.batchnorm_backward(dx,dr,dg,db,dy,y,x,g,mean,is,relu,train,M,C);}
+  void axpy(float* y,float a,const float* x,size_t n) override { T t{&m,"axpy"}; b.axpy(y,a,x,n);}
+  void maxpool2d_forward(float* y,int32_t* am,const float* x,const PoolShape& s) override { T t{&m,"pool"}; b.maxpool2d_forward(y,am,x,s);}
+  void maxpool2d_backward(float* dx,const float* dy,const int32_t* am,const PoolShape& s) override { T t{&m,"pool"}; b.maxpool2d_backward(dx,dy,am,s);}
+  void global_avgpool_forward(float* y,const float* x,int N,int HW,int C) override { T t{&m,"pool"}; b.global_avgpool_forward(y,x,N,HW,C);}
+  void global_avgpool_backward(float* dx,const float* dy,int N,int HW,int C) override { T t{&m,"pool"}; b.global_avgpool_backward(dx,dy,N,HW,C);}
+  void sgd_step(float* p,float* mb,const float* g,size_t n,float lr,float mo,float wd) override { T t{&m,"sgd"}; b.sgd_step(p,mb,g,n,lr,mo,wd);}
+  bool all_finite(const float* x,size_t n) override { T t{&m,"all_finite"}; return b.all_finite(x,n);}
+};
+int main(int argc, char** argv){
+  if (argc < 5) { fprintf(stderr, "usage: %s DEPTH cifar|imagenet BATCH SIZE\n", argv[0]); return 2; }
+  Runtime rt; Prof p(rt.cpu());
+  int depth = atoi(argv[1]); bool cifar = std::string(argv[2])=="cifar"; int N = atoi(argv[3]), S = atoi(argv[4]);
+  ResnetConfig c; c.depth=depth; c.cifar_stem=cifar; c.zero_init_residual=true;
+  auto m = Model::resnet(p, c);
+  Tensor x = empty_tensor(p, {N,3,S,S}); for (int64_t i=0;i<x.numel();++i) x.f32()[i]=normal01(1,i);
+  Tensor g = empty_tensor(p, {N,m->feature_dim()}); for (int64_t i=0;i<g.numel();++i) g.f32()[i]=normal01(2,i);
+  OptimizerOptions o; o.lr=0.01f; o.weight_decay=1e-4f;
+  for (int it=0; it<2; ++it){ if(it==1) p.m.clear(); auto t0=clk::now(); m->zero_grad(); m->forward(x,true); m->backward(g,false); m->optimizer_step(o);
+    printf("step %.2f s\n", std::chrono::duration<double>(clk::now()-t0).count()); }
+  std::vector<std::pair<double,std::string>> v; for(auto& kv: p.m) v.push_back({kv.second,kv.first});
+  std::sort(v.rbegin(), v.rend()); for (size_t i=0;i<v.size() && i<40;++i) printf("%8.3f s  %s\n", v[i].first, v[i].second.c_str());
+}
