@@ -175,6 +175,7 @@ TEST("cuda: conv2d forward, backward data, backward weight (accumulates)") {
       {2, 9, 11, 5, 7, 3, 3, 1, 1},   // 3x3 same
       {3, 13, 10, 3, 6, 7, 7, 2, 3},  // stem-like 7x7 stride 2
       {2, 9, 8, 6, 5, 1, 1, 2, 0},    // 1x1 stride-2 downsample
+      {3, 7, 9, 13, 11, 1, 1, 1, 0},  // 1x1 stride 1: the plain-GEMM path
       {2, 8, 7, 4, 9, 3, 3, 2, 1},    // 3x3 stride 2
       {4, 31, 33, 3, 5, 3, 3, 1, 1},  // long reduction for the weight gradient (split-K)
   };
