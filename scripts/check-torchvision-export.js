@@ -1,7 +1,9 @@
 #!/usr/bin/env node
-// check-torchvision-export.js: end-to-end check of the export contract: a backbone saved by
-// Model.save() loads into torchvision.models.resnetXX() with strict=False (only fc.* missing, nothing
-// unexpected), and torchvision's eval-mode features for the same input equal ours. Needs the built
+// check-torchvision-export.js: end-to-end check of the checkpoint contract both ways. (1) A backbone
+// saved by mveb loads into torchvision.models.resnetXX() with strict=False (only fc.* missing,
+// nothing unexpected), and torchvision's eval-mode features for the same input equal ours. (2) A
+// torchvision resnetXX state dict (with fc, I64 num_batches_tracked, trained BN statistics) written
+// as safetensors loads into ours with strict=true and gives torchvision's eval features. Needs the built
 // addon (MVEB_ADDON_PATH or build/Release) and PyTorch + torchvision for /usr/bin/python3.
 //   node scripts/check-torchvision-export.js [depth=50]
 'use strict';
@@ -49,7 +51,6 @@ print(json.dumps({'missing': r.missing_keys, 'unexpected': r.unexpected_keys, 'r
 assert err < 1e-4, err
 `;
   const r = spawnSync('/usr/bin/python3', ['-c', py, weights, path.join(dir, 'io.safetensors')], { encoding: 'utf8' });
-  fs.rmSync(dir, { recursive: true, force: true });
   process.stdout.write(r.stdout);
   if (r.status !== 0) {
     process.stderr.write(r.stderr);
@@ -57,4 +58,56 @@ assert err < 1e-4, err
     process.exit(1);
   }
   console.log(`ok: resnet${depth} saved by mveb loads into torchvision.models.resnet${depth}() (strict=False: only fc missing) and gives the same eval features`);
+
+  // (2) torchvision -> mveb
+  const py2 = `
+import json, struct, sys, torch, torchvision
+torch.manual_seed(0)
+net = getattr(torchvision.models, 'resnet${depth}')()
+net.train()
+with torch.no_grad():
+    for _ in range(3): net(torch.randn(4, 3, 64, 64))  # non-default running statistics
+net.eval()
+x = torch.randn(2, 3, 64, 64)
+sd = dict(net.state_dict())  # with fc.*
+net.fc = torch.nn.Identity()
+with torch.no_grad(): f = net(x)
+def write(path, tensors):
+    header, blobs, off = {}, [], 0
+    for k, t in tensors.items():
+        t = t.contiguous(); b = t.numpy().tobytes()
+        header[k] = {'dtype': {torch.float32: 'F32', torch.int64: 'I64'}[t.dtype], 'shape': list(t.shape), 'data_offsets': [off, off + len(b)]}
+        blobs.append(b); off += len(b)
+    h = json.dumps(header).encode(); h += b' ' * ((8 - len(h) % 8) % 8)
+    open(path, 'wb').write(struct.pack('<Q', len(h)) + h + b''.join(blobs))
+write(sys.argv[1], sd)
+write(sys.argv[2], {'input': x, 'features': f})
+`;
+  const tvWeights = path.join(dir, 'torchvision.safetensors');
+  const tvIo = path.join(dir, 'tv-io.safetensors');
+  const r2 = spawnSync('/usr/bin/python3', ['-c', py2, tvWeights, tvIo], { encoding: 'utf8' });
+  if (r2.status !== 0) {
+    process.stderr.write(r2.stderr);
+    process.exit(1);
+  }
+  const ours = addon.modelResnet({ depth, stem: 'imagenet', inChannels: 3, seed: 9, device: 'cpu' });
+  const tv = await addon.safetensorsDecode(fs.readFileSync(tvWeights), 'cpu');
+  addon.modelLoadStateDict(ours, tv.names, tv.tensors, true);
+  const io = await addon.safetensorsDecode(fs.readFileSync(tvIo), 'cpu');
+  const mine = addon.tensorReadSync(await addon.modelForward(ours, io.tensors[0], false));
+  const ref = addon.tensorReadSync(io.tensors[1]);
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < ref.length; i++) {
+    num += (mine[i] - ref[i]) ** 2;
+    den += ref[i] ** 2;
+  }
+  const err = Math.sqrt(num / den);
+  fs.rmSync(dir, { recursive: true, force: true });
+  console.log(JSON.stringify({ torchvision_entries: tv.names.length, rel_error: err }));
+  if (!(err < 1e-4)) {
+    console.error(`FAIL: torchvision resnet${depth} weights give different features in mveb (${err})`);
+    process.exit(1);
+  }
+  console.log(`ok: a torchvision resnet${depth} state dict (with fc, I64 counters) loads into mveb with strict=true and gives torchvision's eval features`);
 })();
