@@ -5,7 +5,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { CommanderError } from 'commander';
-import { buildProgram } from '../lib/cli';
+import { buildProgram, DEFAULTS } from '../lib/cli';
 import { resolveDevice } from '../lib/train/device';
 import { backends } from '../lib/doctor';
 
@@ -41,8 +41,8 @@ describe('cli: help and validation', () => {
     for (const c of ['pretrain', 'eval', 'export', 'doctor']) expect(top.out).toContain(c);
     const p = await cli('pretrain', '--help');
     expect(p.out).toContain('--epochs <n>');
-    expect(p.out).toContain('(default: 5)');
-    expect(p.out).toContain('(default: 256)');
+    expect(p.out).toContain('(default: 4)');
+    expect(p.out).toContain('(default: 64)');
     expect(p.out).toContain('(default: "auto")');
     expect(p.out).toContain('--resume');
     const k = await cli('eval', 'knn', '--help');
@@ -80,6 +80,12 @@ describe('cli: help and validation', () => {
     expect(r.exit).toBe(1);
     expect(r.err).toContain('[E_CHECKPOINT]');
     expect(JSON.parse(r.out.trim().split('\n').pop()!).error.code).toBe('E_CHECKPOINT');
+  });
+
+  test('the CLI defaults are the library defaults', () => {
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    const { PRETRAIN_DEFAULTS } = require('../lib/train/pretrain');
+    for (const [k, v] of Object.entries(DEFAULTS)) expect([k, PRETRAIN_DEFAULTS[k]]).toEqual([k, v]);
   });
 
   test('--device auto says which device and why', () => {
