@@ -143,17 +143,21 @@ export class Model {
   }
 
   /** x: [N, C, H, W] (resnet) or [N, inDim] (projector). train (default true) uses batch statistics
-   * and updates the running ones. Saves what backward needs. */
-  async forward(x: Tensor, opts: { train?: boolean } = {}): Promise<Tensor> {
+   * and updates the running ones, and saves what backward needs. A ResNet forward with
+   * { train: false } (inference) or { train: true, saveForBackward: false } (e.g. the EMA target)
+   * keeps no activations: it needs a few activations' worth of memory and allows no backward. */
+  async forward(x: Tensor, opts: { train?: boolean; saveForBackward?: boolean } = {}): Promise<Tensor> {
     check(x instanceof Tensor, 'E_ARG', 'forward: x must be a Tensor');
     const train = opts.train ?? true;
     check(typeof train === 'boolean', 'E_ARG', 'forward: train must be a boolean');
+    const save = opts.saveForBackward ?? true;
+    check(typeof save === 'boolean', 'E_ARG', 'forward: saveForBackward must be a boolean');
     const want = this.kind === 'resnet' ? `[N, ${this.inChannels}, H, W]` : `[N, ${this.inChannels}]`;
     const rank = this.kind === 'resnet' ? 4 : 2;
     check(x.shape.length === rank && x.shape[1] === this.inChannels, 'E_SHAPE', () => `forward: expected input shape ${want}, found [${x.shape.join(', ')}]`);
     check(x.dtype === 'float32', 'E_DTYPE', () => `forward: expected a float32 input, found ${x.dtype}`);
     check(x.device === this.device, 'E_DEVICE', () => `forward: the input is on ${x.device}, the model on ${this.device}`);
-    return Tensor._wrap(await native.modelForward(this.h(), x._handle(), train));
+    return Tensor._wrap(await native.modelForward(this.h(), x._handle(), train, save));
   }
 
   /** gradOut: [N, featureDim] for the last forward. Accumulates parameter gradients; returns the

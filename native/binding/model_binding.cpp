@@ -152,15 +152,16 @@ Napi::Value model_dispose(const Napi::CallbackInfo& info) {
   });
 }
 
-// modelForward(h, x, train) -> Promise<TensorHandle>
+// modelForward(h, x, train, saveForBackward = true) -> Promise<TensorHandle>
 Napi::Value model_forward(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&]() -> Napi::Value {
     BoxPtr box = unwrap_box(env, info[0]);
     mveb::Tensor x = unwrap_tensor(env, info[1], "forward input");
     const bool train = info[2].ToBoolean().Value();
+    const bool save = info[3].IsUndefined() ? true : info[3].ToBoolean().Value();
     return run_async<mveb::Tensor>(
-        env, [box, x, train]() { Locked m(box); return m->forward(x, train); },
+        env, [box, x, train, save]() { Locked m(box); return m->forward(x, train, save); },
         [](Napi::Env e, mveb::Tensor& t) -> Napi::Value { return wrap_tensor(e, t); });
   });
 }

@@ -407,7 +407,7 @@ void Model::plan_into(const Shape& shape, Planner& p) {
 // ---------------------------------------------------------------------------------------------
 // forward
 
-Tensor Model::forward(const Tensor& x, bool train) {
+Tensor Model::forward(const Tensor& x, bool train, bool save_for_backward) {
   check_float(x, "forward input");
   MVEB_CHECK(x.storage->backend == backend_, "E_DEVICE", "forward input is on ", device_name(x.device()),
              ", the model on ", device_name(backend_->device()));
@@ -418,7 +418,7 @@ Tensor Model::forward(const Tensor& x, bool train) {
     MVEB_CHECK(x.shape.size() == 2 && x.shape[1] == in_channels_ && x.shape[0] >= 1, "E_SHAPE",
                "forward input: expected shape [N, ", in_channels_, "], found ", shape_string(x.shape));
   }
-  plan(x.shape, !train);
+  plan(x.shape, !train || !save_for_backward);
   Impl& I = *impl_;
   Backend& be = *backend_;
   float* A = act_arena_.f32();
@@ -488,8 +488,8 @@ Tensor Model::forward(const Tensor& x, bool train) {
 Tensor Model::backward(const Tensor& grad_out, bool input_grad) {
   MVEB_CHECK(forward_done_, "E_ARG", "backward needs a preceding forward on this model");
   MVEB_CHECK(!planned_inference_, "E_ARG",
-             "backward after forward(x, { train: false }): an eval-mode ResNet forward keeps no activations; "
-             "run forward with { train: true } to train");
+             "backward after a ResNet forward that kept no activations (train: false, or saveForBackward: "
+             "false); run forward with { train: true } to train");
   check_float(grad_out, "backward gradOut");
   MVEB_CHECK(grad_out.storage->backend == backend_, "E_DEVICE", "backward gradOut is on ",
              device_name(grad_out.device()), ", the model on ", device_name(backend_->device()));

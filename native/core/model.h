@@ -76,7 +76,10 @@ class Model {
   size_t parameter_count() const { return param_count_; }
 
   // x: [N, C, H, W] (resnet) or [N, inDim] (projector), float32 on this backend. Returns [N, featureDim].
-  Tensor forward(const Tensor& x, bool train);
+  // train: BN uses (and updates) batch statistics. save_for_backward (ResNet; ignored when !train,
+  // where nothing is saved): false runs a train-mode forward in the small inference layout, for a
+  // network that is never backpropagated (the EMA target).
+  Tensor forward(const Tensor& x, bool train, bool save_for_backward = true);
   // gradOut: [N, featureDim]. Returns the input gradient (undefined when input_grad is false);
   // accumulates parameter gradients. Needs a preceding forward.
   Tensor backward(const Tensor& grad_out, bool input_grad = true);

@@ -438,6 +438,15 @@ TEST("model: backward accumulates parameter gradients; bad inputs give E_SHAPE/E
   EXPECT_TRUE(fe2.shape == Shape({3, m->feature_dim()}));
   Tensor fe3 = m->forward(x, false);
   EXPECT_REL(mtest::rel_error(fe3.f32(), fe.f32(), fe.numel()), 0.0, "eval forward is repeatable across re-plans");
+  // train-mode forward without saved activations (EMA target): same features and running stats
+  auto twin = m->clone();
+  Tensor ft_saved = m->forward(x, true);
+  Tensor ft_light = twin->forward(x, true, false);
+  EXPECT_REL(mtest::rel_error(ft_light.f32(), ft_saved.f32(), ft_saved.numel()), 0.0, "saveForBackward=false features");
+  const size_t nb = m->buffer_entries().back().offset + m->buffer_entries().back().numel;
+  EXPECT_REL(mtest::rel_error(twin->buffer_arena(), m->buffer_arena(), nb), 0.0, "saveForBackward=false running stats");
+  EXPECT_TRUE(twin->activation_bytes() * 3 < train_bytes);
+  EXPECT_THROWS_CODE(twin->backward(g), "E_ARG");
 }
 
 TEST("model: three SGD and three LARS training steps vs torch.optim.SGD and the official LARS") {
