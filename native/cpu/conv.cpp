@@ -5,9 +5,13 @@
 // workspace and runs a single-threaded GEMM on it, so the patch matrix is never written to memory
 // in full:
 //   forward          y[rows, K]      = col[rows, RSC] * w[K, RSC]^T
-//   backward weight  dw[K, RSC]     += dy[rows, K]^T * col[rows, RSC]  (per-thread partial dw, summed;
-//                                      ACCUMULATES into dw as backend.h says)
-//   backward data    dcol[rows, RSC] = dy[rows, K] * w[K, RSC], scattered (col2im) into the thread's
+//   backward weight  dw^T[RSC, K]   += col[rows, RSC]^T * dy[rows, K] on the micro-kernel, the
+//                                      patches gathered straight into packed panels (per-thread
+//                                      partials, transposed and summed; ACCUMULATES into dw as
+//                                      backend.h says)
+//   backward data    stride 1 (square filter, pad < R): the forward convolution of dy with the
+//                    flipped, channel-transposed filter (pad R - 1 - pad). Otherwise
+//                    dcol[rows, RSC] = dy[rows, K] * w[K, RSC], scattered (col2im) into the thread's
 //                    own images of dx (one image per task, so no two threads write the same pixel)
 // With too few rows (or fewer images than threads) the GEMM itself is threaded instead, over one
 // bounded workspace (kWorkspaceFloats, 16 MB).
@@ -32,6 +36,7 @@ namespace mveb {
 namespace {
 constexpr int64_t kWorkspaceFloats = int64_t(4) << 20;
 constexpr int64_t kChunkFloats = int64_t(192) << 10;  // 768 KB of patches per thread
+constexpr int64_t kWeightDepth = 256;                 // patch rows per backward-weight task (GEMM depth)
 
 void check_conv(const char* op, const ConvShape& s) {
   check_nonnegative(op, "N", s.N);
@@ -144,6 +149,83 @@ void col2im_scatter(float* dx_img, const float* dcol, const ConvShape& s, int p0
       }
     }
 }
+
+// The patch rows [row0, row0 + kc) packed as the A operand of dw^T = col^T * dy: col^T [RSC, kc] in
+// MR-tall panels, element (i, k) = col[row0 + k, i] at Ap[(i / MR) * kc * MR + k * MR + i % MR]; the
+// rows i in [RSC, m_panels * MR) are zeros. Runs on the calling thread.
+template <int MR>
+void im2col_packed_t(float* Ap, const float* x, const ConvShape& s, int64_t row0, int kc, int m_panels) {
+  const int P = s.P(), Q = s.Q(), C = s.C;
+  const int rsc = s.R * s.S * C;
+  const int64_t panel = static_cast<int64_t>(kc) * MR;
+  // Writes len values (src, or zeros when src is null) at patch offsets [off, off + len) of row k:
+  // whole MR pieces are fixed-size copies.
+  auto emit = [&](int k, int off, const float* src, int len) {
+    float* const row = Ap + static_cast<int64_t>(k) * MR;
+    while (len > 0) {
+      const int pi = off / MR, i = off - pi * MR;
+      float* d = row + pi * panel + i;
+      if (i == 0 && len >= MR) {
+        if (src) {
+          std::memcpy(d, src, sizeof(float) * MR);
+          src += MR;
+        } else {
+          std::memset(d, 0, sizeof(float) * MR);
+        }
+        off += MR;
+        len -= MR;
+        continue;
+      }
+      const int n = std::min(len, MR - i);
+      if (src) {
+        for (int j = 0; j < n; ++j) d[j] = src[j];
+        src += n;
+      } else {
+        for (int j = 0; j < n; ++j) d[j] = 0.f;
+      }
+      off += n;
+      len -= n;
+    }
+  };
+  const int row_floats = s.S * C;
+  for (int k = 0; k < kc; ++k) {
+    const int64_t row = row0 + k;
+    const int q = static_cast<int>(row % Q), p = static_cast<int>((row / Q) % P);
+    const int64_t n = row / (static_cast<int64_t>(P) * Q);
+    const int w0 = q * s.stride - s.pad;
+    const int s_lo = std::max(0, -w0), s_hi = std::min(s.S, s.W - w0);
+    for (int r = 0; r < s.R; ++r) {
+      const int h = p * s.stride - s.pad + r;
+      const int base = r * row_floats;
+      if (h < 0 || h >= s.H || s_lo >= s_hi) {
+        emit(k, base, nullptr, row_floats);
+        continue;
+      }
+      if (s_lo > 0) emit(k, base, nullptr, s_lo * C);
+      emit(k, base + s_lo * C, x + ((n * s.H + h) * s.W + w0 + s_lo) * C, (s_hi - s_lo) * C);
+      if (s_hi < s.S) emit(k, base + s_hi * C, nullptr, (s.S - s_hi) * C);
+    }
+    emit(k, rsc, nullptr, m_panels * MR - rsc);
+  }
+}
+
+// wf[c, r, s, k] = w[k, R-1-r, S-1-s, c] (the flipped, channel-transposed filter), in 16 x 16 tiles.
+void flip_filter(ThreadPool& pool, float* wf, const float* w, const ConvShape& s) {
+  const int RS = s.R * s.S, C = s.C, K = s.K;
+  pool.parallel_for(RS, 1, [&](int64_t b, int64_t e, int) {
+    for (int64_t tap = b; tap < e; ++tap) {
+      const int64_t flipped = RS - 1 - tap;  // (R-1-r) * S + (S-1-s) for tap = r * S + s
+      for (int c0 = 0; c0 < C; c0 += 16)
+        for (int k0 = 0; k0 < K; k0 += 16) {
+          const int c1 = std::min(C, c0 + 16), k1 = std::min(K, k0 + 16);
+          for (int c = c0; c < c1; ++c) {
+            float* d = wf + (c * static_cast<int64_t>(RS) + tap) * K;
+            for (int k = k0; k < k1; ++k) d[k] = w[(k * static_cast<int64_t>(RS) + flipped) * C + c];
+          }
+        }
+    }
+  });
+}
 }  // namespace
 
 void CpuBackend::conv2d_forward(float* y, const float* x, const float* w, const ConvShape& s) {
@@ -190,6 +272,17 @@ void CpuBackend::conv2d_backward_data(float* dx, const float* dy, const float* w
     gemm(false, false, static_cast<int>(s.N * pq), s.C, s.K, 1.f, dy, s.K, w, s.C, 0.f, dx, s.C);
     return;
   }
+  if (s.stride == 1 && s.R == s.S && s.pad <= s.R - 1) {
+    // Stride 1: dx is the forward convolution of dy (zero-padded by R - 1 - pad) with the filter
+    // flipped in space and transposed in channels, w'[c, r, s, k] = w[k, R-1-r, S-1-s, c]: an
+    // im2col + deep GEMM with no scatter.
+    ScratchBuffer wt(static_cast<size_t>(rsc) * s.K);
+    float* wf = wt.get();
+    flip_filter(pool(), wf, w, s);
+    ConvShape t{s.N, P, Q, s.K, s.C, s.R, s.S, 1, s.R - 1 - s.pad};
+    conv2d_forward(dx, dy, wf, t);
+    return;
+  }
   const int T = pool().size();
   const int64_t image = static_cast<int64_t>(s.H) * s.W * s.C;
   if (s.N >= T) {
@@ -233,30 +326,67 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
     return;
   }
   const int T = pool().size();
-  const int64_t nw = static_cast<int64_t>(s.K) * rsc;
-  const int64_t chunk = balanced_chunk(rows, std::max<int64_t>(16, kChunkFloats / rsc), T);
+  const int64_t chunk = balanced_chunk(rows, kWeightDepth, T);
   if (chunk > 0) {
-    // Each thread accumulates its chunks into its own dw, then the partials are added to dw.
+    // dw^T[RSC, K] = col^T[RSC, rows] * dy[rows, K] on the micro-kernel directly: each task packs its
+    // chunk of patch rows straight into the A panels (no col matrix, no second packing copy) and its
+    // dy rows into the B panels, and accumulates into its thread's zero-padded dw^T (full tiles
+    // only); the partials are transposed and added to dw at the end.
     const gemm_detail::KernelInfo kern = gemm_detail::kernel_for(isa());
-    std::vector<std::unique_ptr<ScratchBuffer>> workspace(static_cast<size_t>(T)), partial(static_cast<size_t>(T));
+    const int MR = kern.mr, NR = kern.nr;
+    const int m_panels = (rsc + MR - 1) / MR, n_panels = (s.K + NR - 1) / NR;
+    const int64_t ldc = static_cast<int64_t>(n_panels) * NR;
+    const int64_t part_floats = static_cast<int64_t>(m_panels) * MR * ldc;
+    std::vector<std::unique_ptr<ScratchBuffer>> apack(static_cast<size_t>(T)), bpack(static_cast<size_t>(T)),
+        partial(static_cast<size_t>(T));
     pool().parallel_tasks((rows + chunk - 1) / chunk, [&](int64_t task, int t) {
-      auto& col = workspace[static_cast<size_t>(t)];
       auto& acc = partial[static_cast<size_t>(t)];
       const bool first = !acc;
       if (first) {
-        col.reset(new ScratchBuffer(static_cast<size_t>(chunk * rsc)));
-        acc.reset(new ScratchBuffer(static_cast<size_t>(nw)));
+        apack[static_cast<size_t>(t)].reset(new ScratchBuffer(static_cast<size_t>(chunk) * m_panels * MR));
+        bpack[static_cast<size_t>(t)].reset(new ScratchBuffer(static_cast<size_t>(chunk) * ldc));
+        acc.reset(new ScratchBuffer(static_cast<size_t>(part_floats)));
       }
-      const int64_t r0 = task * chunk, r1 = std::min(rows, r0 + chunk);
-      im2col(pool(), col->get(), x, s, r0, r1);
-      gemm_detail::gemm_run(pool(), kern, true, false, s.K, rsc, static_cast<int>(r1 - r0), 1.f, dy + r0 * s.K, s.K,
-                            col->get(), rsc, first ? 0.f : 1.f, acc->get(), rsc);
+      const int64_t r0 = task * chunk;
+      const int kc = static_cast<int>(std::min(rows, r0 + chunk) - r0);
+      float* Ap = apack[static_cast<size_t>(t)]->get();
+      float* Bp = bpack[static_cast<size_t>(t)]->get();
+      switch (MR) {  // the micro-kernels' panel heights, as compile-time constants
+        case 14: im2col_packed_t<14>(Ap, x, s, r0, kc, m_panels); break;
+        case 6: im2col_packed_t<6>(Ap, x, s, r0, kc, m_panels); break;
+        case 4: im2col_packed_t<4>(Ap, x, s, r0, kc, m_panels); break;
+        default: MVEB_CHECK(false, "E_INTERNAL", "conv2d_backward_weight: no packing for panel height ", MR);
+      }
+      for (int jp = 0; jp < n_panels; ++jp) {
+        const int j0 = jp * NR, cols = std::min(NR, s.K - j0);
+        float* d = Bp + static_cast<int64_t>(jp) * kc * NR;
+        for (int k = 0; k < kc; ++k) {
+          const float* src = dy + (r0 + k) * s.K + j0;
+          float* dk = d + static_cast<int64_t>(k) * NR;
+          int j = 0;
+          for (; j < cols; ++j) dk[j] = src[j];
+          for (; j < NR; ++j) dk[j] = 0.f;
+        }
+      }
+      float* c = acc->get();
+      const float beta = first ? 0.f : 1.f;
+      for (int ip = 0; ip < m_panels; ++ip)
+        for (int jp = 0; jp < n_panels; ++jp)
+          kern.fn(kc, Ap + static_cast<int64_t>(ip) * kc * MR, Bp + static_cast<int64_t>(jp) * kc * NR,
+                  c + static_cast<int64_t>(ip) * MR * ldc + static_cast<int64_t>(jp) * NR, static_cast<long>(ldc), beta);
     });
-    pool().parallel_for(nw, 1 << 14, [&](int64_t b, int64_t e, int) {
-      for (const auto& acc : partial) {
-        if (!acc) continue;
-        const float* a = acc->get();
-        for (int64_t i = b; i < e; ++i) dw[i] += a[i];
+    // dw[k, i] += sum over threads of partial[i, k], in blocks of 16 patch entries.
+    pool().parallel_for((rsc + 15) / 16, 1, [&](int64_t b, int64_t e, int) {
+      for (int64_t blk = b; blk < e; ++blk) {
+        const int i0 = static_cast<int>(blk * 16), i1 = std::min(rsc, i0 + 16);
+        for (int k = 0; k < s.K; ++k) {
+          float* d = dw + static_cast<int64_t>(k) * rsc;
+          for (const auto& acc : partial) {
+            if (!acc) continue;
+            const float* a = acc->get() + k;
+            for (int i = i0; i < i1; ++i) d[i] += a[i * ldc];
+          }
+        }
       }
     });
     return;
