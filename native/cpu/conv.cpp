@@ -209,57 +209,79 @@ void im2col_packed_t(float* Ap, const float* x, const ConvShape& s, int64_t row0
   }
 }
 
-// wf[c, r, s, k] = w[k, R-1-r, S-1-s, c] (the flipped, channel-transposed filter), in 16 x 16 tiles.
+// The flipped filter as a row-major [RSC, C] GEMM operand: row (tap, k) = w[k, flipped tap, :] with
+// flipped tap (R-1-r, S-1-s) for tap (r, s); one contiguous copy of C floats per row.
 void flip_filter(ThreadPool& pool, float* wf, const float* w, const ConvShape& s) {
   const int RS = s.R * s.S, C = s.C, K = s.K;
-  pool.parallel_for(RS, 1, [&](int64_t b, int64_t e, int) {
-    for (int64_t tap = b; tap < e; ++tap) {
-      const int64_t flipped = RS - 1 - tap;  // (R-1-r) * S + (S-1-s) for tap = r * S + s
-      for (int c0 = 0; c0 < C; c0 += 16)
-        for (int k0 = 0; k0 < K; k0 += 16) {
-          const int c1 = std::min(C, c0 + 16), k1 = std::min(K, k0 + 16);
-          for (int c = c0; c < c1; ++c) {
-            float* d = wf + (c * static_cast<int64_t>(RS) + tap) * K;
-            for (int k = k0; k < k1; ++k) d[k] = w[(k * static_cast<int64_t>(RS) + flipped) * C + c];
-          }
-        }
+  pool.parallel_for(static_cast<int64_t>(RS) * K, 16, [&](int64_t b, int64_t e, int) {
+    for (int64_t row = b; row < e; ++row) {
+      const int64_t tap = row / K, k = row % K;
+      std::memcpy(wf + row * C, w + (k * RS + (RS - 1 - tap)) * C, sizeof(float) * static_cast<size_t>(C));
     }
   });
 }
 }  // namespace
 
-void CpuBackend::conv2d_forward(float* y, const float* x, const float* w, const ConvShape& s) {
-  check_conv("conv2d_forward", s);
+namespace {
+// y = conv(x, filter). flipped = false: the filter is w in KRSC (the forward pass). flipped = true:
+// backward data's filter, op(B)[(tap, k), c] = w[c, RS - 1 - tap, k] of the original KRSC w (here
+// s.C is the original K and s.K the original C), packed straight from w or materialised by
+// flip_filter for the plain-GEMM paths.
+void conv_forward_impl(CpuBackend& be, float* y, const float* x, const float* w, bool flipped, const ConvShape& s) {
   const int64_t rows = static_cast<int64_t>(s.N) * s.P() * s.Q();
   const int rsc = s.R * s.S * s.C;
   if (rows == 0) return;
-  if (is_pointwise(s)) {
-    gemm(false, true, static_cast<int>(rows), s.K, s.C, 1.f, x, s.C, w, s.C, 0.f, y, s.K);
-    return;
-  }
-  const gemm_detail::KernelInfo kern = gemm_detail::kernel_for(isa());
-  const int T = pool().size();
-  const int64_t chunk = balanced_chunk(rows, std::max<int64_t>(16, kChunkFloats / rsc), T);
+  ThreadPool& pool = be.pool();
+  const gemm_detail::KernelInfo kern = gemm_detail::kernel_for(be.isa());
+  const int T = pool.size();
+  const int64_t chunk = is_pointwise(s) ? 0 : balanced_chunk(rows, std::max<int64_t>(16, kChunkFloats / rsc), T);
   if (chunk > 0) {
-    const gemm_detail::PackedB wt(pool(), kern, true, s.K, rsc, w, rsc);
+    const int RS = s.R * s.S;
+    const gemm_detail::PackedB wt =
+        flipped ? gemm_detail::PackedB(pool, kern, s.K, rsc,
+                                       [&](int k) {
+                                         const int tap = k / s.C, ko = k % s.C;
+                                         return w + (static_cast<int64_t>(ko) * RS + (RS - 1 - tap)) * s.K;
+                                       })
+                : gemm_detail::PackedB(pool, kern, true, s.K, rsc, w, rsc);
     std::vector<std::unique_ptr<ScratchBuffer>> workspace(static_cast<size_t>(T));
-    pool().parallel_tasks((rows + chunk - 1) / chunk, [&](int64_t task, int t) {
+    pool.parallel_tasks((rows + chunk - 1) / chunk, [&](int64_t task, int t) {
       auto& col = workspace[static_cast<size_t>(t)];
       if (!col) col.reset(new ScratchBuffer(static_cast<size_t>(chunk * rsc)));
       const int64_t r0 = task * chunk, r1 = std::min(rows, r0 + chunk);
-      im2col(pool(), col->get(), x, s, r0, r1);
-      gemm_detail::gemm_run(pool(), kern, false, true, static_cast<int>(r1 - r0), s.K, rsc, 1.f, col->get(), rsc,
+      im2col(pool, col->get(), x, s, r0, r1);
+      gemm_detail::gemm_run(pool, kern, false, true, static_cast<int>(r1 - r0), s.K, rsc, 1.f, col->get(), rsc,
                             nullptr, 0, 0.f, y + r0 * s.K, s.K, &wt);
     });
+    return;
+  }
+  // Plain GEMMs: op(B) = w^T, or the flipped filter materialised as a row-major [RSC, K] matrix.
+  std::unique_ptr<ScratchBuffer> wf;
+  if (flipped) {
+    wf.reset(new ScratchBuffer(static_cast<size_t>(rsc) * s.K));
+    const ConvShape orig{s.N, s.P(), s.Q(), s.K, s.C, s.R, s.S, 1, s.R - 1 - s.pad};
+    flip_filter(pool, wf->get(), w, orig);
+  }
+  const float* B = flipped ? wf->get() : w;
+  const bool transB = !flipped;
+  const int ldb = transB ? rsc : s.K;
+  if (is_pointwise(s)) {
+    be.gemm(false, transB, static_cast<int>(rows), s.K, s.C, 1.f, x, s.C, B, ldb, 0.f, y, s.K);
     return;
   }
   const int64_t big = std::max<int64_t>(1, std::min<int64_t>(rows, kWorkspaceFloats / rsc));
   ScratchBuffer col(static_cast<size_t>(big * rsc));
   for (int64_t r0 = 0; r0 < rows; r0 += big) {
     const int64_t r1 = std::min(rows, r0 + big);
-    im2col(pool(), col.get(), x, s, r0, r1);
-    gemm(false, true, static_cast<int>(r1 - r0), s.K, rsc, 1.f, col.get(), rsc, w, rsc, 0.f, y + r0 * s.K, s.K);
+    im2col(pool, col.get(), x, s, r0, r1);
+    be.gemm(false, transB, static_cast<int>(r1 - r0), s.K, rsc, 1.f, col.get(), rsc, B, ldb, 0.f, y + r0 * s.K, s.K);
   }
+}
+}  // namespace
+
+void CpuBackend::conv2d_forward(float* y, const float* x, const float* w, const ConvShape& s) {
+  check_conv("conv2d_forward", s);
+  conv_forward_impl(*this, y, x, w, false, s);
 }
 
 void CpuBackend::conv2d_backward_data(float* dx, const float* dy, const float* w, const ConvShape& s) {
@@ -276,11 +298,8 @@ void CpuBackend::conv2d_backward_data(float* dx, const float* dy, const float* w
     // Stride 1: dx is the forward convolution of dy (zero-padded by R - 1 - pad) with the filter
     // flipped in space and transposed in channels, w'[c, r, s, k] = w[k, R-1-r, S-1-s, c]: an
     // im2col + deep GEMM with no scatter.
-    ScratchBuffer wt(static_cast<size_t>(rsc) * s.K);
-    float* wf = wt.get();
-    flip_filter(pool(), wf, w, s);
     ConvShape t{s.N, P, Q, s.K, s.C, s.R, s.S, 1, s.R - 1 - s.pad};
-    conv2d_forward(dx, dy, wf, t);
+    conv_forward_impl(*this, dx, dy, w, true, t);
     return;
   }
   const int T = pool().size();

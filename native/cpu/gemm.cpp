@@ -126,6 +126,30 @@ KernelInfo kernel_for(Isa isa) {
 PackedB::PackedB(ThreadPool& pool, const KernelInfo& kern, bool transB, int N_, int K_, const float* B, long ldb)
     : N(N_), K(K_), KC(balanced_depth(K_, kern.kc)), NC(std::min((N_ + kern.nr - 1) / kern.nr * kern.nr, kern.nc)),
       NR(kern.nr) {
+  pack_all(pool, [&](float* dst, int pc, int kc, int j0, int cols) {
+    pack_b_panel(B, ldb, transB, pc, kc, j0, cols, NR, dst);
+  });
+}
+
+PackedB::PackedB(ThreadPool& pool, const KernelInfo& kern, int N_, int K_, const std::function<const float*(int)>& row)
+    : N(N_), K(K_), KC(balanced_depth(K_, kern.kc)), NC(std::min((N_ + kern.nr - 1) / kern.nr * kern.nr, kern.nc)),
+      NR(kern.nr) {
+  pack_all(pool, [&](float* dst, int pc, int kc, int j0, int cols) {
+    for (int k = 0; k < kc; ++k) {
+      const float* src = row(pc + k) + j0;
+      float* d = dst + static_cast<long>(k) * NR;
+      if (cols == NR) {
+        std::memcpy(d, src, sizeof(float) * static_cast<size_t>(NR));
+        continue;
+      }
+      int j = 0;
+      for (; j < cols; ++j) d[j] = src[j];
+      for (; j < NR; ++j) d[j] = 0.f;
+    }
+  });
+}
+
+void PackedB::pack_all(ThreadPool& pool, const std::function<void(float*, int, int, int, int)>& pack) {
   const long padded_n = (static_cast<long>(N) + NR - 1) / NR * NR;
   data_.reset(new ScratchBuffer(static_cast<size_t>(padded_n) * std::max(1, K)));
   // tasks: (jc block, pc block, panel)
@@ -143,7 +167,7 @@ PackedB::PackedB(ThreadPool& pool, const KernelInfo& kern, bool transB, int N_, 
       const int nc = std::min(NC, N - jc), kc = std::min(KC, K - pc), j0 = p * NR;
       if (j0 >= nc) continue;
       float* dst = const_cast<float*>(block(jc, pc)) + static_cast<long>(p) * kc * NR;
-      pack_b_panel(B, ldb, transB, pc, kc, jc + j0, std::min(NR, nc - j0), NR, dst);
+      pack(dst, pc, kc, jc + j0, std::min(NR, nc - j0));
     }
   });
 }

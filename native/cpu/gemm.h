@@ -5,6 +5,7 @@
 // Tested by test/native/test_kernels.cpp ("kernels: gemm ...") under every ISA.
 #pragma once
 #include <cstddef>
+#include <functional>
 #include <memory>
 
 #include "cpu/cpu_features.h"
@@ -44,10 +45,15 @@ KernelInfo kernel_for(Isa isa);
 class PackedB {
  public:
   PackedB(ThreadPool& pool, const KernelInfo& kernel, bool transB, int N, int K, const float* B, long ldb);
+  // op(B) given by its rows: row(k) points at the N contiguous floats of row k (any row order in
+  // memory, e.g. a convolution filter flipped in space).
+  PackedB(ThreadPool& pool, const KernelInfo& kernel, int N, int K, const std::function<const float*(int)>& row);
   const float* block(int jc, int pc) const;
   int N, K, KC, NC, NR;
 
  private:
+  // Calls pack(dst, pc, kc, col0, cols) for every panel of every block, on the pool.
+  void pack_all(ThreadPool& pool, const std::function<void(float*, int, int, int, int)>& pack);
   std::unique_ptr<ScratchBuffer> data_;
 };
 

@@ -176,6 +176,9 @@ std::vector<ConvShape> conv_cases() {
   // big enough for several cache-sized chunks per thread and several row bands per image
   v.push_back(ConvShape{3, 40, 37, 16, 9, 3, 3, 1, 1});
   v.push_back(ConvShape{2, 41, 39, 15, 7, 3, 3, 2, 1});
+  // too few rows for chunks: stride-1 backward data through the plain-GEMM path with the flipped filter
+  v.push_back(ConvShape{1, 5, 6, 3, 4, 3, 3, 1, 1});
+  v.push_back(ConvShape{1, 4, 4, 6, 5, 3, 3, 1, 2});
   return v;
 }
 std::string str(const ConvShape& s) {
