@@ -46,6 +46,9 @@ inline T __shfl_down_sync(unsigned, T v, int offset) {
   return static_cast<T>(emu::shuffle_down(static_cast<double>(v), offset));
 }
 inline float atomicAdd(float* p, float v) { return emu::atomic_add(p, v); }
+inline unsigned __umulhi(unsigned a, unsigned b) {
+  return static_cast<unsigned>((static_cast<unsigned long long>(a) * b) >> 32);
+}
 template <typename T>
 inline T min(T a, T b) { return b < a ? b : a; }
 template <typename T>
