@@ -179,6 +179,10 @@ std::vector<ConvShape> conv_cases() {
   // too few rows for chunks: stride-1 backward data through the plain-GEMM path with the flipped filter
   v.push_back(ConvShape{1, 5, 6, 3, 4, 3, 3, 1, 1});
   v.push_back(ConvShape{1, 4, 4, 6, 5, 3, 3, 1, 2});
+  // 3x3 stride 1 with >= 8 channels (Winograd F(2x2, 3x3)): odd and even outputs, pads 0, 1, 2
+  v.push_back(ConvShape{2, 13, 11, 8, 10, 3, 3, 1, 0});
+  v.push_back(ConvShape{2, 9, 10, 9, 8, 3, 3, 1, 2});
+  v.push_back(ConvShape{3, 12, 7, 33, 17, 3, 3, 1, 1});
   return v;
 }
 std::string str(const ConvShape& s) {
