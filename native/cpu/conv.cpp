@@ -7,10 +7,9 @@
 //   forward          3x3 stride 1 with C, K >= 8: Winograd F(2x2, 3x3) (winograd_f2x3: input, filter
 //                    and output transforms around 16 GEMMs per chunk of 2x2 output tiles). Otherwise
 //                    y[rows, K]      = col[rows, RSC] * w[K, RSC]^T
-//   backward weight  dw^T[RSC, K]   += col[rows, RSC]^T * dy[rows, K] on the micro-kernel, the
+//   backward weight  dw[K, RSC]     += dy[rows, K]^T * col[rows, RSC] on the micro-kernel, the
 //                                      patches gathered straight into packed panels (per-thread
-//                                      partials, transposed and summed; ACCUMULATES into dw as
-//                                      backend.h says)
+//                                      partials, summed; ACCUMULATES into dw as backend.h says)
 //   backward data    stride 1 (square filter, pad < R): the forward convolution of dy with the
 //                    flipped, channel-transposed filter (pad R - 1 - pad). Otherwise
 //                    dcol[rows, RSC] = dy[rows, K] * w[K, RSC], scattered (col2im) into the thread's
@@ -39,7 +38,8 @@ namespace {
 constexpr int64_t kWorkspaceFloats = int64_t(4) << 20;
 constexpr int64_t kChunkFloats = int64_t(192) << 10;  // 768 KB of patches per thread
 constexpr int kWinogradMinChannels = 8;            // 3x3 stride 1 with C, K >= this: Winograd
-constexpr int64_t kWeightDepth = 256;                 // patch rows per backward-weight task (GEMM depth)
+constexpr int64_t kWeightDepth = 256;
+constexpr int kWeightNarrowK = 128;                  // backward weight: dy^T * col up to this K, else col^T * dy                 // patch rows per backward-weight task (GEMM depth)
 
 void check_conv(const char* op, const ConvShape& s) {
   check_nonnegative(op, "N", s.N);
@@ -153,11 +153,12 @@ void col2im_scatter(float* dx_img, const float* dcol, const ConvShape& s, int p0
     }
 }
 
-// The patch rows [row0, row0 + kc) packed as the A operand of dw^T = col^T * dy: col^T [RSC, kc] in
-// MR-tall panels, element (i, k) = col[row0 + k, i] at Ap[(i / MR) * kc * MR + k * MR + i % MR]; the
-// rows i in [RSC, m_panels * MR) are zeros. Runs on the calling thread.
+// The patch rows [row0, row0 + kc) packed as the B operand of dw = dy^T * col: col [kc, RSC] in
+// MR-wide panels (MR = the micro-kernel's NR), element (k, i) = col[row0 + k, i] at
+// Bp[(i / MR) * kc * MR + k * MR + i % MR]; the columns i in [RSC, m_panels * MR) are zeros. Runs on
+// the calling thread.
 template <int MR>
-void im2col_packed_t(float* Ap, const float* x, const ConvShape& s, int64_t row0, int kc, int m_panels) {
+void im2col_packed(float* Ap, const float* x, const ConvShape& s, int64_t row0, int kc, int m_panels) {
   const int P = s.P(), Q = s.Q(), C = s.C;
   const int rsc = s.R * s.S * C;
   const int64_t panel = static_cast<int64_t>(kc) * MR;
@@ -496,13 +497,78 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
   const int T = pool().size();
   const int64_t chunk = balanced_chunk(rows, kWeightDepth, T);
   if (chunk > 0) {
-    // dw^T[RSC, K] = col^T[RSC, rows] * dy[rows, K] on the micro-kernel directly: each task packs its
-    // chunk of patch rows straight into the A panels (no col matrix, no second packing copy) and its
-    // dy rows into the B panels, and accumulates into its thread's zero-padded dw^T (full tiles
-    // only); the partials are transposed and added to dw at the end.
+    if (s.K > kWeightNarrowK) {
+      // dw^T[RSC, K] = col^T[RSC, rows] * dy[rows, K] on the micro-kernel directly: each task packs its
+      // chunk of patch rows straight into the A panels (no col matrix, no second packing copy) and its
+      // dy rows into the B panels, and accumulates into its thread's zero-padded dw^T (full tiles
+      // only); the partials are transposed and added to dw at the end.
+      const gemm_detail::KernelInfo kern = gemm_detail::kernel_for(isa());
+      const int MR = kern.mr, NR = kern.nr;
+      const int m_panels = (rsc + MR - 1) / MR, n_panels = (s.K + NR - 1) / NR;
+      const int64_t ldc = static_cast<int64_t>(n_panels) * NR;
+      const int64_t part_floats = static_cast<int64_t>(m_panels) * MR * ldc;
+      std::vector<std::unique_ptr<ScratchBuffer>> apack(static_cast<size_t>(T)), bpack(static_cast<size_t>(T)),
+          partial(static_cast<size_t>(T));
+      pool().parallel_tasks((rows + chunk - 1) / chunk, [&](int64_t task, int t) {
+        auto& acc = partial[static_cast<size_t>(t)];
+        const bool first = !acc;
+        if (first) {
+          apack[static_cast<size_t>(t)].reset(new ScratchBuffer(static_cast<size_t>(chunk) * m_panels * MR));
+          bpack[static_cast<size_t>(t)].reset(new ScratchBuffer(static_cast<size_t>(chunk) * ldc));
+          acc.reset(new ScratchBuffer(static_cast<size_t>(part_floats)));
+        }
+        const int64_t r0 = task * chunk;
+        const int kc = static_cast<int>(std::min(rows, r0 + chunk) - r0);
+        float* Ap = apack[static_cast<size_t>(t)]->get();
+        float* Bp = bpack[static_cast<size_t>(t)]->get();
+        switch (MR) {  // the micro-kernels' panel heights, as compile-time constants
+          case 14: im2col_packed<14>(Ap, x, s, r0, kc, m_panels); break;
+          case 6: im2col_packed<6>(Ap, x, s, r0, kc, m_panels); break;
+          case 4: im2col_packed<4>(Ap, x, s, r0, kc, m_panels); break;
+          default: MVEB_CHECK(false, "E_INTERNAL", "conv2d_backward_weight: no packing for panel height ", MR);
+        }
+        for (int jp = 0; jp < n_panels; ++jp) {
+          const int j0 = jp * NR, cols = std::min(NR, s.K - j0);
+          float* d = Bp + static_cast<int64_t>(jp) * kc * NR;
+          for (int k = 0; k < kc; ++k) {
+            const float* src = dy + (r0 + k) * s.K + j0;
+            float* dk = d + static_cast<int64_t>(k) * NR;
+            int j = 0;
+            for (; j < cols; ++j) dk[j] = src[j];
+            for (; j < NR; ++j) dk[j] = 0.f;
+          }
+        }
+        float* c = acc->get();
+        const float beta = first ? 0.f : 1.f;
+        for (int ip = 0; ip < m_panels; ++ip)
+          for (int jp = 0; jp < n_panels; ++jp)
+            kern.fn(kc, Ap + static_cast<int64_t>(ip) * kc * MR, Bp + static_cast<int64_t>(jp) * kc * NR,
+                    c + static_cast<int64_t>(ip) * MR * ldc + static_cast<int64_t>(jp) * NR, static_cast<long>(ldc), beta);
+      });
+      // dw[k, i] += sum over threads of partial[i, k], in blocks of 16 patch entries.
+      pool().parallel_for((rsc + 15) / 16, 1, [&](int64_t b, int64_t e, int) {
+        for (int64_t blk = b; blk < e; ++blk) {
+          const int i0 = static_cast<int>(blk * 16), i1 = std::min(rsc, i0 + 16);
+          for (int k = 0; k < s.K; ++k) {
+            float* d = dw + static_cast<int64_t>(k) * rsc;
+            for (const auto& acc : partial) {
+              if (!acc) continue;
+              const float* a = acc->get() + k;
+              for (int i = i0; i < i1; ++i) d[i] += a[i * ldc];
+            }
+          }
+        }
+      });
+      return;
+    }
+    // dw[K, RSC] += dy^T[K, rows] * col[rows, RSC] on the micro-kernel directly: each task gathers its
+    // chunk of patch rows straight into the NR-wide B panels (no col matrix, no second packing copy;
+    // whole panels are plain copies when C is a multiple of NR) and its dy rows into the MR-tall A
+    // panels, and accumulates into its thread's zero-padded partial dw (full tiles only); the
+    // partials are added to dw at the end.
     const gemm_detail::KernelInfo kern = gemm_detail::kernel_for(isa());
     const int MR = kern.mr, NR = kern.nr;
-    const int m_panels = (rsc + MR - 1) / MR, n_panels = (s.K + NR - 1) / NR;
+    const int m_panels = (s.K + MR - 1) / MR, n_panels = (rsc + NR - 1) / NR;
     const int64_t ldc = static_cast<int64_t>(n_panels) * NR;
     const int64_t part_floats = static_cast<int64_t>(m_panels) * MR * ldc;
     std::vector<std::unique_ptr<ScratchBuffer>> apack(static_cast<size_t>(T)), bpack(static_cast<size_t>(T)),
@@ -519,41 +585,37 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
       const int kc = static_cast<int>(std::min(rows, r0 + chunk) - r0);
       float* Ap = apack[static_cast<size_t>(t)]->get();
       float* Bp = bpack[static_cast<size_t>(t)]->get();
-      switch (MR) {  // the micro-kernels' panel heights, as compile-time constants
-        case 14: im2col_packed_t<14>(Ap, x, s, r0, kc, m_panels); break;
-        case 6: im2col_packed_t<6>(Ap, x, s, r0, kc, m_panels); break;
-        case 4: im2col_packed_t<4>(Ap, x, s, r0, kc, m_panels); break;
-        default: MVEB_CHECK(false, "E_INTERNAL", "conv2d_backward_weight: no packing for panel height ", MR);
+      switch (NR) {  // the micro-kernels' panel widths, as compile-time constants
+        case 32: im2col_packed<32>(Bp, x, s, r0, kc, n_panels); break;
+        case 16: im2col_packed<16>(Bp, x, s, r0, kc, n_panels); break;
+        case 8: im2col_packed<8>(Bp, x, s, r0, kc, n_panels); break;
+        default: MVEB_CHECK(false, "E_INTERNAL", "conv2d_backward_weight: no packing for panel width ", NR);
       }
-      for (int jp = 0; jp < n_panels; ++jp) {
-        const int j0 = jp * NR, cols = std::min(NR, s.K - j0);
-        float* d = Bp + static_cast<int64_t>(jp) * kc * NR;
+      for (int ip = 0; ip < m_panels; ++ip) {  // A panel ip: dy^T rows (channels) [ip * MR, ip * MR + MR)
+        const int i0 = ip * MR, cnt = std::min(MR, s.K - i0);
+        float* d = Ap + static_cast<int64_t>(ip) * kc * MR;
         for (int k = 0; k < kc; ++k) {
-          const float* src = dy + (r0 + k) * s.K + j0;
-          float* dk = d + static_cast<int64_t>(k) * NR;
-          int j = 0;
-          for (; j < cols; ++j) dk[j] = src[j];
-          for (; j < NR; ++j) dk[j] = 0.f;
+          const float* src = dy + (r0 + k) * s.K + i0;
+          float* dk = d + static_cast<int64_t>(k) * MR;
+          int i = 0;
+          for (; i < cnt; ++i) dk[i] = src[i];
+          for (; i < MR; ++i) dk[i] = 0.f;
         }
       }
       float* c = acc->get();
       const float beta = first ? 0.f : 1.f;
-      for (int ip = 0; ip < m_panels; ++ip)
-        for (int jp = 0; jp < n_panels; ++jp)
+      for (int jp = 0; jp < n_panels; ++jp)  // one B panel against every A panel while it is in L1
+        for (int ip = 0; ip < m_panels; ++ip)
           kern.fn(kc, Ap + static_cast<int64_t>(ip) * kc * MR, Bp + static_cast<int64_t>(jp) * kc * NR,
                   c + static_cast<int64_t>(ip) * MR * ldc + static_cast<int64_t>(jp) * NR, static_cast<long>(ldc), beta);
     });
-    // dw[k, i] += sum over threads of partial[i, k], in blocks of 16 patch entries.
-    pool().parallel_for((rsc + 15) / 16, 1, [&](int64_t b, int64_t e, int) {
-      for (int64_t blk = b; blk < e; ++blk) {
-        const int i0 = static_cast<int>(blk * 16), i1 = std::min(rsc, i0 + 16);
-        for (int k = 0; k < s.K; ++k) {
-          float* d = dw + static_cast<int64_t>(k) * rsc;
-          for (const auto& acc : partial) {
-            if (!acc) continue;
-            const float* a = acc->get() + k;
-            for (int i = i0; i < i1; ++i) d[i] += a[i * ldc];
-          }
+    pool().parallel_for(s.K, 1, [&](int64_t b, int64_t e, int) {
+      for (int64_t k = b; k < e; ++k) {
+        float* d = dw + k * rsc;
+        for (const auto& acc : partial) {
+          if (!acc) continue;
+          const float* a = acc->get() + k * ldc;
+          for (int i = 0; i < rsc; ++i) d[i] += a[i];
         }
       }
     });

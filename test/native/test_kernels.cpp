@@ -183,6 +183,8 @@ std::vector<ConvShape> conv_cases() {
   v.push_back(ConvShape{2, 13, 11, 8, 10, 3, 3, 1, 0});
   v.push_back(ConvShape{2, 9, 10, 9, 8, 3, 3, 1, 2});
   v.push_back(ConvShape{3, 12, 7, 33, 17, 3, 3, 1, 1});
+  // K > 128: backward weight in the col^T * dy orientation
+  v.push_back(ConvShape{2, 12, 9, 5, 131, 3, 3, 1, 1});
   return v;
 }
 std::string str(const ConvShape& s) {
