@@ -37,6 +37,7 @@ namespace mveb {
 namespace {
 constexpr int64_t kWorkspaceFloats = int64_t(4) << 20;
 constexpr int64_t kChunkFloats = int64_t(192) << 10;  // 768 KB of patches per thread
+constexpr int64_t kWinogradSkew = 48;               // floats between Winograd's 16 matrices (3 cache lines)
 constexpr int kWinogradMinChannels = 8;            // 3x3 stride 1 with C, K >= this: Winograd
 constexpr int64_t kWeightDepth = 256;
 constexpr int kWeightNarrowK = 128;                  // backward weight: dy^T * col up to this K, else col^T * dy                 // patch rows per backward-weight task (GEMM depth)
@@ -283,14 +284,16 @@ void winograd_f2x3(CpuBackend& be, float* y, const float* x, const ConvShape& s,
     auto& vb = vbuf[static_cast<size_t>(t)];
     auto& mb = mbuf[static_cast<size_t>(t)];
     if (!vb) {
-      vb.reset(new ScratchBuffer(static_cast<size_t>(16 * chunk * C)));
-      mb.reset(new ScratchBuffer(static_cast<size_t>(16 * chunk * K + K)));  // + a spare output row
+      vb.reset(new ScratchBuffer(static_cast<size_t>(16 * (chunk * C + kWinogradSkew))));
+      mb.reset(new ScratchBuffer(static_cast<size_t>(16 * (chunk * K + kWinogradSkew) + K)));  // + a spare row
     }
     const int64_t t0 = task * chunk;
     const int nt = static_cast<int>(std::min(tiles, t0 + chunk) - t0);
     float* V = vb->get();
     float* M = mb->get();
-    const int64_t vst = static_cast<int64_t>(nt) * C, mst = static_cast<int64_t>(nt) * K;
+    // The 16 matrices of a chunk lie kWinogradSkew floats further apart than their size, so the 16
+    // streams of the transforms do not all map to the same L1 sets (sizes are often multiples of 4 KB).
+    const int64_t vst = static_cast<int64_t>(nt) * C + kWinogradSkew, mst = static_cast<int64_t>(nt) * K + kWinogradSkew;
     // V_e[i, c] = (B^T d B)_e for tile t0 + i.
     for (int i = 0; i < nt; ++i) {
       const int64_t tile = t0 + i;
