@@ -40,6 +40,9 @@ constexpr int64_t kChunkFloats = int64_t(192) << 10;  // 768 KB of patches per t
 constexpr int64_t kWinogradSkew = 48;               // floats between Winograd's 16 matrices (3 cache lines)
 constexpr int kWinogradMinChannels = 8;            // 3x3 stride 1 with C, K >= this: Winograd
 constexpr int64_t kWeightDepth = 256;
+// Backward weight's packed panels lie this many floats (one cache line) further apart than their
+// size, so that one patch row's pieces, one per panel, do not all fall into the same L1 sets.
+constexpr int kPanelSkew = 16;
 constexpr int kWeightNarrowK = 128;                  // backward weight: dy^T * col up to this K, else col^T * dy                 // patch rows per backward-weight task (GEMM depth)
 
 void check_conv(const char* op, const ConvShape& s) {
@@ -156,13 +159,13 @@ void col2im_scatter(float* dx_img, const float* dcol, const ConvShape& s, int p0
 
 // The patch rows [row0, row0 + kc) packed as the B operand of dw = dy^T * col: col [kc, RSC] in
 // MR-wide panels (MR = the micro-kernel's NR), element (k, i) = col[row0 + k, i] at
-// Bp[(i / MR) * kc * MR + k * MR + i % MR]; the columns i in [RSC, m_panels * MR) are zeros. Runs on
+// Bp[(i / MR) * (kc * MR + kPanelSkew) + k * MR + i % MR]; the columns i in [RSC, m_panels * MR) are zeros. Runs on
 // the calling thread.
 template <int MR>
 void im2col_packed(float* Ap, const float* x, const ConvShape& s, int64_t row0, int kc, int m_panels) {
   const int P = s.P(), Q = s.Q(), C = s.C;
   const int rsc = s.R * s.S * C;
-  const int64_t panel = static_cast<int64_t>(kc) * MR;
+  const int64_t panel = static_cast<int64_t>(kc) * MR + kPanelSkew;
   // Writes len values (src, or zeros when src is null) at patch offsets [off, off + len) of row k:
   // whole MR pieces are fixed-size copies.
   auto emit = [&](int k, int off, const float* src, int len) {
@@ -516,8 +519,8 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
         auto& acc = partial[static_cast<size_t>(t)];
         const bool first = !acc;
         if (first) {
-          apack[static_cast<size_t>(t)].reset(new ScratchBuffer(static_cast<size_t>(chunk) * m_panels * MR));
-          bpack[static_cast<size_t>(t)].reset(new ScratchBuffer(static_cast<size_t>(chunk) * ldc));
+          apack[static_cast<size_t>(t)].reset(new ScratchBuffer(static_cast<size_t>((chunk * MR + kPanelSkew) * m_panels)));
+          bpack[static_cast<size_t>(t)].reset(new ScratchBuffer(static_cast<size_t>((chunk * NR + kPanelSkew) * n_panels)));
           acc.reset(new ScratchBuffer(static_cast<size_t>(part_floats)));
         }
         const int64_t r0 = task * chunk;
@@ -532,7 +535,7 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
         }
         for (int jp = 0; jp < n_panels; ++jp) {
           const int j0 = jp * NR, cols = std::min(NR, s.K - j0);
-          float* d = Bp + static_cast<int64_t>(jp) * kc * NR;
+          float* d = Bp + static_cast<int64_t>(jp) * (kc * NR + kPanelSkew);
           for (int k = 0; k < kc; ++k) {
             const float* src = dy + (r0 + k) * s.K + j0;
             float* dk = d + static_cast<int64_t>(k) * NR;
@@ -545,7 +548,7 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
         const float beta = first ? 0.f : 1.f;
         for (int ip = 0; ip < m_panels; ++ip)
           for (int jp = 0; jp < n_panels; ++jp)
-            kern.fn(kc, Ap + static_cast<int64_t>(ip) * kc * MR, Bp + static_cast<int64_t>(jp) * kc * NR,
+            kern.fn(kc, Ap + static_cast<int64_t>(ip) * (kc * MR + kPanelSkew), Bp + static_cast<int64_t>(jp) * (kc * NR + kPanelSkew),
                     c + static_cast<int64_t>(ip) * MR * ldc + static_cast<int64_t>(jp) * NR, static_cast<long>(ldc), beta);
       });
       // dw[k, i] += sum over threads of partial[i, k], in blocks of 16 patch entries.
@@ -580,8 +583,8 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
       auto& acc = partial[static_cast<size_t>(t)];
       const bool first = !acc;
       if (first) {
-        apack[static_cast<size_t>(t)].reset(new ScratchBuffer(static_cast<size_t>(chunk) * m_panels * MR));
-        bpack[static_cast<size_t>(t)].reset(new ScratchBuffer(static_cast<size_t>(chunk) * ldc));
+        apack[static_cast<size_t>(t)].reset(new ScratchBuffer(static_cast<size_t>((chunk * MR + kPanelSkew) * m_panels)));
+        bpack[static_cast<size_t>(t)].reset(new ScratchBuffer(static_cast<size_t>((chunk * NR + kPanelSkew) * n_panels)));
         acc.reset(new ScratchBuffer(static_cast<size_t>(part_floats)));
       }
       const int64_t r0 = task * chunk;
@@ -596,7 +599,7 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
       }
       for (int ip = 0; ip < m_panels; ++ip) {  // A panel ip: dy^T rows (channels) [ip * MR, ip * MR + MR)
         const int i0 = ip * MR, cnt = std::min(MR, s.K - i0);
-        float* d = Ap + static_cast<int64_t>(ip) * kc * MR;
+        float* d = Ap + static_cast<int64_t>(ip) * (kc * MR + kPanelSkew);
         for (int k = 0; k < kc; ++k) {
           const float* src = dy + (r0 + k) * s.K + i0;
           float* dk = d + static_cast<int64_t>(k) * MR;
@@ -609,7 +612,7 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
       const float beta = first ? 0.f : 1.f;
       for (int jp = 0; jp < n_panels; ++jp)  // one B panel against every A panel while it is in L1
         for (int ip = 0; ip < m_panels; ++ip)
-          kern.fn(kc, Ap + static_cast<int64_t>(ip) * kc * MR, Bp + static_cast<int64_t>(jp) * kc * NR,
+          kern.fn(kc, Ap + static_cast<int64_t>(ip) * (kc * MR + kPanelSkew), Bp + static_cast<int64_t>(jp) * (kc * NR + kPanelSkew),
                   c + static_cast<int64_t>(ip) * MR * ldc + static_cast<int64_t>(jp) * NR, static_cast<long>(ldc), beta);
     });
     pool().parallel_for(s.K, 1, [&](int64_t b, int64_t e, int) {
