@@ -279,7 +279,7 @@ void winograd_f2x3(CpuBackend& be, float* y, const float* x, const ConvShape& s,
     packed[static_cast<size_t>(e)].reset(new gemm_detail::PackedB(pool, kern, !flipped, K, C, u.get() + e * est,
                                                                   flipped ? K : C));
   const int T = pool.size();
-  int64_t chunk = balanced_chunk(tiles, std::max<int64_t>(64, (int64_t(16) << 10) / (C + K)), T);
+  int64_t chunk = balanced_chunk(tiles, std::max<int64_t>(128, (int64_t(16) << 10) / (C + K)), T);
   if (chunk == 0) chunk = tiles;  // too few tiles to split: one task
   std::vector<std::unique_ptr<ScratchBuffer>> vbuf(static_cast<size_t>(T)), mbuf(static_cast<size_t>(T));
   std::vector<float> zeros(static_cast<size_t>(C), 0.f);
