@@ -7,7 +7,9 @@
 //   forward          3x3 stride 1 with C, K >= 8: Winograd F(2x2, 3x3) (winograd_f2x3: input, filter
 //                    and output transforms around 16 GEMMs per chunk of 2x2 output tiles). Otherwise
 //                    y[rows, K]      = col[rows, RSC] * w[K, RSC]^T
-//   backward weight  dw[K, RSC]     += dy[rows, K]^T * col[rows, RSC] on the micro-kernel, the
+//   backward weight  3x3 stride 1 with C, K >= 8: Winograd F(2x2, 3x3) (winograd_f2x3_weight: 16
+//                    GEMMs over the transformed input and output-gradient tiles). Otherwise
+//                    dw[K, RSC]     += dy[rows, K]^T * col[rows, RSC] on the micro-kernel, the
 //                                      patches gathered straight into packed panels (per-thread
 //                                      partials, summed; ACCUMULATES into dw as backend.h says)
 //   backward data    stride 1 (square filter, pad < R): the forward convolution of dy with the
@@ -236,6 +238,135 @@ namespace {
 // (one per element e of the 4x4 transformed tile) M_e[tiles, K] = V_e[tiles, C] * U_e[C, K] with
 // 2.25x fewer multiplications than im2col. filt(k, tap, c) is the filter value for output channel
 // k, tap r * 3 + s, input channel c.
+// V_e[i, c] = (B^T d B)_e (matrix e at V + e * vst) for the 4x4 input tiles of output tiles
+// [t0, t0 + nt) (TP x TQ tiles per image); zeros: C zeros for the padding.
+void winograd_input(float* V, int64_t vst, const float* x, const ConvShape& s, int TP, int TQ, int64_t t0, int nt,
+                    const float* zeros) {
+  const int C = s.C;
+    for (int i = 0; i < nt; ++i) {
+      const int64_t tile = t0 + i;
+      const int tq = static_cast<int>(tile % TQ), tp = static_cast<int>((tile / TQ) % TP);
+      const int64_t n = tile / (static_cast<int64_t>(TP) * TQ);
+      const float* src[4][4];
+      #pragma GCC unroll 16
+      for (int a = 0; a < 4; ++a)
+        #pragma GCC unroll 16
+        for (int b = 0; b < 4; ++b) {
+          const int h = 2 * tp - s.pad + a, w = 2 * tq - s.pad + b;
+          src[a][b] = (h >= 0 && h < s.H && w >= 0 && w < s.W) ? x + ((n * s.H + h) * s.W + w) * C : zeros;
+        }
+      float* __restrict v = V + static_cast<int64_t>(i) * C;
+#pragma GCC ivdep
+      for (int c = 0; c < C; ++c) {
+        float d[4][4], r[4][4];
+        #pragma GCC unroll 16
+        for (int a = 0; a < 4; ++a)
+          #pragma GCC unroll 16
+          for (int b = 0; b < 4; ++b) d[a][b] = src[a][b][c];
+        #pragma GCC unroll 16
+        for (int b = 0; b < 4; ++b) {  // r = B^T d
+          r[0][b] = d[0][b] - d[2][b];
+          r[1][b] = d[1][b] + d[2][b];
+          r[2][b] = d[2][b] - d[1][b];
+          r[3][b] = d[1][b] - d[3][b];
+        }
+        #pragma GCC unroll 16
+        for (int a = 0; a < 4; ++a) {  // (B^T d) B
+          v[(a * 4 + 0) * vst + c] = r[a][0] - r[a][2];
+          v[(a * 4 + 1) * vst + c] = r[a][1] + r[a][2];
+          v[(a * 4 + 2) * vst + c] = r[a][2] - r[a][1];
+          v[(a * 4 + 3) * vst + c] = r[a][1] - r[a][3];
+        }
+      }
+    }
+}
+
+// dw += the weight gradient of a 3x3 stride-1 convolution by the same F(2x2, 3x3) algorithm: with
+// Y = A^T [U .* V] A per tile and U = G g G^T, dU_e = sum over tiles of V_e[t, :]^T Z_e[t, :] where
+// Z = A dY A^T (dY the tile's 2x2 output gradient, zero outside P x Q), and dg = G^T dU G: 16 GEMMs
+// of depth = tiles, accumulated per thread, then summed and transformed back.
+void winograd_f2x3_weight(CpuBackend& be, float* dw, const float* dy, const float* x, const ConvShape& s) {
+  ThreadPool& pool = be.pool();
+  const gemm_detail::KernelInfo kern = gemm_detail::kernel_for(be.isa());
+  const int C = s.C, K = s.K, P = s.P(), Q = s.Q();
+  const int TP = (P + 1) / 2, TQ = (Q + 1) / 2;
+  const int64_t tiles = static_cast<int64_t>(s.N) * TP * TQ;
+  const int T = pool.size();
+  int64_t chunk = balanced_chunk(tiles, std::max<int64_t>(128, (int64_t(16) << 10) / (C + K)), T);
+  if (chunk == 0) chunk = tiles;
+  const int64_t est = static_cast<int64_t>(C) * K;
+  std::vector<std::unique_ptr<ScratchBuffer>> vbuf(static_cast<size_t>(T)), zbuf(static_cast<size_t>(T)),
+      partial(static_cast<size_t>(T));
+  std::vector<float> zeros(static_cast<size_t>(std::max(C, K)), 0.f);  // padding of x and of dy
+  pool.parallel_tasks((tiles + chunk - 1) / chunk, [&](int64_t task, int t) {
+    auto& acc = partial[static_cast<size_t>(t)];
+    const bool first = !acc;
+    if (first) {
+      vbuf[static_cast<size_t>(t)].reset(new ScratchBuffer(static_cast<size_t>(16 * (chunk * C + kWinogradSkew))));
+      zbuf[static_cast<size_t>(t)].reset(new ScratchBuffer(static_cast<size_t>(16 * (chunk * K + kWinogradSkew))));
+      acc.reset(new ScratchBuffer(static_cast<size_t>(16 * (est + kWinogradSkew))));
+    }
+    const int64_t t0 = task * chunk;
+    const int nt = static_cast<int>(std::min(tiles, t0 + chunk) - t0);
+    float* V = vbuf[static_cast<size_t>(t)]->get();
+    float* Z = zbuf[static_cast<size_t>(t)]->get();
+    const int64_t vst = static_cast<int64_t>(nt) * C + kWinogradSkew, zst = static_cast<int64_t>(nt) * K + kWinogradSkew;
+    winograd_input(V, vst, x, s, TP, TQ, t0, nt, zeros.data());
+    // Z_e[i, k] = (A dY A^T)_e, A = [1 0; 1 1; 1 -1; 0 -1].
+    for (int i = 0; i < nt; ++i) {
+      const int64_t tile = t0 + i;
+      const int tq = static_cast<int>(tile % TQ), tp = static_cast<int>((tile / TQ) % TP);
+      const int64_t n = tile / (static_cast<int64_t>(TP) * TQ);
+      const int p0 = 2 * tp, q0 = 2 * tq;
+      const float* g00 = dy + ((n * P + p0) * Q + q0) * K;
+      const float* g01 = q0 + 1 < Q ? g00 + K : zeros.data();
+      const float* g10 = p0 + 1 < P ? g00 + static_cast<int64_t>(Q) * K : zeros.data();
+      const float* g11 = (p0 + 1 < P && q0 + 1 < Q) ? g00 + static_cast<int64_t>(Q + 1) * K : zeros.data();
+      float* __restrict z = Z + static_cast<int64_t>(i) * K;
+#pragma GCC ivdep
+      for (int k = 0; k < K; ++k) {
+        const float a = g00[k], b = g01[k], c = g10[k], d = g11[k];
+        // rows of A dY: [a b], [a+c b+d], [a-c b-d], [-c -d]; then times A^T on the right
+        const float r[4][2] = {{a, b}, {a + c, b + d}, {a - c, b - d}, {-c, -d}};
+        #pragma GCC unroll 4
+        for (int u = 0; u < 4; ++u) {
+          z[(u * 4 + 0) * zst + k] = r[u][0];
+          z[(u * 4 + 1) * zst + k] = r[u][0] + r[u][1];
+          z[(u * 4 + 2) * zst + k] = r[u][0] - r[u][1];
+          z[(u * 4 + 3) * zst + k] = -r[u][1];
+        }
+      }
+    }
+    float* S = acc->get();
+    for (int e = 0; e < 16; ++e)  // S_e[C, K] (+)= V_e^T Z_e
+      gemm_detail::gemm_run(pool, kern, true, false, C, K, nt, 1.f, V + e * vst, C, Z + e * zst, K, first ? 0.f : 1.f,
+                            S + e * (est + kWinogradSkew), K);
+  });
+  // dw[k, r, s, c] += (G^T S G)[r, s] for S[u][v] = sum over threads of S_(u*4+v)[c, k].
+  pool.parallel_for(C, 1, [&](int64_t b, int64_t e, int) {
+    for (int64_t c = b; c < e; ++c)
+      for (int k = 0; k < K; ++k) {
+        float S[4][4] = {};
+        for (const auto& acc : partial) {
+          if (!acc) continue;
+          for (int q = 0; q < 16; ++q) S[q / 4][q % 4] += acc->get()[q * (est + kWinogradSkew) + c * K + k];
+        }
+        float t[3][4];  // G^T S, G^T = [1 .5 .5 0; 0 .5 -.5 0; 0 .5 .5 1]
+        for (int v = 0; v < 4; ++v) {
+          t[0][v] = S[0][v] + 0.5f * (S[1][v] + S[2][v]);
+          t[1][v] = 0.5f * (S[1][v] - S[2][v]);
+          t[2][v] = 0.5f * (S[1][v] + S[2][v]) + S[3][v];
+        }
+        float* d = dw + static_cast<int64_t>(k) * 9 * C + c;
+        for (int r = 0; r < 3; ++r) {  // (G^T S) G
+          d[(r * 3 + 0) * C] += t[r][0] + 0.5f * (t[r][1] + t[r][2]);
+          d[(r * 3 + 1) * C] += 0.5f * (t[r][1] - t[r][2]);
+          d[(r * 3 + 2) * C] += 0.5f * (t[r][1] + t[r][2]) + t[r][3];
+        }
+      }
+  });
+}
+
 void winograd_f2x3(CpuBackend& be, float* y, const float* x, const ConvShape& s, const float* w, bool flipped) {
   ThreadPool& pool = be.pool();
   const gemm_detail::KernelInfo kern = gemm_detail::kernel_for(be.isa());
@@ -297,43 +428,7 @@ void winograd_f2x3(CpuBackend& be, float* y, const float* x, const ConvShape& s,
     // The 16 matrices of a chunk lie kWinogradSkew floats further apart than their size, so the 16
     // streams of the transforms do not all map to the same L1 sets (sizes are often multiples of 4 KB).
     const int64_t vst = static_cast<int64_t>(nt) * C + kWinogradSkew, mst = static_cast<int64_t>(nt) * K + kWinogradSkew;
-    // V_e[i, c] = (B^T d B)_e for tile t0 + i.
-    for (int i = 0; i < nt; ++i) {
-      const int64_t tile = t0 + i;
-      const int tq = static_cast<int>(tile % TQ), tp = static_cast<int>((tile / TQ) % TP);
-      const int64_t n = tile / (static_cast<int64_t>(TP) * TQ);
-      const float* src[4][4];
-      #pragma GCC unroll 16
-      for (int a = 0; a < 4; ++a)
-        #pragma GCC unroll 16
-        for (int b = 0; b < 4; ++b) {
-          const int h = 2 * tp - s.pad + a, w = 2 * tq - s.pad + b;
-          src[a][b] = (h >= 0 && h < s.H && w >= 0 && w < s.W) ? x + ((n * s.H + h) * s.W + w) * C : zeros.data();
-        }
-      float* __restrict v = V + static_cast<int64_t>(i) * C;
-#pragma GCC ivdep
-      for (int c = 0; c < C; ++c) {
-        float d[4][4], r[4][4];
-        #pragma GCC unroll 16
-        for (int a = 0; a < 4; ++a)
-          #pragma GCC unroll 16
-          for (int b = 0; b < 4; ++b) d[a][b] = src[a][b][c];
-        #pragma GCC unroll 16
-        for (int b = 0; b < 4; ++b) {  // r = B^T d
-          r[0][b] = d[0][b] - d[2][b];
-          r[1][b] = d[1][b] + d[2][b];
-          r[2][b] = d[2][b] - d[1][b];
-          r[3][b] = d[1][b] - d[3][b];
-        }
-        #pragma GCC unroll 16
-        for (int a = 0; a < 4; ++a) {  // (B^T d) B
-          v[(a * 4 + 0) * vst + c] = r[a][0] - r[a][2];
-          v[(a * 4 + 1) * vst + c] = r[a][1] + r[a][2];
-          v[(a * 4 + 2) * vst + c] = r[a][2] - r[a][1];
-          v[(a * 4 + 3) * vst + c] = r[a][1] - r[a][3];
-        }
-      }
-    }
+    winograd_input(V, vst, x, s, TP, TQ, t0, nt, zeros.data());
     for (int e = 0; e < 16; ++e)
       gemm_detail::gemm_run(pool, kern, false, false, nt, K, C, 1.f, V + e * vst, C, nullptr, 0, 0.f, M + e * mst, K,
                             packed[static_cast<size_t>(e)].get());
@@ -502,6 +597,11 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
   }
   const int T = pool().size();
   const int64_t chunk = balanced_chunk(rows, kWeightDepth, T);
+  if (chunk > 0 && s.R == 3 && s.S == 3 && s.stride == 1 && s.C >= kWinogradMinChannels &&
+      s.K >= kWinogradMinChannels) {
+    winograd_f2x3_weight(*this, dw, dy, x, s);
+    return;
+  }
   if (chunk > 0) {
     if (s.K > kWeightNarrowK) {
       // dw^T[RSC, K] = col^T[RSC, rows] * dy[rows, K] on the micro-kernel directly: each task packs its
