@@ -121,9 +121,13 @@ export function buildProgram(configure?: (program: Command) => void): Command {
     .option('--max-steps <n>', 'stop (with a resumable checkpoint) after this many steps in total', int(1))
     .addOption(new Option('--progress <mode>', 'progress display').choices(['auto', 'bar', 'log', 'none']).default('auto'))
     .option('--json', 'print the summary as JSON on the last line of stdout', false)
-    .action(async (o) => {
+    .action(async (o, cmd: Command) => {
       const out = io(o.json);
       try {
+        if (o.resume) {
+          // resuming: the checkpoint's configuration applies unless an option is given explicitly
+          for (const key of Object.keys(o)) if (cmd.getOptionValueSource(key) === 'default' && !['json', 'progress', 'device', 'out', 'finalKnn'].includes(key)) o[key] = undefined;
+        }
         const l = lib(o.threads);
         const summary = await l.pretrain.pretrain({
           data: o.data,
@@ -153,6 +157,7 @@ export function buildProgram(configure?: (program: Command) => void): Command {
           randomInitKnn: o.finalKnn,
           maxSteps: o.maxSteps,
           progress: o.json && o.progress === 'auto' ? 'log' : o.progress,
+          handleSignals: true,
         });
         out.log(`pretrained ${summary.steps} steps (${summary.epochs} epochs) in ${summary.seconds.toFixed(1)} s, ${summary.imagesPerSecond.toFixed(1)} img/s on ${summary.device}`);
         if (summary.knnTop1 !== null)

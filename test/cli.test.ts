@@ -5,6 +5,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { CommanderError } from 'commander';
+import { spawn } from 'child_process';
 import { buildProgram, DEFAULTS } from '../lib/cli';
 import { resolveDevice } from '../lib/train/device';
 import { backends } from '../lib/doctor';
@@ -138,5 +139,36 @@ describe('cli: pretrain -> eval -> export', () => {
     expect(header['conv1.weight']).toBeDefined();
     expect(header['layer4.1.bn2.running_var']).toBeDefined();
     expect(Object.keys(header).some((k) => k.startsWith('fc.'))).toBe(false);
+  });
+});
+
+describe('cli: interrupt and resume', () => {
+  test('SIGINT writes a resumable checkpoint; --resume keeps the checkpoint configuration', async () => {
+    const out = path.join(tmp, 'sig');
+    const script = `
+      const fs = require('fs'), ts = require('typescript');
+      require.extensions['.ts'] = (m, f) => m._compile(ts.transpileModule(fs.readFileSync(f, 'utf8'),
+        { compilerOptions: { module: ts.ModuleKind.CommonJS, target: ts.ScriptTarget.ES2022, esModuleInterop: true } }).outputText, f);
+      require('./lib/cli').buildProgram().parseAsync(process.argv);`;
+    const child = spawn(process.execPath, ['-e', script, 'mveb', 'pretrain', '--width', '0.0625', '--projector-dim', '32', '--batch-size', '32',
+      '--train-images', '1024', '--epochs', '2', '--knn-every', '0', '--no-final-knn', '--device', 'cpu', '--out', out, '--progress', 'log', '--json'],
+      { cwd: path.resolve(__dirname, '..'), env: process.env });
+    let stdout = '', stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => {
+      stderr += d;
+      if (/step \d+\//.test(stderr) && !child.killed) child.kill('SIGINT'); // by this child's pid
+    });
+    const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+    expect(code).toBe(0);
+    expect(stderr).toContain('SIGINT: stopping after this step');
+    const first = JSON.parse(stdout.trim().split('\n').pop()!);
+    expect(first.steps).toBeGreaterThanOrEqual(1);
+    expect(first.steps).toBeLessThan(64);
+    const r = await cli('pretrain', '--resume', '--out', out, '--no-final-knn', '--json');
+    const s = JSON.parse(r.out.trim().split('\n').pop()!);
+    expect(s.steps).toBe(64); // 2 epochs x 32 steps from the checkpoint, not the default 4 epochs
+    expect(s.epochs).toBe(2);
+    expect(r.err).toContain(`at step ${first.steps}`);
   });
 });

@@ -58,6 +58,7 @@ function resolveCheckpointPath(p: string): string {
 
 /** The dataset name stored in a checkpoint config, mapped back to something loadable. */
 function dataSource(config: Partial<ResolvedConfig>): string | undefined {
+  if (config.dataSource) return config.dataSource;
   const d = config.data;
   if (!d) return undefined;
   if (d.startsWith('fashion-mnist')) return 'fashion-mnist';

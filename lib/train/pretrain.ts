@@ -86,6 +86,8 @@ export interface PretrainOptions {
   maxSteps?: number;
   progress?: ProgressMode;
   logEvery?: number;
+  /** on SIGINT / SIGTERM finish the current step, write a resumable checkpoint and resolve (the CLI sets this) */
+  handleSignals?: boolean;
   onProgress?: (e: ProgressEvent) => void;
 }
 
@@ -112,6 +114,9 @@ export interface PretrainSummary {
 export interface ResolvedConfig {
   data: string;
   testData: string;
+  /** the data / testData arguments when they were paths or 'fashion-mnist' (what resume and eval reload) */
+  dataSource?: string;
+  testDataSource?: string;
   depth: 18 | 34 | 50;
   stem: 'cifar' | 'imagenet';
   width: number;
@@ -292,9 +297,13 @@ export async function pretrain(options: PretrainOptions = {}): Promise<PretrainS
   const pick = <K extends keyof PretrainOptions & keyof ResolvedConfig>(k: K, fallback: ResolvedConfig[K]): ResolvedConfig[K] =>
     (prev?.[k] as ResolvedConfig[K] | undefined) ?? (options[k] as ResolvedConfig[K] | undefined) ?? fallback;
 
-  const dataOpt = options.data ?? (prev?.data && prev.data !== '(in-memory dataset)' ? prev.data : PRETRAIN_DEFAULTS.data);
+  if (resumed && options.data === undefined && prev && !prev.dataSource) {
+    throw new MvebError('E_ARG', `the checkpoint was trained on ${prev.data ?? 'an in-memory dataset'}; pass the same data to resume`);
+  }
+  const dataOpt = options.data ?? prev?.dataSource ?? PRETRAIN_DEFAULTS.data;
+  const testOpt = options.testData ?? prev?.testDataSource ?? dataOpt;
   const train = await loadSplit(dataOpt, 'train');
-  const test = await loadSplit(options.testData ?? dataOpt, 'test');
+  const test = await loadSplit(testOpt, 'test');
   const seed = pick('seed', PRETRAIN_DEFAULTS.seed);
   const trainImagesReq = pick('trainImages', PRETRAIN_DEFAULTS.trainImages);
   const trainIndices = subsetIndices(train.dataset.size, trainImagesReq, seed + 17);
@@ -312,6 +321,8 @@ export async function pretrain(options: PretrainOptions = {}): Promise<PretrainS
   const c: ResolvedConfig = {
     data: train.name,
     testData: test.name,
+    ...(typeof dataOpt === 'string' ? { dataSource: dataOpt } : {}),
+    ...(typeof testOpt === 'string' ? { testDataSource: testOpt } : {}),
     depth: pick('depth', PRETRAIN_DEFAULTS.depth),
     stem: pick('stem', PRETRAIN_DEFAULTS.stem),
     width: pick('width', PRETRAIN_DEFAULTS.width),
@@ -472,6 +483,16 @@ export async function pretrain(options: PretrainOptions = {}): Promise<PretrainS
   let lastLoss: number | null = null, lastAlignment: number | null = null;
   const runStart = Date.now();
   let stoppedEarly = false;
+  let signalled: string | null = null;
+  const onSignal = (sig: string) => {
+    if (signalled) process.exit(130); // a second Ctrl-C: give up at once (the last checkpoint stays)
+    signalled = sig;
+    say(`${sig}: stopping after this step and writing a resumable checkpoint (press Ctrl-C again to quit at once)`);
+  };
+  if (options.handleSignals) {
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+  }
   try {
     for (let epoch = startEpoch; epoch < epochs && !stoppedEarly; epoch++) {
       const epochFirstStep = epoch * stepsPerEpoch;
@@ -481,7 +502,7 @@ export async function pretrain(options: PretrainOptions = {}): Promise<PretrainS
       // the next batch is augmented on the data threads while this step computes
       let next: Promise<Tensor[]> | null = step - epochFirstStep < stepsPerEpoch ? fetch(Math.max(0, step - epochFirstStep)) : null;
       for (let stepInEpoch = Math.max(0, step - epochFirstStep); stepInEpoch < stepsPerEpoch; stepInEpoch++) {
-        if (options.maxSteps !== undefined && step >= options.maxSteps) {
+        if ((options.maxSteps !== undefined && step >= options.maxSteps) || signalled) {
           stoppedEarly = true;
           break;
         }
@@ -549,7 +570,7 @@ export async function pretrain(options: PretrainOptions = {}): Promise<PretrainS
     if (stoppedEarly) {
       const epochNow = Math.floor(step / stepsPerEpoch);
       await writeCheckpoint(state('interrupted', epochNow, step - epochNow * stepsPerEpoch));
-      say(`stopped after ${step} steps (maxSteps); resume with --resume`);
+      say(`stopped after ${step} steps (${signalled ?? 'maxSteps'}); continue with --resume`);
     }
 
     // ---- final evaluation ----
@@ -594,6 +615,10 @@ export async function pretrain(options: PretrainOptions = {}): Promise<PretrainS
     );
     return summary;
   } finally {
+    if (options.handleSignals) {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+    }
     reporter.close();
     for (const n of [online, target]) {
       n.backbone.dispose();
