@@ -226,6 +226,11 @@ export function trainingViews(c: { cropSize: number; localCropSize: number; loca
   });
 }
 
+/** A data argument as stored in the checkpoint: paths made absolute, 'fashion-mnist' kept. */
+function absoluteSource(d: string): string {
+  return d === 'fashion-mnist' || d === 'builtin' ? d : path.resolve(d);
+}
+
 /** A Model pair (backbone + projector). */
 interface Net {
   backbone: Model;
@@ -321,8 +326,8 @@ export async function pretrain(options: PretrainOptions = {}): Promise<PretrainS
   const c: ResolvedConfig = {
     data: train.name,
     testData: test.name,
-    ...(typeof dataOpt === 'string' ? { dataSource: dataOpt } : {}),
-    ...(typeof testOpt === 'string' ? { testDataSource: testOpt } : {}),
+    ...(typeof dataOpt === 'string' ? { dataSource: absoluteSource(dataOpt) } : {}),
+    ...(typeof testOpt === 'string' ? { testDataSource: absoluteSource(testOpt) } : {}),
     depth: pick('depth', PRETRAIN_DEFAULTS.depth),
     stem: pick('stem', PRETRAIN_DEFAULTS.stem),
     width: pick('width', PRETRAIN_DEFAULTS.width),
