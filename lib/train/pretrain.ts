@@ -232,7 +232,7 @@ function absoluteSource(d: string): string {
 }
 
 /** A Model pair (backbone + projector). */
-interface Net {
+export interface Net {
   backbone: Model;
   projector: Model;
 }
@@ -488,6 +488,7 @@ export async function pretrain(options: PretrainOptions = {}): Promise<PretrainS
   let lastLoss: number | null = null, lastAlignment: number | null = null;
   const runStart = Date.now();
   let stoppedEarly = false;
+  const scratch = makeStepScratch(online, target);
   let signalled: string | null = null;
   const onSignal = (sig: string) => {
     if (signalled) process.exit(130); // a second Ctrl-C: give up at once (the last checkpoint stays)
@@ -516,7 +517,7 @@ export async function pretrain(options: PretrainOptions = {}): Promise<PretrainS
         next = stepInEpoch + 1 < stepsPerEpoch && (options.maxSteps === undefined || step + 1 < options.maxSteps) ? fetch(stepInEpoch + 1) : null;
         const lr = learningRateAt(step, { baseLr: c.lr, batchSize, warmupSteps: c.warmupSteps, totalSteps });
         const m = momentumAt(step, totalSteps, c.baseMomentum);
-        const r = await trainStep(online, target, loss, input, m);
+        const r = await trainStep(online, target, loss, input, m, scratch);
         if (!Number.isFinite(r.loss)) {
           // trainStep restored the state before this step. Save it when it is finite (an optimiser
           // step can overflow the weights themselves); otherwise the last epoch checkpoint stays.
@@ -625,6 +626,7 @@ export async function pretrain(options: PretrainOptions = {}): Promise<PretrainS
       process.off('SIGTERM', onSignal);
     }
     reporter.close();
+    disposeStepScratch(scratch);
     for (const n of [online, target]) {
       n.backbone.dispose();
       n.projector.dispose();
@@ -640,35 +642,62 @@ export interface StepResult {
   widths: number[];
 }
 
+/** Scratch copies of the four networks for cheap device-side snapshots (Model.copyFrom: one memcpy). */
+export interface StepScratch {
+  onlineBackbone: Model;
+  onlineProjector: Model;
+  targetBackbone: Model;
+  targetProjector: Model;
+  passBackbone: Model;
+  passProjector: Model;
+}
+
+export function makeStepScratch(online: Net, target: Net): StepScratch {
+  return {
+    onlineBackbone: online.backbone.clone(),
+    onlineProjector: online.projector.clone(),
+    targetBackbone: target.backbone.clone(),
+    targetProjector: target.projector.clone(),
+    passBackbone: online.backbone.clone(),
+    passProjector: online.projector.clone(),
+  };
+}
+
+export function disposeStepScratch(s: StepScratch): void {
+  for (const m of Object.values(s)) m.dispose();
+}
+
 /**
  * One MVEB step up to (not including) the optimiser: online forward of every view, EMA + target
  * forward of the two global views, loss, backward. Gradients are left in the online models. With a
- * non-finite loss nothing is back-propagated and the models' state before the step is restored.
+ * non-finite loss nothing is back-propagated and the models' state before the step is restored
+ * (snapshots are device-side arena copies into `scratch`, so the guard costs a few memcpys a step).
  */
-export async function trainStep(online: Net, target: Net, loss: MVEBLoss, views: Tensor[], m: number): Promise<StepResult> {
+export async function trainStep(online: Net, target: Net, loss: MVEBLoss, views: Tensor[], m: number, scratch: StepScratch): Promise<StepResult> {
   const V = views.length;
-  // snapshots for the non-finite-loss rollback: BN buffers of the online nets, everything of the target
-  const rollback = {
-    ob: online.backbone.buffers(),
-    op: online.projector.buffers(),
-    tb: target.backbone.stateDict(),
-    tp: target.projector.stateDict(),
-  };
+  const buffersOnly = { parameters: false, buffers: true };
+  // rollback snapshots: BN buffers of the online nets (parameters do not change before the optimiser), all of the target
+  scratch.onlineBackbone.copyFrom(online.backbone, buffersOnly);
+  scratch.onlineProjector.copyFrom(online.projector, buffersOnly);
+  scratch.targetBackbone.copyFrom(target.backbone);
+  scratch.targetProjector.copyFrom(target.projector);
   const z: Tensor[] = [];
   const targets: Tensor[] = [];
-  let afterFirstPass: { b: Map<string, Tensor>; p: Map<string, Tensor> } | null = null;
   try {
     for (let v = 0; v < V; v++) {
       const h = await online.backbone.forward(views[v], { train: true });
       z.push(await online.projector.forward(h, { train: true }));
       h.dispose();
     }
-    if (V > 1) afterFirstPass = { b: online.backbone.buffers(), p: online.projector.buffers() };
+    if (V > 1) {
+      scratch.passBackbone.copyFrom(online.backbone, buffersOnly);
+      scratch.passProjector.copyFrom(online.projector, buffersOnly);
+    }
     await target.backbone.emaUpdate(online.backbone, m);
     await target.projector.emaUpdate(online.projector, m);
     for (let v = 0; v < 2; v++) {
-      const h = await target.backbone.forward(views[v], { train: true });
-      targets.push(await target.projector.forward(h, { train: true }));
+      const h = await target.backbone.forward(views[v], { train: true, saveForBackward: false });
+      targets.push(await target.projector.forward(h, { train: true, saveForBackward: false }));
       h.dispose();
     }
     let r: Awaited<ReturnType<MVEBLoss['forward']>>;
@@ -682,19 +711,19 @@ export async function trainStep(online: Net, target: Net, loss: MVEBLoss, views:
     const result: StepResult = { loss: r.loss, alignment: r.alignment, entropy: r.entropy, widths: Array.from(r.widths as ArrayLike<number>) };
     if (!Number.isFinite(r.loss)) {
       r.grads.forEach((g: Tensor) => g.dispose());
-      online.backbone.loadStateDict(rollback.ob, { strict: false });
-      online.projector.loadStateDict(rollback.op, { strict: false });
-      target.backbone.loadStateDict(rollback.tb, { strict: true });
-      target.projector.loadStateDict(rollback.tp, { strict: true });
+      online.backbone.copyFrom(scratch.onlineBackbone, buffersOnly);
+      online.projector.copyFrom(scratch.onlineProjector, buffersOnly);
+      target.backbone.copyFrom(scratch.targetBackbone);
+      target.projector.copyFrom(scratch.targetProjector);
       return result;
     }
     online.backbone.zeroGrad();
     online.projector.zeroGrad();
     const backward = async (v: number) => {
       const gh = await online.projector.backward(r.grads[v]);
-      const gx = await online.backbone.backward(gh, { inputGrad: false });
-      gh.dispose();
-      gx?.dispose?.();
+      const gx = await online.backbone.backward(gh!, { inputGrad: false });
+      gh!.dispose();
+      gx?.dispose();
     };
     // the last view's activations are still live; the others are recomputed (same input, same batch
     // statistics, so the same activations)
@@ -706,23 +735,16 @@ export async function trainStep(online: Net, target: Net, loss: MVEBLoss, views:
       zz.dispose();
       await backward(v);
     }
-    if (afterFirstPass) {
-      online.backbone.loadStateDict(afterFirstPass.b, { strict: false });
-      online.projector.loadStateDict(afterFirstPass.p, { strict: false });
+    if (V > 1) {
+      // BN running statistics as after the first pass: each view counted once
+      online.backbone.copyFrom(scratch.passBackbone, buffersOnly);
+      online.projector.copyFrom(scratch.passProjector, buffersOnly);
     }
     r.grads.forEach((g: Tensor) => g.dispose());
     return result;
   } finally {
     z.forEach((t) => t.dispose());
     targets.forEach((t) => t.dispose());
-    disposeMap(rollback.ob);
-    disposeMap(rollback.op);
-    disposeMap(rollback.tb);
-    disposeMap(rollback.tp);
-    if (afterFirstPass) {
-      disposeMap(afterFirstPass.b);
-      disposeMap(afterFirstPass.p);
-    }
   }
 }
 
