@@ -12,3 +12,5 @@ export type { MVEBLossOptions, MVEBLossResult, VmfScoreOptions, VmfScoreResult }
 export { saveTensors, loadTensors } from './safetensors';
 export type { LoadedTensors } from './safetensors';
 export * from './data';
+export * from './train';
+export * from './eval';
