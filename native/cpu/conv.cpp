@@ -39,13 +39,13 @@ namespace mveb {
 namespace {
 constexpr int64_t kWorkspaceFloats = int64_t(4) << 20;
 constexpr int64_t kChunkFloats = int64_t(192) << 10;  // 768 KB of patches per thread
-constexpr int64_t kWinogradSkew = 48;               // floats between Winograd's 16 matrices (3 cache lines)
-constexpr int kWinogradMinChannels = 8;            // 3x3 stride 1 with C, K >= this: Winograd
-constexpr int64_t kWeightDepth = 256;
+constexpr int64_t kWinogradSkew = 48;  // floats between Winograd's 16 matrices (3 cache lines)
+constexpr int kWinogradMinChannels = 8;  // 3x3 stride 1 with C, K >= this: Winograd
+constexpr int64_t kWeightDepth = 256;    // patch rows per backward-weight task (GEMM depth)
 // Backward weight's packed panels lie this many floats (one cache line) further apart than their
 // size, so that one patch row's pieces, one per panel, do not all fall into the same L1 sets.
 constexpr int kPanelSkew = 16;
-constexpr int kWeightNarrowK = 128;                  // backward weight: dy^T * col up to this K, else col^T * dy                 // patch rows per backward-weight task (GEMM depth)
+constexpr int kWeightNarrowK = 128;  // backward weight: dy^T * col up to this K, else col^T * dy
 
 void check_conv(const char* op, const ConvShape& s) {
   check_nonnegative(op, "N", s.N);
@@ -243,42 +243,42 @@ namespace {
 void winograd_input(float* V, int64_t vst, const float* x, const ConvShape& s, int TP, int TQ, int64_t t0, int nt,
                     const float* zeros) {
   const int C = s.C;
-    for (int i = 0; i < nt; ++i) {
-      const int64_t tile = t0 + i;
-      const int tq = static_cast<int>(tile % TQ), tp = static_cast<int>((tile / TQ) % TP);
-      const int64_t n = tile / (static_cast<int64_t>(TP) * TQ);
-      const float* src[4][4];
+  for (int i = 0; i < nt; ++i) {
+    const int64_t tile = t0 + i;
+    const int tq = static_cast<int>(tile % TQ), tp = static_cast<int>((tile / TQ) % TP);
+    const int64_t n = tile / (static_cast<int64_t>(TP) * TQ);
+    const float* src[4][4];
+    #pragma GCC unroll 16
+    for (int a = 0; a < 4; ++a)
+      #pragma GCC unroll 16
+      for (int b = 0; b < 4; ++b) {
+        const int h = 2 * tp - s.pad + a, w = 2 * tq - s.pad + b;
+        src[a][b] = (h >= 0 && h < s.H && w >= 0 && w < s.W) ? x + ((n * s.H + h) * s.W + w) * C : zeros;
+      }
+    float* __restrict v = V + static_cast<int64_t>(i) * C;
+#pragma GCC ivdep
+    for (int c = 0; c < C; ++c) {
+      float d[4][4], r[4][4];
       #pragma GCC unroll 16
       for (int a = 0; a < 4; ++a)
         #pragma GCC unroll 16
-        for (int b = 0; b < 4; ++b) {
-          const int h = 2 * tp - s.pad + a, w = 2 * tq - s.pad + b;
-          src[a][b] = (h >= 0 && h < s.H && w >= 0 && w < s.W) ? x + ((n * s.H + h) * s.W + w) * C : zeros;
-        }
-      float* __restrict v = V + static_cast<int64_t>(i) * C;
-#pragma GCC ivdep
-      for (int c = 0; c < C; ++c) {
-        float d[4][4], r[4][4];
-        #pragma GCC unroll 16
-        for (int a = 0; a < 4; ++a)
-          #pragma GCC unroll 16
-          for (int b = 0; b < 4; ++b) d[a][b] = src[a][b][c];
-        #pragma GCC unroll 16
-        for (int b = 0; b < 4; ++b) {  // r = B^T d
-          r[0][b] = d[0][b] - d[2][b];
-          r[1][b] = d[1][b] + d[2][b];
-          r[2][b] = d[2][b] - d[1][b];
-          r[3][b] = d[1][b] - d[3][b];
-        }
-        #pragma GCC unroll 16
-        for (int a = 0; a < 4; ++a) {  // (B^T d) B
-          v[(a * 4 + 0) * vst + c] = r[a][0] - r[a][2];
-          v[(a * 4 + 1) * vst + c] = r[a][1] + r[a][2];
-          v[(a * 4 + 2) * vst + c] = r[a][2] - r[a][1];
-          v[(a * 4 + 3) * vst + c] = r[a][1] - r[a][3];
-        }
+        for (int b = 0; b < 4; ++b) d[a][b] = src[a][b][c];
+      #pragma GCC unroll 16
+      for (int b = 0; b < 4; ++b) {  // r = B^T d
+        r[0][b] = d[0][b] - d[2][b];
+        r[1][b] = d[1][b] + d[2][b];
+        r[2][b] = d[2][b] - d[1][b];
+        r[3][b] = d[1][b] - d[3][b];
+      }
+      #pragma GCC unroll 16
+      for (int a = 0; a < 4; ++a) {  // (B^T d) B
+        v[(a * 4 + 0) * vst + c] = r[a][0] - r[a][2];
+        v[(a * 4 + 1) * vst + c] = r[a][1] + r[a][2];
+        v[(a * 4 + 2) * vst + c] = r[a][2] - r[a][1];
+        v[(a * 4 + 3) * vst + c] = r[a][1] - r[a][3];
       }
     }
+  }
 }
 
 // dw += the weight gradient of a 3x3 stride-1 convolution by the same F(2x2, 3x3) algorithm: with
@@ -310,7 +310,8 @@ void winograd_f2x3_weight(CpuBackend& be, float* dw, const float* dy, const floa
     const int nt = static_cast<int>(std::min(tiles, t0 + chunk) - t0);
     float* V = vbuf[static_cast<size_t>(t)]->get();
     float* Z = zbuf[static_cast<size_t>(t)]->get();
-    const int64_t vst = static_cast<int64_t>(nt) * C + kWinogradSkew, zst = static_cast<int64_t>(nt) * K + kWinogradSkew;
+    const int64_t vst = static_cast<int64_t>(nt) * C + kWinogradSkew;
+    const int64_t zst = static_cast<int64_t>(nt) * K + kWinogradSkew;
     winograd_input(V, vst, x, s, TP, TQ, t0, nt, zeros.data());
     // Z_e[i, k] = (A dY A^T)_e, A = [1 0; 1 1; 1 -1; 0 -1].
     for (int i = 0; i < nt; ++i) {
@@ -427,7 +428,8 @@ void winograd_f2x3(CpuBackend& be, float* y, const float* x, const ConvShape& s,
     float* M = mb->get();
     // The 16 matrices of a chunk lie kWinogradSkew floats further apart than their size, so the 16
     // streams of the transforms do not all map to the same L1 sets (sizes are often multiples of 4 KB).
-    const int64_t vst = static_cast<int64_t>(nt) * C + kWinogradSkew, mst = static_cast<int64_t>(nt) * K + kWinogradSkew;
+    const int64_t vst = static_cast<int64_t>(nt) * C + kWinogradSkew;
+    const int64_t mst = static_cast<int64_t>(nt) * K + kWinogradSkew;
     winograd_input(V, vst, x, s, TP, TQ, t0, nt, zeros.data());
     for (int e = 0; e < 16; ++e)
       gemm_detail::gemm_run(pool, kern, false, false, nt, K, C, 1.f, V + e * vst, C, nullptr, 0, 0.f, M + e * mst, K,
@@ -619,8 +621,10 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
         auto& acc = partial[static_cast<size_t>(t)];
         const bool first = !acc;
         if (first) {
-          apack[static_cast<size_t>(t)].reset(new ScratchBuffer(static_cast<size_t>((chunk * MR + kPanelSkew) * m_panels)));
-          bpack[static_cast<size_t>(t)].reset(new ScratchBuffer(static_cast<size_t>((chunk * NR + kPanelSkew) * n_panels)));
+          apack[static_cast<size_t>(t)].reset(
+              new ScratchBuffer(static_cast<size_t>((chunk * MR + kPanelSkew) * m_panels)));
+          bpack[static_cast<size_t>(t)].reset(
+              new ScratchBuffer(static_cast<size_t>((chunk * NR + kPanelSkew) * n_panels)));
           acc.reset(new ScratchBuffer(static_cast<size_t>(part_floats)));
         }
         const int64_t r0 = task * chunk;
@@ -648,7 +652,8 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
         const float beta = first ? 0.f : 1.f;
         for (int ip = 0; ip < m_panels; ++ip)
           for (int jp = 0; jp < n_panels; ++jp)
-            kern.fn(kc, Ap + static_cast<int64_t>(ip) * (kc * MR + kPanelSkew), Bp + static_cast<int64_t>(jp) * (kc * NR + kPanelSkew),
+            kern.fn(kc, Ap + static_cast<int64_t>(ip) * (kc * MR + kPanelSkew),
+                    Bp + static_cast<int64_t>(jp) * (kc * NR + kPanelSkew),
                     c + static_cast<int64_t>(ip) * MR * ldc + static_cast<int64_t>(jp) * NR, static_cast<long>(ldc), beta);
       });
       // dw[k, i] += sum over threads of partial[i, k], in blocks of 16 patch entries.
@@ -683,8 +688,10 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
       auto& acc = partial[static_cast<size_t>(t)];
       const bool first = !acc;
       if (first) {
-        apack[static_cast<size_t>(t)].reset(new ScratchBuffer(static_cast<size_t>((chunk * MR + kPanelSkew) * m_panels)));
-        bpack[static_cast<size_t>(t)].reset(new ScratchBuffer(static_cast<size_t>((chunk * NR + kPanelSkew) * n_panels)));
+        apack[static_cast<size_t>(t)].reset(
+            new ScratchBuffer(static_cast<size_t>((chunk * MR + kPanelSkew) * m_panels)));
+        bpack[static_cast<size_t>(t)].reset(
+            new ScratchBuffer(static_cast<size_t>((chunk * NR + kPanelSkew) * n_panels)));
         acc.reset(new ScratchBuffer(static_cast<size_t>(part_floats)));
       }
       const int64_t r0 = task * chunk;
@@ -712,7 +719,8 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
       const float beta = first ? 0.f : 1.f;
       for (int jp = 0; jp < n_panels; ++jp)  // one B panel against every A panel while it is in L1
         for (int ip = 0; ip < m_panels; ++ip)
-          kern.fn(kc, Ap + static_cast<int64_t>(ip) * (kc * MR + kPanelSkew), Bp + static_cast<int64_t>(jp) * (kc * NR + kPanelSkew),
+          kern.fn(kc, Ap + static_cast<int64_t>(ip) * (kc * MR + kPanelSkew),
+                  Bp + static_cast<int64_t>(jp) * (kc * NR + kPanelSkew),
                   c + static_cast<int64_t>(ip) * MR * ldc + static_cast<int64_t>(jp) * NR, static_cast<long>(ldc), beta);
     });
     pool().parallel_for(s.K, 1, [&](int64_t b, int64_t e, int) {
