@@ -2,7 +2,6 @@
 #include "core/threadpool.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cstdlib>
 
 namespace mveb {
@@ -101,9 +100,11 @@ void ThreadPool::parallel_tasks(int64_t tasks, const std::function<void(int64_t,
     for (int64_t i = 0; i < tasks; ++i) fn(i, 0);
     return;
   }
-  std::atomic<int64_t> next{0};
+  // Static interleaving, not a shared counter: kernels keep per-thread partial sums, and a fixed
+  // task -> thread map makes their reduction order, hence every result, reproducible for a given
+  // thread count (exact resume of a training run depends on it).
   std::function<void(int)> body = [&](int t) {
-    for (int64_t i; (i = next.fetch_add(1)) < tasks;) fn(i, t);
+    for (int64_t i = t; i < tasks; i += parts) fn(i, t);
   };
   run_region(body, parts);
 }

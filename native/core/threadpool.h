@@ -22,7 +22,9 @@ class ThreadPool {
   int size() const { return threads_; }
   // fn(begin, end, thread_index) over [0, n) split into at most size() chunks of >= grain items.
   void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t, int)>& fn);
-  // fn(task, thread_index) for task in [0, tasks), handed out dynamically (for uneven work).
+  // fn(task, thread_index) for task in [0, tasks): task i runs on thread i % min(size, tasks), in
+  // increasing order. The fixed map keeps per-thread partial sums reproducible for a given thread
+  // count (results never depend on timing).
   void parallel_tasks(int64_t tasks, const std::function<void(int64_t, int)>& fn);
 
  private:

@@ -1,4 +1,5 @@
 // test_core.cpp: tensors, memory counters, the thread pool and the random streams.
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 
@@ -51,4 +52,19 @@ TEST("core: counter-based normals are pinned and look standard") {
   EXPECT_TRUE(std::fabs(s2 / n - 1) < 0.02, "var " << s2 / n);
   EXPECT_TRUE(mveb::normal01(7, 0) == mveb::normal01(7, 0));
   EXPECT_TRUE(mveb::normal01(7, 0) != mveb::normal01(8, 0));
+}
+
+TEST("core: parallel_tasks maps task i to thread i % threads, in order (reproducible partial sums)") {
+  mveb::ThreadPool pool(3);
+  for (int64_t n : {2, 3, 10, 101}) {
+    std::vector<int> owner(static_cast<size_t>(n), -1);
+    std::vector<std::vector<int64_t>> order(3);
+    pool.parallel_tasks(n, [&](int64_t i, int t) {
+      owner[static_cast<size_t>(i)] = t;
+      order[static_cast<size_t>(t)].push_back(i);
+    });
+    const int64_t parts = std::min<int64_t>(3, n);
+    for (int64_t i = 0; i < n; ++i) EXPECT_TRUE(owner[static_cast<size_t>(i)] == i % parts, "n=" << n << " i=" << i);
+    for (auto& o : order) EXPECT_TRUE(std::is_sorted(o.begin(), o.end()));
+  }
 }
