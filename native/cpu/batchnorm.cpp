@@ -1,7 +1,8 @@
 // batchnorm.cpp: batch norm over rows [M, C] (BN2d on NHWC with M = N*H*W) with the residual add and
 // ReLU fused, PyTorch semantics: batch mean and biased variance normalise; running_var takes the
 // unbiased variance (M / (M - 1)) with running = (1 - momentum) running + momentum batch. Threads
-// split the rows; per-thread per-channel partial sums are combined in double; the inner loops run over
+// split the rows; per-thread per-channel partial sums are combined in double (the training forward takes
+// both moments in one pass, shifted by the first row); the inner loops run over
 // C (contiguous) so the compiler vectorises them.
 // Tested by test/native/test_kernels.cpp ("kernels: batchnorm ...") against the float64 reference,
 // whose backward is itself checked by finite differences.
@@ -76,21 +77,27 @@ void CpuBackend::batchnorm_forward_train(float* y, float* saved_mean, float* sav
   check_bn("batchnorm_forward_train", M, C);
   MVEB_CHECK(M >= 2, "E_SHAPE", "batchnorm_forward_train: expected more than 1 value per channel when training, found ",
              M, " rows");
+  // One pass for both moments, shifted by the first row (d = x - x[0]) so that the variance
+  // E[d^2] - E[d]^2 does not cancel when the mean is large against the spread.
+  const float* shift0 = x;
   std::vector<double> sums;
-  channel_sums(pool(), M, C, 1, sums, [&](int64_t m, float* acc) {
+  channel_sums(pool(), M, C, 2, sums, [&](int64_t m, float* acc) {
     const float* xr = x + m * C;
-    for (int c = 0; c < C; ++c) acc[c] += xr[c];
-  });
-  std::vector<float> mean(static_cast<size_t>(C));
-  for (int c = 0; c < C; ++c) mean[c] = static_cast<float>(sums[c] / M);
-  std::vector<double> sq;
-  channel_sums(pool(), M, C, 1, sq, [&](int64_t m, float* acc) {
-    const float* xr = x + m * C;
+    float* s1 = acc;
+    float* s2 = acc + C;
     for (int c = 0; c < C; ++c) {
-      const float d = xr[c] - mean[c];
-      acc[c] += d * d;
+      const float d = xr[c] - shift0[c];
+      s1[c] += d;
+      s2[c] += d * d;
     }
   });
+  std::vector<float> mean(static_cast<size_t>(C));
+  std::vector<double> sq(static_cast<size_t>(C));
+  for (int c = 0; c < C; ++c) {
+    const double md = sums[c] / M;
+    mean[c] = static_cast<float>(shift0[c] + md);
+    sq[c] = std::max(0.0, sums[C + c] - md * md * M);  // sum of squared deviations from the mean
+  }
   std::vector<float> scale(static_cast<size_t>(C)), shift(static_cast<size_t>(C));
   for (int c = 0; c < C; ++c) {
     const double var = sq[c] / M;
