@@ -140,14 +140,14 @@ describe('train: pretrain end to end (tiny network)', () => {
       void data, void testData;
       return { ...rest, trainCount: 128, epochs: 2 };
     };
-    const full = pretrainInChild(o('full'), 1);
+    const full = pretrainInChild(o('full'), 2);
     expect(full.losses.length).toBe(8);
-    const part1 = pretrainInChild({ ...o('part'), maxSteps: 3 }, 1);
+    const part1 = pretrainInChild({ ...o('part'), maxSteps: 3 }, 2);
     expect(part1.summary.steps).toBe(3);
     expect(part1.losses).toEqual(full.losses.slice(0, 3));
-    const part2 = pretrainInChild({ ...o('part'), maxSteps: 4, resume: true }, 1); // stops at the epoch boundary
+    const part2 = pretrainInChild({ ...o('part'), maxSteps: 4, resume: true }, 2); // stops at the epoch boundary
     expect(part2.losses).toEqual(full.losses.slice(3, 4));
-    const part3 = pretrainInChild({ ...o('part'), resume: true }, 1);
+    const part3 = pretrainInChild({ ...o('part'), resume: true }, 2);
     expect(part3.losses).toEqual(full.losses.slice(4));
     const a = await loadCheckpoint(full.summary.checkpoint), b = await loadCheckpoint(part3.summary.checkpoint);
     expect(checksumTensors(b.tensors)).toBe(checksumTensors(a.tensors));
