@@ -47,19 +47,6 @@ constexpr int64_t kWeightDepth = 256;    // patch rows per backward-weight task 
 constexpr int kPanelSkew = 16;
 constexpr int kWeightNarrowK = 128;  // backward weight: dy^T * col up to this K, else col^T * dy
 
-void check_conv(const char* op, const ConvShape& s) {
-  check_nonnegative(op, "N", s.N);
-  check_positive(op, "H", s.H);
-  check_positive(op, "W", s.W);
-  check_positive(op, "C", s.C);
-  check_positive(op, "K", s.K);
-  check_positive(op, "R", s.R);
-  check_positive(op, "S", s.S);
-  check_positive(op, "stride", s.stride);
-  check_nonnegative(op, "pad", s.pad);
-  MVEB_CHECK(s.P() > 0 && s.Q() > 0, "E_SHAPE", op, ": output size must be > 0, found ", s.P(), "x", s.Q(),
-             " for input ", s.H, "x", s.W, " filter ", s.R, "x", s.S, " stride ", s.stride, " pad ", s.pad);
-}
 
 bool is_pointwise(const ConvShape& s) { return s.R == 1 && s.S == 1 && s.stride == 1 && s.pad == 0; }
 
@@ -533,12 +520,12 @@ void conv_forward_impl(CpuBackend& be, float* y, const float* x, const float* w,
 }  // namespace
 
 void CpuBackend::conv2d_forward(float* y, const float* x, const float* w, const ConvShape& s) {
-  check_conv("conv2d_forward", s);
+  check_conv_shape("conv2d_forward", s);
   conv_forward_impl(*this, y, x, w, false, s);
 }
 
 void CpuBackend::conv2d_backward_data(float* dx, const float* dy, const float* w, const ConvShape& s) {
-  check_conv("conv2d_backward_data", s);
+  check_conv_shape("conv2d_backward_data", s);
   if (s.N == 0) return;
   const int rsc = s.R * s.S * s.C;
   const int P = s.P(), Q = s.Q();
@@ -589,7 +576,7 @@ void CpuBackend::conv2d_backward_data(float* dx, const float* dy, const float* w
 }
 
 void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float* x, const ConvShape& s) {
-  check_conv("conv2d_backward_weight", s);
+  check_conv_shape("conv2d_backward_weight", s);
   const int64_t rows = static_cast<int64_t>(s.N) * s.P() * s.Q();
   const int rsc = s.R * s.S * s.C;
   if (rows == 0) return;

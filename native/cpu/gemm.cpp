@@ -264,13 +264,7 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
 
 void CpuBackend::gemm(bool transA, bool transB, int M, int N, int K, float alpha, const float* A, int lda,
                       const float* B, int ldb, float beta, float* C, int ldc) {
-  check_nonnegative("gemm", "M", M);
-  check_nonnegative("gemm", "N", N);
-  check_nonnegative("gemm", "K", K);
-  const int a_cols = transA ? M : K, b_cols = transB ? K : N;
-  MVEB_CHECK(lda >= std::max(1, a_cols), "E_ARG", "gemm: lda must be >= ", std::max(1, a_cols), ", found ", lda);
-  MVEB_CHECK(ldb >= std::max(1, b_cols), "E_ARG", "gemm: ldb must be >= ", std::max(1, b_cols), ", found ", ldb);
-  MVEB_CHECK(ldc >= std::max(1, N), "E_ARG", "gemm: ldc must be >= ", std::max(1, N), ", found ", ldc);
+  check_gemm_args(transA, transB, M, N, K, lda, ldb, ldc);
   gemm_detail::gemm_run(pool(), gemm_detail::kernel_for(isa()), transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 

@@ -1,12 +1,13 @@
 // kernel_util.h: small helpers shared by the CPU kernel files (gemm.cpp, conv.cpp, batchnorm.cpp,
-// pool.cpp, ...): a 64-byte aligned scratch buffer owned by one call (no static state) and argument
-// checks that throw mveb::Error with the expected and found values.
+// pool.cpp, ...): a 64-byte aligned scratch buffer owned by one call (no static state); the argument
+// checks come from core/op_checks.h (shared with the CUDA backend).
 #pragma once
 #include <cstddef>
 #include <cstdlib>
 #include <new>
 
 #include "core/error.h"
+#include "core/op_checks.h"  // check_positive, check_nonnegative, the op-table shape checks
 
 namespace mveb {
 
@@ -27,12 +28,5 @@ class ScratchBuffer {
  private:
   float* p_ = nullptr;
 };
-
-inline void check_nonnegative(const char* op, const char* what, long long v) {
-  MVEB_CHECK(v >= 0, "E_SHAPE", op, ": ", what, " must be >= 0, found ", v);
-}
-inline void check_positive(const char* op, const char* what, long long v) {
-  MVEB_CHECK(v > 0, "E_SHAPE", op, ": ", what, " must be > 0, found ", v);
-}
 
 }  // namespace mveb

@@ -17,25 +17,8 @@
 
 namespace mveb {
 
-namespace {
-void check_pool(const char* op, const PoolShape& s) {
-  check_nonnegative(op, "N", s.N);
-  check_positive(op, "H", s.H);
-  check_positive(op, "W", s.W);
-  check_nonnegative(op, "C", s.C);
-  check_positive(op, "kernel", s.kernel);
-  check_positive(op, "stride", s.stride);
-  check_nonnegative(op, "pad", s.pad);
-  MVEB_CHECK(2 * s.pad <= s.kernel, "E_SHAPE", op, ": pad must be <= kernel / 2 (", s.kernel / 2, "), found ", s.pad);
-  MVEB_CHECK(s.P() > 0 && s.Q() > 0, "E_SHAPE", op, ": output size must be > 0, found ", s.P(), "x", s.Q(),
-             " for input ", s.H, "x", s.W, " kernel ", s.kernel, " stride ", s.stride, " pad ", s.pad);
-  MVEB_CHECK(static_cast<double>(s.N) * s.H * s.W * s.C < 2147483647.0, "E_SHAPE", op,
-             ": input too large for int32 argmax (", static_cast<double>(s.N) * s.H * s.W * s.C, " elements)");
-}
-}  // namespace
-
 void CpuBackend::maxpool2d_forward(float* y, int32_t* argmax, const float* x, const PoolShape& s) {
-  check_pool("maxpool2d_forward", s);
+  check_pool_shape("maxpool2d_forward", s);
   const int P = s.P(), Q = s.Q(), C = s.C;
   pool().parallel_for(static_cast<int64_t>(s.N) * P, 1, [&](int64_t b, int64_t e, int) {
     for (int64_t np = b; np < e; ++np) {
@@ -72,7 +55,7 @@ void CpuBackend::maxpool2d_forward(float* y, int32_t* argmax, const float* x, co
 }
 
 void CpuBackend::maxpool2d_backward(float* dx, const float* dy, const int32_t* argmax, const PoolShape& s) {
-  check_pool("maxpool2d_backward", s);
+  check_pool_shape("maxpool2d_backward", s);
   const int64_t in_per_image = static_cast<int64_t>(s.H) * s.W * s.C, out_per_image = static_cast<int64_t>(s.P()) * s.Q() * s.C;
   pool().parallel_for(s.N, 1, [&](int64_t b, int64_t e, int) {
     for (int64_t n = b; n < e; ++n) {

@@ -10,7 +10,7 @@
 // Memory traffic: train forward reads x three times and writes y once (~4 x 4 B per element).
 #include <cuda_runtime.h>
 
-#include "cpu/kernel_util.h"  // argument checks shared with the CPU backend
+#include "core/op_checks.h"  // argument checks shared with the CPU backend
 #include "cuda/cuda_backend.h"
 
 namespace mveb {

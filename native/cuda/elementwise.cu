@@ -8,7 +8,7 @@
 
 #include <cmath>
 
-#include "cpu/kernel_util.h"  // argument checks shared with the CPU backend
+#include "core/op_checks.h"  // argument checks shared with the CPU backend
 #include "cuda/cuda_backend.h"
 
 namespace mveb {
@@ -223,21 +223,6 @@ unsigned reduction_blocks(size_t n) {
   return b == 0 ? 1u : static_cast<unsigned>(b);
 }
 
-// Same checks and messages as native/cpu/pool.cpp (2 pad <= kernel: no window is all padding).
-void check_pool(const PoolShape& s, const char* op) {
-  check_nonnegative(op, "N", s.N);
-  check_positive(op, "H", s.H);
-  check_positive(op, "W", s.W);
-  check_nonnegative(op, "C", s.C);
-  check_positive(op, "kernel", s.kernel);
-  check_positive(op, "stride", s.stride);
-  check_nonnegative(op, "pad", s.pad);
-  MVEB_CHECK(2 * s.pad <= s.kernel, "E_SHAPE", op, ": pad must be <= kernel / 2 (", s.kernel / 2, "), found ", s.pad);
-  MVEB_CHECK(s.P() > 0 && s.Q() > 0, "E_SHAPE", op, ": output size must be > 0, found ", s.P(), "x", s.Q(),
-             " for input ", s.H, "x", s.W, " kernel ", s.kernel, " stride ", s.stride, " pad ", s.pad);
-  MVEB_CHECK(static_cast<double>(s.N) * s.H * s.W * s.C < 2147483647.0, "E_SHAPE", op,
-             ": input too large for int32 argmax (", static_cast<double>(s.N) * s.H * s.W * s.C, " elements)");
-}
 
 }  // namespace
 
@@ -266,7 +251,7 @@ void CudaBackend::axpy(float* y, float alpha, const float* x, size_t n) {
 }
 
 void CudaBackend::maxpool2d_forward(float* y, int32_t* argmax, const float* x, const PoolShape& s) {
-  check_pool(s, "maxpool2d_forward");
+  check_pool_shape("maxpool2d_forward", s);
   size_t total = static_cast<size_t>(s.N) * s.P() * s.Q() * s.C;
   if (!total) return;
   maxpool_forward_kernel<<<elementwise_blocks(total), 256, 0, stream_>>>(y, argmax, x, s, s.P(), s.Q(), total);
@@ -274,7 +259,7 @@ void CudaBackend::maxpool2d_forward(float* y, int32_t* argmax, const float* x, c
 }
 
 void CudaBackend::maxpool2d_backward(float* dx, const float* dy, const int32_t* argmax, const PoolShape& s) {
-  check_pool(s, "maxpool2d_backward");
+  check_pool_shape("maxpool2d_backward", s);
   size_t total = static_cast<size_t>(s.N) * s.H * s.W * s.C;
   if (!total) return;
   maxpool_backward_kernel<<<elementwise_blocks(total), 256, 0, stream_>>>(dx, dy, argmax, s, s.P(), s.Q(), total);

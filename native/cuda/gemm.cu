@@ -17,7 +17,7 @@
 
 #include <algorithm>
 
-#include "cpu/kernel_util.h"  // the argument checks, shared with the CPU backend (same messages)
+#include "core/op_checks.h"  // the argument checks, shared with the CPU backend (same messages)
 #include "cuda/cuda_backend.h"
 
 namespace mveb {
@@ -360,21 +360,6 @@ GemmArgs conv_args(const ConvShape& s) {  // (is_pointwise below: 1x1 convolutio
   return a;
 }
 
-// Same checks and messages as native/cpu/conv.cpp.
-void check_conv(const ConvShape& s, const char* op) {
-  check_nonnegative(op, "N", s.N);
-  check_positive(op, "H", s.H);
-  check_positive(op, "W", s.W);
-  check_positive(op, "C", s.C);
-  check_positive(op, "K", s.K);
-  check_positive(op, "R", s.R);
-  check_positive(op, "S", s.S);
-  check_positive(op, "stride", s.stride);
-  check_nonnegative(op, "pad", s.pad);
-  MVEB_CHECK(s.P() > 0 && s.Q() > 0, "E_SHAPE", op, ": output size must be > 0, found ", s.P(), "x", s.Q(),
-             " for input ", s.H, "x", s.W, " filter ", s.R, "x", s.S, " stride ", s.stride, " pad ", s.pad);
-}
-
 void check_dims(const char* op, int N, int C, int H, int W) {
   check_nonnegative(op, "N", N);
   check_nonnegative(op, "C", C);
@@ -394,14 +379,7 @@ void transpose(CudaBackend& be, float* dst, const float* src, int B, int R, int 
 
 void CudaBackend::gemm(bool transA, bool transB, int M, int N, int K, float alpha, const float* A, int lda,
                        const float* B, int ldb, float beta, float* C, int ldc) {
-  // same checks and messages as native/cpu/gemm.cpp
-  check_nonnegative("gemm", "M", M);
-  check_nonnegative("gemm", "N", N);
-  check_nonnegative("gemm", "K", K);
-  const int a_cols = transA ? M : K, b_cols = transB ? K : N;
-  MVEB_CHECK(lda >= std::max(1, a_cols), "E_ARG", "gemm: lda must be >= ", std::max(1, a_cols), ", found ", lda);
-  MVEB_CHECK(ldb >= std::max(1, b_cols), "E_ARG", "gemm: ldb must be >= ", std::max(1, b_cols), ", found ", ldb);
-  MVEB_CHECK(ldc >= std::max(1, N), "E_ARG", "gemm: ldc must be >= ", std::max(1, N), ", found ", ldc);
+  check_gemm_args(transA, transB, M, N, K, lda, ldb, ldc);
   GemmArgs a{};
   a.M = M, a.N = N, a.K = K;
   a.alpha = alpha, a.beta = beta;
@@ -427,7 +405,7 @@ static bool is_pointwise(const ConvShape& s) { return s.R == 1 && s.S == 1 && s.
 
 // y[N*P*Q, K] = im2col(x)[N*P*Q, R*S*C] * w[K, R*S*C]^T
 void CudaBackend::conv2d_forward(float* y, const float* x, const float* w, const ConvShape& s) {
-  check_conv(s, "conv2d_forward");
+  check_conv_shape("conv2d_forward", s);
   if (is_pointwise(s)) return gemm(false, true, s.N * s.H * s.W, s.K, s.C, 1.f, x, s.C, w, s.C, 0.f, y, s.K);
   GemmArgs a = conv_args(s);
   a.M = s.N * s.P() * s.Q(), a.N = s.K, a.K = s.R * s.S * s.C;
@@ -438,7 +416,7 @@ void CudaBackend::conv2d_forward(float* y, const float* x, const float* w, const
 
 // dx[N*H*W, C] = gathered dy[N*H*W, (r, s, k)] * w[(r, s, k), C]
 void CudaBackend::conv2d_backward_data(float* dx, const float* dy, const float* w, const ConvShape& s) {
-  check_conv(s, "conv2d_backward_data");
+  check_conv_shape("conv2d_backward_data", s);
   if (is_pointwise(s)) return gemm(false, false, s.N * s.H * s.W, s.C, s.K, 1.f, dy, s.K, w, s.C, 0.f, dx, s.C);
   GemmArgs a = conv_args(s);
   a.M = s.N * s.H * s.W, a.N = s.C, a.K = s.R * s.S * s.K;
@@ -449,7 +427,7 @@ void CudaBackend::conv2d_backward_data(float* dx, const float* dy, const float* 
 
 // dw[K, R*S*C] += dy[N*P*Q, K]^T * im2col(x)[N*P*Q, R*S*C]   (accumulates)
 void CudaBackend::conv2d_backward_weight(float* dw, const float* dy, const float* x, const ConvShape& s) {
-  check_conv(s, "conv2d_backward_weight");
+  check_conv_shape("conv2d_backward_weight", s);
   if (is_pointwise(s)) return gemm(true, false, s.K, s.C, s.N * s.H * s.W, 1.f, dy, s.K, x, s.C, 1.f, dw, s.C);
   GemmArgs a = conv_args(s);
   a.M = s.K, a.N = s.R * s.S * s.C, a.K = s.N * s.P() * s.Q();

@@ -23,7 +23,7 @@
 #include <functional>
 #include <vector>
 
-#include "cpu/kernel_util.h"  // argument checks shared with the CPU backend
+#include "core/op_checks.h"  // argument checks shared with the CPU backend
 #include "cuda/cuda_backend.h"
 
 namespace mveb {
