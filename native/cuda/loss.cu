@@ -23,6 +23,7 @@
 #include <functional>
 #include <vector>
 
+#include "core/vmf_condition.h"  // condition_estimate, shared with the CPU backend
 #include "core/op_checks.h"  // argument checks shared with the CPU backend
 #include "cuda/cuda_backend.h"
 
@@ -86,61 +87,6 @@ __global__ void l2_normalize_backward_kernel(float* __restrict__ dx, const float
     const float inv = 1.f / eps;
     for (int d = threadIdx.x; d < D; d += blockDim.x) dxr[d] = dyr[d] * inv;
   }
-}
-
-// cond(A) of A = L L^T from its factor (L in the lower triangle, row stride N), the same estimate as
-// native/cpu/vmf.cpp (so both backends report the same number): lambda_max by 3 power-iteration
-// steps from the all-ones vector, 1 / lambda_min by 3 inverse-iteration steps (two triangular
-// solves each) from a fixed pseudo-random vector.
-double condition_estimate(const double* L, int N) {
-  constexpr int kSteps = 3;
-  std::vector<double> v(N), u(N), w(N);
-  auto normalise = [&](std::vector<double>& x) {
-    double s = 0;
-    for (double a : x) s += a * a;
-    const double n = std::sqrt(s);
-    for (double& a : x) a /= n;
-    return n;
-  };
-  std::fill(v.begin(), v.end(), 1.0);
-  normalise(v);
-  double lambda_max = 0;
-  for (int step = 0; step < kSteps; ++step) {
-    std::fill(u.begin(), u.end(), 0.0);  // u = L^T v
-    for (int i = 0; i < N; ++i) {
-      const double* row = L + static_cast<size_t>(i) * N;
-      for (int j = 0; j <= i; ++j) u[j] += v[i] * row[j];
-    }
-    for (int i = 0; i < N; ++i) {  // w = L u
-      const double* row = L + static_cast<size_t>(i) * N;
-      double s = 0;
-      for (int j = 0; j <= i; ++j) s += row[j] * u[j];
-      w[i] = s;
-    }
-    double rq = 0;
-    for (int i = 0; i < N; ++i) rq += v[i] * w[i];
-    lambda_max = std::max(lambda_max, rq);
-    v = w;
-    normalise(v);
-  }
-  for (int i = 0; i < N; ++i) v[i] = ((i * 7919) % 13) - 6.0 + 0.5 * std::sin(i + 1.0);
-  normalise(v);
-  double inv_lambda_min = 0;
-  for (int step = 0; step < kSteps; ++step) {
-    for (int i = 0; i < N; ++i) {  // v = L^{-1} v
-      const double* row = L + static_cast<size_t>(i) * N;
-      double s = 0;
-      for (int j = 0; j < i; ++j) s += row[j] * v[j];
-      v[i] = (v[i] - s) / row[i];
-    }
-    for (int i = N - 1; i >= 0; --i) {  // v = L^{-T} v
-      const double* row = L + static_cast<size_t>(i) * N;
-      v[i] /= row[i];
-      for (int j = 0; j < i; ++j) v[j] -= v[i] * row[j];
-    }
-    inv_lambda_min = std::max(inv_lambda_min, normalise(v));
-  }
-  return lambda_max * inv_lambda_min;
 }
 
 }  // namespace
