@@ -29,6 +29,7 @@ import {
   loadIdx,
   loadImageFolder,
 } from '../lib/data';
+import { expectCode, expectReject } from './helpers';
 
 let tmp: string;
 beforeAll(() => {
@@ -37,25 +38,6 @@ beforeAll(() => {
 afterAll(() => {
   fs.rmSync(tmp, { recursive: true, force: true });
 });
-
-function expectCode(fn: () => unknown, code: string, message?: RegExp) {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(MvebError);
-    expect((e as MvebError).code).toBe(code);
-    if (message) expect((e as MvebError).message).toMatch(message);
-    return;
-  }
-  throw new Error(`expected an MvebError ${code}`);
-}
-async function expectReject(p: Promise<unknown>, code: string, message?: RegExp) {
-  await expect(p).rejects.toBeInstanceOf(MvebError);
-  await p.catch((e: MvebError) => {
-    expect(e.code).toBe(code);
-    if (message) expect(e.message).toMatch(message);
-  });
-}
 
 function idxBytes(magicDims: number[], data: Uint8Array): Buffer {
   const header = Buffer.alloc(4 + 4 * magicDims.length);
@@ -427,7 +409,7 @@ describe('MultiCropLoader', () => {
       calls.push(args[4] as number);
       return original(...args);
     };
-    const before = memory().cpu.buffers;
+    const before = memory().cpu.tensors;
     try {
       const loader = new MultiCropLoader(ds, { batchSize: 5, seed: 1 });
       for await (const b of loader.epoch(0)) {
@@ -440,6 +422,6 @@ describe('MultiCropLoader', () => {
     } finally {
       native.dataAugmentBatch = original;
     }
-    expect(memory().cpu.buffers).toBe(before);
+    expect(memory().cpu.tensors).toBe(before);
   });
 });

@@ -6,6 +6,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { MvebError, Tensor } from '../lib';
 import { MVEBLoss, vmfScore } from '../lib/loss';
+import { expectReject, relError } from './helpers';
 
 // Golden values of the official loss with PyTorch autograd in float64 (benchmarks/loss_fixture.py).
 interface FixtureCase {
@@ -32,28 +33,6 @@ const example1Score = [
 const z2 = [0.8, 0.6, 0, 0, 0.8, 0.6, 0, 0, 1, 0.6, 0, 0.8];
 const tb1 = [1, 0, 0, 0, 0.6, 0.8, 0.8, 0.6, 0, 0, 0, 1];
 const tb2 = [0.8, 0, 0.6, 0, 1, 0, 0, 0.8, 0.6, 0, 0.6, 0.8];
-
-function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < b.length; i++) {
-    num += (a[i] - b[i]) ** 2;
-    den += b[i] ** 2;
-  }
-  return Math.sqrt(num / den);
-}
-
-async function expectReject(p: Promise<unknown>, code: string, message?: RegExp) {
-  let err: unknown;
-  try {
-    await p;
-  } catch (e) {
-    err = e;
-  }
-  expect(err).toBeInstanceOf(MvebError);
-  expect((err as MvebError).code).toBe(code);
-  if (message) expect((err as MvebError).message).toMatch(message);
-}
 
 const t = (data: number[], n: number, d: number) => Tensor.from(data, [n, d]);
 const randn = (n: number, d: number, seed: number) => Tensor.randn([n, d], { seed });

@@ -11,35 +11,11 @@ import { loadTensors, saveTensors } from '../lib/safetensors';
 import { writeFileAtomic } from '../lib/atomic';
 import { Tensor } from '../lib/tensor';
 import { MvebError } from '../lib/errors';
+import { expectReject, relError } from './helpers';
 
 const fixtures = path.join(__dirname, 'fixtures');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mveb-model-'));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
-
-function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let num = 0;
-  let den = 0;
-  expect(a.length).toBe(b.length);
-  for (let i = 0; i < a.length; i++) {
-    const d = a[i] - b[i];
-    if (!Number.isFinite(a[i])) return Infinity;
-    num += d * d;
-    den += b[i] * b[i];
-  }
-  return Math.sqrt(num / den);
-}
-
-async function expectCode(p: Promise<unknown> | (() => unknown), code: string): Promise<void> {
-  try {
-    if (typeof p === 'function') p();
-    else await p;
-  } catch (e) {
-    expect(e).toBeInstanceOf(MvebError);
-    expect((e as MvebError).code).toBe(code);
-    return;
-  }
-  throw new Error(`expected ${code}`);
-}
 
 test('resnet18 cifar fixture through the JS API matches PyTorch within 1e-4', async () => {
   const { tensors: f, metadata } = await loadTensors(path.join(fixtures, 'resnet18_cifar_c3.safetensors'));
@@ -66,7 +42,7 @@ test('resnet18 cifar fixture through the JS API matches PyTorch within 1e-4', as
   [feats, dx, ...grads.values(), ...bufs.values(), ...f.values()].forEach((t) => t.dispose());
   net.dispose();
   expect(net.disposed).toBe(true);
-  await expectCode(net.forward(Tensor.zeros([1, 3, 8, 8])), 'E_DISPOSED');
+  await expectReject(net.forward(Tensor.zeros([1, 3, 8, 8])), 'E_DISPOSED');
 });
 
 test('save/load round trip (atomic write), prefix, strict errors, torchvision-style extra fc', async () => {
@@ -95,11 +71,11 @@ test('save/load round trip (atomic write), prefix, strict errors, torchvision-st
   missing.delete('layer1.0.conv1.weight');
   const mfile = path.join(tmp, 'missing.safetensors');
   await saveTensors(mfile, missing);
-  await expectCode(b.load(mfile, { strict: true }), 'E_FORMAT');
+  await expectReject(b.load(mfile, { strict: true }), 'E_FORMAT');
   await b.load(mfile, { strict: false });
   const bad = new Map(pa);
   bad.set('conv1.weight', Tensor.zeros([2, 1, 3, 3]));
-  await expectCode(Promise.resolve().then(() => b.loadStateDict(bad)), 'E_SHAPE');
+  await expectReject(Promise.resolve().then(() => b.loadStateDict(bad)), 'E_SHAPE');
 
   // a backbone and a projector in one file under projector.*
   const proj = Model.projector({ inDim: 32, hiddenDim: 16, outDim: 8, seed: 4 });
@@ -129,11 +105,11 @@ test('hostile files give MvebError, never a crash', async () => {
   for (const [name, bytes, code] of cases) {
     const file = path.join(tmp, `${name.replace(/ /g, '_')}.safetensors`);
     fs.writeFileSync(file, bytes);
-    await expectCode(loadTensors(file), code);
+    await expectReject(loadTensors(file), code);
   }
-  await expectCode(loadTensors(path.join(tmp, 'does-not-exist.safetensors')), 'E_IO');
+  await expectReject(loadTensors(path.join(tmp, 'does-not-exist.safetensors')), 'E_IO');
   const net = Model.projector({ inDim: 4, hiddenDim: 4, outDim: 4 });
-  await expectCode(net.load(path.join(tmp, 'empty.safetensors')), 'E_FORMAT');
+  await expectReject(net.load(path.join(tmp, 'empty.safetensors')), 'E_FORMAT');
   net.dispose();
 });
 
@@ -187,21 +163,21 @@ test('clone, emaUpdate and SGD optimizerStep follow their formulas; NaN gradient
 });
 
 test('argument validation gives stable codes', async () => {
-  await expectCode(() => Model.resnet({ depth: 20 as 18 }), 'E_ARG');
-  await expectCode(() => Model.resnet({ depth: 18, stem: 'tiny' as 'cifar' }), 'E_ARG');
-  await expectCode(() => Model.resnet({ depth: 18, inChannels: 0 }), 'E_ARG');
-  await expectCode(() => Model.resnet({ depth: 18, device: 'tpu' as 'cpu' }), 'E_DEVICE');
-  await expectCode(() => Model.projector({ inDim: 4, hiddenDim: 0, outDim: 2 }), 'E_ARG');
+  await expectReject(() => Model.resnet({ depth: 20 as 18 }), 'E_ARG');
+  await expectReject(() => Model.resnet({ depth: 18, stem: 'tiny' as 'cifar' }), 'E_ARG');
+  await expectReject(() => Model.resnet({ depth: 18, inChannels: 0 }), 'E_ARG');
+  await expectReject(() => Model.resnet({ depth: 18, device: 'tpu' as 'cpu' }), 'E_DEVICE');
+  await expectReject(() => Model.projector({ inDim: 4, hiddenDim: 0, outDim: 2 }), 'E_ARG');
   const net = Model.resnet({ depth: 18, stem: 'cifar', widthMultiplier: 0.0625 });
   expect(net.featureDim).toBe(32);
   const wrong = Tensor.zeros([2, 1, 8, 8]);
-  await expectCode(net.forward(wrong), 'E_SHAPE');
-  await expectCode(net.backward(Tensor.zeros([2, 32])), 'E_ARG');
-  await expectCode(net.optimizerStep({ lr: NaN }), 'E_ARG');
-  await expectCode(net.optimizerStep({ kind: 'adam' as 'sgd', lr: 1 }), 'E_ARG');
+  await expectReject(net.forward(wrong), 'E_SHAPE');
+  await expectReject(net.backward(Tensor.zeros([2, 32])), 'E_ARG');
+  await expectReject(net.optimizerStep({ lr: NaN }), 'E_ARG');
+  await expectReject(net.optimizerStep({ kind: 'adam' as 'sgd', lr: 1 }), 'E_ARG');
   const other = Model.projector({ inDim: 4, hiddenDim: 4, outDim: 4 });
-  await expectCode(net.emaUpdate(other, 0.5), 'E_SHAPE');
-  await expectCode(net.emaUpdate(net, 2), 'E_ARG');
+  await expectReject(net.emaUpdate(other, 0.5), 'E_SHAPE');
+  await expectReject(net.emaUpdate(net, 2), 'E_ARG');
   net.dispose();
   other.dispose();
   wrong.dispose();
@@ -213,5 +189,5 @@ test('writeFileAtomic replaces the file whole and leaves no temporary file', asy
   await writeFileAtomic(file, Buffer.from('new content'));
   expect(fs.readFileSync(file, 'utf8')).toBe('new content');
   expect(fs.readdirSync(tmp).filter((n) => n.includes('atomic.bin') && n.endsWith('.tmp'))).toEqual([]);
-  await expectCode(writeFileAtomic(path.join(tmp, 'no-such-dir', 'x.bin'), Buffer.from('x')), 'E_IO');
+  await expectReject(writeFileAtomic(path.join(tmp, 'no-such-dir', 'x.bin'), Buffer.from('x')), 'E_IO');
 });

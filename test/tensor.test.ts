@@ -3,18 +3,7 @@ import { spawnSync } from 'child_process';
 import * as path from 'path';
 import { Worker } from 'worker_threads';
 import { MvebError, Tensor, memory, backends } from '../lib';
-
-function expectCode(fn: () => unknown, code: string, message?: RegExp) {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(MvebError);
-    expect((e as MvebError).code).toBe(code);
-    if (message) expect((e as MvebError).message).toMatch(message);
-    return;
-  }
-  throw new Error(`expected an MvebError ${code}`);
-}
+import { expectCode } from './helpers';
 
 describe('Tensor', () => {
   test('from / shape / dtype / device / data round trip', async () => {
@@ -59,7 +48,7 @@ describe('Tensor', () => {
   });
 
   test('randn is seeded, reproducible and pinned', () => {
-    const a = Tensor.randn([1000], { seed: 3 }).dataSync();
+    const a = Tensor.randn([1000], { seed: 3 }).dataSync() as Float32Array;
     const b = Tensor.randn([1000], { seed: 3 }).dataSync();
     const c = Tensor.randn([1000], { seed: 4 }).dataSync();
     expect(Array.from(a)).toEqual(Array.from(b));
