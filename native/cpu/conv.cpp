@@ -5,7 +5,9 @@
 // workspace and runs a single-threaded GEMM on it, so the patch matrix is never written to memory
 // in full:
 //   forward          3x3 stride 1 with C, K >= 8: Winograd F(2x2, 3x3) (winograd_f2x3: input, filter
-//                    and output transforms around 16 GEMMs per chunk of 2x2 output tiles). Otherwise
+//                    and output transforms around 16 GEMMs per chunk of 2x2 output tiles); with
+//                    64 <= C, K <= 256 and enough tiles F(4x4, 3x3) (winograd_f4x3: 36 GEMMs per
+//                    chunk of 4x4 output tiles). Otherwise
 //                    y[rows, K]      = col[rows, RSC] * w[K, RSC]^T
 //   backward weight  3x3 stride 1 with C, K >= 8: Winograd F(2x2, 3x3) (winograd_f2x3_weight: 16
 //                    GEMMs over the transformed input and output-gradient tiles). Otherwise
@@ -41,6 +43,16 @@ constexpr int64_t kWorkspaceFloats = int64_t(4) << 20;
 constexpr int64_t kChunkFloats = int64_t(192) << 10;  // 768 KB of patches per thread
 constexpr int64_t kWinogradSkew = 48;  // floats between Winograd's 16 matrices (3 cache lines)
 constexpr int kWinogradMinChannels = 8;  // 3x3 stride 1 with C, K >= this: Winograd
+// Winograd F(4x4, 3x3) instead of F(2x2, 3x3) for 64 <= C, K <= 256 with at least max(C, K) 4x4
+// output tiles (its 36 filter transforms and packings cost more than F(2x2, 3x3)'s 16, which pays
+// off only with enough tiles; one-thread N=128 forward: C64 32x32 36.8 -> 29 ms, C128 16x16 31.8 ->
+// 25, C256 8x8 30.5 -> 22; C512 4x4 (128 tiles) would go 32 -> 47). Its relative error vs float64 is
+// about 6x F(2x2, 3x3)'s and grows with C (1.5e-6 at C64, 3e-6 at C256, 4.3e-6 at C512 with unit
+// normal inputs): hence the upper bound on C and K.
+constexpr int kWinograd4MinChannels = 64;
+constexpr int kWinograd4MaxChannels = 256;
+constexpr int64_t kWinograd4MinChunk = 64;  // tiles per F(4x4, 3x3) task, at least
+constexpr int64_t kWinograd4ChunkFloats = (int64_t(16) << 10) * 16 / 36;  // / (C + K): tiles per task
 constexpr int64_t kWeightDepth = 256;    // patch rows per backward-weight task (GEMM depth)
 // Backward weight's packed panels lie this many floats (one cache line) further apart than their
 // size, so that one patch row's pieces, one per panel, do not all fall into the same L1 sets.
@@ -455,6 +467,164 @@ void winograd_f2x3(CpuBackend& be, float* y, const float* x, const ConvShape& s,
     }
   });
 }
+
+// Winograd F(4x4, 3x3) (Lavin & Gray 2015, points 0, +-1, +-2, inf) for the deep 3x3 stride-1
+// convolutions (C, K >= kWinograd4MinChannels): 6x6 input tiles, 36 GEMMs per chunk of 4x4 output
+// tiles, 4x fewer multiplications than im2col (F(2x2, 3x3): 2.25x). Same layout and roles of
+// filt / flipped as winograd_f2x3. B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0;
+// 0 4 0 -5 0 1], G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1],
+// A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1].
+void winograd4_input(float* V, int64_t vst, const float* x, const ConvShape& s, int TP, int TQ, int64_t t0, int nt,
+                     const float* zeros) {
+  const int C = s.C;
+  for (int i = 0; i < nt; ++i) {
+    const int64_t tile = t0 + i;
+    const int tq = static_cast<int>(tile % TQ), tp = static_cast<int>((tile / TQ) % TP);
+    const int64_t n = tile / (static_cast<int64_t>(TP) * TQ);
+    const float* src[6][6];
+    for (int a = 0; a < 6; ++a)
+      for (int b = 0; b < 6; ++b) {
+        const int h = 4 * tp - s.pad + a, w = 4 * tq - s.pad + b;
+        src[a][b] = (h >= 0 && h < s.H && w >= 0 && w < s.W) ? x + ((n * s.H + h) * s.W + w) * C : zeros;
+      }
+    float* __restrict v = V + static_cast<int64_t>(i) * C;
+#pragma GCC ivdep
+    for (int c = 0; c < C; ++c) {
+      float r[6][6];
+      #pragma GCC unroll 6
+      for (int b = 0; b < 6; ++b) {  // r = B^T d, column b
+        const float d0 = src[0][b][c], d1 = src[1][b][c], d2 = src[2][b][c], d3 = src[3][b][c],
+                    d4 = src[4][b][c], d5 = src[5][b][c];
+        r[0][b] = 4.f * d0 - 5.f * d2 + d4;
+        r[1][b] = (d3 + d4) - 4.f * (d1 + d2);
+        r[2][b] = (d4 - d3) + 4.f * (d1 - d2);
+        r[3][b] = (d4 - d2) + 2.f * (d3 - d1);
+        r[4][b] = (d4 - d2) + 2.f * (d1 - d3);
+        r[5][b] = 4.f * d1 - 5.f * d3 + d5;
+      }
+      #pragma GCC unroll 6
+      for (int a = 0; a < 6; ++a) {  // (B^T d) B, row a
+        const float d0 = r[a][0], d1 = r[a][1], d2 = r[a][2], d3 = r[a][3], d4 = r[a][4], d5 = r[a][5];
+        v[(a * 6 + 0) * vst + c] = 4.f * d0 - 5.f * d2 + d4;
+        v[(a * 6 + 1) * vst + c] = (d3 + d4) - 4.f * (d1 + d2);
+        v[(a * 6 + 2) * vst + c] = (d4 - d3) + 4.f * (d1 - d2);
+        v[(a * 6 + 3) * vst + c] = (d4 - d2) + 2.f * (d3 - d1);
+        v[(a * 6 + 4) * vst + c] = (d4 - d2) + 2.f * (d1 - d3);
+        v[(a * 6 + 5) * vst + c] = 4.f * d1 - 5.f * d3 + d5;
+      }
+    }
+  }
+}
+
+void winograd_f4x3(CpuBackend& be, float* y, const float* x, const ConvShape& s, const float* w, bool flipped) {
+  ThreadPool& pool = be.pool();
+  const gemm_detail::KernelInfo kern = gemm_detail::kernel_for(be.isa());
+  const int C = s.C, K = s.K, P = s.P(), Q = s.Q();
+  const int TP = (P + 3) / 4, TQ = (Q + 3) / 4;
+  const int64_t tiles = static_cast<int64_t>(s.N) * TP * TQ;
+  const int outer = flipped ? C : K, inner = flipped ? K : C;
+  const int64_t est = static_cast<int64_t>(C) * K;
+  // The 36 matrices lie kWinogradSkew floats further apart than their size (36 store streams
+  // C * K floats apart would otherwise share L1 sets).
+  const int64_t ust = est + kWinogradSkew;
+  ScratchBuffer u(static_cast<size_t>(36 * ust));
+  pool.parallel_for(outer, 1, [&](int64_t b, int64_t e, int) {
+    for (int64_t o = b; o < e; ++o) {
+      const float* g[9];
+      for (int tap = 0; tap < 9; ++tap)
+        g[tap] = flipped ? w + (o * 9 + 8 - tap) * K : w + (o * 9 + tap) * C;
+      float* __restrict d = u.get() + o * inner;
+#pragma GCC ivdep
+      for (int i = 0; i < inner; ++i) {
+        float t[6][3];
+        #pragma GCC unroll 3
+        for (int j = 0; j < 3; ++j) {  // t = G g, column j
+          const float g0 = g[j][i], g1 = g[3 + j][i], g2 = g[6 + j][i];
+          t[0][j] = g0 * (1.f / 4);
+          t[1][j] = (g0 + g1 + g2) * (-1.f / 6);
+          t[2][j] = (g0 - g1 + g2) * (-1.f / 6);
+          t[3][j] = g0 * (1.f / 24) + g1 * (1.f / 12) + g2 * (1.f / 6);
+          t[4][j] = g0 * (1.f / 24) - g1 * (1.f / 12) + g2 * (1.f / 6);
+          t[5][j] = g2;
+        }
+        #pragma GCC unroll 6
+        for (int r = 0; r < 6; ++r) {  // (G g) G^T, row r
+          const float g0 = t[r][0], g1 = t[r][1], g2 = t[r][2];
+          d[(r * 6 + 0) * ust + i] = g0 * (1.f / 4);
+          d[(r * 6 + 1) * ust + i] = (g0 + g1 + g2) * (-1.f / 6);
+          d[(r * 6 + 2) * ust + i] = (g0 - g1 + g2) * (-1.f / 6);
+          d[(r * 6 + 3) * ust + i] = g0 * (1.f / 24) + g1 * (1.f / 12) + g2 * (1.f / 6);
+          d[(r * 6 + 4) * ust + i] = g0 * (1.f / 24) - g1 * (1.f / 12) + g2 * (1.f / 6);
+          d[(r * 6 + 5) * ust + i] = g2;
+        }
+      }
+    }
+  });
+  std::vector<std::unique_ptr<gemm_detail::PackedB>> packed(36);
+  for (int e = 0; e < 36; ++e)
+    packed[static_cast<size_t>(e)].reset(new gemm_detail::PackedB(pool, kern, !flipped, K, C, u.get() + e * ust,
+                                                                  flipped ? K : C));
+  const int T = pool.size();
+  int64_t chunk = balanced_chunk(tiles, std::max<int64_t>(kWinograd4MinChunk, kWinograd4ChunkFloats / (C + K)), T);
+  if (chunk == 0) chunk = tiles;
+  std::vector<std::unique_ptr<ScratchBuffer>> vbuf(static_cast<size_t>(T)), mbuf(static_cast<size_t>(T));
+  std::vector<float> zeros(static_cast<size_t>(C), 0.f);
+  pool.parallel_tasks((tiles + chunk - 1) / chunk, [&](int64_t task, int t) {
+    auto& vb = vbuf[static_cast<size_t>(t)];
+    auto& mb = mbuf[static_cast<size_t>(t)];
+    if (!vb) {
+      vb.reset(new ScratchBuffer(static_cast<size_t>(36 * (chunk * C + kWinogradSkew))));
+      mb.reset(new ScratchBuffer(static_cast<size_t>(36 * (chunk * K + kWinogradSkew) + K)));  // + a spare row
+    }
+    const int64_t t0 = task * chunk;
+    const int nt = static_cast<int>(std::min(tiles, t0 + chunk) - t0);
+    float* V = vb->get();
+    float* M = mb->get();
+    const int64_t vst = static_cast<int64_t>(nt) * C + kWinogradSkew;
+    const int64_t mst = static_cast<int64_t>(nt) * K + kWinogradSkew;
+    winograd4_input(V, vst, x, s, TP, TQ, t0, nt, zeros.data());
+    for (int e = 0; e < 36; ++e)
+      gemm_detail::gemm_run(pool, kern, false, false, nt, K, C, 1.f, V + e * vst, C, nullptr, 0, 0.f, M + e * mst, K,
+                            packed[static_cast<size_t>(e)].get());
+    // y tile = A^T m A, the outputs inside P x Q (the others go to the thread's spare row).
+    float* spare = M + 36 * mst;
+    for (int i = 0; i < nt; ++i) {
+      const int64_t tile = t0 + i;
+      const int tq = static_cast<int>(tile % TQ), tp = static_cast<int>((tile / TQ) % TP);
+      const int64_t n = tile / (static_cast<int64_t>(TP) * TQ);
+      const int p0 = 4 * tp, q0 = 4 * tq;
+      float* yo[4][4];
+      for (int a = 0; a < 4; ++a)
+        for (int b = 0; b < 4; ++b)
+          yo[a][b] = (p0 + a < P && q0 + b < Q) ? y + ((n * P + p0 + a) * Q + q0 + b) * K : spare;
+      const float* __restrict m = M + static_cast<int64_t>(i) * K;
+#pragma GCC ivdep
+      for (int k = 0; k < K; ++k) {
+        float r[4][6];
+        #pragma GCC unroll 6
+        for (int b = 0; b < 6; ++b) {  // A^T m, column b
+          const float m0 = m[(0 * 6 + b) * mst + k], m1 = m[(1 * 6 + b) * mst + k], m2 = m[(2 * 6 + b) * mst + k],
+                      m3 = m[(3 * 6 + b) * mst + k], m4 = m[(4 * 6 + b) * mst + k], m5 = m[(5 * 6 + b) * mst + k];
+          const float s12 = m1 + m2, d12 = m1 - m2, s34 = m3 + m4, d34 = m3 - m4;
+          r[0][b] = m0 + s12 + s34;
+          r[1][b] = d12 + 2.f * d34;
+          r[2][b] = s12 + 4.f * s34;
+          r[3][b] = d12 + 8.f * d34 + m5;
+        }
+        #pragma GCC unroll 4
+        for (int a = 0; a < 4; ++a) {  // (A^T m) A, row a
+          const float m0 = r[a][0], m5 = r[a][5];
+          const float s12 = r[a][1] + r[a][2], d12 = r[a][1] - r[a][2], s34 = r[a][3] + r[a][4],
+                      d34 = r[a][3] - r[a][4];
+          yo[a][0][k] = m0 + s12 + s34;
+          yo[a][1][k] = d12 + 2.f * d34;
+          yo[a][2][k] = s12 + 4.f * s34;
+          yo[a][3][k] = d12 + 8.f * d34 + m5;
+        }
+      }
+    }
+  });
+}
 }  // namespace
 
 namespace {
@@ -472,7 +642,12 @@ void conv_forward_impl(CpuBackend& be, float* y, const float* x, const float* w,
   const int64_t chunk = is_pointwise(s) ? 0 : balanced_chunk(rows, std::max<int64_t>(16, kChunkFloats / rsc), T);
   if (chunk > 0 && s.R == 3 && s.S == 3 && s.stride == 1 && s.C >= kWinogradMinChannels &&
       s.K >= kWinogradMinChannels) {
-    winograd_f2x3(be, y, x, s, w, flipped);
+    const int64_t tiles4 = static_cast<int64_t>(s.N) * ((s.P() + 3) / 4) * ((s.Q() + 3) / 4);
+    const int cmin = std::min(s.C, s.K), cmax = std::max(s.C, s.K);
+    if (cmin >= kWinograd4MinChannels && cmax <= kWinograd4MaxChannels && tiles4 >= cmax)
+      winograd_f4x3(be, y, x, s, w, flipped);
+    else
+      winograd_f2x3(be, y, x, s, w, flipped);
     return;
   }
   if (chunk > 0) {
