@@ -10,7 +10,8 @@
 //                    chunk of 4x4 output tiles). Otherwise
 //                    y[rows, K]      = col[rows, RSC] * w[K, RSC]^T
 //   backward weight  3x3 stride 1 with C, K >= 8: Winograd F(2x2, 3x3) (winograd_f2x3_weight: 16
-//                    GEMMs over the transformed input and output-gradient tiles). Otherwise
+//                    GEMMs over the transformed input and output-gradient tiles), F(4x4, 3x3) where
+//                    the forward uses it (winograd_f4x3_weight, 36 GEMMs). Otherwise
 //                    dw[K, RSC]     += dy[rows, K]^T * col[rows, RSC] on the micro-kernel, the
 //                                      patches gathered straight into packed panels (per-thread
 //                                      partials, summed; ACCUMULATES into dw as backend.h says)
@@ -48,10 +49,12 @@ constexpr int kWinogradMinChannels = 8;  // 3x3 stride 1 with C, K >= this: Wino
 // off only with enough tiles; one-thread N=128 forward: C64 32x32 36.8 -> 29 ms, C128 16x16 31.8 ->
 // 25, C256 8x8 30.5 -> 22; C512 4x4 (128 tiles) would go 32 -> 47). Its relative error vs float64 is
 // about 6x F(2x2, 3x3)'s and grows with C (1.5e-6 at C64, 3e-6 at C256, 4.3e-6 at C512 with unit
-// normal inputs): hence the upper bound on C and K.
+// normal inputs; backward weight 2e-6 against F(2x2, 3x3)'s 3e-7): hence the upper bound on C and K.
+// Backward weight, one-thread N=128: C64 32x32 44 -> 33 ms, C128 16x16 36 -> 25, C256 8x8 30 -> 23.
 constexpr int kWinograd4MinChannels = 64;
 constexpr int kWinograd4MaxChannels = 256;
 constexpr int64_t kWinograd4MinChunk = 64;  // tiles per F(4x4, 3x3) task, at least
+constexpr int64_t kWinograd4WeightChunk = 128;  // tiles per F(4x4, 3x3) backward-weight task, at least (GEMM depth)
 constexpr int64_t kWinograd4ChunkFloats = (int64_t(16) << 10) * 16 / 36;  // / (C + K): tiles per task
 constexpr int64_t kWeightDepth = 256;    // patch rows per backward-weight task (GEMM depth)
 // Backward weight's packed panels lie this many floats (one cache line) further apart than their
@@ -516,6 +519,112 @@ void winograd4_input(float* V, int64_t vst, const float* x, const ConvShape& s, 
   }
 }
 
+// dw += the weight gradient of a 3x3 stride-1 convolution by F(4x4, 3x3), as winograd_f2x3_weight:
+// dU_e = sum over tiles of V_e[t, :]^T Z_e[t, :] with Z = A dY A^T (dY the tile's 4x4 output
+// gradient, zero outside P x Q), dg = G^T dU G (in double): 36 GEMMs of depth = tiles.
+void winograd_f4x3_weight(CpuBackend& be, float* dw, const float* dy, const float* x, const ConvShape& s) {
+  ThreadPool& pool = be.pool();
+  const gemm_detail::KernelInfo kern = gemm_detail::kernel_for(be.isa());
+  const int C = s.C, K = s.K, P = s.P(), Q = s.Q();
+  const int TP = (P + 3) / 4, TQ = (Q + 3) / 4;
+  const int64_t tiles = static_cast<int64_t>(s.N) * TP * TQ;
+  const int T = pool.size();
+  int64_t chunk = balanced_chunk(tiles, std::max<int64_t>(kWinograd4WeightChunk, kWinograd4ChunkFloats / (C + K)), T);
+  if (chunk == 0) chunk = tiles;
+  const int64_t est = static_cast<int64_t>(C) * K;
+  std::vector<std::unique_ptr<ScratchBuffer>> vbuf(static_cast<size_t>(T)), zbuf(static_cast<size_t>(T)),
+      partial(static_cast<size_t>(T));
+  std::vector<float> zeros(static_cast<size_t>(std::max(C, K)), 0.f);  // padding of x and of dy
+  pool.parallel_tasks((tiles + chunk - 1) / chunk, [&](int64_t task, int t) {
+    auto& acc = partial[static_cast<size_t>(t)];
+    const bool first = !acc;
+    if (first) {
+      vbuf[static_cast<size_t>(t)].reset(new ScratchBuffer(static_cast<size_t>(36 * (chunk * C + kWinogradSkew))));
+      zbuf[static_cast<size_t>(t)].reset(new ScratchBuffer(static_cast<size_t>(36 * (chunk * K + kWinogradSkew))));
+      acc.reset(new ScratchBuffer(static_cast<size_t>(36 * (est + kWinogradSkew))));
+    }
+    const int64_t t0 = task * chunk;
+    const int nt = static_cast<int>(std::min(tiles, t0 + chunk) - t0);
+    float* V = vbuf[static_cast<size_t>(t)]->get();
+    float* Z = zbuf[static_cast<size_t>(t)]->get();
+    const int64_t vst = static_cast<int64_t>(nt) * C + kWinogradSkew;
+    const int64_t zst = static_cast<int64_t>(nt) * K + kWinogradSkew;
+    winograd4_input(V, vst, x, s, TP, TQ, t0, nt, zeros.data());
+    // Z_e[i, k] = (A dY A^T)_e, A = A^T's transpose, A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1].
+    for (int i = 0; i < nt; ++i) {
+      const int64_t tile = t0 + i;
+      const int tq = static_cast<int>(tile % TQ), tp = static_cast<int>((tile / TQ) % TP);
+      const int64_t n = tile / (static_cast<int64_t>(TP) * TQ);
+      const int p0 = 4 * tp, q0 = 4 * tq;
+      const float* g[4][4];
+      for (int a = 0; a < 4; ++a)
+        for (int b = 0; b < 4; ++b)
+          g[a][b] = (p0 + a < P && q0 + b < Q) ? dy + ((n * P + p0 + a) * Q + q0 + b) * K : zeros.data();
+      float* __restrict z = Z + static_cast<int64_t>(i) * K;
+#pragma GCC ivdep
+      for (int k = 0; k < K; ++k) {
+        float r[6][4];
+        #pragma GCC unroll 4
+        for (int b = 0; b < 4; ++b) {  // A dY, column b
+          const float y0 = g[0][b][k], y1 = g[1][b][k], y2 = g[2][b][k], y3 = g[3][b][k];
+          const float s02 = y0 + y2, s13 = y1 + y3, u02 = y0 + 4.f * y2, u13 = 2.f * y1 + 8.f * y3;
+          r[0][b] = y0;
+          r[1][b] = s02 + s13;
+          r[2][b] = s02 - s13;
+          r[3][b] = u02 + u13;
+          r[4][b] = u02 - u13;
+          r[5][b] = y3;
+        }
+        #pragma GCC unroll 6
+        for (int a = 0; a < 6; ++a) {  // (A dY) A^T, row a
+          const float y0 = r[a][0], y1 = r[a][1], y2 = r[a][2], y3 = r[a][3];
+          const float s02 = y0 + y2, s13 = y1 + y3, u02 = y0 + 4.f * y2, u13 = 2.f * y1 + 8.f * y3;
+          z[(a * 6 + 0) * zst + k] = y0;
+          z[(a * 6 + 1) * zst + k] = s02 + s13;
+          z[(a * 6 + 2) * zst + k] = s02 - s13;
+          z[(a * 6 + 3) * zst + k] = u02 + u13;
+          z[(a * 6 + 4) * zst + k] = u02 - u13;
+          z[(a * 6 + 5) * zst + k] = y3;
+        }
+      }
+    }
+    float* S = acc->get();
+    for (int e = 0; e < 36; ++e)  // S_e[C, K] (+)= V_e^T Z_e
+      gemm_detail::gemm_run(pool, kern, true, false, C, K, nt, 1.f, V + e * vst, C, Z + e * zst, K, first ? 0.f : 1.f,
+                            S + e * (est + kWinogradSkew), K);
+  });
+  // dw[k, r, s, c] += (G^T S G)[r, s] for S[u][v] = sum over threads of S_(u*6+v)[c, k], in double;
+  // G^T = [1/4 -1/6 -1/6 1/24 1/24 0; 0 -1/6 1/6 1/12 -1/12 0; 0 -1/6 -1/6 1/6 1/6 1].
+  auto gt = [](const double u[6], double o[3]) {
+    o[0] = u[0] / 4 - (u[1] + u[2]) / 6 + (u[3] + u[4]) / 24;
+    o[1] = (u[2] - u[1]) / 6 + (u[3] - u[4]) / 12;
+    o[2] = (u[3] + u[4] - u[1] - u[2]) / 6 + u[5];
+  };
+  pool.parallel_for(C, 1, [&](int64_t b, int64_t e, int) {
+    for (int64_t c = b; c < e; ++c)
+      for (int k = 0; k < K; ++k) {
+        double S[6][6] = {};
+        for (const auto& acc : partial) {
+          if (!acc) continue;
+          for (int q = 0; q < 36; ++q) S[q / 6][q % 6] += acc->get()[q * (est + kWinogradSkew) + c * K + k];
+        }
+        double t[3][6];  // G^T S
+        for (int v = 0; v < 6; ++v) {
+          const double col[6] = {S[0][v], S[1][v], S[2][v], S[3][v], S[4][v], S[5][v]};
+          double o[3];
+          gt(col, o);
+          for (int r = 0; r < 3; ++r) t[r][v] = o[r];
+        }
+        float* d = dw + static_cast<int64_t>(k) * 9 * C + c;
+        for (int r = 0; r < 3; ++r) {  // (G^T S) G
+          double o[3];
+          gt(t[r], o);
+          for (int j = 0; j < 3; ++j) d[(r * 3 + j) * C] += static_cast<float>(o[j]);
+        }
+      }
+  });
+}
+
 void winograd_f4x3(CpuBackend& be, float* y, const float* x, const ConvShape& s, const float* w, bool flipped) {
   ThreadPool& pool = be.pool();
   const gemm_detail::KernelInfo kern = gemm_detail::kernel_for(be.isa());
@@ -763,7 +872,12 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
   const int64_t chunk = balanced_chunk(rows, kWeightDepth, T);
   if (chunk > 0 && s.R == 3 && s.S == 3 && s.stride == 1 && s.C >= kWinogradMinChannels &&
       s.K >= kWinogradMinChannels) {
-    winograd_f2x3_weight(*this, dw, dy, x, s);
+    const int64_t tiles4 = static_cast<int64_t>(s.N) * ((s.P() + 3) / 4) * ((s.Q() + 3) / 4);
+    const int cmin = std::min(s.C, s.K), cmax = std::max(s.C, s.K);
+    if (cmin >= kWinograd4MinChannels && cmax <= kWinograd4MaxChannels && tiles4 >= cmax)
+      winograd_f4x3_weight(*this, dw, dy, x, s);
+    else
+      winograd_f2x3_weight(*this, dw, dy, x, s);
     return;
   }
   if (chunk > 0) {
