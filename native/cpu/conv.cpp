@@ -380,7 +380,10 @@ void winograd_f2x3(CpuBackend& be, float* y, const float* x, const ConvShape& s,
   // the forward filter w[k, tap, c]; [C, K] rows for the flipped one, w[c, 8 - tap, k].
   const int outer = flipped ? C : K, inner = flipped ? K : C;
   const int64_t est = static_cast<int64_t>(C) * K;
-  ScratchBuffer u(static_cast<size_t>(16 * est));
+  // The 16 matrices lie kWinogradSkew floats further apart than their size (C * K is often a
+  // multiple of 4 KB: the transform's 16 store streams would share L1 sets).
+  const int64_t ust = est + kWinogradSkew;
+  ScratchBuffer u(static_cast<size_t>(16 * ust));
   pool.parallel_for(outer, 1, [&](int64_t b, int64_t e, int) {
     for (int64_t o = b; o < e; ++o) {
       const float* g[9];
@@ -400,17 +403,17 @@ void winograd_f2x3(CpuBackend& be, float* y, const float* x, const ConvShape& s,
         }
         #pragma GCC unroll 16
         for (int r = 0; r < 4; ++r) {  // (G g) G^T
-          d[(r * 4 + 0) * est + i] = t[r][0];
-          d[(r * 4 + 1) * est + i] = 0.5f * (t[r][0] + t[r][1] + t[r][2]);
-          d[(r * 4 + 2) * est + i] = 0.5f * (t[r][0] - t[r][1] + t[r][2]);
-          d[(r * 4 + 3) * est + i] = t[r][2];
+          d[(r * 4 + 0) * ust + i] = t[r][0];
+          d[(r * 4 + 1) * ust + i] = 0.5f * (t[r][0] + t[r][1] + t[r][2]);
+          d[(r * 4 + 2) * ust + i] = 0.5f * (t[r][0] - t[r][1] + t[r][2]);
+          d[(r * 4 + 3) * ust + i] = t[r][2];
         }
       }
     }
   });
   std::vector<std::unique_ptr<gemm_detail::PackedB>> packed(16);
   for (int e = 0; e < 16; ++e)
-    packed[static_cast<size_t>(e)].reset(new gemm_detail::PackedB(pool, kern, !flipped, K, C, u.get() + e * est,
+    packed[static_cast<size_t>(e)].reset(new gemm_detail::PackedB(pool, kern, !flipped, K, C, u.get() + e * ust,
                                                                   flipped ? K : C));
   const int T = pool.size();
   int64_t chunk = balanced_chunk(tiles, std::max<int64_t>(128, (int64_t(16) << 10) / (C + K)), T);
