@@ -139,6 +139,13 @@ int64_t balanced_chunk(int64_t rows, int64_t max_rows, int threads) {
   return (rows + chunks - 1) / chunks;
 }
 
+// A Winograd chunk of tiles (the M of its GEMMs) rounded to a whole number of the micro-kernel's
+// MR-row panels: a partial last panel goes through packing and a bounce tile.
+int64_t whole_panels(int64_t chunk, int64_t tiles, int mr) {
+  if (chunk >= tiles) return chunk;
+  return std::max<int64_t>(mr, (chunk + mr / 2) / mr * mr);
+}
+
 // dx_img (one image, zeroed by the caller) += the patch gradients dcol of output rows [p0, p1).
 void col2im_scatter(float* dx_img, const float* dcol, const ConvShape& s, int p0, int p1) {
   const int Q = s.Q(), C = s.C;
@@ -417,7 +424,7 @@ void winograd_f2x3(CpuBackend& be, float* y, const float* x, const ConvShape& s,
                                                                   flipped ? K : C));
   const int T = pool.size();
   int64_t chunk = balanced_chunk(tiles, std::max<int64_t>(128, (int64_t(16) << 10) / (C + K)), T);
-  if (chunk == 0) chunk = tiles;  // too few tiles to split: one task
+  chunk = chunk == 0 ? tiles : whole_panels(chunk, tiles, kern.mr);  // 0: too few tiles to split, one task
   std::vector<std::unique_ptr<ScratchBuffer>> vbuf(static_cast<size_t>(T)), mbuf(static_cast<size_t>(T));
   std::vector<float> zeros(static_cast<size_t>(C), 0.f);
   pool.parallel_tasks((tiles + chunk - 1) / chunk, [&](int64_t task, int t) {
@@ -678,7 +685,7 @@ void winograd_f4x3(CpuBackend& be, float* y, const float* x, const ConvShape& s,
                                                                   flipped ? K : C));
   const int T = pool.size();
   int64_t chunk = balanced_chunk(tiles, std::max<int64_t>(kWinograd4MinChunk, kWinograd4ChunkFloats / (C + K)), T);
-  if (chunk == 0) chunk = tiles;
+  chunk = chunk == 0 ? tiles : whole_panels(chunk, tiles, kern.mr);
   std::vector<std::unique_ptr<ScratchBuffer>> vbuf(static_cast<size_t>(T)), mbuf(static_cast<size_t>(T));
   std::vector<float> zeros(static_cast<size_t>(C), 0.f);
   pool.parallel_tasks((tiles + chunk - 1) / chunk, [&](int64_t task, int t) {

@@ -247,12 +247,17 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
             } else {
               kern.fn(kc, direct ? pa : pa + static_cast<long>(ir) * kc, pb, out, ldo, beta_out);
             }
-            if (!full)
-              for (int i = 0; i < mr; ++i)
-                for (int j = 0; j < nr; ++j) {
-                  float& dst = c[static_cast<long>(i) * ldc + j];
-                  dst = beta_block == 0.f ? tile[i * NR + j] : tile[i * NR + j] + beta_block * dst;
+            if (!full) {  // the partial tile back into C (beta == 0: C is not read, it may hold NaNs)
+              for (int i = 0; i < mr; ++i) {
+                float* __restrict dst = c + static_cast<long>(i) * ldc;
+                const float* __restrict src = tile + i * NR;
+                if (beta_block == 0.f) {
+                  for (int j = 0; j < nr; ++j) dst[j] = src[j];
+                } else {
+                  for (int j = 0; j < nr; ++j) dst[j] = src[j] + beta_block * dst[j];
                 }
+              }
+            }
           }
         }
       });
