@@ -36,10 +36,19 @@
 #include "cpu/cpu_backend.h"
 #include "cpu/gemm.h"
 #include "cpu/kernel_util.h"
+#include "cpu/winograd_transforms.h"
 
 namespace mveb {
 
+MVEB_DEFINE_WINOGRAD_TRANSFORMS(winograd_transforms_scalar)
+
 namespace {
+WinogradTransforms winograd_transforms(Isa isa) {
+  return isa == Isa::Avx512 ? winograd_transforms_avx512()
+         : isa == Isa::Avx2 ? winograd_transforms_avx2()
+                            : winograd_transforms_scalar();
+}
+
 constexpr int64_t kWorkspaceFloats = int64_t(4) << 20;
 constexpr int64_t kChunkFloats = int64_t(192) << 10;  // 768 KB of patches per thread
 constexpr int64_t kWinogradSkew = 48;  // floats between Winograd's 16 matrices (3 cache lines)
@@ -246,50 +255,9 @@ namespace {
 // A^T [ (G g G^T) .* (B^T d B) ] A over its 4x4 input tile d, so the products become 16 GEMMs
 // (one per element e of the 4x4 transformed tile) M_e[tiles, K] = V_e[tiles, C] * U_e[C, K] with
 // 2.25x fewer multiplications than im2col. filt(k, tap, c) is the filter value for output channel
-// k, tap r * 3 + s, input channel c.
-// V_e[i, c] = (B^T d B)_e (matrix e at V + e * vst) for the 4x4 input tiles of output tiles
-// [t0, t0 + nt) (TP x TQ tiles per image); zeros: C zeros for the padding.
-void winograd_input(float* V, int64_t vst, const float* x, const ConvShape& s, int TP, int TQ, int64_t t0, int nt,
-                    const float* zeros) {
-  const int C = s.C;
-  for (int i = 0; i < nt; ++i) {
-    const int64_t tile = t0 + i;
-    const int tq = static_cast<int>(tile % TQ), tp = static_cast<int>((tile / TQ) % TP);
-    const int64_t n = tile / (static_cast<int64_t>(TP) * TQ);
-    const float* src[4][4];
-    #pragma GCC unroll 16
-    for (int a = 0; a < 4; ++a)
-      #pragma GCC unroll 16
-      for (int b = 0; b < 4; ++b) {
-        const int h = 2 * tp - s.pad + a, w = 2 * tq - s.pad + b;
-        src[a][b] = (h >= 0 && h < s.H && w >= 0 && w < s.W) ? x + ((n * s.H + h) * s.W + w) * C : zeros;
-      }
-    float* __restrict v = V + static_cast<int64_t>(i) * C;
-#pragma GCC ivdep
-    for (int c = 0; c < C; ++c) {
-      float d[4][4], r[4][4];
-      #pragma GCC unroll 16
-      for (int a = 0; a < 4; ++a)
-        #pragma GCC unroll 16
-        for (int b = 0; b < 4; ++b) d[a][b] = src[a][b][c];
-      #pragma GCC unroll 16
-      for (int b = 0; b < 4; ++b) {  // r = B^T d
-        r[0][b] = d[0][b] - d[2][b];
-        r[1][b] = d[1][b] + d[2][b];
-        r[2][b] = d[2][b] - d[1][b];
-        r[3][b] = d[1][b] - d[3][b];
-      }
-      #pragma GCC unroll 16
-      for (int a = 0; a < 4; ++a) {  // (B^T d) B
-        v[(a * 4 + 0) * vst + c] = r[a][0] - r[a][2];
-        v[(a * 4 + 1) * vst + c] = r[a][1] + r[a][2];
-        v[(a * 4 + 2) * vst + c] = r[a][2] - r[a][1];
-        v[(a * 4 + 3) * vst + c] = r[a][1] - r[a][3];
-      }
-    }
-  }
-}
-
+// k, tap r * 3 + s, input channel c. The data transforms (tf: input, output, output gradient) are in
+// winograd_transforms.h, compiled once per ISA.
+//
 // dw += the weight gradient of a 3x3 stride-1 convolution by the same F(2x2, 3x3) algorithm: with
 // Y = A^T [U .* V] A per tile and U = G g G^T, dU_e = sum over tiles of V_e[t, :]^T Z_e[t, :] where
 // Z = A dY A^T (dY the tile's 2x2 output gradient, zero outside P x Q), and dg = G^T dU G: 16 GEMMs
@@ -297,6 +265,7 @@ void winograd_input(float* V, int64_t vst, const float* x, const ConvShape& s, i
 void winograd_f2x3_weight(CpuBackend& be, float* dw, const float* dy, const float* x, const ConvShape& s) {
   ThreadPool& pool = be.pool();
   const gemm_detail::KernelInfo kern = gemm_detail::kernel_for(be.isa());
+  const WinogradTransforms tf = winograd_transforms(be.isa());
   const int C = s.C, K = s.K, P = s.P(), Q = s.Q();
   const int TP = (P + 1) / 2, TQ = (Q + 1) / 2;
   const int64_t tiles = static_cast<int64_t>(s.N) * TP * TQ;
@@ -321,32 +290,8 @@ void winograd_f2x3_weight(CpuBackend& be, float* dw, const float* dy, const floa
     float* Z = zbuf[static_cast<size_t>(t)]->get();
     const int64_t vst = static_cast<int64_t>(nt) * C + kWinogradSkew;
     const int64_t zst = static_cast<int64_t>(nt) * K + kWinogradSkew;
-    winograd_input(V, vst, x, s, TP, TQ, t0, nt, zeros.data());
-    // Z_e[i, k] = (A dY A^T)_e, A = [1 0; 1 1; 1 -1; 0 -1].
-    for (int i = 0; i < nt; ++i) {
-      const int64_t tile = t0 + i;
-      const int tq = static_cast<int>(tile % TQ), tp = static_cast<int>((tile / TQ) % TP);
-      const int64_t n = tile / (static_cast<int64_t>(TP) * TQ);
-      const int p0 = 2 * tp, q0 = 2 * tq;
-      const float* g00 = dy + ((n * P + p0) * Q + q0) * K;
-      const float* g01 = q0 + 1 < Q ? g00 + K : zeros.data();
-      const float* g10 = p0 + 1 < P ? g00 + static_cast<int64_t>(Q) * K : zeros.data();
-      const float* g11 = (p0 + 1 < P && q0 + 1 < Q) ? g00 + static_cast<int64_t>(Q + 1) * K : zeros.data();
-      float* __restrict z = Z + static_cast<int64_t>(i) * K;
-#pragma GCC ivdep
-      for (int k = 0; k < K; ++k) {
-        const float a = g00[k], b = g01[k], c = g10[k], d = g11[k];
-        // rows of A dY: [a b], [a+c b+d], [a-c b-d], [-c -d]; then times A^T on the right
-        const float r[4][2] = {{a, b}, {a + c, b + d}, {a - c, b - d}, {-c, -d}};
-        #pragma GCC unroll 4
-        for (int u = 0; u < 4; ++u) {
-          z[(u * 4 + 0) * zst + k] = r[u][0];
-          z[(u * 4 + 1) * zst + k] = r[u][0] + r[u][1];
-          z[(u * 4 + 2) * zst + k] = r[u][0] - r[u][1];
-          z[(u * 4 + 3) * zst + k] = -r[u][1];
-        }
-      }
-    }
+    tf.input2(V, vst, x, s, TP, TQ, t0, nt, zeros.data());
+    tf.zt2(Z, zst, dy, P, Q, K, TP, TQ, t0, nt, zeros.data());
     float* S = acc->get();
     for (int e = 0; e < 16; ++e)  // S_e[C, K] (+)= V_e^T Z_e
       gemm_detail::gemm_run(pool, kern, true, false, C, K, nt, 1.f, V + e * vst, C, Z + e * zst, K, first ? 0.f : 1.f,
@@ -380,6 +325,7 @@ void winograd_f2x3_weight(CpuBackend& be, float* dw, const float* dy, const floa
 void winograd_f2x3(CpuBackend& be, float* y, const float* x, const ConvShape& s, const float* w, bool flipped) {
   ThreadPool& pool = be.pool();
   const gemm_detail::KernelInfo kern = gemm_detail::kernel_for(be.isa());
+  const WinogradTransforms tf = winograd_transforms(be.isa());
   const int C = s.C, K = s.K, P = s.P(), Q = s.Q();
   const int TP = (P + 1) / 2, TQ = (Q + 1) / 2;
   const int64_t tiles = static_cast<int64_t>(s.N) * TP * TQ;
@@ -442,42 +388,11 @@ void winograd_f2x3(CpuBackend& be, float* y, const float* x, const ConvShape& s,
     // streams of the transforms do not all map to the same L1 sets (sizes are often multiples of 4 KB).
     const int64_t vst = static_cast<int64_t>(nt) * C + kWinogradSkew;
     const int64_t mst = static_cast<int64_t>(nt) * K + kWinogradSkew;
-    winograd_input(V, vst, x, s, TP, TQ, t0, nt, zeros.data());
+    tf.input2(V, vst, x, s, TP, TQ, t0, nt, zeros.data());
     for (int e = 0; e < 16; ++e)
       gemm_detail::gemm_run(pool, kern, false, false, nt, K, C, 1.f, V + e * vst, C, nullptr, 0, 0.f, M + e * mst, K,
                             packed[static_cast<size_t>(e)].get());
-    // y tile = A^T m A, the outputs inside P x Q.
-    for (int i = 0; i < nt; ++i) {
-      const int64_t tile = t0 + i;
-      const int tq = static_cast<int>(tile % TQ), tp = static_cast<int>((tile / TQ) % TP);
-      const int64_t n = tile / (static_cast<int64_t>(TP) * TQ);
-      const int p0 = 2 * tp, q0 = 2 * tq;
-      const bool p1 = p0 + 1 < P, q1 = q0 + 1 < Q;
-      float* y00 = y + ((n * P + p0) * Q + q0) * K;
-      float* y01 = y00 + K;
-      float* y10 = y00 + static_cast<int64_t>(Q) * K;
-      float* y11 = y10 + K;
-      const float* __restrict m = M + static_cast<int64_t>(i) * K;
-      // Edge tiles write their missing outputs into the thread's spare row instead.
-      float* spare = M + 16 * mst;
-      if (!q1) y01 = spare, y11 = spare;
-      if (!p1) y10 = spare, y11 = spare;
-#pragma GCC ivdep
-      for (int k = 0; k < K; ++k) {
-        float mm[4][4], r[2][4];
-        #pragma GCC unroll 16
-        for (int e = 0; e < 16; ++e) mm[e / 4][e % 4] = m[e * mst + k];
-        #pragma GCC unroll 16
-        for (int b = 0; b < 4; ++b) {  // A^T m
-          r[0][b] = mm[0][b] + mm[1][b] + mm[2][b];
-          r[1][b] = mm[1][b] - mm[2][b] - mm[3][b];
-        }
-        y00[k] = r[0][0] + r[0][1] + r[0][2];
-        y01[k] = r[0][1] - r[0][2] - r[0][3];
-        y10[k] = r[1][0] + r[1][1] + r[1][2];
-        y11[k] = r[1][1] - r[1][2] - r[1][3];
-      }
-    }
+    tf.out2(y, M, mst, P, Q, K, TP, TQ, t0, nt, M + 16 * mst);  // edge outputs to the spare row
   });
 }
 
@@ -487,54 +402,14 @@ void winograd_f2x3(CpuBackend& be, float* y, const float* x, const ConvShape& s,
 // filt / flipped as winograd_f2x3. B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0;
 // 0 4 0 -5 0 1], G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1],
 // A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1].
-void winograd4_input(float* V, int64_t vst, const float* x, const ConvShape& s, int TP, int TQ, int64_t t0, int nt,
-                     const float* zeros) {
-  const int C = s.C;
-  for (int i = 0; i < nt; ++i) {
-    const int64_t tile = t0 + i;
-    const int tq = static_cast<int>(tile % TQ), tp = static_cast<int>((tile / TQ) % TP);
-    const int64_t n = tile / (static_cast<int64_t>(TP) * TQ);
-    const float* src[6][6];
-    for (int a = 0; a < 6; ++a)
-      for (int b = 0; b < 6; ++b) {
-        const int h = 4 * tp - s.pad + a, w = 4 * tq - s.pad + b;
-        src[a][b] = (h >= 0 && h < s.H && w >= 0 && w < s.W) ? x + ((n * s.H + h) * s.W + w) * C : zeros;
-      }
-    float* __restrict v = V + static_cast<int64_t>(i) * C;
-#pragma GCC ivdep
-    for (int c = 0; c < C; ++c) {
-      float r[6][6];
-      #pragma GCC unroll 6
-      for (int b = 0; b < 6; ++b) {  // r = B^T d, column b
-        const float d0 = src[0][b][c], d1 = src[1][b][c], d2 = src[2][b][c], d3 = src[3][b][c],
-                    d4 = src[4][b][c], d5 = src[5][b][c];
-        r[0][b] = 4.f * d0 - 5.f * d2 + d4;
-        r[1][b] = (d3 + d4) - 4.f * (d1 + d2);
-        r[2][b] = (d4 - d3) + 4.f * (d1 - d2);
-        r[3][b] = (d4 - d2) + 2.f * (d3 - d1);
-        r[4][b] = (d4 - d2) + 2.f * (d1 - d3);
-        r[5][b] = 4.f * d1 - 5.f * d3 + d5;
-      }
-      #pragma GCC unroll 6
-      for (int a = 0; a < 6; ++a) {  // (B^T d) B, row a
-        const float d0 = r[a][0], d1 = r[a][1], d2 = r[a][2], d3 = r[a][3], d4 = r[a][4], d5 = r[a][5];
-        v[(a * 6 + 0) * vst + c] = 4.f * d0 - 5.f * d2 + d4;
-        v[(a * 6 + 1) * vst + c] = (d3 + d4) - 4.f * (d1 + d2);
-        v[(a * 6 + 2) * vst + c] = (d4 - d3) + 4.f * (d1 - d2);
-        v[(a * 6 + 3) * vst + c] = (d4 - d2) + 2.f * (d3 - d1);
-        v[(a * 6 + 4) * vst + c] = (d4 - d2) + 2.f * (d1 - d3);
-        v[(a * 6 + 5) * vst + c] = 4.f * d1 - 5.f * d3 + d5;
-      }
-    }
-  }
-}
-
+//
 // dw += the weight gradient of a 3x3 stride-1 convolution by F(4x4, 3x3), as winograd_f2x3_weight:
 // dU_e = sum over tiles of V_e[t, :]^T Z_e[t, :] with Z = A dY A^T (dY the tile's 4x4 output
 // gradient, zero outside P x Q), dg = G^T dU G (in double): 36 GEMMs of depth = tiles.
 void winograd_f4x3_weight(CpuBackend& be, float* dw, const float* dy, const float* x, const ConvShape& s) {
   ThreadPool& pool = be.pool();
   const gemm_detail::KernelInfo kern = gemm_detail::kernel_for(be.isa());
+  const WinogradTransforms tf = winograd_transforms(be.isa());
   const int C = s.C, K = s.K, P = s.P(), Q = s.Q();
   const int TP = (P + 3) / 4, TQ = (Q + 3) / 4;
   const int64_t tiles = static_cast<int64_t>(s.N) * TP * TQ;
@@ -559,45 +434,8 @@ void winograd_f4x3_weight(CpuBackend& be, float* dw, const float* dy, const floa
     float* Z = zbuf[static_cast<size_t>(t)]->get();
     const int64_t vst = static_cast<int64_t>(nt) * C + kWinogradSkew;
     const int64_t zst = static_cast<int64_t>(nt) * K + kWinogradSkew;
-    winograd4_input(V, vst, x, s, TP, TQ, t0, nt, zeros.data());
-    // Z_e[i, k] = (A dY A^T)_e, A = A^T's transpose, A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1].
-    for (int i = 0; i < nt; ++i) {
-      const int64_t tile = t0 + i;
-      const int tq = static_cast<int>(tile % TQ), tp = static_cast<int>((tile / TQ) % TP);
-      const int64_t n = tile / (static_cast<int64_t>(TP) * TQ);
-      const int p0 = 4 * tp, q0 = 4 * tq;
-      const float* g[4][4];
-      for (int a = 0; a < 4; ++a)
-        for (int b = 0; b < 4; ++b)
-          g[a][b] = (p0 + a < P && q0 + b < Q) ? dy + ((n * P + p0 + a) * Q + q0 + b) * K : zeros.data();
-      float* __restrict z = Z + static_cast<int64_t>(i) * K;
-#pragma GCC ivdep
-      for (int k = 0; k < K; ++k) {
-        float r[6][4];
-        #pragma GCC unroll 4
-        for (int b = 0; b < 4; ++b) {  // A dY, column b
-          const float y0 = g[0][b][k], y1 = g[1][b][k], y2 = g[2][b][k], y3 = g[3][b][k];
-          const float s02 = y0 + y2, s13 = y1 + y3, u02 = y0 + 4.f * y2, u13 = 2.f * y1 + 8.f * y3;
-          r[0][b] = y0;
-          r[1][b] = s02 + s13;
-          r[2][b] = s02 - s13;
-          r[3][b] = u02 + u13;
-          r[4][b] = u02 - u13;
-          r[5][b] = y3;
-        }
-        #pragma GCC unroll 6
-        for (int a = 0; a < 6; ++a) {  // (A dY) A^T, row a
-          const float y0 = r[a][0], y1 = r[a][1], y2 = r[a][2], y3 = r[a][3];
-          const float s02 = y0 + y2, s13 = y1 + y3, u02 = y0 + 4.f * y2, u13 = 2.f * y1 + 8.f * y3;
-          z[(a * 6 + 0) * zst + k] = y0;
-          z[(a * 6 + 1) * zst + k] = s02 + s13;
-          z[(a * 6 + 2) * zst + k] = s02 - s13;
-          z[(a * 6 + 3) * zst + k] = u02 + u13;
-          z[(a * 6 + 4) * zst + k] = u02 - u13;
-          z[(a * 6 + 5) * zst + k] = y3;
-        }
-      }
-    }
+    tf.input4(V, vst, x, s, TP, TQ, t0, nt, zeros.data());
+    tf.zt4(Z, zst, dy, P, Q, K, TP, TQ, t0, nt, zeros.data());
     float* S = acc->get();
     for (int e = 0; e < 36; ++e)  // S_e[C, K] (+)= V_e^T Z_e
       gemm_detail::gemm_run(pool, kern, true, false, C, K, nt, 1.f, V + e * vst, C, Z + e * zst, K, first ? 0.f : 1.f,
@@ -638,6 +476,7 @@ void winograd_f4x3_weight(CpuBackend& be, float* dw, const float* dy, const floa
 void winograd_f4x3(CpuBackend& be, float* y, const float* x, const ConvShape& s, const float* w, bool flipped) {
   ThreadPool& pool = be.pool();
   const gemm_detail::KernelInfo kern = gemm_detail::kernel_for(be.isa());
+  const WinogradTransforms tf = winograd_transforms(be.isa());
   const int C = s.C, K = s.K, P = s.P(), Q = s.Q();
   const int TP = (P + 3) / 4, TQ = (Q + 3) / 4;
   const int64_t tiles = static_cast<int64_t>(s.N) * TP * TQ;
@@ -701,47 +540,11 @@ void winograd_f4x3(CpuBackend& be, float* y, const float* x, const ConvShape& s,
     float* M = mb->get();
     const int64_t vst = static_cast<int64_t>(nt) * C + kWinogradSkew;
     const int64_t mst = static_cast<int64_t>(nt) * K + kWinogradSkew;
-    winograd4_input(V, vst, x, s, TP, TQ, t0, nt, zeros.data());
+    tf.input4(V, vst, x, s, TP, TQ, t0, nt, zeros.data());
     for (int e = 0; e < 36; ++e)
       gemm_detail::gemm_run(pool, kern, false, false, nt, K, C, 1.f, V + e * vst, C, nullptr, 0, 0.f, M + e * mst, K,
                             packed[static_cast<size_t>(e)].get());
-    // y tile = A^T m A, the outputs inside P x Q (the others go to the thread's spare row).
-    float* spare = M + 36 * mst;
-    for (int i = 0; i < nt; ++i) {
-      const int64_t tile = t0 + i;
-      const int tq = static_cast<int>(tile % TQ), tp = static_cast<int>((tile / TQ) % TP);
-      const int64_t n = tile / (static_cast<int64_t>(TP) * TQ);
-      const int p0 = 4 * tp, q0 = 4 * tq;
-      float* yo[4][4];
-      for (int a = 0; a < 4; ++a)
-        for (int b = 0; b < 4; ++b)
-          yo[a][b] = (p0 + a < P && q0 + b < Q) ? y + ((n * P + p0 + a) * Q + q0 + b) * K : spare;
-      const float* __restrict m = M + static_cast<int64_t>(i) * K;
-#pragma GCC ivdep
-      for (int k = 0; k < K; ++k) {
-        float r[4][6];
-        #pragma GCC unroll 6
-        for (int b = 0; b < 6; ++b) {  // A^T m, column b
-          const float m0 = m[(0 * 6 + b) * mst + k], m1 = m[(1 * 6 + b) * mst + k], m2 = m[(2 * 6 + b) * mst + k],
-                      m3 = m[(3 * 6 + b) * mst + k], m4 = m[(4 * 6 + b) * mst + k], m5 = m[(5 * 6 + b) * mst + k];
-          const float s12 = m1 + m2, d12 = m1 - m2, s34 = m3 + m4, d34 = m3 - m4;
-          r[0][b] = m0 + s12 + s34;
-          r[1][b] = d12 + 2.f * d34;
-          r[2][b] = s12 + 4.f * s34;
-          r[3][b] = d12 + 8.f * d34 + m5;
-        }
-        #pragma GCC unroll 4
-        for (int a = 0; a < 4; ++a) {  // (A^T m) A, row a
-          const float m0 = r[a][0], m5 = r[a][5];
-          const float s12 = r[a][1] + r[a][2], d12 = r[a][1] - r[a][2], s34 = r[a][3] + r[a][4],
-                      d34 = r[a][3] - r[a][4];
-          yo[a][0][k] = m0 + s12 + s34;
-          yo[a][1][k] = d12 + 2.f * d34;
-          yo[a][2][k] = s12 + 4.f * s34;
-          yo[a][3][k] = d12 + 8.f * d34 + m5;
-        }
-      }
-    }
+    tf.out4(y, M, mst, P, Q, K, TP, TQ, t0, nt, M + 36 * mst);  // edge outputs to the spare row
   });
 }
 }  // namespace

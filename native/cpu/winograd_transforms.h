@@ -1,0 +1,271 @@
+// winograd_transforms.h: the Winograd F(2x2, 3x3) and F(4x4, 3x3) data transforms of conv.cpp
+// (input tiles B^T d B, output-gradient tiles A dY A^T, output tiles A^T m A), loops over channels
+// that the compiler vectorises. Compiled once per ISA (conv.cpp baseline, conv_avx2.cpp,
+// conv_avx512.cpp: the transforms are a third to a half of a shallow Winograd convolution's time
+// and baseline x86-64 has only 4-wide SSE); each copy has internal linkage (anonymous namespace)
+// so the copies built with different flags never mix. conv.cpp picks one by the backend's ISA
+// (winograd_transforms). Tested through test/native/test_kernels.cpp ("kernels: conv ...") with
+// MVEB_ISA=scalar|avx2|avx512.
+#pragma once
+#include <cstdint>
+
+#include "core/backend.h"
+
+namespace mveb {
+
+// One ISA's transforms; the argument lists are those of the functions below.
+struct WinogradTransforms {
+  void (*input2)(float*, int64_t, const float*, const ConvShape&, int, int, int64_t, int, const float*);
+  void (*input4)(float*, int64_t, const float*, const ConvShape&, int, int, int64_t, int, const float*);
+  void (*zt2)(float*, int64_t, const float*, int, int, int, int, int, int64_t, int, const float*);
+  void (*zt4)(float*, int64_t, const float*, int, int, int, int, int, int64_t, int, const float*);
+  void (*out2)(float*, const float*, int64_t, int, int, int, int, int, int64_t, int, float*);
+  void (*out4)(float*, const float*, int64_t, int, int, int, int, int, int64_t, int, float*);
+};
+WinogradTransforms winograd_transforms_scalar();
+WinogradTransforms winograd_transforms_avx2();
+WinogradTransforms winograd_transforms_avx512();
+
+namespace {
+namespace wt {
+// V_e[i, c] = (B^T d B)_e (matrix e at V + e * vst) for the 4x4 input tiles of output tiles
+// [t0, t0 + nt) (TP x TQ tiles per image); zeros: C zeros for the padding.
+void input2(float* V, int64_t vst, const float* x, const ConvShape& s, int TP, int TQ, int64_t t0, int nt,
+               const float* zeros) {
+  const int C = s.C;
+  for (int i = 0; i < nt; ++i) {
+    const int64_t tile = t0 + i;
+    const int tq = static_cast<int>(tile % TQ), tp = static_cast<int>((tile / TQ) % TP);
+    const int64_t n = tile / (static_cast<int64_t>(TP) * TQ);
+    const float* src[4][4];
+    #pragma GCC unroll 16
+    for (int a = 0; a < 4; ++a)
+      #pragma GCC unroll 16
+      for (int b = 0; b < 4; ++b) {
+        const int h = 2 * tp - s.pad + a, w = 2 * tq - s.pad + b;
+        src[a][b] = (h >= 0 && h < s.H && w >= 0 && w < s.W) ? x + ((n * s.H + h) * s.W + w) * C : zeros;
+      }
+    float* __restrict v = V + static_cast<int64_t>(i) * C;
+#pragma GCC ivdep
+    for (int c = 0; c < C; ++c) {
+      float d[4][4], r[4][4];
+      #pragma GCC unroll 16
+      for (int a = 0; a < 4; ++a)
+        #pragma GCC unroll 16
+        for (int b = 0; b < 4; ++b) d[a][b] = src[a][b][c];
+      #pragma GCC unroll 16
+      for (int b = 0; b < 4; ++b) {  // r = B^T d
+        r[0][b] = d[0][b] - d[2][b];
+        r[1][b] = d[1][b] + d[2][b];
+        r[2][b] = d[2][b] - d[1][b];
+        r[3][b] = d[1][b] - d[3][b];
+      }
+      #pragma GCC unroll 16
+      for (int a = 0; a < 4; ++a) {  // (B^T d) B
+        v[(a * 4 + 0) * vst + c] = r[a][0] - r[a][2];
+        v[(a * 4 + 1) * vst + c] = r[a][1] + r[a][2];
+        v[(a * 4 + 2) * vst + c] = r[a][2] - r[a][1];
+        v[(a * 4 + 3) * vst + c] = r[a][1] - r[a][3];
+      }
+    }
+  }
+}
+
+
+void input4(float* V, int64_t vst, const float* x, const ConvShape& s, int TP, int TQ, int64_t t0, int nt,
+               const float* zeros) {
+  const int C = s.C;
+  for (int i = 0; i < nt; ++i) {
+    const int64_t tile = t0 + i;
+    const int tq = static_cast<int>(tile % TQ), tp = static_cast<int>((tile / TQ) % TP);
+    const int64_t n = tile / (static_cast<int64_t>(TP) * TQ);
+    const float* src[6][6];
+    for (int a = 0; a < 6; ++a)
+      for (int b = 0; b < 6; ++b) {
+        const int h = 4 * tp - s.pad + a, w = 4 * tq - s.pad + b;
+        src[a][b] = (h >= 0 && h < s.H && w >= 0 && w < s.W) ? x + ((n * s.H + h) * s.W + w) * C : zeros;
+      }
+    float* __restrict v = V + static_cast<int64_t>(i) * C;
+#pragma GCC ivdep
+    for (int c = 0; c < C; ++c) {
+      float r[6][6];
+      #pragma GCC unroll 6
+      for (int b = 0; b < 6; ++b) {  // r = B^T d, column b
+        const float d0 = src[0][b][c], d1 = src[1][b][c], d2 = src[2][b][c], d3 = src[3][b][c],
+                    d4 = src[4][b][c], d5 = src[5][b][c];
+        r[0][b] = 4.f * d0 - 5.f * d2 + d4;
+        r[1][b] = (d3 + d4) - 4.f * (d1 + d2);
+        r[2][b] = (d4 - d3) + 4.f * (d1 - d2);
+        r[3][b] = (d4 - d2) + 2.f * (d3 - d1);
+        r[4][b] = (d4 - d2) + 2.f * (d1 - d3);
+        r[5][b] = 4.f * d1 - 5.f * d3 + d5;
+      }
+      #pragma GCC unroll 6
+      for (int a = 0; a < 6; ++a) {  // (B^T d) B, row a
+        const float d0 = r[a][0], d1 = r[a][1], d2 = r[a][2], d3 = r[a][3], d4 = r[a][4], d5 = r[a][5];
+        v[(a * 6 + 0) * vst + c] = 4.f * d0 - 5.f * d2 + d4;
+        v[(a * 6 + 1) * vst + c] = (d3 + d4) - 4.f * (d1 + d2);
+        v[(a * 6 + 2) * vst + c] = (d4 - d3) + 4.f * (d1 - d2);
+        v[(a * 6 + 3) * vst + c] = (d4 - d2) + 2.f * (d3 - d1);
+        v[(a * 6 + 4) * vst + c] = (d4 - d2) + 2.f * (d1 - d3);
+        v[(a * 6 + 5) * vst + c] = 4.f * d1 - 5.f * d3 + d5;
+      }
+    }
+  }
+}
+
+
+void zt2(float* Z, int64_t zst, const float* dy, int P, int Q, int K, int TP, int TQ, int64_t t0, int nt,
+         const float* zeros) {
+  // Z_e[i, k] = (A dY A^T)_e, A = [1 0; 1 1; 1 -1; 0 -1].
+  for (int i = 0; i < nt; ++i) {
+    const int64_t tile = t0 + i;
+    const int tq = static_cast<int>(tile % TQ), tp = static_cast<int>((tile / TQ) % TP);
+    const int64_t n = tile / (static_cast<int64_t>(TP) * TQ);
+    const int p0 = 2 * tp, q0 = 2 * tq;
+    const float* g00 = dy + ((n * P + p0) * Q + q0) * K;
+    const float* g01 = q0 + 1 < Q ? g00 + K : zeros;
+    const float* g10 = p0 + 1 < P ? g00 + static_cast<int64_t>(Q) * K : zeros;
+    const float* g11 = (p0 + 1 < P && q0 + 1 < Q) ? g00 + static_cast<int64_t>(Q + 1) * K : zeros;
+    float* __restrict z = Z + static_cast<int64_t>(i) * K;
+#pragma GCC ivdep
+    for (int k = 0; k < K; ++k) {
+      const float a = g00[k], b = g01[k], c = g10[k], d = g11[k];
+      // rows of A dY: [a b], [a+c b+d], [a-c b-d], [-c -d]; then times A^T on the right
+      const float r[4][2] = {{a, b}, {a + c, b + d}, {a - c, b - d}, {-c, -d}};
+      #pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u) {
+        z[(u * 4 + 0) * zst + k] = r[u][0];
+        z[(u * 4 + 1) * zst + k] = r[u][0] + r[u][1];
+        z[(u * 4 + 2) * zst + k] = r[u][0] - r[u][1];
+        z[(u * 4 + 3) * zst + k] = -r[u][1];
+      }
+    }
+  }
+}
+
+void zt4(float* Z, int64_t zst, const float* dy, int P, int Q, int K, int TP, int TQ, int64_t t0, int nt,
+         const float* zeros) {
+  // Z_e[i, k] = (A dY A^T)_e, A = A^T's transpose, A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1].
+  for (int i = 0; i < nt; ++i) {
+    const int64_t tile = t0 + i;
+    const int tq = static_cast<int>(tile % TQ), tp = static_cast<int>((tile / TQ) % TP);
+    const int64_t n = tile / (static_cast<int64_t>(TP) * TQ);
+    const int p0 = 4 * tp, q0 = 4 * tq;
+    const float* g[4][4];
+    for (int a = 0; a < 4; ++a)
+      for (int b = 0; b < 4; ++b)
+        g[a][b] = (p0 + a < P && q0 + b < Q) ? dy + ((n * P + p0 + a) * Q + q0 + b) * K : zeros;
+    float* __restrict z = Z + static_cast<int64_t>(i) * K;
+#pragma GCC ivdep
+    for (int k = 0; k < K; ++k) {
+      float r[6][4];
+      #pragma GCC unroll 4
+      for (int b = 0; b < 4; ++b) {  // A dY, column b
+        const float y0 = g[0][b][k], y1 = g[1][b][k], y2 = g[2][b][k], y3 = g[3][b][k];
+        const float s02 = y0 + y2, s13 = y1 + y3, u02 = y0 + 4.f * y2, u13 = 2.f * y1 + 8.f * y3;
+        r[0][b] = y0;
+        r[1][b] = s02 + s13;
+        r[2][b] = s02 - s13;
+        r[3][b] = u02 + u13;
+        r[4][b] = u02 - u13;
+        r[5][b] = y3;
+      }
+      #pragma GCC unroll 6
+      for (int a = 0; a < 6; ++a) {  // (A dY) A^T, row a
+        const float y0 = r[a][0], y1 = r[a][1], y2 = r[a][2], y3 = r[a][3];
+        const float s02 = y0 + y2, s13 = y1 + y3, u02 = y0 + 4.f * y2, u13 = 2.f * y1 + 8.f * y3;
+        z[(a * 6 + 0) * zst + k] = y0;
+        z[(a * 6 + 1) * zst + k] = s02 + s13;
+        z[(a * 6 + 2) * zst + k] = s02 - s13;
+        z[(a * 6 + 3) * zst + k] = u02 + u13;
+        z[(a * 6 + 4) * zst + k] = u02 - u13;
+        z[(a * 6 + 5) * zst + k] = y3;
+      }
+    }
+  }
+}
+
+void out2(float* y, const float* M, int64_t mst, int P, int Q, int K, int TP, int TQ, int64_t t0, int nt,
+          float* spare) {
+  // y tile = A^T m A, the outputs inside P x Q.
+  for (int i = 0; i < nt; ++i) {
+    const int64_t tile = t0 + i;
+    const int tq = static_cast<int>(tile % TQ), tp = static_cast<int>((tile / TQ) % TP);
+    const int64_t n = tile / (static_cast<int64_t>(TP) * TQ);
+    const int p0 = 2 * tp, q0 = 2 * tq;
+    const bool p1 = p0 + 1 < P, q1 = q0 + 1 < Q;
+    float* y00 = y + ((n * P + p0) * Q + q0) * K;
+    float* y01 = y00 + K;
+    float* y10 = y00 + static_cast<int64_t>(Q) * K;
+    float* y11 = y10 + K;
+    const float* __restrict m = M + static_cast<int64_t>(i) * K;
+    // Edge tiles write their missing outputs into the thread's spare row instead.
+    if (!q1) y01 = spare, y11 = spare;
+    if (!p1) y10 = spare, y11 = spare;
+#pragma GCC ivdep
+    for (int k = 0; k < K; ++k) {
+      float mm[4][4], r[2][4];
+      #pragma GCC unroll 16
+      for (int e = 0; e < 16; ++e) mm[e / 4][e % 4] = m[e * mst + k];
+      #pragma GCC unroll 16
+      for (int b = 0; b < 4; ++b) {  // A^T m
+        r[0][b] = mm[0][b] + mm[1][b] + mm[2][b];
+        r[1][b] = mm[1][b] - mm[2][b] - mm[3][b];
+      }
+      y00[k] = r[0][0] + r[0][1] + r[0][2];
+      y01[k] = r[0][1] - r[0][2] - r[0][3];
+      y10[k] = r[1][0] + r[1][1] + r[1][2];
+      y11[k] = r[1][1] - r[1][2] - r[1][3];
+    }
+  }
+}
+
+void out4(float* y, const float* M, int64_t mst, int P, int Q, int K, int TP, int TQ, int64_t t0, int nt,
+          float* spare) {
+  // y tile = A^T m A, the outputs inside P x Q (the others go to the thread's spare row).
+    for (int i = 0; i < nt; ++i) {
+    const int64_t tile = t0 + i;
+    const int tq = static_cast<int>(tile % TQ), tp = static_cast<int>((tile / TQ) % TP);
+    const int64_t n = tile / (static_cast<int64_t>(TP) * TQ);
+    const int p0 = 4 * tp, q0 = 4 * tq;
+    float* yo[4][4];
+    for (int a = 0; a < 4; ++a)
+      for (int b = 0; b < 4; ++b)
+        yo[a][b] = (p0 + a < P && q0 + b < Q) ? y + ((n * P + p0 + a) * Q + q0 + b) * K : spare;
+    const float* __restrict m = M + static_cast<int64_t>(i) * K;
+#pragma GCC ivdep
+    for (int k = 0; k < K; ++k) {
+      float r[4][6];
+      #pragma GCC unroll 6
+      for (int b = 0; b < 6; ++b) {  // A^T m, column b
+        const float m0 = m[(0 * 6 + b) * mst + k], m1 = m[(1 * 6 + b) * mst + k], m2 = m[(2 * 6 + b) * mst + k],
+                    m3 = m[(3 * 6 + b) * mst + k], m4 = m[(4 * 6 + b) * mst + k], m5 = m[(5 * 6 + b) * mst + k];
+        const float s12 = m1 + m2, d12 = m1 - m2, s34 = m3 + m4, d34 = m3 - m4;
+        r[0][b] = m0 + s12 + s34;
+        r[1][b] = d12 + 2.f * d34;
+        r[2][b] = s12 + 4.f * s34;
+        r[3][b] = d12 + 8.f * d34 + m5;
+      }
+      #pragma GCC unroll 4
+      for (int a = 0; a < 4; ++a) {  // (A^T m) A, row a
+        const float m0 = r[a][0], m5 = r[a][5];
+        const float s12 = r[a][1] + r[a][2], d12 = r[a][1] - r[a][2], s34 = r[a][3] + r[a][4],
+                    d34 = r[a][3] - r[a][4];
+        yo[a][0][k] = m0 + s12 + s34;
+        yo[a][1][k] = d12 + 2.f * d34;
+        yo[a][2][k] = s12 + 4.f * s34;
+        yo[a][3][k] = d12 + 8.f * d34 + m5;
+      }
+    }
+  }
+}
+
+}  // namespace wt
+}  // namespace
+
+// Defines the function NAME returning this translation unit's transforms.
+#define MVEB_DEFINE_WINOGRAD_TRANSFORMS(NAME) \
+  WinogradTransforms NAME() { return {&wt::input2, &wt::input4, &wt::zt2, &wt::zt4, &wt::out2, &wt::out4}; }
+
+}  // namespace mveb
