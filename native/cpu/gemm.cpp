@@ -12,6 +12,7 @@
 #endif
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "core/threadpool.h"
@@ -90,6 +91,19 @@ void pack_a_panel(const float* A, long lda, bool transA, int i0, int rows, int k
     for (int i = rows; i < mr; ++i)
       for (int k = 0; k < kc; ++k) dst[static_cast<long>(k) * mr + i] = 0.f;
   } else {
+    if (alpha == 1.f && rows == mr) {  // whole panels: fixed-size row copies (the micro-kernels' MR)
+      auto copy_rows = [&](auto mr_const) {
+        constexpr int MR = decltype(mr_const)::value;
+        for (int k = 0; k < kc; ++k)
+          std::memcpy(dst + static_cast<long>(k) * MR, A + static_cast<long>(k0 + k) * lda + i0, sizeof(float) * MR);
+      };
+      switch (mr) {
+        case 14: copy_rows(std::integral_constant<int, 14>()); return;
+        case 6: copy_rows(std::integral_constant<int, 6>()); return;
+        case 4: copy_rows(std::integral_constant<int, 4>()); return;
+        default: break;
+      }
+    }
     for (int k = 0; k < kc; ++k) {
       const float* src = A + static_cast<long>(k0 + k) * lda + i0;
       float* d = dst + static_cast<long>(k) * mr;
