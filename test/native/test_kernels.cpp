@@ -188,6 +188,8 @@ std::vector<ConvShape> conv_cases() {
   v.push_back(ConvShape{2, 22, 21, 64, 65, 3, 3, 1, 1});
   v.push_back(ConvShape{2, 26, 23, 66, 64, 3, 3, 1, 0});
   v.push_back(ConvShape{2, 25, 26, 64, 64, 3, 3, 1, 2});
+  // strided backward data with several images per GEMM (and a partial last group)
+  v.push_back(ConvShape{5, 8, 8, 12, 20, 3, 3, 2, 1});
   // K > 128: backward weight in the col^T * dy orientation
   v.push_back(ConvShape{2, 12, 9, 5, 131, 3, 3, 1, 1});
   return v;
