@@ -278,6 +278,105 @@ void add_weight_blocks(ThreadPool& pool, float* dw, int C, int K, const Grad& gr
   });
 }
 
+// One Winograd F(m x m, 3x3) variant (m = 2 or 4): m + 2 input points per side, so (m + 2)^2
+// transformed matrices; this ISA's tile transforms; tiles per task: at least min_chunk (forward) or
+// weight_chunk (backward weight, the GEMM depth), else about chunk_floats / (C + K).
+struct WinogradVariant {
+  int m, matrices;
+  decltype(WinogradTransforms::input2) input;
+  decltype(WinogradTransforms::zt2) zt;
+  decltype(WinogradTransforms::out2) out;
+  int64_t min_chunk, weight_chunk, chunk_floats;
+};
+WinogradVariant winograd_variant(Isa isa, int m) {
+  const WinogradTransforms tf = winograd_transforms(isa);
+  if (m == 2) return {2, 16, tf.input2, tf.zt2, tf.out2, 128, 128, int64_t(16) << 10};
+  return {4, 36, tf.input4, tf.zt4, tf.out4, kWinograd4MinChunk, kWinograd4WeightChunk, kWinograd4ChunkFloats};
+}
+
+// y from the transformed filter u (v.matrices matrices ust floats apart, rows as described at
+// winograd_f2x3), over chunks of output tiles: input transform, v.matrices GEMMs, output transform.
+void winograd_forward_tiles(CpuBackend& be, const WinogradVariant& v, float* y, const float* x, const ConvShape& s,
+                            const float* u, int64_t ust, bool flipped) {
+  ThreadPool& pool = be.pool();
+  const gemm_detail::KernelInfo kern = gemm_detail::kernel_for(be.isa());
+  const int C = s.C, K = s.K, P = s.P(), Q = s.Q();
+  const int TP = (P + v.m - 1) / v.m, TQ = (Q + v.m - 1) / v.m;
+  const int64_t tiles = static_cast<int64_t>(s.N) * TP * TQ;
+  std::vector<std::unique_ptr<gemm_detail::PackedB>> packed(static_cast<size_t>(v.matrices));
+  for (int e = 0; e < v.matrices; ++e)
+    packed[static_cast<size_t>(e)].reset(new gemm_detail::PackedB(pool, kern, !flipped, K, C, u + e * ust,
+                                                                  flipped ? K : C));
+  const int T = pool.size();
+  int64_t chunk = balanced_chunk(tiles, std::max<int64_t>(v.min_chunk, v.chunk_floats / (C + K)), T);
+  chunk = chunk == 0 ? tiles : whole_panels(chunk, tiles, kern.mr);  // 0: too few tiles to split, one task
+  std::vector<std::unique_ptr<ScratchBuffer>> vbuf(static_cast<size_t>(T)), mbuf(static_cast<size_t>(T));
+  std::vector<float> zeros(static_cast<size_t>(C), 0.f);
+  pool.parallel_tasks((tiles + chunk - 1) / chunk, [&](int64_t task, int t) {
+    auto& vb = vbuf[static_cast<size_t>(t)];
+    auto& mb = mbuf[static_cast<size_t>(t)];
+    if (!vb) {
+      vb.reset(new ScratchBuffer(static_cast<size_t>(v.matrices * (chunk * C + kWinogradSkew))));
+      mb.reset(new ScratchBuffer(static_cast<size_t>(v.matrices * (chunk * K + kWinogradSkew) + K)));  // + a spare row
+    }
+    const int64_t t0 = task * chunk;
+    const int nt = static_cast<int>(std::min(tiles, t0 + chunk) - t0);
+    float* V = vb->get();
+    float* M = mb->get();
+    // The matrices of a chunk lie kWinogradSkew floats further apart than their size, so the
+    // transforms' store streams do not all map to the same L1 sets (sizes are often multiples of 4 KB).
+    const int64_t vst = static_cast<int64_t>(nt) * C + kWinogradSkew;
+    const int64_t mst = static_cast<int64_t>(nt) * K + kWinogradSkew;
+    v.input(V, vst, x, s, TP, TQ, t0, nt, zeros.data());
+    for (int e = 0; e < v.matrices; ++e)
+      gemm_detail::gemm_run(pool, kern, false, false, nt, K, C, 1.f, V + e * vst, C, nullptr, 0, 0.f, M + e * mst, K,
+                            packed[static_cast<size_t>(e)].get());
+    v.out(y, M, mst, P, Q, K, TP, TQ, t0, nt, M + v.matrices * mst);  // edge outputs to the spare row
+  });
+}
+
+// Backward weight's tile sums: per thread t, dU_e[C, K] = sum over its tiles of V_e^T Z_e (matrix e
+// at e * (C * K + kWinogradSkew)), V the input transform and Z = A dY A^T the output-gradient
+// transform; a thread that got no task keeps a null entry. The caller adds them up and applies G^T . G.
+std::vector<std::unique_ptr<ScratchBuffer>> winograd_weight_partials(CpuBackend& be, const WinogradVariant& v,
+                                                                     const float* dy, const float* x,
+                                                                     const ConvShape& s) {
+  ThreadPool& pool = be.pool();
+  const gemm_detail::KernelInfo kern = gemm_detail::kernel_for(be.isa());
+  const int C = s.C, K = s.K, P = s.P(), Q = s.Q();
+  const int TP = (P + v.m - 1) / v.m, TQ = (Q + v.m - 1) / v.m;
+  const int64_t tiles = static_cast<int64_t>(s.N) * TP * TQ;
+  const int T = pool.size();
+  int64_t chunk = balanced_chunk(tiles, std::max<int64_t>(v.weight_chunk, v.chunk_floats / (C + K)), T);
+  if (chunk == 0) chunk = tiles;
+  const int64_t est = static_cast<int64_t>(C) * K;
+  std::vector<std::unique_ptr<ScratchBuffer>> vbuf(static_cast<size_t>(T)), zbuf(static_cast<size_t>(T)),
+      partial(static_cast<size_t>(T));
+  std::vector<float> zeros(static_cast<size_t>(std::max(C, K)), 0.f);  // padding of x and of dy
+  pool.parallel_tasks((tiles + chunk - 1) / chunk, [&](int64_t task, int t) {
+    auto& acc = partial[static_cast<size_t>(t)];
+    const bool first = !acc;
+    if (first) {
+      vbuf[static_cast<size_t>(t)].reset(new ScratchBuffer(static_cast<size_t>(v.matrices * (chunk * C + kWinogradSkew))));
+      zbuf[static_cast<size_t>(t)].reset(new ScratchBuffer(static_cast<size_t>(v.matrices * (chunk * K + kWinogradSkew))));
+      acc.reset(new ScratchBuffer(static_cast<size_t>(v.matrices * (est + kWinogradSkew))));
+    }
+    const int64_t t0 = task * chunk;
+    const int nt = static_cast<int>(std::min(tiles, t0 + chunk) - t0);
+    float* V = vbuf[static_cast<size_t>(t)]->get();
+    float* Z = zbuf[static_cast<size_t>(t)]->get();
+    const int64_t vst = static_cast<int64_t>(nt) * C + kWinogradSkew;
+    const int64_t zst = static_cast<int64_t>(nt) * K + kWinogradSkew;
+    v.input(V, vst, x, s, TP, TQ, t0, nt, zeros.data());
+    v.zt(Z, zst, dy, P, Q, K, TP, TQ, t0, nt, zeros.data());
+    float* S = acc->get();
+    for (int e = 0; e < v.matrices; ++e)  // S_e[C, K] (+)= V_e^T Z_e
+      gemm_detail::gemm_run(pool, kern, true, false, C, K, nt, 1.f, V + e * vst, C, Z + e * zst, K, first ? 0.f : 1.f,
+                            S + e * (est + kWinogradSkew), K);
+  });
+  return partial;
+}
+
 // Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions (Lavin & Gray 2015): each 2x2 output tile is
 // A^T [ (G g G^T) .* (B^T d B) ] A over its 4x4 input tile d, so the products become 16 GEMMs
 // (one per element e of the 4x4 transformed tile) M_e[tiles, K] = V_e[tiles, C] * U_e[C, K] with
@@ -290,42 +389,11 @@ void add_weight_blocks(ThreadPool& pool, float* dw, int C, int K, const Grad& gr
 // Z = A dY A^T (dY the tile's 2x2 output gradient, zero outside P x Q), and dg = G^T dU G: 16 GEMMs
 // of depth = tiles, accumulated per thread, then summed and transformed back.
 void winograd_f2x3_weight(CpuBackend& be, float* dw, const float* dy, const float* x, const ConvShape& s) {
-  ThreadPool& pool = be.pool();
-  const gemm_detail::KernelInfo kern = gemm_detail::kernel_for(be.isa());
-  const WinogradTransforms tf = winograd_transforms(be.isa());
-  const int C = s.C, K = s.K, P = s.P(), Q = s.Q();
-  const int TP = (P + 1) / 2, TQ = (Q + 1) / 2;
-  const int64_t tiles = static_cast<int64_t>(s.N) * TP * TQ;
-  const int T = pool.size();
-  int64_t chunk = balanced_chunk(tiles, std::max<int64_t>(128, (int64_t(16) << 10) / (C + K)), T);
-  if (chunk == 0) chunk = tiles;
+  const int C = s.C, K = s.K;
   const int64_t est = static_cast<int64_t>(C) * K;
-  std::vector<std::unique_ptr<ScratchBuffer>> vbuf(static_cast<size_t>(T)), zbuf(static_cast<size_t>(T)),
-      partial(static_cast<size_t>(T));
-  std::vector<float> zeros(static_cast<size_t>(std::max(C, K)), 0.f);  // padding of x and of dy
-  pool.parallel_tasks((tiles + chunk - 1) / chunk, [&](int64_t task, int t) {
-    auto& acc = partial[static_cast<size_t>(t)];
-    const bool first = !acc;
-    if (first) {
-      vbuf[static_cast<size_t>(t)].reset(new ScratchBuffer(static_cast<size_t>(16 * (chunk * C + kWinogradSkew))));
-      zbuf[static_cast<size_t>(t)].reset(new ScratchBuffer(static_cast<size_t>(16 * (chunk * K + kWinogradSkew))));
-      acc.reset(new ScratchBuffer(static_cast<size_t>(16 * (est + kWinogradSkew))));
-    }
-    const int64_t t0 = task * chunk;
-    const int nt = static_cast<int>(std::min(tiles, t0 + chunk) - t0);
-    float* V = vbuf[static_cast<size_t>(t)]->get();
-    float* Z = zbuf[static_cast<size_t>(t)]->get();
-    const int64_t vst = static_cast<int64_t>(nt) * C + kWinogradSkew;
-    const int64_t zst = static_cast<int64_t>(nt) * K + kWinogradSkew;
-    tf.input2(V, vst, x, s, TP, TQ, t0, nt, zeros.data());
-    tf.zt2(Z, zst, dy, P, Q, K, TP, TQ, t0, nt, zeros.data());
-    float* S = acc->get();
-    for (int e = 0; e < 16; ++e)  // S_e[C, K] (+)= V_e^T Z_e
-      gemm_detail::gemm_run(pool, kern, true, false, C, K, nt, 1.f, V + e * vst, C, Z + e * zst, K, first ? 0.f : 1.f,
-                            S + e * (est + kWinogradSkew), K);
-  });
+  const auto partial = winograd_weight_partials(be, winograd_variant(be.isa(), 2), dy, x, s);
   // dw[k, r, s, c] += (G^T S G)[r, s] for S[u][v] = sum over threads of S_(u*4+v)[c, k].
-  add_weight_blocks(pool, dw, C, K, [&](int c, int k, float* d) {
+  add_weight_blocks(be.pool(), dw, C, K, [&](int c, int k, float* d) {
     float S[4][4] = {};
     for (const auto& acc : partial) {
       if (!acc) continue;
@@ -347,11 +415,7 @@ void winograd_f2x3_weight(CpuBackend& be, float* dw, const float* dy, const floa
 
 void winograd_f2x3(CpuBackend& be, float* y, const float* x, const ConvShape& s, const float* w, bool flipped) {
   ThreadPool& pool = be.pool();
-  const gemm_detail::KernelInfo kern = gemm_detail::kernel_for(be.isa());
-  const WinogradTransforms tf = winograd_transforms(be.isa());
-  const int C = s.C, K = s.K, P = s.P(), Q = s.Q();
-  const int TP = (P + 1) / 2, TQ = (Q + 1) / 2;
-  const int64_t tiles = static_cast<int64_t>(s.N) * TP * TQ;
+  const int C = s.C, K = s.K;
   // U_e = (G g G^T)_e, computed along the dimension contiguous in w: [K, C] rows (op(B) = U_e^T) for
   // the forward filter w[k, tap, c]; [C, K] rows for the flipped one, w[c, 8 - tap, k].
   const int outer = flipped ? C : K, inner = flipped ? K : C;
@@ -387,36 +451,7 @@ void winograd_f2x3(CpuBackend& be, float* y, const float* x, const ConvShape& s,
       }
     }
   });
-  std::vector<std::unique_ptr<gemm_detail::PackedB>> packed(16);
-  for (int e = 0; e < 16; ++e)
-    packed[static_cast<size_t>(e)].reset(new gemm_detail::PackedB(pool, kern, !flipped, K, C, u.get() + e * ust,
-                                                                  flipped ? K : C));
-  const int T = pool.size();
-  int64_t chunk = balanced_chunk(tiles, std::max<int64_t>(128, (int64_t(16) << 10) / (C + K)), T);
-  chunk = chunk == 0 ? tiles : whole_panels(chunk, tiles, kern.mr);  // 0: too few tiles to split, one task
-  std::vector<std::unique_ptr<ScratchBuffer>> vbuf(static_cast<size_t>(T)), mbuf(static_cast<size_t>(T));
-  std::vector<float> zeros(static_cast<size_t>(C), 0.f);
-  pool.parallel_tasks((tiles + chunk - 1) / chunk, [&](int64_t task, int t) {
-    auto& vb = vbuf[static_cast<size_t>(t)];
-    auto& mb = mbuf[static_cast<size_t>(t)];
-    if (!vb) {
-      vb.reset(new ScratchBuffer(static_cast<size_t>(16 * (chunk * C + kWinogradSkew))));
-      mb.reset(new ScratchBuffer(static_cast<size_t>(16 * (chunk * K + kWinogradSkew) + K)));  // + a spare row
-    }
-    const int64_t t0 = task * chunk;
-    const int nt = static_cast<int>(std::min(tiles, t0 + chunk) - t0);
-    float* V = vb->get();
-    float* M = mb->get();
-    // The 16 matrices of a chunk lie kWinogradSkew floats further apart than their size, so the 16
-    // streams of the transforms do not all map to the same L1 sets (sizes are often multiples of 4 KB).
-    const int64_t vst = static_cast<int64_t>(nt) * C + kWinogradSkew;
-    const int64_t mst = static_cast<int64_t>(nt) * K + kWinogradSkew;
-    tf.input2(V, vst, x, s, TP, TQ, t0, nt, zeros.data());
-    for (int e = 0; e < 16; ++e)
-      gemm_detail::gemm_run(pool, kern, false, false, nt, K, C, 1.f, V + e * vst, C, nullptr, 0, 0.f, M + e * mst, K,
-                            packed[static_cast<size_t>(e)].get());
-    tf.out2(y, M, mst, P, Q, K, TP, TQ, t0, nt, M + 16 * mst);  // edge outputs to the spare row
-  });
+  winograd_forward_tiles(be, winograd_variant(be.isa(), 2), y, x, s, u.get(), ust, flipped);
 }
 
 // Winograd F(4x4, 3x3) (Lavin & Gray 2015, points 0, +-1, +-2, inf) for the deep 3x3 stride-1
@@ -430,40 +465,9 @@ void winograd_f2x3(CpuBackend& be, float* y, const float* x, const ConvShape& s,
 // dU_e = sum over tiles of V_e[t, :]^T Z_e[t, :] with Z = A dY A^T (dY the tile's 4x4 output
 // gradient, zero outside P x Q), dg = G^T dU G (in double): 36 GEMMs of depth = tiles.
 void winograd_f4x3_weight(CpuBackend& be, float* dw, const float* dy, const float* x, const ConvShape& s) {
-  ThreadPool& pool = be.pool();
-  const gemm_detail::KernelInfo kern = gemm_detail::kernel_for(be.isa());
-  const WinogradTransforms tf = winograd_transforms(be.isa());
-  const int C = s.C, K = s.K, P = s.P(), Q = s.Q();
-  const int TP = (P + 3) / 4, TQ = (Q + 3) / 4;
-  const int64_t tiles = static_cast<int64_t>(s.N) * TP * TQ;
-  const int T = pool.size();
-  int64_t chunk = balanced_chunk(tiles, std::max<int64_t>(kWinograd4WeightChunk, kWinograd4ChunkFloats / (C + K)), T);
-  if (chunk == 0) chunk = tiles;
+  const int C = s.C, K = s.K;
   const int64_t est = static_cast<int64_t>(C) * K;
-  std::vector<std::unique_ptr<ScratchBuffer>> vbuf(static_cast<size_t>(T)), zbuf(static_cast<size_t>(T)),
-      partial(static_cast<size_t>(T));
-  std::vector<float> zeros(static_cast<size_t>(std::max(C, K)), 0.f);  // padding of x and of dy
-  pool.parallel_tasks((tiles + chunk - 1) / chunk, [&](int64_t task, int t) {
-    auto& acc = partial[static_cast<size_t>(t)];
-    const bool first = !acc;
-    if (first) {
-      vbuf[static_cast<size_t>(t)].reset(new ScratchBuffer(static_cast<size_t>(36 * (chunk * C + kWinogradSkew))));
-      zbuf[static_cast<size_t>(t)].reset(new ScratchBuffer(static_cast<size_t>(36 * (chunk * K + kWinogradSkew))));
-      acc.reset(new ScratchBuffer(static_cast<size_t>(36 * (est + kWinogradSkew))));
-    }
-    const int64_t t0 = task * chunk;
-    const int nt = static_cast<int>(std::min(tiles, t0 + chunk) - t0);
-    float* V = vbuf[static_cast<size_t>(t)]->get();
-    float* Z = zbuf[static_cast<size_t>(t)]->get();
-    const int64_t vst = static_cast<int64_t>(nt) * C + kWinogradSkew;
-    const int64_t zst = static_cast<int64_t>(nt) * K + kWinogradSkew;
-    tf.input4(V, vst, x, s, TP, TQ, t0, nt, zeros.data());
-    tf.zt4(Z, zst, dy, P, Q, K, TP, TQ, t0, nt, zeros.data());
-    float* S = acc->get();
-    for (int e = 0; e < 36; ++e)  // S_e[C, K] (+)= V_e^T Z_e
-      gemm_detail::gemm_run(pool, kern, true, false, C, K, nt, 1.f, V + e * vst, C, Z + e * zst, K, first ? 0.f : 1.f,
-                            S + e * (est + kWinogradSkew), K);
-  });
+  const auto partial = winograd_weight_partials(be, winograd_variant(be.isa(), 4), dy, x, s);
   // dw[k, r, s, c] += (G^T S G)[r, s] for S[u][v] = sum over threads of S_(u*6+v)[c, k], in double;
   // G^T = [1/4 -1/6 -1/6 1/24 1/24 0; 0 -1/6 1/6 1/12 -1/12 0; 0 -1/6 -1/6 1/6 1/6 1].
   auto gt = [](const double u[6], double o[3]) {
@@ -471,7 +475,7 @@ void winograd_f4x3_weight(CpuBackend& be, float* dw, const float* dy, const floa
     o[1] = (u[2] - u[1]) / 6 + (u[3] - u[4]) / 12;
     o[2] = (u[3] + u[4] - u[1] - u[2]) / 6 + u[5];
   };
-  add_weight_blocks(pool, dw, C, K, [&](int c, int k, float* d) {
+  add_weight_blocks(be.pool(), dw, C, K, [&](int c, int k, float* d) {
     double S[6][6] = {};
     for (const auto& acc : partial) {
       if (!acc) continue;
@@ -494,11 +498,7 @@ void winograd_f4x3_weight(CpuBackend& be, float* dw, const float* dy, const floa
 
 void winograd_f4x3(CpuBackend& be, float* y, const float* x, const ConvShape& s, const float* w, bool flipped) {
   ThreadPool& pool = be.pool();
-  const gemm_detail::KernelInfo kern = gemm_detail::kernel_for(be.isa());
-  const WinogradTransforms tf = winograd_transforms(be.isa());
-  const int C = s.C, K = s.K, P = s.P(), Q = s.Q();
-  const int TP = (P + 3) / 4, TQ = (Q + 3) / 4;
-  const int64_t tiles = static_cast<int64_t>(s.N) * TP * TQ;
+  const int C = s.C, K = s.K;
   const int outer = flipped ? C : K, inner = flipped ? K : C;
   const int64_t est = static_cast<int64_t>(C) * K;
   // The 36 matrices lie kWinogradSkew floats further apart than their size (36 store streams
@@ -537,34 +537,7 @@ void winograd_f4x3(CpuBackend& be, float* y, const float* x, const ConvShape& s,
       }
     }
   });
-  std::vector<std::unique_ptr<gemm_detail::PackedB>> packed(36);
-  for (int e = 0; e < 36; ++e)
-    packed[static_cast<size_t>(e)].reset(new gemm_detail::PackedB(pool, kern, !flipped, K, C, u.get() + e * ust,
-                                                                  flipped ? K : C));
-  const int T = pool.size();
-  int64_t chunk = balanced_chunk(tiles, std::max<int64_t>(kWinograd4MinChunk, kWinograd4ChunkFloats / (C + K)), T);
-  chunk = chunk == 0 ? tiles : whole_panels(chunk, tiles, kern.mr);
-  std::vector<std::unique_ptr<ScratchBuffer>> vbuf(static_cast<size_t>(T)), mbuf(static_cast<size_t>(T));
-  std::vector<float> zeros(static_cast<size_t>(C), 0.f);
-  pool.parallel_tasks((tiles + chunk - 1) / chunk, [&](int64_t task, int t) {
-    auto& vb = vbuf[static_cast<size_t>(t)];
-    auto& mb = mbuf[static_cast<size_t>(t)];
-    if (!vb) {
-      vb.reset(new ScratchBuffer(static_cast<size_t>(36 * (chunk * C + kWinogradSkew))));
-      mb.reset(new ScratchBuffer(static_cast<size_t>(36 * (chunk * K + kWinogradSkew) + K)));  // + a spare row
-    }
-    const int64_t t0 = task * chunk;
-    const int nt = static_cast<int>(std::min(tiles, t0 + chunk) - t0);
-    float* V = vb->get();
-    float* M = mb->get();
-    const int64_t vst = static_cast<int64_t>(nt) * C + kWinogradSkew;
-    const int64_t mst = static_cast<int64_t>(nt) * K + kWinogradSkew;
-    tf.input4(V, vst, x, s, TP, TQ, t0, nt, zeros.data());
-    for (int e = 0; e < 36; ++e)
-      gemm_detail::gemm_run(pool, kern, false, false, nt, K, C, 1.f, V + e * vst, C, nullptr, 0, 0.f, M + e * mst, K,
-                            packed[static_cast<size_t>(e)].get());
-    tf.out4(y, M, mst, P, Q, K, TP, TQ, t0, nt, M + 36 * mst);  // edge outputs to the spare row
-  });
+  winograd_forward_tiles(be, winograd_variant(be.isa(), 4), y, x, s, u.get(), ust, flipped);
 }
 }  // namespace
 
