@@ -31,19 +31,8 @@ export function isTypedArray(x: unknown, kind: 'Uint8Array' | 'Int32Array' | 'Fl
   return ArrayBuffer.isView(x) && Object.prototype.toString.call(x) === `[object ${kind}]`;
 }
 
-export interface DatasetFields {
-  name: string;
-  size: number;
-  channels: number;
-  height: number;
-  width: number;
-  images: Uint8Array;
-  labels?: Int32Array;
-  numClasses?: number;
-  classNames?: string[];
-  mean?: number[];
-  std?: number[];
-}
+/** The data of a Dataset, without its methods (what makeDataset checks and completes). */
+export type DatasetFields = Omit<Dataset, 'subset'>;
 
 /** Checks the fields for consistency and returns a Dataset (with subset()). */
 export function makeDataset(f: DatasetFields): Dataset {
