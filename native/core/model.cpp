@@ -157,6 +157,16 @@ void Model::allocate_arenas() {
   backend_->fill(grad_arena_.f32(), 0.f, param_count_);
 }
 
+// Parameters from `host_params`; BN buffers as PyTorch initialises them (running_var 1, the rest 0).
+void Model::upload_initial_state(const std::vector<float>& host_params) {
+  backend_->upload(param_arena_.f32(), host_params.data(), host_params.size() * sizeof(float));
+  std::vector<float> buf(buffer_count_, 0.f);
+  for (const ArenaEntry& e : buffers_)
+    if (e.name.size() > 12 && e.name.compare(e.name.size() - 12, 12, ".running_var") == 0)
+      std::fill(buf.begin() + e.offset, buf.begin() + e.offset + e.numel, 1.f);
+  backend_->upload(buffer_arena_.f32(), buf.data(), buf.size() * sizeof(float));
+}
+
 std::unique_ptr<Model> Model::resnet(Backend& backend, const ResnetConfig& cfg) {
   MVEB_CHECK(cfg.depth == 18 || cfg.depth == 34 || cfg.depth == 50, "E_ARG", "resnet depth: expected 18, 34 or 50, found ",
              cfg.depth);
@@ -241,12 +251,7 @@ std::unique_ptr<Model> Model::resnet(Backend& backend, const ResnetConfig& cfg) 
       std::fill(host.begin() + last.gamma, host.begin() + last.gamma + last.C, 0.f);
     }
   }
-  backend.upload(m->param_arena_.f32(), host.data(), host.size() * sizeof(float));
-  std::vector<float> buf(m->buffer_count_, 0.f);
-  for (const ArenaEntry& e : m->buffers_)
-    if (e.name.size() > 12 && e.name.compare(e.name.size() - 12, 12, ".running_var") == 0)
-      std::fill(buf.begin() + e.offset, buf.begin() + e.offset + e.numel, 1.f);
-  backend.upload(m->buffer_arena_.f32(), buf.data(), buf.size() * sizeof(float));
+  m->upload_initial_state(host);
   return m;
 }
 
@@ -290,12 +295,7 @@ std::unique_ptr<Model> Model::projector(Backend& backend, const ProjectorConfig&
       std::fill(host.begin() + e.offset, host.begin() + e.offset + e.numel, 1.f);
     }
   }
-  backend.upload(m->param_arena_.f32(), host.data(), host.size() * sizeof(float));
-  std::vector<float> buf(m->buffer_count_, 0.f);
-  for (const ArenaEntry& e : m->buffers_)
-    if (e.name.size() > 12 && e.name.compare(e.name.size() - 12, 12, ".running_var") == 0)
-      std::fill(buf.begin() + e.offset, buf.begin() + e.offset + e.numel, 1.f);
-  backend.upload(m->buffer_arena_.f32(), buf.data(), buf.size() * sizeof(float));
+  m->upload_initial_state(host);
   return m;
 }
 

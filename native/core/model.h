@@ -119,6 +119,7 @@ class Model {
  private:
   Model(Backend& backend);
   void allocate_arenas();
+  void upload_initial_state(const std::vector<float>& host_params);
   void plan(const Shape& input_shape, bool inference);
   void plan_into(const Shape& input_shape, Planner& p);
   Tensor to_pytorch_layout(const ArenaEntry& e, const float* arena) const;
