@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <exception>
 
 namespace mveb {
 
@@ -46,10 +47,16 @@ void ThreadPool::worker(int index) {
       body = body_;
     }
     tl_inside_region = true;
-    (*body)(index);
+    std::exception_ptr error;
+    try {
+      (*body)(index);
+    } catch (...) {
+      error = std::current_exception();
+    }
     tl_inside_region = false;
     {
       std::lock_guard<std::mutex> lock(mutex_);
+      if (error && !error_) error_ = error;
       if (--pending_ == 0) done_.notify_one();
     }
   }
@@ -70,11 +77,22 @@ void ThreadPool::run_region(const std::function<void(int)>& body, int participan
   }
   wake_.notify_all();
   tl_inside_region = true;
-  body(0);
+  std::exception_ptr error;
+  try {
+    body(0);
+  } catch (...) {
+    error = std::current_exception();
+  }
   tl_inside_region = false;
   std::unique_lock<std::mutex> lock(mutex_);
   done_.wait(lock, [&] { return pending_ == 0; });
   body_ = nullptr;
+  if (!error) error = error_;
+  error_ = nullptr;
+  lock.unlock();
+  // The region is over on every thread; the first failure (e.g. E_MEMORY from a kernel's scratch
+  // buffer, E_NUMERIC from a check) reaches the caller instead of terminating a worker thread.
+  if (error) std::rethrow_exception(error);
 }
 
 void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t, int)>& fn) {

@@ -1,10 +1,12 @@
 // threadpool.h: a fixed pool of worker threads for the CPU kernels (MVEB_NUM_THREADS, default all
 // cores). parallel_for splits [0, n) into contiguous chunks; the calling thread takes part. One
 // parallel region runs at a time per pool (a mutex serialises callers from different async workers).
-// Nested parallel_for calls from inside a region run serially on the calling thread.
+// Nested parallel_for calls from inside a region run serially on the calling thread. An exception
+// thrown by the body on any thread is rethrown to the caller once every thread has finished.
 #pragma once
 #include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -41,6 +43,7 @@ class ThreadPool {
   uint64_t generation_ = 0;
   int pending_ = 0;
   bool stop_ = false;
+  std::exception_ptr error_;  // first exception thrown on a worker in the current region
 };
 
 // Default thread count: MVEB_NUM_THREADS if set and valid, else hardware concurrency.

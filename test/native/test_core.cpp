@@ -68,3 +68,22 @@ TEST("core: parallel_tasks maps task i to thread i % threads, in order (reproduc
     for (auto& o : order) EXPECT_TRUE(std::is_sorted(o.begin(), o.end()));
   }
 }
+
+TEST("core: an exception thrown on a pool thread reaches the caller after the region ends") {
+  mveb::ThreadPool pool(3);
+  for (int thrower : {0, 1, 2}) {
+    std::atomic<int> done{0};
+    EXPECT_THROWS_CODE(pool.parallel_for(3, 1, [&](int64_t b, int64_t, int) {
+      if (b == thrower) mveb::throw_error("E_NUMERIC", "planted failure on chunk ", b);
+      done++;
+    }), "E_NUMERIC");
+    EXPECT_TRUE(done == 2, "thrower " << thrower);
+    EXPECT_THROWS_CODE(pool.parallel_tasks(7, [&](int64_t i, int) {
+      if (i == 4) mveb::throw_error("E_MEMORY", "planted");
+    }), "E_MEMORY");
+  }
+  // the pool is still usable afterwards
+  std::atomic<int> n{0};
+  pool.parallel_for(100, 1, [&](int64_t b, int64_t e, int) { n += static_cast<int>(e - b); });
+  EXPECT_TRUE(n == 100);
+}
