@@ -6,6 +6,7 @@ import { MvebError } from '../lib/errors';
 import { knnScores, knnEvaluate, accuracyFromScores } from '../lib/eval/knn';
 import { linearEvaluate } from '../lib/eval/linear';
 import { subsetIndices } from '../lib/eval/subset';
+import { expectReject } from './helpers';
 
 function rng(seed: number) {
   let s = seed >>> 0;
@@ -63,6 +64,18 @@ describe('eval: kNN', () => {
       B.dispose();
       Q.dispose();
     }
+  });
+
+  test('non-finite features are refused with E_NUMERIC (the error crosses the thread pool)', async () => {
+    const n = 64, d = 4;
+    const bank = Float32Array.from({ length: n * d }, (_, i) => Math.sin(i + 1));
+    const q = Float32Array.from({ length: 9 * d }, (_, i) => Math.cos(i + 1));
+    q[5 * d + 1] = NaN; // one bad query row, handled by some pool thread
+    const B = Tensor.from(bank, [n, d]), Q = Tensor.from(q, [9, d]);
+    const labels = Int32Array.from({ length: n }, (_, i) => i % 3);
+    await expectReject(knnScores(B, labels, Q, { k: 5, temperature: 0.1, classes: 3 }), 'E_NUMERIC', /not finite/);
+    B.dispose();
+    Q.dispose();
   });
 
   test('classes are recovered on clustered data', async () => {

@@ -25,12 +25,13 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
-#include <thread>
 #include <vector>
 
 #include "binding/common.h"
 #include "core/backend.h"
 #include "core/random.h"
+#include "core/threadpool.h"
+#include "cpu/cpu_backend.h"
 
 namespace mveb_binding {
 namespace {
@@ -65,42 +66,17 @@ std::vector<float> host_floats(const Tensor& t) {
   return v;
 }
 
-// Runs body(begin, end) over [0, n) on up to `threads` std::threads (the selection step is host work
-// on data already copied off the backend).
-template <typename Body>
-void parallel_rows(int64_t n, int threads, Body body) {
-  threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, n)));
-  if (threads == 1) {
-    body(int64_t{0}, n);
-    return;
-  }
-  std::vector<std::thread> pool;
-  std::vector<std::exception_ptr> errors(threads);
-  for (int t = 0; t < threads; ++t) {
-    const int64_t b = n * t / threads, e = n * (t + 1) / threads;
-    pool.emplace_back([&, t, b, e] {
-      try {
-        body(b, e);
-      } catch (...) {
-        errors[t] = std::current_exception();
-      }
-    });
-  }
-  for (auto& th : pool) th.join();
-  for (auto& e : errors)
-    if (e) std::rethrow_exception(e);
-}
-
 struct KnnOptions {
   int k;
   float temperature;
   int classes;
-  int threads;
 };
 
 // Scores [Nte, classes]: sum over the k most similar train rows of exp(sim / temperature), one-hot by label.
+// The top-k selection is host work on similarities already copied off the backend; it runs on the CPU
+// backend's thread pool.
 std::vector<float> knn_scores(const Tensor& train, const std::vector<int32_t>& train_labels, const Tensor& test,
-                              const KnnOptions& o) {
+                              const KnnOptions& o, mveb::ThreadPool& pool) {
   Backend& b = train.backend();
   const int64_t ntr = train.dim(0), nte = test.dim(0), d = train.dim(1);
   const int k = static_cast<int>(std::min<int64_t>(o.k, ntr));
@@ -122,7 +98,7 @@ std::vector<float> knn_scores(const Tensor& train, const std::vector<int32_t>& t
            test_n.f32() + r0 * d, static_cast<int>(d), train_n.f32(), static_cast<int>(d), 0.0f, sim.f32(),
            static_cast<int>(ntr));
     b.download(host_sim.data(), sim.f32(), static_cast<size_t>(rows * ntr) * sizeof(float));
-    parallel_rows(rows, o.threads, [&](int64_t rb, int64_t re) {
+    pool.parallel_for(rows, 1, [&](int64_t rb, int64_t re, int) {
       // heap of (sim, index); "better" = larger sim, then smaller index. The heap top is the worst kept.
       std::vector<std::pair<float, int32_t>> heap;
       heap.reserve(k);
@@ -272,6 +248,14 @@ Napi::Object options_arg(const Napi::CallbackInfo& info, size_t i) {
   return info[i].As<Napi::Object>();
 }
 
+// Train and test feature matrices [rows, D] of the same dimension D.
+void check_feature_pair(const Tensor& train, const Tensor& test, const char* op) {
+  check_matrix(train, "train features");
+  check_matrix(test, "test features");
+  MVEB_CHECK(train.dim(1) == test.dim(1), "E_SHAPE", op, ": train features have dimension ", train.dim(1),
+             " but test features have ", test.dim(1));
+}
+
 Napi::Value KnnScores(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&]() -> Napi::Value {
@@ -279,19 +263,17 @@ Napi::Value KnnScores(const Napi::CallbackInfo& info) {
     Tensor labels = unwrap_tensor(env, info[1], "train labels");
     Tensor test = unwrap_tensor(env, info[2], "test features");
     Napi::Object opt = options_arg(info, 3);
-    check_matrix(train, "train features");
-    check_matrix(test, "test features");
-    MVEB_CHECK(train.dim(1) == test.dim(1), "E_SHAPE", "knn: train features have dimension ", train.dim(1),
-               " but test features have ", test.dim(1));
+    check_feature_pair(train, test, "knn");
     mveb::check_same_device(train, test, "knn: train and test features");
     KnnOptions o;
     o.k = positive_int(env, opt, "k", 200, 1e6);
     o.temperature = positive_float(env, opt, "temperature", 0.1, false);
     o.classes = positive_int(env, opt, "classes", 0, 1e6);
-    o.threads = positive_int(env, opt, "threads", std::max(1u, std::thread::hardware_concurrency()), 1024);
     std::vector<int32_t> y = host_labels(labels, train.dim(0), o.classes, "train labels");
     return run_async<std::vector<float>>(
-        env, [train, test, y = std::move(y), o] { return knn_scores(train, y, test, o); },
+        env, [train, test, y = std::move(y), o, pool = &static_cast<mveb::CpuBackend&>(runtime(env).cpu()).pool()] {
+          return knn_scores(train, y, test, o, *pool);
+        },
         [](Napi::Env e, std::vector<float>& s) -> Napi::Value { return to_f32(e, s); });
   });
 }
@@ -303,10 +285,7 @@ Napi::Value LinearProbe(const Napi::CallbackInfo& info) {
     Tensor labels = unwrap_tensor(env, info[1], "train labels");
     Tensor tx = unwrap_tensor(env, info[2], "test features");
     Napi::Object opt = options_arg(info, 3);
-    check_matrix(x, "train features");
-    check_matrix(tx, "test features");
-    MVEB_CHECK(x.dim(1) == tx.dim(1), "E_SHAPE", "linear probe: train features have dimension ", x.dim(1),
-               " but test features have ", tx.dim(1));
+    check_feature_pair(x, tx, "linear probe");
     LinearOptions o;
     o.classes = positive_int(env, opt, "classes", 0, 1e6);
     o.epochs = positive_int(env, opt, "epochs", 90, 1e6);
