@@ -43,6 +43,12 @@ const float = (min: number, max = Infinity, strictMin = false) => (v: string) =>
     throw new InvalidArgumentError(`expected a number ${strictMin ? '>' : '>='} ${min}${max !== Infinity ? ` and <= ${max}` : ''}, got '${v}'.`);
   return n;
 };
+const scaleRange = (v: string): [number, number] => {
+  const m = /^\s*([0-9.eE+-]+)\s*,\s*([0-9.eE+-]+)\s*$/.exec(v);
+  const a = m ? Number(m[1]) : NaN, b = m ? Number(m[2]) : NaN;
+  if (!(a > 0 && a <= b && b <= 1)) throw new InvalidArgumentError(`expected 'min,max' with 0 < min <= max <= 1, got '${v}'.`);
+  return [a, b];
+};
 const choice = (...allowed: string[]) => (v: string) => {
   if (!allowed.includes(v)) throw new InvalidArgumentError(`expected one of ${allowed.join(', ')}, got '${v}'.`);
   return v;
@@ -109,6 +115,8 @@ export function buildProgram(configure?: (program: Command) => void): Command {
     .option('--base-momentum <m>', 'EMA momentum m0 of the target (cosine to 1)', float(0, 1), 0.996)
     .option('--lambda <x>', 'weight of the entropy term (official 0.01)', float(0), D.lambda)
     .option('--local-crops <n>', 'local crops per image besides the two global views', int(0, 64), 0)
+    .option('--global-scale <min,max>', 'area range of the global RandomResizedCrops', scaleRange, [0.4, 1])
+    .option('--local-scale <min,max>', 'area range of the local crops', scaleRange, [0.05, 0.4])
     .option('--train-images <n>', 'use a seeded random subset of this many training images (0 = all)', int(0), D.trainImages)
     .option('--device <name>', 'auto (CUDA when available, else CPU), cpu or cuda', choice('auto', 'cpu', 'cuda'), 'auto')
     .option('--out <dir>', 'run folder (checkpoint, metrics.jsonl, report.html)', path.join('runs', 'default'))
@@ -143,6 +151,8 @@ export function buildProgram(configure?: (program: Command) => void): Command {
           weightDecay: o.weightDecay,
           warmupEpochs: o.warmupEpochs,
           localCrops: o.localCrops,
+          globalScale: o.globalScale,
+          localScale: o.localScale,
           baseMomentum: o.baseMomentum,
           lambda: o.lambda,
           trainImages: o.trainImages,

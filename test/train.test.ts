@@ -9,7 +9,7 @@ import * as path from 'path';
 import { spawnSync } from 'child_process';
 import { learningRateAt, momentumAt, maxLearningRate } from '../lib/train/schedule';
 import { renderReport, lineChart } from '../lib/train/report';
-import { pretrain, PretrainOptions } from '../lib/train/pretrain';
+import { pretrain, PretrainOptions, trainingViews } from '../lib/train/pretrain';
 import { loadCheckpoint, checksumTensors } from '../lib/train/checkpoint';
 import { builtinFashionMnist } from '../lib/data';
 import type { Dataset } from '../lib/data';
@@ -190,5 +190,17 @@ describe('train: pretrain end to end (tiny network)', () => {
     await expect(pretrain({ ...base('c'), width: -1 })).rejects.toMatchObject({ code: 'E_ARG', message: expect.stringContaining('width') });
     await expect(pretrain({ ...base('c'), optimizer: 'adam' as never })).rejects.toMatchObject({ code: 'E_ARG' });
     await expect(pretrain({ ...base('c'), batchSize: 1000 })).rejects.toMatchObject({ code: 'E_ARG', message: expect.stringContaining('batchSize') });
+    await expect(pretrain({ ...base('c'), globalScale: [0.9, 0.5] })).rejects.toMatchObject({ code: 'E_ARG', message: expect.stringContaining('globalScale') });
+    await expect(pretrain({ ...base('c'), localScale: [0, 0.4] })).rejects.toMatchObject({ code: 'E_ARG', message: expect.stringContaining('localScale') });
+  });
+
+  test('trainingViews: crop scales go to the global and local views; blur sigma scales with the crop size', () => {
+    const v = trainingViews({ cropSize: 28, localCropSize: 12, localCrops: 2, globalScale: [0.6, 1], localScale: [0.1, 0.3] });
+    expect(v.map((x) => x.size)).toEqual([28, 28, 12, 12]);
+    expect(v.map((x) => x.scale)).toEqual([[0.6, 1], [0.6, 1], [0.1, 0.3], [0.1, 0.3]]);
+    expect(v[0].blurSigma![1]).toBeCloseTo((2.0 * 28) / 224, 6);
+    const d = trainingViews({ cropSize: 224, localCropSize: 96, localCrops: 1 });
+    expect(d.map((x) => x.scale)).toEqual([[0.4, 1], [0.4, 1], [0.05, 0.4]]);
+    expect(d[0].blurSigma).toEqual([0.1, 2.0]);
   });
 });

@@ -60,6 +60,10 @@ export interface PretrainOptions {
   /** global crop size (default: the image size) */
   cropSize?: number;
   localCropSize?: number;
+  /** RandomResizedCrop area range of the two global views (default [0.4, 1], DINO's multi-crop value) */
+  globalScale?: [number, number];
+  /** area range of the local crops (default [0.05, 0.4]) */
+  localScale?: [number, number];
   /** use only this many training images (a seeded random subset; default 20000, 0 = all) */
   trainImages?: number;
   device?: DeviceChoice;
@@ -134,6 +138,8 @@ export interface ResolvedConfig {
   localCrops: number;
   cropSize: number;
   localCropSize: number;
+  globalScale: [number, number];
+  localScale: [number, number];
   trainImages: number;
   seed: number;
   knnEvery: number;
@@ -172,6 +178,8 @@ export const PRETRAIN_DEFAULTS = {
   eta: 0.01,
   minWidth: 0.1,
   localCrops: 0,
+  globalScale: [0.4, 1] as [number, number],
+  localScale: [0.05, 0.4] as [number, number],
   trainImages: 10000,
   seed: 0,
   knnEvery: 1,
@@ -201,6 +209,11 @@ function validate(o: PretrainOptions): void {
     if (o[k] !== undefined && !isInt(o[k], 0)) throw bad(k, 'an integer >= 0', o[k]);
   for (const k of ['cropSize', 'localCropSize', 'knnK', 'maxSteps', 'threads', 'logEvery'] as const)
     if (o[k] !== undefined && !isInt(o[k], 1)) throw bad(k, 'a positive integer', o[k]);
+  for (const k of ['globalScale', 'localScale'] as const) {
+    const v = o[k];
+    if (v !== undefined && !(Array.isArray(v) && v.length === 2 && isNum(v[0], 0, true) && isNum(v[1], 0) && v[0] <= v[1] && v[1] <= 1))
+      throw bad(k, 'a pair [min, max] with 0 < min <= max <= 1', v);
+  }
   if (o.knnTemperature !== undefined && !isNum(o.knnTemperature, 0, true)) throw bad('knnTemperature', 'a positive number', o.knnTemperature);
   if (o.progress !== undefined && !['auto', 'bar', 'log', 'none'].includes(o.progress)) throw bad('progress', "'auto', 'bar', 'log' or 'none'", o.progress);
   if (o.onProgress !== undefined && typeof o.onProgress !== 'function') throw bad('onProgress', 'a function', typeof o.onProgress);
@@ -214,12 +227,25 @@ async function loadSplit(data: string | Dataset, split: 'train' | 'test'): Promi
 
 /**
  * The multi-crop views (mveb-spec.md section 5) at this dataset's resolution: two global crops of
- * cropSize, scale (0.4, 1), and localCrops local crops, scale (0.05, 0.4). The blur sigma range
+ * cropSize, area scale globalScale (default (0.4, 1)), and localCrops local crops, scale localScale
+ * (default (0.05, 0.4)). The blur sigma range
  * (0.1, 2.0) is meant for 224-pixel crops; it is scaled by cropSize / 224 so small images are not
  * blurred beyond recognition (a no-op at 224).
  */
-export function trainingViews(c: { cropSize: number; localCropSize: number; localCrops: number }): ViewConfig[] {
-  const views = defaultViews({ globalSize: c.cropSize, localSize: c.localCropSize, localCrops: c.localCrops });
+export function trainingViews(c: {
+  cropSize: number;
+  localCropSize: number;
+  localCrops: number;
+  globalScale?: [number, number];
+  localScale?: [number, number];
+}): ViewConfig[] {
+  const views = defaultViews({
+    globalSize: c.cropSize,
+    localSize: c.localCropSize,
+    localCrops: c.localCrops,
+    globalScale: c.globalScale,
+    localScale: c.localScale,
+  });
   return views.map((v) => {
     const f = Math.min(1, v.size / 224);
     return { ...v, blurSigma: [0.1 * f, 2.0 * f] as [number, number] };
@@ -345,6 +371,8 @@ export async function pretrain(options: PretrainOptions = {}): Promise<PretrainS
     localCrops: pick('localCrops', PRETRAIN_DEFAULTS.localCrops),
     cropSize: pick('cropSize', train.dataset.height),
     localCropSize: pick('localCropSize', Math.max(8, Math.round((train.dataset.height * 96) / 224 / 2) * 2)),
+    globalScale: pick('globalScale', PRETRAIN_DEFAULTS.globalScale),
+    localScale: pick('localScale', PRETRAIN_DEFAULTS.localScale),
     trainImages: trainSet.size,
     seed,
     knnEvery: options.knnEvery ?? prev?.knnEvery ?? PRETRAIN_DEFAULTS.knnEvery,
