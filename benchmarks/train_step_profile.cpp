@@ -1,6 +1,8 @@
 // train_step_profile.cpp: where the time of one ResNet training step goes, per op and per conv
 // shape: a Backend decorator times every op the model calls on the CPU backend (zeroGrad + train
-// forward + backward without input gradient + SGD step; the second step is reported).
+// forward + backward without input gradient + SGD step; the second step is reported). Times are
+// process CPU time (all pool threads; on a shared machine, MVEB_NUM_THREADS=1 makes them the
+// computing thread's own time), the step also in wall time.
 // Build against a core library from any build dir, then run:
 //   cmake --build /tmp/build-x --target mveb_core
 //   g++ -O2 -std=c++17 -Inative benchmarks/train_step_profile.cpp /tmp/build-x/libmveb_core.a -lpthread -o /tmp/tsprof
@@ -9,6 +11,8 @@
 #include "core/model.h"
 #include "core/runtime.h"
 #include "core/random.h"
+#include <sys/resource.h>
+#include <time.h>
 #include <chrono>
 #include <algorithm>
 #include <cstdio>
@@ -17,7 +21,9 @@
 #include <vector>
 using namespace mveb;
 using clk = std::chrono::steady_clock;
-struct T { std::map<std::string,double>* m; std::string k; clk::time_point t0=clk::now(); ~T(){ (*m)[k]+=std::chrono::duration<double>(clk::now()-t0).count(); } };
+static long minflt(){ rusage u; getrusage(RUSAGE_SELF,&u); return u.ru_minflt; }
+static double cpu_s(){ timespec t; clock_gettime(CLOCK_PROCESS_CPUTIME_ID,&t); return t.tv_sec+1e-9*t.tv_nsec; }
+struct T { std::map<std::string,double>* m; std::string k; double t0=cpu_s(); ~T(){ (*m)[k]+=cpu_s()-t0; } };
 class Prof : public Backend {
  public:
   Backend& b; std::map<std::string,double> m;
@@ -62,8 +68,8 @@ int main(int argc, char** argv){
   Tensor x = empty_tensor(p, {N,3,S,S}); for (int64_t i=0;i<x.numel();++i) x.f32()[i]=normal01(1,i);
   Tensor g = empty_tensor(p, {N,m->feature_dim()}); for (int64_t i=0;i<g.numel();++i) g.f32()[i]=normal01(2,i);
   OptimizerOptions o; o.lr=0.01f; o.weight_decay=1e-4f;
-  for (int it=0; it<2; ++it){ if(it==1) p.m.clear(); auto t0=clk::now(); m->zero_grad(); m->forward(x,true); m->backward(g,false); m->optimizer_step(o);
-    printf("step %.2f s\n", std::chrono::duration<double>(clk::now()-t0).count()); }
+  for (int it=0; it<2; ++it){ if(it==1) p.m.clear(); auto t0=clk::now(); double c0=cpu_s(); long f0=minflt(); m->zero_grad(); m->forward(x,true); m->backward(g,false); m->optimizer_step(o);
+    printf("step %.3f s wall, %.3f s CPU, %ld page faults\n", std::chrono::duration<double>(clk::now()-t0).count(), cpu_s()-c0, minflt()-f0); }
   std::vector<std::pair<double,std::string>> v; for(auto& kv: p.m) v.push_back({kv.second,kv.first});
   std::sort(v.rbegin(), v.rend()); for (size_t i=0;i<v.size() && i<40;++i) printf("%8.3f s  %s\n", v[i].first, v[i].second.c_str());
 }
