@@ -2,19 +2,17 @@
 // ReLU fused, PyTorch semantics: batch mean and biased variance normalise; running_var takes the
 // unbiased variance (M / (M - 1)) with running = (1 - momentum) running + momentum batch. Threads
 // split the rows; per-thread per-channel partial sums are combined in double (the training forward takes
-// both moments in one pass, shifted by the first row); the inner loops run over
-// C (contiguous) so the compiler vectorises them.
+// both moments in one pass, shifted by the first row). The row loops are in batchnorm_kernels.h,
+// compiled per ISA (this file: baseline; batchnorm_avx2.cpp, batchnorm_avx512.cpp). Backward with
+// ReLU and a residual gradient writes the masked gradient into dresidual during its sums pass, so its
+// second pass reads that and x instead of dy, y and x.
 // Tested by test/native/test_kernels.cpp ("kernels: batchnorm ...") against the float64 reference,
 // whose backward is itself checked by finite differences.
-// -O2 (the project's flag) vectorises only loops with no run-time checks; these loops over channels
-// need them, so this file asks for the dynamic cost model.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize("vect-cost-model=dynamic")
-#endif
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
+#include "cpu/batchnorm_kernels.h"
 #include "cpu/cpu_backend.h"
 #include "cpu/kernel_util.h"
 
@@ -25,24 +23,30 @@ constexpr int kRowBlock = 32;  // rows summed in float before going to double
 
 int64_t row_grain(int C) { return std::max<int64_t>(kRowBlock, (1 << 14) / std::max(1, C)); }
 
-// out[c] = sum over rows of f(row, c) via per-thread double partials.
-template <typename RowFn>
-void channel_sums(ThreadPool& pool, int M, int C, int outputs, std::vector<double>& out, RowFn fn) {
+// out[o * C + c] = sum over rows of the outputs (o < 2) that fn(m0, m1, acc) adds into acc (2 x C
+// floats, zeroed) for rows [m0, m1): float over blocks of kRowBlock rows, double per thread and overall.
+template <typename BlockFn>
+void channel_sums(ThreadPool& pool, int M, int C, std::vector<double>& out, BlockFn fn) {
   const int T = pool.size();
-  std::vector<double> partial(static_cast<size_t>(T) * outputs * C, 0.0);
+  std::vector<double> partial(static_cast<size_t>(T) * 2 * C, 0.0);
   pool.parallel_for(M, row_grain(C), [&](int64_t b, int64_t e, int t) {
-    std::vector<float> block(static_cast<size_t>(outputs) * C);
-    double* acc = partial.data() + static_cast<size_t>(t) * outputs * C;
+    std::vector<float> block(static_cast<size_t>(2) * C);
+    double* acc = partial.data() + static_cast<size_t>(t) * 2 * C;
     for (int64_t m0 = b; m0 < e; m0 += kRowBlock) {
       std::fill(block.begin(), block.end(), 0.f);
-      const int64_t m1 = std::min(e, m0 + kRowBlock);
-      for (int64_t m = m0; m < m1; ++m) fn(m, block.data());
+      fn(m0, std::min(e, m0 + kRowBlock), block.data());
       for (size_t i = 0; i < block.size(); ++i) acc[i] += block[i];
     }
   });
-  out.assign(static_cast<size_t>(outputs) * C, 0.0);
+  out.assign(static_cast<size_t>(2) * C, 0.0);
   for (int t = 0; t < T; ++t)
-    for (size_t i = 0; i < out.size(); ++i) out[i] += partial[static_cast<size_t>(t) * outputs * C + i];
+    for (size_t i = 0; i < out.size(); ++i) out[i] += partial[static_cast<size_t>(t) * 2 * C + i];
+}
+
+BatchnormKernels kernels_for(Isa isa) {
+  return isa == Isa::Avx512 ? batchnorm_kernels_avx512()
+         : isa == Isa::Avx2 ? batchnorm_kernels_avx2()
+                            : batchnorm_kernels_scalar();
 }
 
 void check_bn(const char* op, int M, int C) {
@@ -51,24 +55,15 @@ void check_bn(const char* op, int M, int C) {
 }
 
 // y = act(x * scale + shift + residual) over rows.
-void apply_affine(ThreadPool& pool, float* y, const float* x, const float* scale, const float* shift,
-                  const float* residual, bool relu, int M, int C) {
+void apply_affine(ThreadPool& pool, const BatchnormKernels& k, float* y, const float* x, const float* scale,
+                  const float* shift, const float* residual, bool relu, int M, int C) {
   pool.parallel_for(M, row_grain(C), [&](int64_t b, int64_t e, int) {
-    for (int64_t m = b; m < e; ++m) {
-      const float* xr = x + m * C;
-      float* yr = y + m * C;
-      if (residual) {
-        const float* rr = residual + m * C;
-        for (int c = 0; c < C; ++c) yr[c] = xr[c] * scale[c] + shift[c] + rr[c];
-      } else {
-        for (int c = 0; c < C; ++c) yr[c] = xr[c] * scale[c] + shift[c];
-      }
-      if (relu)
-        for (int c = 0; c < C; ++c) yr[c] = yr[c] > 0.f ? yr[c] : 0.f;
-    }
+    k.apply(y, x, scale, shift, residual, relu, b, e, C);
   });
 }
 }  // namespace
+
+MVEB_DEFINE_BATCHNORM_KERNELS(batchnorm_kernels_scalar)
 
 void CpuBackend::batchnorm_forward_train(float* y, float* saved_mean, float* saved_invstd, float* running_mean,
                                          float* running_var, const float* x, const float* gamma, const float* beta,
@@ -79,18 +74,11 @@ void CpuBackend::batchnorm_forward_train(float* y, float* saved_mean, float* sav
              M, " rows");
   // One pass for both moments, shifted by the first row (d = x - x[0]) so that the variance
   // E[d^2] - E[d]^2 does not cancel when the mean is large against the spread.
+  const BatchnormKernels k = kernels_for(isa());
   const float* shift0 = x;
   std::vector<double> sums;
-  channel_sums(pool(), M, C, 2, sums, [&](int64_t m, float* acc) {
-    const float* xr = x + m * C;
-    float* s1 = acc;
-    float* s2 = acc + C;
-    for (int c = 0; c < C; ++c) {
-      const float d = xr[c] - shift0[c];
-      s1[c] += d;
-      s2[c] += d * d;
-    }
-  });
+  channel_sums(pool(), M, C, sums,
+               [&](int64_t m0, int64_t m1, float* acc) { k.forward_sums(x, shift0, m0, m1, C, acc, acc + C); });
   std::vector<float> mean(static_cast<size_t>(C));
   std::vector<double> sq(static_cast<size_t>(C));
   for (int c = 0; c < C; ++c) {
@@ -109,7 +97,7 @@ void CpuBackend::batchnorm_forward_train(float* y, float* saved_mean, float* sav
     scale[c] = gamma[c] * invstd;
     shift[c] = beta[c] - mean[c] * scale[c];
   }
-  apply_affine(pool(), y, x, scale.data(), shift.data(), residual, relu, M, C);
+  apply_affine(pool(), k, y, x, scale.data(), shift.data(), residual, relu, M, C);
 }
 
 void CpuBackend::batchnorm_forward_eval(float* y, const float* x, const float* gamma, const float* beta,
@@ -122,7 +110,7 @@ void CpuBackend::batchnorm_forward_eval(float* y, const float* x, const float* g
     scale[c] = gamma[c] * invstd;
     shift[c] = beta[c] - running_mean[c] * scale[c];
   }
-  apply_affine(pool(), y, x, scale.data(), shift.data(), residual, relu, M, C);
+  apply_affine(pool(), kernels_for(isa()), y, x, scale.data(), shift.data(), residual, relu, M, C);
 }
 
 void CpuBackend::batchnorm_backward(float* dx, float* dresidual, float* dgamma, float* dbeta, const float* dy,
@@ -130,27 +118,13 @@ void CpuBackend::batchnorm_backward(float* dx, float* dresidual, float* dgamma, 
                                     const float* invstd, bool relu, bool train, int M, int C) {
   check_bn("batchnorm_backward", M, C);
   if (M == 0) return;
-  // g = dy masked by the ReLU; sums of g and g * xhat per channel.
+  const BatchnormKernels k = kernels_for(isa());
+  // g = dy masked by the ReLU; sums of g and g * xhat per channel. With a residual gradient, g goes
+  // into dresidual on the way (it is that gradient) and the second pass reads it back.
+  const float* ymask = relu ? y : nullptr;
   std::vector<double> sums;
-  channel_sums(pool(), M, C, 2, sums, [&](int64_t m, float* acc) {
-    const float* dyr = dy + m * C;
-    const float* yr = y + m * C;
-    const float* xr = x + m * C;
-    float* sg = acc;
-    float* sgx = acc + C;
-    if (relu) {
-      for (int c = 0; c < C; ++c) {
-        const float d = dyr[c], yv = yr[c];  // both loads unconditional: the select vectorises
-        const float g = yv > 0.f ? d : 0.f;
-        sg[c] += g;
-        sgx[c] += g * (xr[c] - mean[c]);
-      }
-    } else {
-      for (int c = 0; c < C; ++c) {
-        sg[c] += dyr[c];
-        sgx[c] += dyr[c] * (xr[c] - mean[c]);
-      }
-    }
+  channel_sums(pool(), M, C, sums, [&](int64_t m0, int64_t m1, float* acc) {
+    k.backward_sums(dy, ymask, x, mean, dresidual, m0, m1, C, acc, acc + C);
   });
   // dgamma = sum g xhat = invstd * sum g (x - mean); dbeta = sum g.
   std::vector<float> a(static_cast<size_t>(C)), bcoef(static_cast<size_t>(C)), ccoef(static_cast<size_t>(C));
@@ -159,40 +133,21 @@ void CpuBackend::batchnorm_backward(float* dx, float* dresidual, float* dgamma, 
     dbeta[c] += static_cast<float>(sg);
     dgamma[c] += static_cast<float>(sgx * invstd[c]);
     // dx = a g + b (x - mean) + c0
-    const double k = static_cast<double>(gamma[c]) * invstd[c];
+    const double gk = static_cast<double>(gamma[c]) * invstd[c];
     if (train) {
-      a[c] = static_cast<float>(k);
-      bcoef[c] = static_cast<float>(-k * invstd[c] * invstd[c] * sgx / M);
-      ccoef[c] = static_cast<float>(-k * sg / M);
+      a[c] = static_cast<float>(gk);
+      bcoef[c] = static_cast<float>(-gk * invstd[c] * invstd[c] * sgx / M);
+      ccoef[c] = static_cast<float>(-gk * sg / M);
     } else {
-      a[c] = static_cast<float>(k);
+      a[c] = static_cast<float>(gk);
       bcoef[c] = 0.f;
       ccoef[c] = 0.f;
     }
   }
+  const float* g = dresidual ? dresidual : dy;  // dresidual holds g (masked) already
+  const float* gmask = dresidual ? nullptr : ymask;
   pool().parallel_for(M, row_grain(C), [&](int64_t b, int64_t e, int) {
-    for (int64_t m = b; m < e; ++m) {
-      const float* dyr = dy + m * C;
-      const float* yr = y + m * C;
-      const float* xr = x + m * C;
-      float* dxr = dx + m * C;
-      const float* g = dyr;
-      if (relu) {  // g = dy masked by the ReLU, kept in dresidual (or in dx) for the next loop
-        float* gr = dresidual ? dresidual + m * C : dxr;
-        for (int c = 0; c < C; ++c) {
-          const float d = dyr[c], yv = yr[c];
-          gr[c] = yv > 0.f ? d : 0.f;
-        }
-        g = gr;
-      } else if (dresidual) {
-        float* gr = dresidual + m * C;
-        for (int c = 0; c < C; ++c) gr[c] = dyr[c];
-      }
-      const float* am = a.data();
-      const float* bm = bcoef.data();
-      const float* cm = ccoef.data();
-      for (int c = 0; c < C; ++c) dxr[c] = am[c] * g[c] + bm[c] * (xr[c] - mean[c]) + cm[c];
-    }
+    k.backward_apply(dx, g, gmask, x, mean, a.data(), bcoef.data(), ccoef.data(), b, e, C);
   });
 }
 

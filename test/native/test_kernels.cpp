@@ -256,7 +256,7 @@ TEST("kernels: batchnorm train/eval forward and backward, with and without resid
   const float momentum = 0.1f, eps = 1e-5f;
   int seed = 500;
   for (int M : {3, 37, 301})  // (M = 2 makes the train dx vanish up to eps: no relative test)
-    for (int C : {1, 5, 67})
+    for (int C : {1, 5, 64, 67})  // (64: whole vectors of every ISA, 67: with a channel tail)
       for (int variant = 0; variant < 8; ++variant) {
         const bool residual = variant & 1, relu = variant & 2, train = variant & 4;
         const size_t n = static_cast<size_t>(M) * C;

@@ -1,0 +1,149 @@
+// batchnorm_kernels.h: the row loops of batchnorm.cpp (per-channel sums over a block of rows, the
+// affine apply with residual and ReLU, backward's sums and apply), written on GCC vectors of
+// kLanes channels with scalar channel tails. Compiled once per ISA (batchnorm.cpp baseline,
+// batchnorm_avx2.cpp, batchnorm_avx512.cpp: these passes run at the cache bandwidth of a core and
+// baseline x86-64 has only 4-wide SSE); each copy has internal linkage (anonymous namespace) so the
+// copies built with different flags never mix. batchnorm.cpp picks one by the backend's ISA.
+// Tested by test/native/test_kernels.cpp ("kernels: batchnorm ...") under every ISA.
+#pragma once
+#include <cstdint>
+
+namespace mveb {
+
+// One ISA's row loops; rows [m0, m1) of [M, C] arrays. The sums ADD into float accumulators of C.
+struct BatchnormKernels {
+  // s1[c] += x[m, c] - x0[c], s2[c] += (x[m, c] - x0[c])^2
+  void (*forward_sums)(const float* x, const float* x0, int64_t m0, int64_t m1, int C, float* s1, float* s2);
+  // y = act(x * scale + shift (+ residual)), act = ReLU when relu
+  void (*apply)(float* y, const float* x, const float* scale, const float* shift, const float* residual, bool relu,
+                int64_t m0, int64_t m1, int C);
+  // g = dy, masked by y > 0 when y is not null; sg[c] += g, sgx[c] += g * (x - mean); g_out (may be
+  // null) receives g
+  void (*backward_sums)(const float* dy, const float* y, const float* x, const float* mean, float* g_out, int64_t m0,
+                        int64_t m1, int C, float* sg, float* sgx);
+  // g = dy, masked by y > 0 when y is not null; dx = a g + b (x - mean) + c0. dx may alias dy.
+  void (*backward_apply)(float* dx, const float* dy, const float* y, const float* x, const float* mean, const float* a,
+                         const float* b, const float* c0, int64_t m0, int64_t m1, int C);
+};
+BatchnormKernels batchnorm_kernels_scalar();
+BatchnormKernels batchnorm_kernels_avx2();
+BatchnormKernels batchnorm_kernels_avx512();
+
+namespace {
+namespace bnk {
+#if defined(__AVX512F__)
+constexpr int kLanes = 16;
+#elif defined(__AVX2__)
+constexpr int kLanes = 8;
+#else
+constexpr int kLanes = 4;
+#endif
+typedef float vf __attribute__((vector_size(kLanes * sizeof(float))));
+inline vf ld(const float* p) {
+  vf v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void st(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
+inline vf relu(vf v) { return v > 0.f ? v : vf{}; }
+inline float relu(float v) { return v > 0.f ? v : 0.f; }
+inline vf mask(vf d, vf y) { return y > 0.f ? d : vf{}; }
+inline float mask(float d, float y) { return y > 0.f ? d : 0.f; }
+
+void forward_sums(const float* x, const float* x0, int64_t m0, int64_t m1, int C, float* s1, float* s2) {
+  const int cv = C / kLanes * kLanes;
+  for (int c = 0; c < cv; c += kLanes) {  // a channel block down the rows (they stay in L1)
+    const vf sh = ld(x0 + c);
+    vf a1 = ld(s1 + c), a2 = ld(s2 + c);
+    for (int64_t m = m0; m < m1; ++m) {
+      const vf d = ld(x + m * C + c) - sh;
+      a1 += d;
+      a2 += d * d;
+    }
+    st(s1 + c, a1);
+    st(s2 + c, a2);
+  }
+  for (int c = cv; c < C; ++c)
+    for (int64_t m = m0; m < m1; ++m) {
+      const float d = x[m * C + c] - x0[c];
+      s1[c] += d;
+      s2[c] += d * d;
+    }
+}
+
+void apply(float* y, const float* x, const float* scale, const float* shift, const float* residual, bool relu_,
+           int64_t m0, int64_t m1, int C) {
+  const int cv = C / kLanes * kLanes;
+  for (int64_t m = m0; m < m1; ++m) {
+    const float* xr = x + m * C;
+    const float* rr = residual ? residual + m * C : nullptr;
+    float* yr = y + m * C;
+    for (int c = 0; c < cv; c += kLanes) {
+      vf v = ld(xr + c) * ld(scale + c) + ld(shift + c);
+      if (rr) v += ld(rr + c);
+      st(yr + c, relu_ ? relu(v) : v);
+    }
+    for (int c = cv; c < C; ++c) {
+      float v = xr[c] * scale[c] + shift[c];
+      if (rr) v += rr[c];
+      yr[c] = relu_ ? relu(v) : v;
+    }
+  }
+}
+
+void backward_sums(const float* dy, const float* y, const float* x, const float* mean, float* g_out, int64_t m0,
+                   int64_t m1, int C, float* sg, float* sgx) {
+  const int cv = C / kLanes * kLanes;
+  for (int c = 0; c < cv; c += kLanes) {  // a channel block down the rows (they stay in L1)
+    const vf mu = ld(mean + c);
+    vf ag = ld(sg + c), agx = ld(sgx + c);
+    for (int64_t m = m0; m < m1; ++m) {
+      vf g = ld(dy + m * C + c);
+      if (y) g = mask(g, ld(y + m * C + c));
+      if (g_out) st(g_out + m * C + c, g);
+      ag += g;
+      agx += g * (ld(x + m * C + c) - mu);
+    }
+    st(sg + c, ag);
+    st(sgx + c, agx);
+  }
+  for (int c = cv; c < C; ++c)
+    for (int64_t m = m0; m < m1; ++m) {
+      float g = dy[m * C + c];
+      if (y) g = mask(g, y[m * C + c]);
+      if (g_out) g_out[m * C + c] = g;
+      sg[c] += g;
+      sgx[c] += g * (x[m * C + c] - mean[c]);
+    }
+}
+
+void backward_apply(float* dx, const float* dy, const float* y, const float* x, const float* mean, const float* a,
+                    const float* b, const float* c0, int64_t m0, int64_t m1, int C) {
+  const int cv = C / kLanes * kLanes;
+  for (int64_t m = m0; m < m1; ++m) {
+    const float* dyr = dy + m * C;
+    const float* yr = y ? y + m * C : nullptr;
+    const float* xr = x + m * C;
+    float* dxr = dx + m * C;
+    for (int c = 0; c < cv; c += kLanes) {
+      vf g = ld(dyr + c);
+      if (yr) g = mask(g, ld(yr + c));
+      st(dxr + c, ld(a + c) * g + ld(b + c) * (ld(xr + c) - ld(mean + c)) + ld(c0 + c));
+    }
+    for (int c = cv; c < C; ++c) {
+      float g = dyr[c];
+      if (yr) g = mask(g, yr[c]);
+      dxr[c] = a[c] * g + b[c] * (xr[c] - mean[c]) + c0[c];
+    }
+  }
+}
+}  // namespace bnk
+}  // namespace
+
+// Defines the function NAME returning this translation unit's row loops.
+#define MVEB_DEFINE_BATCHNORM_KERNELS(NAME)                                                              \
+  BatchnormKernels NAME() {                                                                             \
+    return {&bnk::forward_sums, &bnk::apply, &bnk::backward_sums, &bnk::backward_apply};                 \
+  }
+
+}  // namespace mveb
