@@ -50,19 +50,46 @@ inline float relu(float v) { return v > 0.f ? v : 0.f; }
 inline vf mask(vf d, vf y) { return y > 0.f ? d : vf{}; }
 inline float mask(float d, float y) { return y > 0.f ? d : 0.f; }
 
+// The sums run over chunks of up to kChunk vectors of channels down the rows of the block (the
+// accumulators stay in registers; each row's chunk is kChunk whole cache lines, so the row stride
+// of large C does not defeat the prefetchers); fn(c, m, acc) adds row m's vectors at channel c
+// into acc[0], acc[1].
+constexpr int kChunk = 8;
+template <int NB, typename Fn>
+inline void sums_chunk(int c0, int64_t m0, int64_t m1, float* s1, float* s2, const Fn& fn) {
+  vf a[NB][2];
+  #pragma GCC unroll 8
+  for (int j = 0; j < NB; ++j) a[j][0] = ld(s1 + c0 + j * kLanes), a[j][1] = ld(s2 + c0 + j * kLanes);
+  for (int64_t m = m0; m < m1; ++m) {
+    #pragma GCC unroll 8
+    for (int j = 0; j < NB; ++j) fn(c0 + j * kLanes, m, a[j]);
+  }
+  #pragma GCC unroll 8
+  for (int j = 0; j < NB; ++j) st(s1 + c0 + j * kLanes, a[j][0]), st(s2 + c0 + j * kLanes, a[j][1]);
+}
+template <typename Fn>
+inline void sums_vectors(int cv, int64_t m0, int64_t m1, float* s1, float* s2, const Fn& fn) {
+  int c = 0;
+  for (; c + kChunk * kLanes <= cv; c += kChunk * kLanes) sums_chunk<kChunk>(c, m0, m1, s1, s2, fn);
+  switch ((cv - c) / kLanes) {  // the rest as one chunk
+    case 0: break;
+    case 1: sums_chunk<1>(c, m0, m1, s1, s2, fn); break;
+    case 2: sums_chunk<2>(c, m0, m1, s1, s2, fn); break;
+    case 3: sums_chunk<3>(c, m0, m1, s1, s2, fn); break;
+    case 4: sums_chunk<4>(c, m0, m1, s1, s2, fn); break;
+    case 5: sums_chunk<5>(c, m0, m1, s1, s2, fn); break;
+    case 6: sums_chunk<6>(c, m0, m1, s1, s2, fn); break;
+    default: sums_chunk<7>(c, m0, m1, s1, s2, fn); break;
+  }
+}
+
 void forward_sums(const float* x, const float* x0, int64_t m0, int64_t m1, int C, float* s1, float* s2) {
   const int cv = C / kLanes * kLanes;
-  for (int c = 0; c < cv; c += kLanes) {  // a channel block down the rows (they stay in L1)
-    const vf sh = ld(x0 + c);
-    vf a1 = ld(s1 + c), a2 = ld(s2 + c);
-    for (int64_t m = m0; m < m1; ++m) {
-      const vf d = ld(x + m * C + c) - sh;
-      a1 += d;
-      a2 += d * d;
-    }
-    st(s1 + c, a1);
-    st(s2 + c, a2);
-  }
+  sums_vectors(cv, m0, m1, s1, s2, [&](int c, int64_t m, vf* a) {
+    const vf d = ld(x + m * C + c) - ld(x0 + c);
+    a[0] += d;
+    a[1] += d * d;
+  });
   for (int c = cv; c < C; ++c)
     for (int64_t m = m0; m < m1; ++m) {
       const float d = x[m * C + c] - x0[c];
@@ -94,19 +121,13 @@ void apply(float* y, const float* x, const float* scale, const float* shift, con
 void backward_sums(const float* dy, const float* y, const float* x, const float* mean, float* g_out, int64_t m0,
                    int64_t m1, int C, float* sg, float* sgx) {
   const int cv = C / kLanes * kLanes;
-  for (int c = 0; c < cv; c += kLanes) {  // a channel block down the rows (they stay in L1)
-    const vf mu = ld(mean + c);
-    vf ag = ld(sg + c), agx = ld(sgx + c);
-    for (int64_t m = m0; m < m1; ++m) {
-      vf g = ld(dy + m * C + c);
-      if (y) g = mask(g, ld(y + m * C + c));
-      if (g_out) st(g_out + m * C + c, g);
-      ag += g;
-      agx += g * (ld(x + m * C + c) - mu);
-    }
-    st(sg + c, ag);
-    st(sgx + c, agx);
-  }
+  sums_vectors(cv, m0, m1, sg, sgx, [&](int c, int64_t m, vf* a) {
+    vf g = ld(dy + m * C + c);
+    if (y) g = mask(g, ld(y + m * C + c));
+    if (g_out) st(g_out + m * C + c, g);
+    a[0] += g;
+    a[1] += g * (ld(x + m * C + c) - ld(mean + c));
+  });
   for (int c = cv; c < C; ++c)
     for (int64_t m = m0; m < m1; ++m) {
       float g = dy[m * C + c];
