@@ -3,14 +3,18 @@
 // into NR-wide panels (threads share the packing), blocks of MC rows of op(A) are packed (times
 // alpha) into MR-tall panels by each thread (or, when op(A) = A and the ISA has a direct kernel, read
 // in place with no packing), and an MR x NR micro-kernel (AVX-512 14x32, AVX2 6x16
-// or portable 4x8, chosen by CpuBackend::isa()) runs over the panels. Edge tiles go through a small
-// local tile. Threads split the rows of C into blocks (or the columns when C has few rows).
+// or portable 4x8, chosen by CpuBackend::isa()) runs over the panels. Products with few rows (M <= 128)
+// and op(B) = B skip the packing pass over B: the first row panel's kernel packs each B panel as it
+// reads it (AVX-512). Partial row tiles run the AVX-512 kernel for their row count; other edge tiles
+// go through a small local tile. Threads split the rows of C into blocks (or the columns when C has
+// few rows) and claim them from a counter.
 // Tested by test/native/test_kernels.cpp ("kernels: gemm ..."); speed by benchmarks/kernels.
 // -O2 vectorises only loops with no run-time checks; the packing loops need them.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("vect-cost-model=dynamic")
 #endif
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -25,6 +29,9 @@ namespace gemm_detail {
 
 namespace {
 constexpr int kScalarMR = 4, kScalarNR = 8;
+// Products with at most this many rows pack op(B) = B on the fly when the ISA has a rows kernel.
+// (256 rows: no gain.)
+constexpr int kBOnTheFlyMaxRows = 128;
 
 void micro_scalar(int kc, const float* __restrict Ap, const float* __restrict Bp, float* __restrict C, long ldc,
                   float beta) {
@@ -213,11 +220,22 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
   if (m_blocks > 1 && m_blocks % T) m_blocks = std::min(m_panels, (m_blocks + T - 1) / T * T);
   m_blocks = std::min(m_blocks, m_panels);
   // Block b holds panels [m_panels * b / m_blocks, m_panels * (b + 1) / m_blocks): equal within one panel.
-  const int MC = (m_panels + m_blocks - 1) / m_blocks * MR;  // the largest block
 
-  const bool direct = !transA && kern.direct != nullptr;
-  std::unique_ptr<ScratchBuffer> packed_b(packed ? nullptr : new ScratchBuffer(static_cast<size_t>(KC) * NC));
-  std::vector<std::unique_ptr<ScratchBuffer>> packed_a(static_cast<size_t>(T));  // allocated by their thread
+  // Few rows of C cannot amortise a packing pass over op(B) (each packed element serves 2M flops):
+  // then each task packs the B panels it uses on the fly, as the first row panel's kernel reads them
+  // from B in place (a last partial column panel is packed beforehand). Each thread then works on
+  // whole columns of C, so no B panel is packed twice. The rows kernel needs packed A: when the direct
+  // kernel could read A in place, only worth it with several times more columns than rows (measured).
+  const bool b_on_the_fly = !packed && !transB && kern.rows != nullptr && M <= kBOnTheFlyMaxRows &&
+                            (transA || kern.direct == nullptr || N >= 4 * M);
+  if (b_on_the_fly && (std::min(N, kern.nc) + NR - 1) / NR >= T) m_blocks = 1;
+  const int MC = (m_panels + m_blocks - 1) / m_blocks * MR;  // the largest block
+  const bool direct = !transA && kern.direct != nullptr && !b_on_the_fly;
+  std::unique_ptr<ScratchBuffer> packed_b(packed || b_on_the_fly ? nullptr
+                                                               : new ScratchBuffer(static_cast<size_t>(KC) * NC));
+  // Per thread, allocated by it: packed A (the block, or the last partial panel for direct kernels)
+  // and, with B packed on the fly, the current B panel.
+  std::vector<std::unique_ptr<ScratchBuffer>> packed_a(static_cast<size_t>(T)), panel_b(static_cast<size_t>(T));
 
   for (int jc = 0; jc < N; jc += NC) {
     const int nc = std::min(NC, N - jc);
@@ -227,48 +245,76 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
     for (int pc = 0; pc < K; pc += KC) {
       const int kc = std::min(KC, K - pc);
       const float beta_block = pc == 0 ? beta : 1.f;
-      const float* b_block = packed ? packed->block(jc, pc) : packed_b->get();
-      if (!packed)
+      const float* b_block = packed ? packed->block(jc, pc) : packed_b ? packed_b->get() : nullptr;
+      if (packed_b)
         pool.parallel_for(n_panels, 1, [&](int64_t b, int64_t e, int) {
           pack_b_panels(B, ldb, transB, pc, kc, jc, nc, NR, static_cast<int>(b), static_cast<int>(e), packed_b->get());
         });
-      pool.parallel_tasks(static_cast<int64_t>(m_blocks) * n_splits, [&](int64_t task, int thread) {
-        const int mb = static_cast<int>(task / n_splits), ns = static_cast<int>(task % n_splits);
-        const int i0 = static_cast<int>(static_cast<int64_t>(m_panels) * mb / m_blocks) * MR;
-        const int mc = std::min(M, static_cast<int>(static_cast<int64_t>(m_panels) * (mb + 1) / m_blocks) * MR) - i0;
-        const int p_begin = n_panels * ns / n_splits, p_end = n_panels * (ns + 1) / n_splits;
-        auto& pa_buffer = packed_a[static_cast<size_t>(thread)];
-        if (!pa_buffer) pa_buffer.reset(new ScratchBuffer(static_cast<size_t>(KC) * (direct ? MR : MC)));
-        float* pa = pa_buffer->get();
-        // Direct kernels read full panels of A in place; only a last partial panel is packed (at pa).
-        for (int ir = 0; ir < mc; ir += MR)
-          if (!direct || mc - ir < MR)
-            pack_a_panel(A, lda, transA, i0 + ir, std::min(MR, mc - ir), pc, kc, MR, alpha,
-                         direct ? pa : pa + static_cast<long>(ir) * kc);
-        alignas(64) float tile[16 * 64];
-        for (int p = p_begin; p < p_end; ++p) {
-          const int j0 = p * NR, nr = std::min(NR, nc - j0);
-          const float* pb = b_block + static_cast<long>(p) * kc * NR;
-          for (int ir = 0; ir < mc; ir += MR) {
-            const int mr = std::min(MR, mc - ir);
-            float* c = C + static_cast<long>(i0 + ir) * ldc + jc + j0;
-            const bool full = mr == MR && nr == NR;
-            float* out = full ? c : tile;
-            const long ldo = full ? ldc : NR;
-            const float beta_out = full ? beta_block : 0.f;
-            if (direct && mr == MR) {
-              kern.direct(kc, A + static_cast<long>(i0 + ir) * lda + pc, lda, pb, out, ldo, alpha, beta_out);
-            } else {
-              kern.fn(kc, direct ? pa : pa + static_cast<long>(ir) * kc, pb, out, ldo, beta_out);
+      // Tasks are claimed from a counter, not mapped to threads: every C element is written by one
+      // task in a fixed order, so the result does not depend on the map, and a thread the OS
+      // descheduled (the machine is often shared) does not hold the others back.
+      const int64_t tasks = static_cast<int64_t>(m_blocks) * n_splits;
+      std::atomic<int64_t> next_task{0};
+      pool.parallel_for(std::min<int64_t>(T, tasks), 1, [&](int64_t, int64_t, int thread) {
+        for (int64_t task; (task = next_task.fetch_add(1, std::memory_order_relaxed)) < tasks;) {
+          const int mb = static_cast<int>(task / n_splits), ns = static_cast<int>(task % n_splits);
+          const int i0 = static_cast<int>(static_cast<int64_t>(m_panels) * mb / m_blocks) * MR;
+          const int mc = std::min(M, static_cast<int>(static_cast<int64_t>(m_panels) * (mb + 1) / m_blocks) * MR) - i0;
+          const int p_begin = n_panels * ns / n_splits, p_end = n_panels * (ns + 1) / n_splits;
+          auto& pa_buffer = packed_a[static_cast<size_t>(thread)];
+          if (!pa_buffer) pa_buffer.reset(new ScratchBuffer(static_cast<size_t>(KC) * (direct ? MR : MC)));
+          float* pa = pa_buffer->get();
+          // Direct kernels read full panels of A in place; only a last partial panel is packed (at pa).
+          for (int ir = 0; ir < mc; ir += MR)
+            if (!direct || mc - ir < MR)
+              pack_a_panel(A, lda, transA, i0 + ir, std::min(MR, mc - ir), pc, kc, MR, alpha,
+                           direct ? pa : pa + static_cast<long>(ir) * kc);
+          alignas(64) float tile[16 * 64];
+          for (int p = p_begin; p < p_end; ++p) {
+            const int j0 = p * NR, nr = std::min(NR, nc - j0);
+            const float* pb = b_block + static_cast<long>(p) * kc * NR;
+            const float* first_b = pb;  // B as the first row panel reads it
+            long first_ldb = NR;
+            float* copy_b = nullptr;  // where the first row panel packs it
+            if (b_on_the_fly) {
+              auto& eb = panel_b[static_cast<size_t>(thread)];
+              if (!eb) eb.reset(new ScratchBuffer(static_cast<size_t>(KC) * NR));
+              pb = first_b = eb->get();
+              if (nr == NR) {
+                first_b = B + static_cast<long>(pc) * ldb + jc + j0;
+                first_ldb = ldb;
+                if (mc > MR) copy_b = eb->get();
+              } else {  // the kernel reads NR columns: pack the partial panel, zero-padded
+                pack_b_panel(B, ldb, false, pc, kc, jc + j0, nr, NR, eb->get());
+              }
             }
-            if (!full) {  // the partial tile back into C (beta == 0: C is not read, it may hold NaNs)
-              for (int i = 0; i < mr; ++i) {
-                float* __restrict dst = c + static_cast<long>(i) * ldc;
-                const float* __restrict src = tile + i * NR;
-                if (beta_block == 0.f) {
-                  for (int j = 0; j < nr; ++j) dst[j] = src[j];
-                } else {
-                  for (int j = 0; j < nr; ++j) dst[j] = src[j] + beta_block * dst[j];
+            for (int ir = 0; ir < mc; ir += MR) {
+              const int mr = std::min(MR, mc - ir);
+              const float* pa_panel = direct ? pa : pa + static_cast<long>(ir) * kc;
+              float* c = C + static_cast<long>(i0 + ir) * ldc + jc + j0;
+              // Whole tiles, and with a rows kernel partial-row tiles, write C directly; the rest goes
+              // through the local tile.
+              const bool in_place = nr == NR && (mr == MR || kern.rows != nullptr);
+              float* out = in_place ? c : tile;
+              const long ldo = in_place ? ldc : NR;
+              const float beta_out = in_place ? beta_block : 0.f;
+              if (direct && mr == MR) {
+                kern.direct(kc, A + static_cast<long>(i0 + ir) * lda + pc, lda, pb, out, ldo, alpha, beta_out);
+              } else if (kern.rows != nullptr) {
+                if (ir == 0) kern.rows(mr, kc, pa_panel, first_b, first_ldb, copy_b, out, ldo, beta_out);
+                else kern.rows(mr, kc, pa_panel, pb, NR, nullptr, out, ldo, beta_out);
+              } else {
+                kern.fn(kc, pa_panel, pb, out, ldo, beta_out);
+              }
+              if (!in_place) {  // the partial tile back into C (beta == 0: C is not read, it may hold NaNs)
+                for (int i = 0; i < mr; ++i) {
+                  float* __restrict dst = c + static_cast<long>(i) * ldc;
+                  const float* __restrict src = tile + i * NR;
+                  if (beta_block == 0.f) {
+                    for (int j = 0; j < nr; ++j) dst[j] = src[j];
+                  } else {
+                    for (int j = 0; j < nr; ++j) dst[j] = src[j] + beta_block * dst[j];
+                  }
                 }
               }
             }

@@ -22,11 +22,18 @@ using MicroKernel = void (*)(int kc, const float* Ap, const float* Bp, float* C,
 using DirectMicroKernel = void (*)(int kc, const float* A, long lda, const float* Bp, float* C, long ldc, float alpha,
                                    float beta);
 
+// C[rows x NR] = Ap*B + beta * C for the first rows <= MR rows of a packed A panel, with the rows of B
+// ldb floats apart (ldb = NR: a packed panel; otherwise op(B) = B read in place). A non-null Bcopy
+// (64-byte aligned) receives the B rows read as a packed panel, for the next row panels.
+using RowsMicroKernel = void (*)(int rows, int kc, const float* Ap, const float* B, long ldb, float* Bcopy, float* C,
+                                 long ldc, float beta);
+
 struct KernelInfo {
   int mr, nr;
   MicroKernel fn;
   int kc, mc, nc;  // cache blocking: depth, rows of A per block, columns of B per block
   DirectMicroKernel direct = nullptr;  // optional: used when op(A) = A (no packing of A)
+  RowsMicroKernel rows = nullptr;      // optional: partial row tiles, and B packed on the fly for few rows
 };
 
 KernelInfo kernel_scalar();

@@ -136,6 +136,48 @@ TEST("kernels: gemm beyond one cache block (K > KC, N > NC), M > 128, K = 0 and 
   }
 }
 
+TEST("kernels: gemm few-row products (B packed on the fly), partial row/column tiles, K blocks, 1-3 threads") {
+  // Shapes around the paths of gemm_run: M <= 128 with op(B) = B packs B as the first row panel reads
+  // it (no copy for one panel), a last partial column panel, several K blocks (KC 1024 on AVX-512),
+  // two column blocks (N > NC), N < 4M with op(A) = A (direct kernel instead), M just above 128, and
+  // partial row panels written by the rows kernel or through the tile.
+  const int shapes[][3] = {{1, 33, 1100}, {13, 96, 2050}, {14, 64, 1100}, {15, 97, 1037}, {29, 130, 700},
+                           {64, 256, 1100}, {64, 200, 33},  {64, 64, 1100}, {100, 450, 300}, {127, 513, 1100},
+                           {128, 600, 64},  {129, 700, 300}, {141, 1030, 1100}, {30, 2100, 100}};
+  std::vector<std::unique_ptr<CpuBackend>> backends;
+  for (int threads = 1; threads <= 3; ++threads)
+    for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512}) {
+      std::unique_ptr<CpuBackend> b(new CpuBackend(threads));
+      b->force_isa(isa);
+      if (b->isa() == isa) backends.push_back(std::move(b));
+    }
+  const float ab[][2] = {{1.f, 0.f}, {-0.7f, 0.5f}, {1.3f, 1.f}};
+  int case_index = 0;
+  for (const auto& shape : shapes)
+    for (int t = 0; t < 4; ++t, ++case_index) {
+      const int M = shape[0], N = shape[1], K = shape[2];
+      const bool ta = t & 1, tb = t & 2;
+      const float alpha = ab[case_index % 3][0], beta = ab[case_index % 3][1];
+      const int lda = (ta ? M : K) + 1, ldb = (tb ? K : N) + 3, ldc = N + 2;
+      const FVec A = rnd(static_cast<size_t>(ta ? K : M) * lda, 4000 + case_index);
+      const FVec B = rnd(static_cast<size_t>(tb ? N : K) * ldb, 5000 + case_index);
+      const FVec C0 = rnd(static_cast<size_t>(M) * ldc, 6000 + case_index);
+      Vec ref = to_d(C0);
+      const Vec Ad = to_d(A), Bd = to_d(B);
+      ref::gemm(ta, tb, M, N, K, alpha, Ad.data(), lda, Bd.data(), ldb, beta, ref.data(), ldc);
+      for (auto& b : backends) {
+        FVec C = C0;
+        if (beta == 0.f)  // poison the written part; the padding columns must survive
+          for (int i = 0; i < M; ++i)
+            for (int j = 0; j < N; ++j) C[static_cast<size_t>(i) * ldc + j] = kNaN;
+        b->gemm(ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, C.data(), ldc);
+        EXPECT_REL(err(C, ref), kTol,
+                   "gemm M=" << M << " N=" << N << " K=" << K << " tA=" << ta << " tB=" << tb << " alpha=" << alpha
+                             << " beta=" << beta << tag(*b));
+      }
+    }
+}
+
 TEST("kernels: gemm refuses bad arguments with E_SHAPE / E_ARG") {
   auto& b = static_cast<CpuBackend&>(mtest::runtime().cpu());
   float x[4] = {};
