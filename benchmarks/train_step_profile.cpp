@@ -1,8 +1,8 @@
 // train_step_profile.cpp: where the time of one ResNet training step goes, per op and per conv
 // shape: a Backend decorator times every op the model calls on the CPU backend (zeroGrad + train
-// forward + backward without input gradient + SGD step; the second step is reported). Times are
-// process CPU time (all pool threads; on a shared machine, MVEB_NUM_THREADS=1 makes them the
-// computing thread's own time), the step also in wall time.
+// forward + backward without input gradient + SGD step; the second step is reported), in process
+// CPU time (all pool threads; on a shared machine, MVEB_NUM_THREADS=1 makes it the computing
+// thread's own time) and wall time (with 2 threads, CPU / wall below 2 shows serial or idle time).
 // Build against a core library from any build dir, then run:
 //   cmake --build /tmp/build-x --target mveb_core
 //   g++ -O2 -std=c++17 -Inative benchmarks/train_step_profile.cpp /tmp/build-x/libmveb_core.a -lpthread -o /tmp/tsprof
@@ -23,10 +23,12 @@ using namespace mveb;
 using clk = std::chrono::steady_clock;
 static long minflt(){ rusage u; getrusage(RUSAGE_SELF,&u); return u.ru_minflt; }
 static double cpu_s(){ timespec t; clock_gettime(CLOCK_PROCESS_CPUTIME_ID,&t); return t.tv_sec+1e-9*t.tv_nsec; }
-struct T { std::map<std::string,double>* m; std::string k; double t0=cpu_s(); ~T(){ (*m)[k]+=cpu_s()-t0; } };
+struct Acc { double cpu = 0, wall = 0; };
+struct T { std::map<std::string,Acc>* m; std::string k; double t0=cpu_s(); clk::time_point w0=clk::now();
+  ~T(){ Acc& a=(*m)[k]; a.cpu+=cpu_s()-t0; a.wall+=std::chrono::duration<double>(clk::now()-w0).count(); } };
 class Prof : public Backend {
  public:
-  Backend& b; std::map<std::string,double> m;
+  Backend& b; std::map<std::string,Acc> m;
   explicit Prof(Backend& x):b(x){}
   Device device() const override { return b.device(); }
   std::string name() const override { return b.name(); }
@@ -70,6 +72,8 @@ int main(int argc, char** argv){
   OptimizerOptions o; o.lr=0.01f; o.weight_decay=1e-4f;
   for (int it=0; it<2; ++it){ if(it==1) p.m.clear(); auto t0=clk::now(); double c0=cpu_s(); long f0=minflt(); m->zero_grad(); m->forward(x,true); m->backward(g,false); m->optimizer_step(o);
     printf("step %.3f s wall, %.3f s CPU, %ld page faults\n", std::chrono::duration<double>(clk::now()-t0).count(), cpu_s()-c0, minflt()-f0); }
-  std::vector<std::pair<double,std::string>> v; for(auto& kv: p.m) v.push_back({kv.second,kv.first});
-  std::sort(v.rbegin(), v.rend()); for (size_t i=0;i<v.size() && i<40;++i) printf("%8.3f s  %s\n", v[i].first, v[i].second.c_str());
+  std::vector<std::pair<double,std::string>> v; for(auto& kv: p.m) v.push_back({kv.second.cpu,kv.first});
+  std::sort(v.rbegin(), v.rend());
+  printf("     CPU s   wall s  op\n");
+  for (size_t i=0;i<v.size() && i<40;++i) printf("%8.3f %8.3f  %s\n", v[i].first, p.m[v[i].second].wall, v[i].second.c_str());
 }
