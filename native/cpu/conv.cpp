@@ -251,29 +251,21 @@ void flip_filter(ThreadPool& pool, float* wf, const float* w, const ConvShape& s
 }  // namespace
 
 namespace {
-// dw[k, tap, c] += d[tap] for d = grad(c, k, d) (the Winograd weight gradients, whose partial sums
-// are contiguous along k) in blocks of 16 x 16 (c, k), so that both the partial sums and dw are
-// read and written a cache line at a time.
-template <typename Grad>
-void add_weight_blocks(ThreadPool& pool, float* dw, int C, int K, const Grad& grad) {
-  constexpr int B = 16;
-  const int cb = (C + B - 1) / B, kb = (K + B - 1) / B;
+// dw += G^T dU G from the threads' partial sums dU (null entries: threads without a task), in blocks
+// of kFinishC x kFinishK (c, k) on the pool, by this ISA's finish (finish2 or finish4); consecutive
+// blocks continue along the same rows of dw.
+void add_weight_blocks(ThreadPool& pool, float* dw, int C, int K, const std::vector<std::unique_ptr<ScratchBuffer>>& partial,
+                       int64_t pst, decltype(WinogradTransforms::finish2) finish) {
+  std::vector<const float*> parts;
+  for (const auto& p : partial)
+    if (p) parts.push_back(p->get());
+  constexpr int BC = wt::kFinishC, BK = wt::kFinishK;
+  const int cb = (C + BC - 1) / BC, kb = (K + BK - 1) / BK;
   pool.parallel_for(static_cast<int64_t>(cb) * kb, 1, [&](int64_t b, int64_t e, int) {
-    float blk[9][B][B];  // [tap][k][c]
     for (int64_t i = b; i < e; ++i) {
-      const int c0 = static_cast<int>(i / kb) * B, k0 = static_cast<int>(i % kb) * B;
-      const int cn = std::min(B, C - c0), kn = std::min(B, K - k0);
-      for (int c = 0; c < cn; ++c)
-        for (int k = 0; k < kn; ++k) {
-          float d[9];
-          grad(c0 + c, k0 + k, d);
-          for (int tap = 0; tap < 9; ++tap) blk[tap][k][c] = d[tap];
-        }
-      for (int k = 0; k < kn; ++k)
-        for (int tap = 0; tap < 9; ++tap) {
-          float* row = dw + (static_cast<int64_t>(k0 + k) * 9 + tap) * C + c0;
-          for (int c = 0; c < cn; ++c) row[c] += blk[tap][k][c];
-        }
+      const int k0 = static_cast<int>(i / cb) * BK, c0 = static_cast<int>(i % cb) * BC;
+      finish(dw, C, K, parts.data(), static_cast<int>(parts.size()), pst, c0, std::min(BC, C - c0), k0,
+             std::min(BK, K - k0));
     }
   });
 }
@@ -393,24 +385,7 @@ void winograd_f2x3_weight(CpuBackend& be, float* dw, const float* dy, const floa
   const int64_t est = static_cast<int64_t>(C) * K;
   const auto partial = winograd_weight_partials(be, winograd_variant(be.isa(), 2), dy, x, s);
   // dw[k, r, s, c] += (G^T S G)[r, s] for S[u][v] = sum over threads of S_(u*4+v)[c, k].
-  add_weight_blocks(be.pool(), dw, C, K, [&](int c, int k, float* d) {
-    float S[4][4] = {};
-    for (const auto& acc : partial) {
-      if (!acc) continue;
-      for (int q = 0; q < 16; ++q) S[q / 4][q % 4] += acc->get()[q * (est + kWinogradSkew) + static_cast<int64_t>(c) * K + k];
-    }
-    float t[3][4];  // G^T S, G^T = [1 .5 .5 0; 0 .5 -.5 0; 0 .5 .5 1]
-    for (int v = 0; v < 4; ++v) {
-      t[0][v] = S[0][v] + 0.5f * (S[1][v] + S[2][v]);
-      t[1][v] = 0.5f * (S[1][v] - S[2][v]);
-      t[2][v] = 0.5f * (S[1][v] + S[2][v]) + S[3][v];
-    }
-    for (int r = 0; r < 3; ++r) {  // (G^T S) G
-      d[r * 3 + 0] = t[r][0] + 0.5f * (t[r][1] + t[r][2]);
-      d[r * 3 + 1] = 0.5f * (t[r][1] - t[r][2]);
-      d[r * 3 + 2] = 0.5f * (t[r][1] + t[r][2]) + t[r][3];
-    }
-  });
+  add_weight_blocks(be.pool(), dw, C, K, partial, est + kWinogradSkew, winograd_transforms(be.isa()).finish2);
 }
 
 void winograd_f2x3(CpuBackend& be, float* y, const float* x, const ConvShape& s, const float* w, bool flipped) {
@@ -468,32 +443,8 @@ void winograd_f4x3_weight(CpuBackend& be, float* dw, const float* dy, const floa
   const int C = s.C, K = s.K;
   const int64_t est = static_cast<int64_t>(C) * K;
   const auto partial = winograd_weight_partials(be, winograd_variant(be.isa(), 4), dy, x, s);
-  // dw[k, r, s, c] += (G^T S G)[r, s] for S[u][v] = sum over threads of S_(u*6+v)[c, k], in double;
-  // G^T = [1/4 -1/6 -1/6 1/24 1/24 0; 0 -1/6 1/6 1/12 -1/12 0; 0 -1/6 -1/6 1/6 1/6 1].
-  auto gt = [](const double u[6], double o[3]) {
-    o[0] = u[0] / 4 - (u[1] + u[2]) / 6 + (u[3] + u[4]) / 24;
-    o[1] = (u[2] - u[1]) / 6 + (u[3] - u[4]) / 12;
-    o[2] = (u[3] + u[4] - u[1] - u[2]) / 6 + u[5];
-  };
-  add_weight_blocks(be.pool(), dw, C, K, [&](int c, int k, float* d) {
-    double S[6][6] = {};
-    for (const auto& acc : partial) {
-      if (!acc) continue;
-      for (int q = 0; q < 36; ++q) S[q / 6][q % 6] += acc->get()[q * (est + kWinogradSkew) + static_cast<int64_t>(c) * K + k];
-    }
-    double t[3][6];  // G^T S
-    for (int v = 0; v < 6; ++v) {
-      const double col[6] = {S[0][v], S[1][v], S[2][v], S[3][v], S[4][v], S[5][v]};
-      double o[3];
-      gt(col, o);
-      for (int r = 0; r < 3; ++r) t[r][v] = o[r];
-    }
-    for (int r = 0; r < 3; ++r) {  // (G^T S) G
-      double o[3];
-      gt(t[r], o);
-      for (int j = 0; j < 3; ++j) d[r * 3 + j] = static_cast<float>(o[j]);
-    }
-  });
+  // dw[k, r, s, c] += (G^T S G)[r, s] for S[u][v] = sum over threads of S_(u*6+v)[c, k], in double.
+  add_weight_blocks(be.pool(), dw, C, K, partial, est + kWinogradSkew, winograd_transforms(be.isa()).finish4);
 }
 
 void winograd_f4x3(CpuBackend& be, float* y, const float* x, const ConvShape& s, const float* w, bool flipped) {

@@ -1,6 +1,6 @@
 // winograd_transforms.h: the Winograd F(2x2, 3x3) and F(4x4, 3x3) data transforms of conv.cpp
-// (input tiles B^T d B, output-gradient tiles A dY A^T, output tiles A^T m A), loops over channels
-// that the compiler vectorises. Compiled once per ISA (conv.cpp baseline, conv_avx2.cpp,
+// (input tiles B^T d B, output-gradient tiles A dY A^T, output tiles A^T m A) and backward weight's
+// finish (dg = G^T dU G), loops over channels that the compiler vectorises. Compiled once per ISA (conv.cpp baseline, conv_avx2.cpp,
 // conv_avx512.cpp: the transforms are a third to a half of a shallow Winograd convolution's time
 // and baseline x86-64 has only 4-wide SSE); each copy has internal linkage (anonymous namespace)
 // so the copies built with different flags never mix. conv.cpp picks one by the backend's ISA
@@ -21,6 +21,8 @@ struct WinogradTransforms {
   void (*zt4)(float*, int64_t, const float*, int, int, int, int, int, int64_t, int, const float*);
   void (*out2)(float*, const float*, int64_t, int, int, int, int, int, int64_t, int, float*);
   void (*out4)(float*, const float*, int64_t, int, int, int, int, int, int64_t, int, float*);
+  void (*finish2)(float*, int, int, const float* const*, int, int64_t, int, int, int, int);
+  void (*finish4)(float*, int, int, const float* const*, int, int64_t, int, int, int, int);
 };
 WinogradTransforms winograd_transforms_scalar();
 WinogradTransforms winograd_transforms_avx2();
@@ -261,11 +263,100 @@ void out4(float* y, const float* M, int64_t mst, int P, int Q, int K, int TP, in
   }
 }
 
+// Backward weight's finish for the block of channels [c0, c0 + cn) x output channels [k0, k0 + kn)
+// (cn <= kFinishC, kn <= kFinishK): dw[k, tap, c] += (G^T S G)[tap] with S_q[c, k] = the sum over
+// the nparts partial sums parts[i][q * pst + c * K + k]. Vectorised along k (the contiguous
+// dimension of the partial sums), the results transposed through a block buffer so that dw is
+// updated along c, kFinishC floats (4 cache lines) per row of dw.
+constexpr int kFinishC = 64, kFinishK = 16;
+
+void finish2(float* dw, int C, int K, const float* const* parts, int nparts, int64_t pst, int c0, int cn, int k0,
+             int kn) {
+  constexpr int B = kFinishK;
+  float blk[9][kFinishC][B];  // [tap][c][k]
+  for (int c = 0; c < cn; ++c) {
+    float S[16][B];
+    for (int q = 0; q < 16; ++q) {
+      const float* src = parts[0] + q * pst + static_cast<int64_t>(c0 + c) * K + k0;
+      for (int k = 0; k < kn; ++k) S[q][k] = src[k];
+      for (int i = 1; i < nparts; ++i) {
+        const float* o = parts[i] + q * pst + static_cast<int64_t>(c0 + c) * K + k0;
+        for (int k = 0; k < kn; ++k) S[q][k] += o[k];
+      }
+    }
+    for (int k = 0; k < kn; ++k) {
+      float t[3][4];  // G^T S, G^T = [1 .5 .5 0; 0 .5 -.5 0; 0 .5 .5 1]
+      #pragma GCC unroll 4
+      for (int v = 0; v < 4; ++v) {
+        const float s0 = S[v][k], s1 = S[4 + v][k], s2 = S[8 + v][k], s3 = S[12 + v][k];
+        t[0][v] = s0 + 0.5f * (s1 + s2);
+        t[1][v] = 0.5f * (s1 - s2);
+        t[2][v] = 0.5f * (s1 + s2) + s3;
+      }
+      #pragma GCC unroll 3
+      for (int r = 0; r < 3; ++r) {  // (G^T S) G
+        blk[r * 3 + 0][c][k] = t[r][0] + 0.5f * (t[r][1] + t[r][2]);
+        blk[r * 3 + 1][c][k] = 0.5f * (t[r][1] - t[r][2]);
+        blk[r * 3 + 2][c][k] = 0.5f * (t[r][1] + t[r][2]) + t[r][3];
+      }
+    }
+  }
+  for (int k = 0; k < kn; ++k)
+    for (int tap = 0; tap < 9; ++tap) {
+      float* row = dw + (static_cast<int64_t>(k0 + k) * 9 + tap) * C + c0;
+      for (int c = 0; c < cn; ++c) row[c] += blk[tap][c][k];
+    }
+}
+
+// The same for F(4x4, 3x3) (36 partial matrices), in double: G^T = [1/4 -1/6 -1/6 1/24 1/24 0;
+// 0 -1/6 1/6 1/12 -1/12 0; 0 -1/6 -1/6 1/6 1/6 1].
+void finish4(float* dw, int C, int K, const float* const* parts, int nparts, int64_t pst, int c0, int cn, int k0,
+             int kn) {
+  constexpr int B = kFinishK;
+  float blk[9][kFinishC][B];  // [tap][c][k]
+  for (int c = 0; c < cn; ++c) {
+    double S[36][B];
+    for (int q = 0; q < 36; ++q) {
+      const float* src = parts[0] + q * pst + static_cast<int64_t>(c0 + c) * K + k0;
+      for (int k = 0; k < kn; ++k) S[q][k] = src[k];
+      for (int i = 1; i < nparts; ++i) {
+        const float* o = parts[i] + q * pst + static_cast<int64_t>(c0 + c) * K + k0;
+        for (int k = 0; k < kn; ++k) S[q][k] += o[k];
+      }
+    }
+    for (int k = 0; k < kn; ++k) {
+      double t[3][6];  // G^T S
+      #pragma GCC unroll 6
+      for (int v = 0; v < 6; ++v) {
+        const double u0 = S[v][k], u1 = S[6 + v][k], u2 = S[12 + v][k], u3 = S[18 + v][k], u4 = S[24 + v][k],
+                     u5 = S[30 + v][k];
+        t[0][v] = u0 / 4 - (u1 + u2) / 6 + (u3 + u4) / 24;
+        t[1][v] = (u2 - u1) / 6 + (u3 - u4) / 12;
+        t[2][v] = (u3 + u4 - u1 - u2) / 6 + u5;
+      }
+      #pragma GCC unroll 3
+      for (int r = 0; r < 3; ++r) {  // (G^T S) G
+        const double u0 = t[r][0], u1 = t[r][1], u2 = t[r][2], u3 = t[r][3], u4 = t[r][4], u5 = t[r][5];
+        blk[r * 3 + 0][c][k] = static_cast<float>(u0 / 4 - (u1 + u2) / 6 + (u3 + u4) / 24);
+        blk[r * 3 + 1][c][k] = static_cast<float>((u2 - u1) / 6 + (u3 - u4) / 12);
+        blk[r * 3 + 2][c][k] = static_cast<float>((u3 + u4 - u1 - u2) / 6 + u5);
+      }
+    }
+  }
+  for (int k = 0; k < kn; ++k)
+    for (int tap = 0; tap < 9; ++tap) {
+      float* row = dw + (static_cast<int64_t>(k0 + k) * 9 + tap) * C + c0;
+      for (int c = 0; c < cn; ++c) row[c] += blk[tap][c][k];
+    }
+}
+
 }  // namespace wt
 }  // namespace
 
 // Defines the function NAME returning this translation unit's transforms.
 #define MVEB_DEFINE_WINOGRAD_TRANSFORMS(NAME) \
-  WinogradTransforms NAME() { return {&wt::input2, &wt::input4, &wt::zt2, &wt::zt4, &wt::out2, &wt::out4}; }
+  WinogradTransforms NAME() {                                                                                   \
+    return {&wt::input2, &wt::input4, &wt::zt2, &wt::zt4, &wt::out2, &wt::out4, &wt::finish2, &wt::finish4};   \
+  }
 
 }  // namespace mveb
