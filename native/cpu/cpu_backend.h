@@ -8,6 +8,7 @@
 #include "core/backend.h"
 #include "core/threadpool.h"
 #include "cpu/cpu_features.h"
+#include "cpu/gemm.h"
 
 namespace mveb {
 
@@ -83,6 +84,8 @@ class CpuBackend final : public Backend {
   CpuFeatures features_;
   Isa isa_;
   std::unique_ptr<ThreadPool> pool_;
+  // SGEMM scratch kept between calls (gemm.h): no page faults of fresh packing buffers in every call.
+  std::unique_ptr<gemm_detail::Workspace> gemm_workspace_{new gemm_detail::Workspace};
 };
 
 }  // namespace mveb

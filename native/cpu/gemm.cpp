@@ -198,9 +198,47 @@ const float* PackedB::block(int jc, int pc) const {
   return data_->get() + static_cast<long>(jc) * K + static_cast<long>(pc) * ncp;
 }
 
+void Workspace::reserve(int slots) {
+  if (static_cast<int>(buffers_.size()) < slots) {
+    buffers_.resize(static_cast<size_t>(slots));
+    sizes_.resize(static_cast<size_t>(slots), 0);
+  }
+}
+
+float* Workspace::get(int slot, size_t floats) {
+  auto& b = buffers_[static_cast<size_t>(slot)];
+  if (!b || sizes_[static_cast<size_t>(slot)] < floats) {
+    b.reset();  // free first: the peak stays one buffer
+    b.reset(new ScratchBuffer(floats));
+    sizes_[static_cast<size_t>(slot)] = floats;
+  }
+  return b->get();
+}
+
+namespace {
+// Holds a Workspace for one gemm_run: the caller's when given and free, else a local one.
+class WorkspaceLease {
+ public:
+  explicit WorkspaceLease(Workspace* shared) {
+    bool expected = false;
+    if (shared && shared->busy.compare_exchange_strong(expected, true)) shared_ = shared;
+  }
+  ~WorkspaceLease() {
+    if (shared_) shared_->busy.store(false);
+  }
+  WorkspaceLease(const WorkspaceLease&) = delete;
+  WorkspaceLease& operator=(const WorkspaceLease&) = delete;
+  Workspace& get() { return shared_ ? *shared_ : local_; }
+
+ private:
+  Workspace* shared_ = nullptr;
+  Workspace local_;
+};
+}  // namespace
+
 void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB, int M, int N, int K, float alpha,
               const float* A, long lda, const float* B, long ldb, float beta, float* C, long ldc,
-              const PackedB* packed) {
+              const PackedB* packed, Workspace* workspace) {
   if (M == 0 || N == 0) return;
   if (K == 0 || alpha == 0.f) {
     scale_c(pool, M, N, beta, C, ldc);
@@ -231,11 +269,12 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
   if (b_on_the_fly && (std::min(N, kern.nc) + NR - 1) / NR >= T) m_blocks = 1;
   const int MC = (m_panels + m_blocks - 1) / m_blocks * MR;  // the largest block
   const bool direct = !transA && kern.direct != nullptr && !b_on_the_fly;
-  std::unique_ptr<ScratchBuffer> packed_b(packed || b_on_the_fly ? nullptr
-                                                               : new ScratchBuffer(static_cast<size_t>(KC) * NC));
-  // Per thread, allocated by it: packed A (the block, or the last partial panel for direct kernels)
-  // and, with B packed on the fly, the current B panel.
-  std::vector<std::unique_ptr<ScratchBuffer>> packed_a(static_cast<size_t>(T)), panel_b(static_cast<size_t>(T));
+  // Scratch slots: 0 the packed B block; per thread t, allocated by it, 1 + 2t packed A (the block, or
+  // the last partial panel for direct kernels) and 2 + 2t, with B packed on the fly, the current panel.
+  WorkspaceLease lease(workspace);
+  Workspace& ws = lease.get();
+  ws.reserve(1 + 2 * T);
+  float* const packed_b = packed || b_on_the_fly ? nullptr : ws.get(0, static_cast<size_t>(KC) * NC);
 
   for (int jc = 0; jc < N; jc += NC) {
     const int nc = std::min(NC, N - jc);
@@ -245,10 +284,10 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
     for (int pc = 0; pc < K; pc += KC) {
       const int kc = std::min(KC, K - pc);
       const float beta_block = pc == 0 ? beta : 1.f;
-      const float* b_block = packed ? packed->block(jc, pc) : packed_b ? packed_b->get() : nullptr;
+      const float* b_block = packed ? packed->block(jc, pc) : packed_b;
       if (packed_b)
         pool.parallel_for(n_panels, 1, [&](int64_t b, int64_t e, int) {
-          pack_b_panels(B, ldb, transB, pc, kc, jc, nc, NR, static_cast<int>(b), static_cast<int>(e), packed_b->get());
+          pack_b_panels(B, ldb, transB, pc, kc, jc, nc, NR, static_cast<int>(b), static_cast<int>(e), packed_b);
         });
       // Tasks are claimed from a counter, not mapped to threads: every C element is written by one
       // task in a fixed order, so the result does not depend on the map, and a thread the OS
@@ -261,9 +300,7 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
           const int i0 = static_cast<int>(static_cast<int64_t>(m_panels) * mb / m_blocks) * MR;
           const int mc = std::min(M, static_cast<int>(static_cast<int64_t>(m_panels) * (mb + 1) / m_blocks) * MR) - i0;
           const int p_begin = n_panels * ns / n_splits, p_end = n_panels * (ns + 1) / n_splits;
-          auto& pa_buffer = packed_a[static_cast<size_t>(thread)];
-          if (!pa_buffer) pa_buffer.reset(new ScratchBuffer(static_cast<size_t>(KC) * (direct ? MR : MC)));
-          float* pa = pa_buffer->get();
+          float* pa = ws.get(1 + 2 * thread, static_cast<size_t>(KC) * (direct ? MR : MC));
           // Direct kernels read full panels of A in place; only a last partial panel is packed (at pa).
           for (int ir = 0; ir < mc; ir += MR)
             if (!direct || mc - ir < MR)
@@ -277,15 +314,14 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
             long first_ldb = NR;
             float* copy_b = nullptr;  // where the first row panel packs it
             if (b_on_the_fly) {
-              auto& eb = panel_b[static_cast<size_t>(thread)];
-              if (!eb) eb.reset(new ScratchBuffer(static_cast<size_t>(KC) * NR));
-              pb = first_b = eb->get();
+              float* panel = ws.get(2 + 2 * thread, static_cast<size_t>(KC) * NR);
+              pb = first_b = panel;
               if (nr == NR) {
                 first_b = B + static_cast<long>(pc) * ldb + jc + j0;
                 first_ldb = ldb;
-                if (mc > MR) copy_b = eb->get();
+                if (mc > MR) copy_b = panel;
               } else {  // the kernel reads NR columns: pack the partial panel, zero-padded
-                pack_b_panel(B, ldb, false, pc, kc, jc + j0, nr, NR, eb->get());
+                pack_b_panel(B, ldb, false, pc, kc, jc + j0, nr, NR, panel);
               }
             }
             for (int ir = 0; ir < mc; ir += MR) {
@@ -330,7 +366,8 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
 void CpuBackend::gemm(bool transA, bool transB, int M, int N, int K, float alpha, const float* A, int lda,
                       const float* B, int ldb, float beta, float* C, int ldc) {
   check_gemm_args(transA, transB, M, N, K, lda, ldb, ldc);
-  gemm_detail::gemm_run(pool(), gemm_detail::kernel_for(isa()), transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  gemm_detail::gemm_run(pool(), gemm_detail::kernel_for(isa()), transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc,
+                        nullptr, gemm_workspace_.get());
 }
 
 }  // namespace mveb

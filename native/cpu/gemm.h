@@ -4,9 +4,11 @@
 // element (k, j) at Bp[k * NR + j]; both zero-padded to full panels, 64-byte aligned.
 // Tested by test/native/test_kernels.cpp ("kernels: gemm ...") under every ISA.
 #pragma once
+#include <atomic>
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <vector>
 
 #include "cpu/cpu_features.h"
 #include "cpu/kernel_util.h"
@@ -64,12 +66,30 @@ class PackedB {
   std::unique_ptr<ScratchBuffer> data_;
 };
 
+// Scratch memory that gemm_run keeps between calls (a CpuBackend owns one): a fresh multi-MiB buffer
+// in every call costs its page faults every time (glibc hands large blocks back to the OS on free;
+// ~0.65 ms per 4 MiB, 6 % of a one-thread 1024^3 product). One gemm_run at a time uses it; a call that
+// finds it busy allocates its own. Buffers grow and are never shrunk (~9 MiB with AVX-512, 2 threads).
+class Workspace {
+ public:
+  // Buffer `slot` (0 .. slots-1 set by reserve) with room for at least `floats` floats. reserve runs
+  // before a parallel region; get may then run on several threads, for different slots.
+  void reserve(int slots);
+  float* get(int slot, size_t floats);
+  std::atomic<bool> busy{false};
+
+ private:
+  std::vector<std::unique_ptr<ScratchBuffer>> buffers_;
+  std::vector<size_t> sizes_;
+};
+
 // The whole blocked, packed, multithreaded GEMM with the given micro-kernel. Row-major:
 // C[M,N] = alpha op(A) op(B) + beta C. With `packed`, op(B) comes from it (B, ldb, transB unused).
-// Called from inside a pool region it runs on the calling thread alone.
+// Called from inside a pool region it runs on the calling thread alone. `workspace`: scratch kept
+// between calls (optional; without it, or when it is busy, the call allocates its own).
 void gemm_run(ThreadPool& pool, const KernelInfo& kernel, bool transA, bool transB, int M, int N, int K, float alpha,
               const float* A, long lda, const float* B, long ldb, float beta, float* C, long ldc,
-              const PackedB* packed = nullptr);
+              const PackedB* packed = nullptr, Workspace* workspace = nullptr);
 
 }  // namespace gemm_detail
 }  // namespace mveb

@@ -7,6 +7,7 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/error.h"
@@ -176,6 +177,51 @@ TEST("kernels: gemm few-row products (B packed on the fly), partial row/column t
                              << " beta=" << beta << tag(*b));
       }
     }
+}
+
+TEST("kernels: gemm keeps its workspace between calls: growing sizes, and two threads calling one backend at once") {
+  // Each product's result against the reference; the workspace's buffers are reused, grown (the
+  // sizes go up and down) and, when two calls overlap, the second allocates its own.
+  struct Case {
+    int M, N, K;
+    bool ta, tb;
+  };
+  const Case cases[] = {{20, 40, 30, false, false}, {300, 700, 1100, false, true}, {64, 256, 400, true, false},
+                        {141, 2101, 90, true, true},  {5, 9, 3, false, false},     {400, 500, 1300, false, false}};
+  std::vector<FVec> As, Bs;
+  std::vector<Vec> refs;
+  for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); ++c) {
+    const Case& k = cases[c];
+    As.push_back(rnd(static_cast<size_t>(k.M) * k.K, 7000 + c));
+    Bs.push_back(rnd(static_cast<size_t>(k.K) * k.N, 8000 + c));
+    refs.emplace_back(static_cast<size_t>(k.M) * k.N);
+    const Vec Ad = to_d(As.back()), Bd = to_d(Bs.back());
+    ref::gemm(k.ta, k.tb, k.M, k.N, k.K, 1.0, Ad.data(), k.ta ? k.M : k.K, Bd.data(), k.tb ? k.K : k.N, 0.0,
+              refs.back().data(), k.N);
+  }
+  auto run = [&](CpuBackend& b, size_t c) {
+    const Case& k = cases[c];
+    FVec C = poison(static_cast<size_t>(k.M) * k.N);
+    b.gemm(k.ta, k.tb, k.M, k.N, k.K, 1.f, As[c].data(), k.ta ? k.M : k.K, Bs[c].data(), k.tb ? k.K : k.N, 0.f,
+           C.data(), k.N);
+    return err(C, refs[c]);
+  };
+  const size_t n = sizeof(cases) / sizeof(cases[0]);
+  for (auto& b : isa_backends())
+    for (int rep = 0; rep < 2; ++rep)
+      for (size_t c = 0; c < n; ++c)
+        EXPECT_REL(run(*b, c), kTol, "gemm case " << c << " rep " << rep << tag(*b));
+  CpuBackend shared(2);
+  double worst[2] = {0, 0};
+  std::thread other([&] {
+    for (int rep = 0; rep < 3; ++rep)
+      for (size_t c = 0; c < n; ++c) worst[1] = std::max(worst[1], run(shared, n - 1 - c));
+  });
+  for (int rep = 0; rep < 3; ++rep)
+    for (size_t c = 0; c < n; ++c) worst[0] = std::max(worst[0], run(shared, c));
+  other.join();
+  EXPECT_REL(worst[0], kTol, "gemm from the main thread while another thread runs gemm on the same backend");
+  EXPECT_REL(worst[1], kTol, "gemm from a second thread on the same backend");
 }
 
 TEST("kernels: gemm refuses bad arguments with E_SHAPE / E_ARG") {
