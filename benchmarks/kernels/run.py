@@ -6,7 +6,8 @@ libmveb_core.a) and times the same SGEMM shapes with torch.mm and the same ResNe
 with torch.nn.functional.conv2d (channels_last, forward + input/weight gradients) and the same batch
 norms (train mode, + residual + ReLU), both with 2 threads, alternating shape by shape, and prints
 markdown tables with GFLOP/s, the fraction of the measured FP32 peak and the ratios.
-Usage: /usr/bin/python3 benchmarks/kernels/run.py BINARY [THREADS]
+Usage: /usr/bin/python3 benchmarks/kernels/run.py BINARY [THREADS] [PARTS]
+PARTS: comma-separated subset of gemm,conv,bn (default all), e.g. `gemm` for the SGEMM tables only.
 """
 import os
 import subprocess
@@ -15,6 +16,7 @@ import time
 
 binary = sys.argv[1]
 threads = int(sys.argv[2]) if len(sys.argv) > 2 else 2
+parts = set(sys.argv[3].split(",")) if len(sys.argv) > 3 else {"gemm", "conv", "bn"}
 
 # torch in this process only: OpenBLAS threads and, when it mis-detects the CPU, its SkylakeX kernels
 os.environ.setdefault("OPENBLAS_NUM_THREADS", str(threads))
@@ -71,6 +73,7 @@ GEMMS = [
     (3136, 64, 256, 0, 0),    # 1x1 conv backward data
     (64, 256, 3136, 1, 0),    # 1x1 conv backward weight
     (1024, 1024, 1024, 1, 1),
+    (2048, 2048, 2048, 1, 1), (2048, 2048, 2048, 0, 1), (2048, 2048, 2048, 1, 0), (4096, 4096, 4096, 0, 0),
 ]
 CONVS = [  # N H W C K R S stride pad (ResNet-50 layers, batch 8)
     (8, 224, 224, 3, 64, 7, 7, 2, 3),
@@ -155,7 +158,7 @@ def log(msg):
 # shared machine a single measurement is easily low) times the thread count.
 peak, isa = measure_peak()
 gemm_rows, conv_rows, bn_rows = [], [], []
-for m, n, k, ta, tb in GEMMS:
+for m, n, k, ta, tb in GEMMS if "gemm" in parts else []:
     log(f"gemm {m} {n} {k} {ta} {tb}")
     g_ours, g_torch, rel = 0.0, 0.0, "-"
     for _ in range(ROUNDS):
@@ -163,7 +166,7 @@ for m, n, k, ta, tb in GEMMS:
         g_ours, rel = max(g_ours, float(l[6])), l[7]
         g_torch = max(g_torch, torch_gemm(m, n, k, bool(ta), bool(tb)))
     gemm_rows.append((m, n, k, ta, tb, g_ours, g_torch, rel))
-for shape in CONVS:
+for shape in CONVS if "conv" in parts else []:
     log(f"conv {shape}")
     tf = tb = ttf = ttb = 1e30
     for _ in range(ROUNDS):
@@ -172,7 +175,7 @@ for shape in CONVS:
         a, b = torch_conv(*shape)
         ttf, ttb = min(ttf, a), min(ttb, b)
     conv_rows.append((shape, tf, tb, ttf, ttb))
-for m, c in BNS:
+for m, c in BNS if "bn" in parts else []:
     log(f"bn {m} {c}")
     tf = tb = ttf = ttb = 1e30
     for _ in range(ROUNDS):
@@ -184,7 +187,7 @@ for m, c in BNS:
 # One thread, CPU time of the computing thread on both sides: the figure least disturbed by the other
 # jobs on a shared machine.
 one_rows = []
-for _ in range(ROUNDS):
+for _ in range(ROUNDS if "gemm" in parts else 0):
     log("gemm, one thread")
     theirs = torch_gemm_one_thread(GEMMS)
     for i, shape in enumerate(GEMMS):
@@ -203,29 +206,32 @@ if peak:
     print(f"FP32 peak: {threads} x the best one-core AVX-512 FMA loop rate (6 tries before/after) = {peak:.1f} GFLOP/s")
 print()
 pk = (lambda g: f"{100 * g / peak:.0f}%") if peak else (lambda g: "-")
-print("| SGEMM M x N x K (tA,tB) | mveb GFLOP/s | % peak | torch.mm GFLOP/s | % peak | mveb / torch | max rel err |")
-print("|---|---|---|---|---|---|---|")
-for m, n, k, ta, tb, g_ours, g_torch, rel in gemm_rows:
-    print(f"| {m} x {n} x {k} ({ta},{tb}) | {g_ours:.1f} | {pk(g_ours)} | {g_torch:.1f} | {pk(g_torch)} | {g_ours / g_torch:.2f} | {rel} |")
-print()
-peak1 = peak / threads
-print(f"One thread, timed by the computing thread's CPU time (FP32 peak of one core {peak1:.1f} GFLOP/s):")
-print()
-print("| SGEMM M x N x K (tA,tB), 1 thread | mveb GFLOP/s | % peak | torch.mm (OpenBLAS) GFLOP/s | % peak | mveb / torch |")
-print("|---|---|---|---|---|---|")
-for (m, n, k, ta, tb), g, t in one_rows:
-    print(f"| {m} x {n} x {k} ({ta},{tb}) | {g:.1f} | {100 * g / peak1:.0f}% | {t:.1f} | {100 * t / peak1:.0f}% | {g / t:.2f} |")
-print()
-print("| conv NHWC N,H,W,C -> K, RxS /stride pad | GFLOP fwd | mveb fwd ms (GFLOP/s, % peak) | torch fwd ms | torch/mveb fwd | mveb bwd data+weight ms (GFLOP/s, % peak) | torch bwd ms | torch/mveb bwd |")
-print("|---|---|---|---|---|---|---|---|")
-for shape, tf, tb, ttf, ttb in conv_rows:
-    n, h, w, c, k, r, s, stride, pad = shape
-    p, q = (h + 2 * pad - r) // stride + 1, (w + 2 * pad - s) // stride + 1
-    gflop = 2.0 * n * p * q * k * r * s * c / 1e9
-    gf, gb = gflop / tf * 1e3, 2 * gflop / tb * 1e3
-    print(f"| {n},{h},{w},{c} -> {k}, {r}x{s} /{stride} p{pad} | {gflop:.2f} | {tf:.2f} ({gf:.0f}, {pk(gf)}) | {ttf:.2f} | {ttf / tf:.2f} | {tb:.2f} ({gb:.0f}, {pk(gb)}) | {ttb:.2f} | {ttb / tb:.2f} |")
-print()
-print("| batch norm train + residual + ReLU, rows x C | mveb fwd ms | torch fwd ms | torch/mveb fwd | mveb bwd ms | torch bwd ms | torch/mveb bwd |")
-print("|---|---|---|---|---|---|---|")
-for m, c, tf, tb, ttf, ttb in bn_rows:
-    print(f"| {m} x {c} | {tf:.2f} | {ttf:.2f} | {ttf / tf:.2f} | {tb:.2f} | {ttb:.2f} | {ttb / tb:.2f} |")
+if gemm_rows:
+    print("| SGEMM M x N x K (tA,tB) | mveb GFLOP/s | % peak | torch.mm GFLOP/s | % peak | mveb / torch | max rel err |")
+    print("|---|---|---|---|---|---|---|")
+    for m, n, k, ta, tb, g_ours, g_torch, rel in gemm_rows:
+        print(f"| {m} x {n} x {k} ({ta},{tb}) | {g_ours:.1f} | {pk(g_ours)} | {g_torch:.1f} | {pk(g_torch)} | {g_ours / g_torch:.2f} | {rel} |")
+    print()
+    peak1 = peak / threads
+    print(f"One thread, timed by the computing thread's CPU time (FP32 peak of one core {peak1:.1f} GFLOP/s):")
+    print()
+    print("| SGEMM M x N x K (tA,tB), 1 thread | mveb GFLOP/s | % peak | torch.mm (OpenBLAS) GFLOP/s | % peak | mveb / torch |")
+    print("|---|---|---|---|---|---|")
+    for (m, n, k, ta, tb), g, t in one_rows:
+        print(f"| {m} x {n} x {k} ({ta},{tb}) | {g:.1f} | {100 * g / peak1:.0f}% | {t:.1f} | {100 * t / peak1:.0f}% | {g / t:.2f} |")
+    print()
+if conv_rows:
+    print("| conv NHWC N,H,W,C -> K, RxS /stride pad | GFLOP fwd | mveb fwd ms (GFLOP/s, % peak) | torch fwd ms | torch/mveb fwd | mveb bwd data+weight ms (GFLOP/s, % peak) | torch bwd ms | torch/mveb bwd |")
+    print("|---|---|---|---|---|---|---|---|")
+    for shape, tf, tb, ttf, ttb in conv_rows:
+        n, h, w, c, k, r, s, stride, pad = shape
+        p, q = (h + 2 * pad - r) // stride + 1, (w + 2 * pad - s) // stride + 1
+        gflop = 2.0 * n * p * q * k * r * s * c / 1e9
+        gf, gb = gflop / tf * 1e3, 2 * gflop / tb * 1e3
+        print(f"| {n},{h},{w},{c} -> {k}, {r}x{s} /{stride} p{pad} | {gflop:.2f} | {tf:.2f} ({gf:.0f}, {pk(gf)}) | {ttf:.2f} | {ttf / tf:.2f} | {tb:.2f} ({gb:.0f}, {pk(gb)}) | {ttb:.2f} | {ttb / tb:.2f} |")
+    print()
+if bn_rows:
+    print("| batch norm train + residual + ReLU, rows x C | mveb fwd ms | torch fwd ms | torch/mveb fwd | mveb bwd ms | torch bwd ms | torch/mveb bwd |")
+    print("|---|---|---|---|---|---|---|")
+    for m, c, tf, tb, ttf, ttb in bn_rows:
+        print(f"| {m} x {c} | {tf:.2f} | {ttf:.2f} | {ttf / tf:.2f} | {tb:.2f} | {ttb:.2f} | {ttb / tb:.2f} |")
