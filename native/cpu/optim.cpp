@@ -7,6 +7,7 @@
 #pragma GCC optimize("vect-cost-model=dynamic")
 #endif
 #include <algorithm>
+#include <cstdint>
 #include <cmath>
 #include <vector>
 
@@ -88,10 +89,13 @@ void CpuBackend::ema_update(float* target, const float* online, size_t n, float 
 bool CpuBackend::all_finite(const float* x, size_t n) {
   std::vector<char> ok(static_cast<size_t>(pool().size()), 1);
   pool().parallel_for(static_cast<int64_t>(n), kGrain, [&](int64_t b, int64_t e, int t) {
-    // x - x is 0 for finite x and NaN for inf/NaN; summing keeps the loop branch-free.
-    float acc = 0.f;
-    for (int64_t i = b; i < e; ++i) acc += x[i] - x[i];
-    if (acc != 0.f) ok[static_cast<size_t>(t)] = 0;
+    // On the bits: the exponent field plus one carries into bit 31 exactly for inf/NaN (all ones).
+    // An integer OR reduction vectorises (a float sum, the earlier x - x test, ran one add per
+    // element at a time: 1% of a training step).
+    const uint32_t* u = reinterpret_cast<const uint32_t*>(x);
+    uint32_t acc = 0;
+    for (int64_t i = b; i < e; ++i) acc |= (u[i] & 0x7f800000u) + 0x00800000u;
+    if (acc & 0x80000000u) ok[static_cast<size_t>(t)] = 0;
   });
   for (char c : ok)
     if (!c) return false;

@@ -613,6 +613,14 @@ TEST("kernels: sgd, lars, ema, all_finite and sum_squares match the reference fo
           q[pos] = bad;
           EXPECT_TRUE(!b->all_finite(q.data(), n), "all_finite misses " << bad << " at " << pos << tag(*b));
         }
+      {
+        FVec q = p0;  // the extremes of the finite range are finite
+        q[0] = std::numeric_limits<float>::max();
+        q[n / 2] = -std::numeric_limits<float>::max();
+        q[n - 1] = std::numeric_limits<float>::denorm_min();
+        q[1] = -0.f;
+        EXPECT_TRUE(b->all_finite(q.data(), n), "all_finite on +-FLT_MAX, denormal, -0" << tag(*b));
+      }
       EXPECT_TRUE(b->all_finite(nullptr, 0), "all_finite of nothing" << tag(*b));
     }
   }
