@@ -13,10 +13,12 @@ namespace gemm_detail {
 namespace {
 constexpr int MR = 14, NR = 32;
 
-// Depth steps ahead at which the loop prefetches the B rows it will read: B streams from L2 (a
-// 1024-deep panel is 128 KiB, more than L1), and the hardware prefetchers alone left ~4 % of the FMA
-// rate at 2048^3 (one thread; distances 4-12 measured alike, 32 no gain).
-constexpr int kPrefetchB = 8;
+// Depth steps ahead at which the loop prefetches the B rows it will read, into L1 (B streams from L2:
+// a 1024-deep panel is 128 KiB, more than L1) and, further ahead, into L2 (the first row panel reads
+// each B panel from L3). The hardware prefetchers alone left ~4 % of the FMA rate at 2048^3 and the
+// L2 prefetch ~2-4 % more at 1024^3-4096^3 (one thread; L1 distances 4-12 measured alike, L2 64 >
+// 32, 128).
+constexpr int kPrefetchB = 8, kPrefetchBL2 = 64;
 
 // C[R x NR] (row stride ldc) = Ap*B (kc deep) + beta * C for the first R <= MR rows of a packed A
 // panel (MR floats per depth step); B rows are ldb floats apart (NR for a packed panel, the row stride
@@ -37,10 +39,13 @@ void micro_rows(int kc, const float* __restrict Ap, const float* __restrict Bp, 
     _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc), _MM_HINT_T0);
     _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc + NR - 1), _MM_HINT_T0);
   }
-  const long ahead = kPrefetchB * ldb;  // prefetches past the panel's end are harmless (never fault)
+  // Prefetches past the panel's end are harmless (they never fault).
+  const long ahead = kPrefetchB * ldb, far_ahead = kPrefetchBL2 * ldb;
   for (int k = 0; k < kc; ++k) {
     _mm_prefetch(reinterpret_cast<const char*>(Bp + ahead), _MM_HINT_T0);
     _mm_prefetch(reinterpret_cast<const char*>(Bp + ahead + 16), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(Bp + far_ahead), _MM_HINT_T1);
+    _mm_prefetch(reinterpret_cast<const char*>(Bp + far_ahead + 16), _MM_HINT_T1);
     const __m512 b0 = _mm512_loadu_ps(Bp), b1 = _mm512_loadu_ps(Bp + 16);
     if (kCopyB) {
       _mm512_store_ps(Bcopy, b0);
@@ -128,6 +133,8 @@ void micro_14x32_direct(int kc, const float* __restrict A, long lda, const float
   for (int k = 0; k < kc; ++k) {
     _mm_prefetch(reinterpret_cast<const char*>(Bp + kPrefetchB * NR), _MM_HINT_T0);
     _mm_prefetch(reinterpret_cast<const char*>(Bp + kPrefetchB * NR + 16), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(Bp + kPrefetchBL2 * NR), _MM_HINT_T1);
+    _mm_prefetch(reinterpret_cast<const char*>(Bp + kPrefetchBL2 * NR + 16), _MM_HINT_T1);
     const __m512 b0 = _mm512_load_ps(Bp), b1 = _mm512_load_ps(Bp + 16);
     const float* rows[MR] = {a0,      a0 + lda, a0 + 2 * lda, a3,      a3 + lda, a3 + 2 * lda, a6,
                              a6 + lda, a6 + 2 * lda, a9,     a9 + lda, a9 + 2 * lda, a12,     a12 + lda};
