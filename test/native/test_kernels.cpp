@@ -144,7 +144,8 @@ TEST("kernels: gemm few-row products (B packed on the fly), partial row/column t
   // partial row panels written by the rows kernel or through the tile.
   const int shapes[][3] = {{1, 33, 1100}, {13, 96, 2050}, {14, 64, 1100}, {15, 97, 1037}, {29, 130, 700},
                            {64, 256, 1100}, {64, 200, 33},  {64, 64, 1100}, {100, 450, 300}, {127, 513, 1100},
-                           {128, 600, 64},  {129, 700, 300}, {141, 1030, 1100}, {30, 2100, 100}};
+                           {128, 600, 64},  {129, 700, 300}, {141, 1030, 1100}, {30, 2100, 100},
+                           {150, 2090, 70}, {13, 40, 100}};
   std::vector<std::unique_ptr<CpuBackend>> backends;
   for (int threads = 1; threads <= 3; ++threads)
     for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512}) {
