@@ -50,7 +50,10 @@ void micro_scalar(int kc, const float* __restrict Ap, const float* __restrict Bp
 }
 
 // Packs op(B)[k0:k0+kc, j0:j0+cols] into one NR-wide panel [k][NR], zero-padded.
-void pack_b_panel(const float* B, long ldb, bool transB, int k0, int kc, int j0, int cols, int nr, float* dst) {
+void pack_b_panel(const KernelInfo& kern, const float* B, long ldb, bool transB, int k0, int kc, int j0, int cols,
+                  float* dst) {
+  const int nr = kern.nr;
+  if (transB && cols == nr && kern.pack_bt != nullptr) return kern.pack_bt(B, ldb, k0, kc, j0, dst);
   if (!transB) {
     if (cols == nr) {
       for (int k = 0; k < kc; ++k)
@@ -81,41 +84,54 @@ void pack_b_panel(const float* B, long ldb, bool transB, int k0, int kc, int j0,
 }
 
 // Packs the panels [p_begin, p_end) of op(B)[k0:k0+kc, jc:jc+nc] (panel p at dst + p * kc * NR).
-void pack_b_panels(const float* B, long ldb, bool transB, int k0, int kc, int jc, int nc, int nr, int p_begin,
-                   int p_end, float* dst) {
+void pack_b_panels(const KernelInfo& kern, const float* B, long ldb, bool transB, int k0, int kc, int jc, int nc,
+                   int p_begin, int p_end, float* dst) {
+  const int nr = kern.nr;
   for (int p = p_begin; p < p_end; ++p)
-    pack_b_panel(B, ldb, transB, k0, kc, jc + p * nr, std::min(nr, nc - p * nr), nr, dst + static_cast<long>(p) * kc * nr);
+    pack_b_panel(kern, B, ldb, transB, k0, kc, jc + p * nr, std::min(nr, nc - p * nr), dst + static_cast<long>(p) * kc * nr);
 }
 
-// Packs alpha * op(A)[i0:i0+rows, k0:k0+kc] into one MR-tall panel [k][MR], zero-padded.
-void pack_a_panel(const float* A, long lda, bool transA, int i0, int rows, int k0, int kc, int mr, float alpha,
+// Packs alpha * A[i0:i0+rows, k0:k0+kc] (op(A) = A) into one MR-tall panel [k][MR], zero-padded.
+void pack_a_panel(const float* A, long lda, int i0, int rows, int k0, int kc, int mr, float alpha, float* dst) {
+  for (int i = 0; i < rows; ++i) {
+    const float* src = A + static_cast<long>(i0 + i) * lda + k0;
+    for (int k = 0; k < kc; ++k) dst[static_cast<long>(k) * mr + i] = alpha * src[k];
+  }
+  for (int i = rows; i < mr; ++i)
+    for (int k = 0; k < kc; ++k) dst[static_cast<long>(k) * mr + i] = 0.f;
+}
+
+// Packs alpha * op(A)[i0:i0+mc, k0:k0+kc] into MR-tall panels [k][MR] (panel q at dst + q * kc * MR),
+// the last one zero-padded. op(A) = A^T (A stored [K, M]) goes one row of A at a time into every
+// panel: a panel at a time would walk kc rows of A (a page each at large lda) once per panel.
+void pack_a_block(const float* A, long lda, bool transA, int i0, int mc, int k0, int kc, int mr, float alpha,
                   float* dst) {
+  const int panels = (mc + mr - 1) / mr;
   if (!transA) {
-    for (int i = 0; i < rows; ++i) {
-      const float* src = A + static_cast<long>(i0 + i) * lda + k0;
-      for (int k = 0; k < kc; ++k) dst[static_cast<long>(k) * mr + i] = alpha * src[k];
+    for (int q = 0; q < panels; ++q)
+      pack_a_panel(A, lda, i0 + q * mr, std::min(mr, mc - q * mr), k0, kc, mr, alpha, dst + static_cast<long>(q) * kc * mr);
+    return;
+  }
+  const int full = alpha == 1.f ? mc / mr : 0;  // panels copied as fixed-size rows (the micro-kernels' MR)
+  auto copy_full = [&](auto mr_const, const float* src, int k) {
+    constexpr int MR = decltype(mr_const)::value;
+    for (int q = 0; q < full; ++q)
+      std::memcpy(dst + static_cast<long>(q) * kc * MR + static_cast<long>(k) * MR, src + q * MR, sizeof(float) * MR);
+  };
+  for (int k = 0; k < kc; ++k) {
+    const float* src = A + static_cast<long>(k0 + k) * lda + i0;
+    int q = 0;
+    switch (full > 0 ? mr : 0) {
+      case 14: copy_full(std::integral_constant<int, 14>(), src, k), q = full; break;
+      case 6: copy_full(std::integral_constant<int, 6>(), src, k), q = full; break;
+      case 4: copy_full(std::integral_constant<int, 4>(), src, k), q = full; break;
+      default: break;
     }
-    for (int i = rows; i < mr; ++i)
-      for (int k = 0; k < kc; ++k) dst[static_cast<long>(k) * mr + i] = 0.f;
-  } else {
-    if (alpha == 1.f && rows == mr) {  // whole panels: fixed-size row copies (the micro-kernels' MR)
-      auto copy_rows = [&](auto mr_const) {
-        constexpr int MR = decltype(mr_const)::value;
-        for (int k = 0; k < kc; ++k)
-          std::memcpy(dst + static_cast<long>(k) * MR, A + static_cast<long>(k0 + k) * lda + i0, sizeof(float) * MR);
-      };
-      switch (mr) {
-        case 14: copy_rows(std::integral_constant<int, 14>()); return;
-        case 6: copy_rows(std::integral_constant<int, 6>()); return;
-        case 4: copy_rows(std::integral_constant<int, 4>()); return;
-        default: break;
-      }
-    }
-    for (int k = 0; k < kc; ++k) {
-      const float* src = A + static_cast<long>(k0 + k) * lda + i0;
-      float* d = dst + static_cast<long>(k) * mr;
+    for (; q < panels; ++q) {
+      float* d = dst + static_cast<long>(q) * kc * mr + static_cast<long>(k) * mr;
+      const int rows = std::min(mr, mc - q * mr);
       int i = 0;
-      for (; i < rows; ++i) d[i] = alpha * src[i];
+      for (; i < rows; ++i) d[i] = alpha * src[q * mr + i];
       for (; i < mr; ++i) d[i] = 0.f;
     }
   }
@@ -148,7 +164,7 @@ PackedB::PackedB(ThreadPool& pool, const KernelInfo& kern, bool transB, int N_, 
     : N(N_), K(K_), KC(balanced_depth(K_, kern.kc)), NC(std::min((N_ + kern.nr - 1) / kern.nr * kern.nr, kern.nc)),
       NR(kern.nr) {
   pack_all(pool, [&](float* dst, int pc, int kc, int j0, int cols) {
-    pack_b_panel(B, ldb, transB, pc, kc, j0, cols, NR, dst);
+    pack_b_panel(kern, B, ldb, transB, pc, kc, j0, cols, dst);
   });
 }
 
@@ -287,7 +303,7 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
       const float* b_block = packed ? packed->block(jc, pc) : packed_b;
       if (packed_b)
         pool.parallel_for(n_panels, 1, [&](int64_t b, int64_t e, int) {
-          pack_b_panels(B, ldb, transB, pc, kc, jc, nc, NR, static_cast<int>(b), static_cast<int>(e), packed_b);
+          pack_b_panels(kern, B, ldb, transB, pc, kc, jc, nc, static_cast<int>(b), static_cast<int>(e), packed_b);
         });
       // Tasks are claimed from a counter, not mapped to threads: every C element is written by one
       // task in a fixed order, so the result does not depend on the map, and a thread the OS
@@ -302,10 +318,8 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
           const int p_begin = n_panels * ns / n_splits, p_end = n_panels * (ns + 1) / n_splits;
           float* pa = ws.get(1 + 2 * thread, static_cast<size_t>(KC) * (direct ? MR : MC));
           // Direct kernels read full panels of A in place; only a last partial panel is packed (at pa).
-          for (int ir = 0; ir < mc; ir += MR)
-            if (!direct || mc - ir < MR)
-              pack_a_panel(A, lda, transA, i0 + ir, std::min(MR, mc - ir), pc, kc, MR, alpha,
-                           direct ? pa : pa + static_cast<long>(ir) * kc);
+          if (!direct) pack_a_block(A, lda, transA, i0, mc, pc, kc, MR, alpha, pa);
+          else if (mc % MR) pack_a_panel(A, lda, i0 + mc / MR * MR, mc % MR, pc, kc, MR, alpha, pa);
           alignas(64) float tile[16 * 64];
           for (int p = p_begin; p < p_end; ++p) {
             const int j0 = p * NR, nr = std::min(NR, nc - j0);
@@ -321,7 +335,7 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
                 first_ldb = ldb;
                 if (mc > MR) copy_b = panel;
               } else {  // the kernel reads NR columns: pack the partial panel, zero-padded
-                pack_b_panel(B, ldb, false, pc, kc, jc + j0, nr, NR, panel);
+                pack_b_panel(kern, B, ldb, false, pc, kc, jc + j0, nr, panel);
               }
             }
             for (int ir = 0; ir < mc; ir += MR) {

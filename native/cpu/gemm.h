@@ -30,12 +30,17 @@ using DirectMicroKernel = void (*)(int kc, const float* A, long lda, const float
 using RowsMicroKernel = void (*)(int rows, int kc, const float* Ap, const float* B, long ldb, float* Bcopy, float* C,
                                  long ldc, float beta);
 
+// Packs a whole NR-wide panel of op(B) = B^T (B stored [N, K]): dst[k * NR + j] = B[(j0 + j) * ldb + k0 + k]
+// for k < kc, j < NR.
+using PackBtPanel = void (*)(const float* B, long ldb, int k0, int kc, int j0, float* dst);
+
 struct KernelInfo {
   int mr, nr;
   MicroKernel fn;
   int kc, mc, nc;  // cache blocking: depth, rows of A per block, columns of B per block
   DirectMicroKernel direct = nullptr;  // optional: used when op(A) = A (no packing of A)
   RowsMicroKernel rows = nullptr;      // optional: partial row tiles, and B packed on the fly for few rows
+  PackBtPanel pack_bt = nullptr;       // optional: packing of transposed B (else portable code)
 };
 
 KernelInfo kernel_scalar();
