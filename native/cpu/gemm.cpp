@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -301,16 +302,25 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
       const int kc = std::min(KC, K - pc);
       const float beta_block = pc == 0 ? beta : 1.f;
       const float* b_block = packed ? packed->block(jc, pc) : packed_b;
-      if (packed_b)
-        pool.parallel_for(n_panels, 1, [&](int64_t b, int64_t e, int) {
-          pack_b_panels(kern, B, ldb, transB, pc, kc, jc, nc, static_cast<int>(b), static_cast<int>(e), packed_b);
-        });
-      // Tasks are claimed from a counter, not mapped to threads: every C element is written by one
-      // task in a fixed order, so the result does not depend on the map, and a thread the OS
-      // descheduled (the machine is often shared) does not hold the others back.
+      // One parallel region: the threads first pack the B block (groups of panels claimed from a
+      // counter), wait until every group is packed, then claim tasks. Tasks come from a counter too,
+      // not a fixed map: every C element is written by one task in a fixed order, so the result does
+      // not depend on the map, and a thread the OS descheduled (the machine is often shared) does not
+      // hold the others back.
+      constexpr int kPackGroup = 4;  // panels
+      const int pack_groups = packed_b ? (n_panels + kPackGroup - 1) / kPackGroup : 0;
       const int64_t tasks = static_cast<int64_t>(m_blocks) * n_splits;
+      std::atomic<int> next_group{0}, groups_packed{0};
       std::atomic<int64_t> next_task{0};
-      pool.parallel_for(std::min<int64_t>(T, tasks), 1, [&](int64_t, int64_t, int thread) {
+      pool.parallel_for(std::min<int64_t>(T, std::max<int64_t>(tasks, pack_groups)), 1, [&](int64_t, int64_t, int thread) {
+        if (pack_groups > 0) {
+          for (int g; (g = next_group.fetch_add(1, std::memory_order_relaxed)) < pack_groups;) {
+            pack_b_panels(kern, B, ldb, transB, pc, kc, jc, nc, g * kPackGroup,
+                          std::min(n_panels, (g + 1) * kPackGroup), packed_b);
+            groups_packed.fetch_add(1, std::memory_order_release);
+          }
+          while (groups_packed.load(std::memory_order_acquire) < pack_groups) std::this_thread::yield();
+        }
         for (int64_t task; (task = next_task.fetch_add(1, std::memory_order_relaxed)) < tasks;) {
           const int mb = static_cast<int>(task / n_splits), ns = static_cast<int>(task % n_splits);
           const int i0 = static_cast<int>(static_cast<int64_t>(m_panels) * mb / m_blocks) * MR;
