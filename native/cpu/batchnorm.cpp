@@ -54,11 +54,17 @@ void check_bn(const char* op, int M, int C) {
   check_nonnegative(op, "C", C);
 }
 
+// Whether [M, C] outputs are written past the caches (CpuBackend::stream_bytes).
+bool stream_rows(const CpuBackend& be, int M, int C) {
+  return static_cast<size_t>(M) * C * sizeof(float) >= be.stream_bytes;
+}
+
 // y = act(x * scale + shift + residual) over rows.
-void apply_affine(ThreadPool& pool, const BatchnormKernels& k, float* y, const float* x, const float* scale,
+void apply_affine(CpuBackend& be, const BatchnormKernels& k, float* y, const float* x, const float* scale,
                   const float* shift, const float* residual, bool relu, int M, int C) {
-  pool.parallel_for(M, row_grain(C), [&](int64_t b, int64_t e, int) {
-    k.apply(y, x, scale, shift, residual, relu, b, e, C);
+  const bool stream = stream_rows(be, M, C);
+  be.pool().parallel_for(M, row_grain(C), [&](int64_t b, int64_t e, int) {
+    k.apply(y, x, scale, shift, residual, relu, b, e, C, stream);
   });
 }
 }  // namespace
@@ -97,7 +103,7 @@ void CpuBackend::batchnorm_forward_train(float* y, float* saved_mean, float* sav
     scale[c] = gamma[c] * invstd;
     shift[c] = beta[c] - mean[c] * scale[c];
   }
-  apply_affine(pool(), k, y, x, scale.data(), shift.data(), residual, relu, M, C);
+  apply_affine(*this, k, y, x, scale.data(), shift.data(), residual, relu, M, C);
 }
 
 void CpuBackend::batchnorm_forward_eval(float* y, const float* x, const float* gamma, const float* beta,
@@ -110,7 +116,7 @@ void CpuBackend::batchnorm_forward_eval(float* y, const float* x, const float* g
     scale[c] = gamma[c] * invstd;
     shift[c] = beta[c] - running_mean[c] * scale[c];
   }
-  apply_affine(pool(), kernels_for(isa()), y, x, scale.data(), shift.data(), residual, relu, M, C);
+  apply_affine(*this, kernels_for(isa()), y, x, scale.data(), shift.data(), residual, relu, M, C);
 }
 
 void CpuBackend::batchnorm_backward(float* dx, float* dresidual, float* dgamma, float* dbeta, const float* dy,
@@ -146,8 +152,9 @@ void CpuBackend::batchnorm_backward(float* dx, float* dresidual, float* dgamma, 
   }
   const float* g = dresidual ? dresidual : dy;  // dresidual holds g (masked) already
   const float* gmask = dresidual ? nullptr : ymask;
+  const bool stream = stream_rows(*this, M, C);
   pool().parallel_for(M, row_grain(C), [&](int64_t b, int64_t e, int) {
-    k.backward_apply(dx, g, gmask, x, mean, a.data(), bcoef.data(), ccoef.data(), b, e, C);
+    k.backward_apply(dx, g, gmask, x, mean, a.data(), bcoef.data(), ccoef.data(), b, e, C, stream);
   });
 }
 

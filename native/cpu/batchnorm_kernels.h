@@ -3,10 +3,15 @@
 // kLanes channels with scalar channel tails. Compiled once per ISA (batchnorm.cpp baseline,
 // batchnorm_avx2.cpp, batchnorm_avx512.cpp: these passes run at the cache bandwidth of a core and
 // baseline x86-64 has only 4-wide SSE); each copy has internal linkage (anonymous namespace) so the
-// copies built with different flags never mix. batchnorm.cpp picks one by the backend's ISA.
+// copies built with different flags never mix. batchnorm.cpp picks one by the backend's ISA. With
+// stream, the AVX-512 copy writes y / dx with non-temporal stores (C a multiple of 16, 64-byte
+// aligned output; otherwise ordinary stores).
 // Tested by test/native/test_kernels.cpp ("kernels: batchnorm ...") under every ISA.
 #pragma once
 #include <cstdint>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace mveb {
 
@@ -16,14 +21,14 @@ struct BatchnormKernels {
   void (*forward_sums)(const float* x, const float* x0, int64_t m0, int64_t m1, int C, float* s1, float* s2);
   // y = act(x * scale + shift (+ residual)), act = ReLU when relu
   void (*apply)(float* y, const float* x, const float* scale, const float* shift, const float* residual, bool relu,
-                int64_t m0, int64_t m1, int C);
+                int64_t m0, int64_t m1, int C, bool stream);
   // g = dy, masked by y > 0 when y is not null; sg[c] += g, sgx[c] += g * (x - mean); g_out (may be
   // null) receives g
   void (*backward_sums)(const float* dy, const float* y, const float* x, const float* mean, float* g_out, int64_t m0,
                         int64_t m1, int C, float* sg, float* sgx);
   // g = dy, masked by y > 0 when y is not null; dx = a g + b (x - mean) + c0. dx may alias dy.
   void (*backward_apply)(float* dx, const float* dy, const float* y, const float* x, const float* mean, const float* a,
-                         const float* b, const float* c0, int64_t m0, int64_t m1, int C);
+                         const float* b, const float* c0, int64_t m0, int64_t m1, int C, bool stream);
 };
 BatchnormKernels batchnorm_kernels_scalar();
 BatchnormKernels batchnorm_kernels_avx2();
@@ -45,6 +50,31 @@ inline vf ld(const float* p) {
   return v;
 }
 inline void st(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
+// Rows written with non-temporal stores: the AVX-512 copy, whole aligned vectors only.
+inline bool can_stream(bool stream, const float* out, int C) {
+#if defined(__AVX512F__)
+  return stream && C % 16 == 0 && (reinterpret_cast<uintptr_t>(out) & 63) == 0;
+#else
+  (void)stream, (void)out, (void)C;
+  return false;
+#endif
+}
+inline void st_out(float* p, vf v, bool stream) {
+#if defined(__AVX512F__)
+  if (stream) {
+    _mm512_stream_ps(p, v);
+    return;
+  }
+#endif
+  st(p, v);
+}
+inline void end_stream(bool stream) {
+#if defined(__AVX512F__)
+  if (stream) _mm_sfence();  // the streamed lines are visible before the pool's region ends
+#else
+  (void)stream;
+#endif
+}
 inline vf relu(vf v) { return v > 0.f ? v : vf{}; }
 inline float relu(float v) { return v > 0.f ? v : 0.f; }
 inline vf mask(vf d, vf y) { return y > 0.f ? d : vf{}; }
@@ -99,8 +129,9 @@ void forward_sums(const float* x, const float* x0, int64_t m0, int64_t m1, int C
 }
 
 void apply(float* y, const float* x, const float* scale, const float* shift, const float* residual, bool relu_,
-           int64_t m0, int64_t m1, int C) {
+           int64_t m0, int64_t m1, int C, bool stream) {
   const int cv = C / kLanes * kLanes;
+  stream = can_stream(stream, y, C);
   for (int64_t m = m0; m < m1; ++m) {
     const float* xr = x + m * C;
     const float* rr = residual ? residual + m * C : nullptr;
@@ -108,7 +139,7 @@ void apply(float* y, const float* x, const float* scale, const float* shift, con
     for (int c = 0; c < cv; c += kLanes) {
       vf v = ld(xr + c) * ld(scale + c) + ld(shift + c);
       if (rr) v += ld(rr + c);
-      st(yr + c, relu_ ? relu(v) : v);
+      st_out(yr + c, relu_ ? relu(v) : v, stream);
     }
     for (int c = cv; c < C; ++c) {
       float v = xr[c] * scale[c] + shift[c];
@@ -116,6 +147,7 @@ void apply(float* y, const float* x, const float* scale, const float* shift, con
       yr[c] = relu_ ? relu(v) : v;
     }
   }
+  end_stream(stream);
 }
 
 void backward_sums(const float* dy, const float* y, const float* x, const float* mean, float* g_out, int64_t m0,
@@ -139,8 +171,9 @@ void backward_sums(const float* dy, const float* y, const float* x, const float*
 }
 
 void backward_apply(float* dx, const float* dy, const float* y, const float* x, const float* mean, const float* a,
-                    const float* b, const float* c0, int64_t m0, int64_t m1, int C) {
+                    const float* b, const float* c0, int64_t m0, int64_t m1, int C, bool stream) {
   const int cv = C / kLanes * kLanes;
+  stream = can_stream(stream, dx, C);
   for (int64_t m = m0; m < m1; ++m) {
     const float* dyr = dy + m * C;
     const float* yr = y ? y + m * C : nullptr;
@@ -149,7 +182,7 @@ void backward_apply(float* dx, const float* dy, const float* y, const float* x, 
     for (int c = 0; c < cv; c += kLanes) {
       vf g = ld(dyr + c);
       if (yr) g = mask(g, ld(yr + c));
-      st(dxr + c, ld(a + c) * g + ld(b + c) * (ld(xr + c) - ld(mean + c)) + ld(c0 + c));
+      st_out(dxr + c, ld(a + c) * g + ld(b + c) * (ld(xr + c) - ld(mean + c)) + ld(c0 + c), stream);
     }
     for (int c = cv; c < C; ++c) {
       float g = dyr[c];
@@ -157,6 +190,7 @@ void backward_apply(float* dx, const float* dy, const float* y, const float* x, 
       dxr[c] = a[c] * g + b[c] * (xr[c] - mean[c]) + c0[c];
     }
   }
+  end_stream(stream);
 }
 }  // namespace bnk
 }  // namespace

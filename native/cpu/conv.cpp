@@ -304,6 +304,8 @@ void winograd_forward_tiles(CpuBackend& be, const WinogradVariant& v, float* y, 
   chunk = chunk == 0 ? tiles : whole_panels(chunk, tiles, kern.mr);  // 0: too few tiles to split, one task
   std::vector<std::unique_ptr<ScratchBuffer>> vbuf(static_cast<size_t>(T)), mbuf(static_cast<size_t>(T));
   std::vector<float> zeros(static_cast<size_t>(C), 0.f);
+  // A large y is streamed past the caches (the AVX-512 output transforms; see CpuBackend::stream_bytes).
+  const bool stream = static_cast<size_t>(s.N) * P * Q * K * sizeof(float) >= be.stream_bytes;
   pool.parallel_tasks((tiles + chunk - 1) / chunk, [&](int64_t task, int t) {
     auto& vb = vbuf[static_cast<size_t>(t)];
     auto& mb = mbuf[static_cast<size_t>(t)];
@@ -323,7 +325,7 @@ void winograd_forward_tiles(CpuBackend& be, const WinogradVariant& v, float* y, 
     for (int e = 0; e < v.matrices; ++e)
       gemm_detail::gemm_run(pool, kern, false, false, nt, K, C, 1.f, V + e * vst, C, nullptr, 0, 0.f, M + e * mst, K,
                             packed[static_cast<size_t>(e)].get());
-    v.out(y, M, mst, P, Q, K, TP, TQ, t0, nt, M + v.matrices * mst);  // edge outputs to the spare row
+    v.out(y, M, mst, P, Q, K, TP, TQ, t0, nt, M + v.matrices * mst, stream);  // edge outputs to the spare row
   });
 }
 

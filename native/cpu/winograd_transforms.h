@@ -1,6 +1,7 @@
 // winograd_transforms.h: the Winograd F(2x2, 3x3) and F(4x4, 3x3) data transforms of conv.cpp
 // (input tiles B^T d B, output-gradient tiles A dY A^T, output tiles A^T m A) and backward weight's
-// finish (dg = G^T dU G), loops over channels that the compiler vectorises. Compiled once per ISA (conv.cpp baseline, conv_avx2.cpp,
+// finish (dg = G^T dU G), loops over channels that the compiler vectorises. The output transforms
+// can write y with non-temporal stores (stream: AVX-512 copy, K a multiple of 16, y 64-byte aligned). Compiled once per ISA (conv.cpp baseline, conv_avx2.cpp,
 // conv_avx512.cpp: the transforms are a third to a half of a shallow Winograd convolution's time
 // and baseline x86-64 has only 4-wide SSE); each copy has internal linkage (anonymous namespace)
 // so the copies built with different flags never mix. conv.cpp picks one by the backend's ISA
@@ -8,6 +9,9 @@
 // MVEB_ISA=scalar|avx2|avx512.
 #pragma once
 #include <cstdint>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "core/backend.h"
 
@@ -19,8 +23,8 @@ struct WinogradTransforms {
   void (*input4)(float*, int64_t, const float*, const ConvShape&, int, int, int64_t, int, const float*);
   void (*zt2)(float*, int64_t, const float*, int, int, int, int, int, int64_t, int, const float*);
   void (*zt4)(float*, int64_t, const float*, int, int, int, int, int, int64_t, int, const float*);
-  void (*out2)(float*, const float*, int64_t, int, int, int, int, int, int64_t, int, float*);
-  void (*out4)(float*, const float*, int64_t, int, int, int, int, int, int64_t, int, float*);
+  void (*out2)(float*, const float*, int64_t, int, int, int, int, int, int64_t, int, float*, bool);
+  void (*out4)(float*, const float*, int64_t, int, int, int, int, int, int64_t, int, float*, bool);
   void (*finish2)(float*, int, int, const float* const*, int, int64_t, int, int, int, int);
   void (*finish4)(float*, int, int, const float* const*, int, int64_t, int, int, int, int);
 };
@@ -30,6 +34,17 @@ WinogradTransforms winograd_transforms_avx512();
 
 namespace {
 namespace wt {
+// Non-temporal stores of y in the output transforms: only the AVX-512 copy, and only with whole
+// aligned vectors (K a multiple of 16, y 64-byte aligned; the spare row is then aligned too).
+inline bool can_stream(bool stream, const float* y, int K) {
+#if defined(__AVX512F__)
+  return stream && K % 16 == 0 && (reinterpret_cast<uintptr_t>(y) & 63) == 0;
+#else
+  (void)stream, (void)y, (void)K;
+  return false;
+#endif
+}
+
 // V_e[i, c] = (B^T d B)_e (matrix e at V + e * vst) for the 4x4 input tiles of output tiles
 // [t0, t0 + nt) (TP x TQ tiles per image); zeros: C zeros for the padding.
 void input2(float* V, int64_t vst, const float* x, const ConvShape& s, int TP, int TQ, int64_t t0, int nt,
@@ -189,8 +204,9 @@ void zt4(float* Z, int64_t zst, const float* dy, int P, int Q, int K, int TP, in
 }
 
 void out2(float* y, const float* M, int64_t mst, int P, int Q, int K, int TP, int TQ, int64_t t0, int nt,
-          float* spare) {
+          float* spare, bool stream) {
   // y tile = A^T m A, the outputs inside P x Q.
+  stream = can_stream(stream, y, K);
   for (int i = 0; i < nt; ++i) {
     const int64_t tile = t0 + i;
     const int tq = static_cast<int>(tile % TQ), tp = static_cast<int>((tile / TQ) % TP);
@@ -205,6 +221,23 @@ void out2(float* y, const float* M, int64_t mst, int P, int Q, int K, int TP, in
     // Edge tiles write their missing outputs into the thread's spare row instead.
     if (!q1) y01 = spare, y11 = spare;
     if (!p1) y10 = spare, y11 = spare;
+#if defined(__AVX512F__)
+    if (stream) {
+      for (int k = 0; k < K; k += 16) {
+        __m512 mm[4][4], r[2][4];
+        for (int e = 0; e < 16; ++e) mm[e / 4][e % 4] = _mm512_loadu_ps(m + e * mst + k);
+        for (int b = 0; b < 4; ++b) {  // A^T m
+          r[0][b] = mm[0][b] + mm[1][b] + mm[2][b];
+          r[1][b] = mm[1][b] - mm[2][b] - mm[3][b];
+        }
+        _mm512_stream_ps(y00 + k, r[0][0] + r[0][1] + r[0][2]);
+        _mm512_stream_ps(y01 + k, r[0][1] - r[0][2] - r[0][3]);
+        _mm512_stream_ps(y10 + k, r[1][0] + r[1][1] + r[1][2]);
+        _mm512_stream_ps(y11 + k, r[1][1] - r[1][2] - r[1][3]);
+      }
+      continue;
+    }
+#endif
 #pragma GCC ivdep
     for (int k = 0; k < K; ++k) {
       float mm[4][4], r[2][4];
@@ -221,11 +254,15 @@ void out2(float* y, const float* M, int64_t mst, int P, int Q, int K, int TP, in
       y11[k] = r[1][1] - r[1][2] - r[1][3];
     }
   }
+#if defined(__AVX512F__)
+  if (stream) _mm_sfence();  // the streamed lines are visible before the pool's region ends
+#endif
 }
 
 void out4(float* y, const float* M, int64_t mst, int P, int Q, int K, int TP, int TQ, int64_t t0, int nt,
-          float* spare) {
+          float* spare, bool stream) {
   // y tile = A^T m A, the outputs inside P x Q (the others go to the thread's spare row).
+  stream = can_stream(stream, y, K);
     for (int i = 0; i < nt; ++i) {
     const int64_t tile = t0 + i;
     const int tq = static_cast<int>(tile % TQ), tp = static_cast<int>((tile / TQ) % TP);
@@ -236,6 +273,33 @@ void out4(float* y, const float* M, int64_t mst, int P, int Q, int K, int TP, in
       for (int b = 0; b < 4; ++b)
         yo[a][b] = (p0 + a < P && q0 + b < Q) ? y + ((n * P + p0 + a) * Q + q0 + b) * K : spare;
     const float* __restrict m = M + static_cast<int64_t>(i) * K;
+#if defined(__AVX512F__)
+    if (stream) {
+      for (int k = 0; k < K; k += 16) {
+        __m512 r[4][6];
+        for (int b = 0; b < 6; ++b) {  // A^T m, column b
+          const __m512 m0 = _mm512_loadu_ps(m + (0 * 6 + b) * mst + k), m1 = _mm512_loadu_ps(m + (1 * 6 + b) * mst + k),
+                       m2 = _mm512_loadu_ps(m + (2 * 6 + b) * mst + k), m3 = _mm512_loadu_ps(m + (3 * 6 + b) * mst + k),
+                       m4 = _mm512_loadu_ps(m + (4 * 6 + b) * mst + k), m5 = _mm512_loadu_ps(m + (5 * 6 + b) * mst + k);
+          const __m512 s12 = m1 + m2, d12 = m1 - m2, s34 = m3 + m4, d34 = m3 - m4;
+          r[0][b] = m0 + s12 + s34;
+          r[1][b] = d12 + 2.f * d34;
+          r[2][b] = s12 + 4.f * s34;
+          r[3][b] = d12 + 8.f * d34 + m5;
+        }
+        for (int a = 0; a < 4; ++a) {  // (A^T m) A, row a
+          const __m512 m0 = r[a][0], m5 = r[a][5];
+          const __m512 s12 = r[a][1] + r[a][2], d12 = r[a][1] - r[a][2], s34 = r[a][3] + r[a][4],
+                       d34 = r[a][3] - r[a][4];
+          _mm512_stream_ps(yo[a][0] + k, m0 + s12 + s34);
+          _mm512_stream_ps(yo[a][1] + k, d12 + 2.f * d34);
+          _mm512_stream_ps(yo[a][2] + k, s12 + 4.f * s34);
+          _mm512_stream_ps(yo[a][3] + k, d12 + 8.f * d34 + m5);
+        }
+      }
+      continue;
+    }
+#endif
 #pragma GCC ivdep
     for (int k = 0; k < K; ++k) {
       float r[4][6];
@@ -261,6 +325,9 @@ void out4(float* y, const float* M, int64_t mst, int P, int Q, int K, int TP, in
       }
     }
   }
+#if defined(__AVX512F__)
+  if (stream) _mm_sfence();
+#endif
 }
 
 // Backward weight's finish for the block of channels [c0, c0 + cn) x output channels [k0, k0 + kn)

@@ -3,7 +3,9 @@
 // poisoned with NaN first, under every ISA path the CPU has (scalar, AVX2, AVX-512: CpuBackend with
 // force_isa); and every reference backward against central finite differences in float64.
 // Run: mveb_native_tests "kernels:"
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <memory>
 #include <string>
@@ -402,6 +404,72 @@ TEST("kernels: batchnorm train/eval forward and backward, with and without resid
           EXPECT_REL(err(db, db_ref), kTol, what << " dbeta" << tag(*b));
         }
       }
+}
+
+// ============================ streamed outputs ============================
+
+namespace {
+// n floats, 64-byte aligned (the streamed paths need aligned outputs), filled from v.
+struct Aligned {
+  explicit Aligned(const FVec& v)
+      : n(v.size()), p(static_cast<float*>(std::aligned_alloc(64, (v.size() * 4 + 63) / 64 * 64)), &std::free) {
+    std::copy(v.begin(), v.end(), p.get());
+  }
+  FVec vec() const { return FVec(p.get(), p.get() + n); }
+  float* get() { return p.get(); }
+  size_t n;
+  std::unique_ptr<float, decltype(&std::free)> p;
+};
+}  // namespace
+
+TEST("kernels: outputs streamed past the caches (non-temporal stores) equal the cached path bit for bit") {
+  std::unique_ptr<CpuBackend> cached(new CpuBackend(2)), streamed(new CpuBackend(2));
+  if (cached->isa() != Isa::Avx512) return;  // the streamed stores are AVX-512 code
+  streamed->stream_bytes = 0;  // every eligible output streams
+  // Winograd F(4x4) (K 64: whole vectors; backward data's output C 66: the fallback) and F(2x2).
+  for (const ConvShape& s : {ConvShape{2, 22, 21, 64, 64, 3, 3, 1, 1}, ConvShape{2, 26, 23, 66, 64, 3, 3, 1, 0},
+                             ConvShape{4, 9, 7, 16, 32, 3, 3, 1, 1}}) {
+    const size_t nx = static_cast<size_t>(s.N) * s.H * s.W * s.C, nw = static_cast<size_t>(s.K) * 9 * s.C,
+                 ny = static_cast<size_t>(s.N) * s.P() * s.Q() * s.K;
+    const FVec x = rnd(nx, 1), w = rnd(nw, 2), dy = rnd(ny, 3);
+    Aligned y0(poison(ny)), y1(poison(ny)), dx0(poison(nx)), dx1(poison(nx));
+    cached->conv2d_forward(y0.get(), x.data(), w.data(), s);
+    streamed->conv2d_forward(y1.get(), x.data(), w.data(), s);
+    cached->conv2d_backward_data(dx0.get(), dy.data(), w.data(), s);
+    streamed->conv2d_backward_data(dx1.get(), dy.data(), w.data(), s);
+    EXPECT_TRUE(y0.vec() == y1.vec(), "streamed conv forward " << str(s));
+    EXPECT_TRUE(dx0.vec() == dx1.vec(), "streamed conv backward data " << str(s));
+  }
+  // Batch norm y and dx, every variant; C 64 streams, C 67 falls back.
+  for (int C : {64, 67})
+    for (int variant = 0; variant < 8; ++variant) {
+      const bool residual = variant & 1, relu = variant & 2, train = variant & 4;
+      const int M = 301;
+      const size_t n = static_cast<size_t>(M) * C;
+      const FVec x = rnd(n, 10, -2.f, 3.f), res = rnd(n, 11), dy = rnd(n, 12), gamma = rnd(C, 13, 0.5f, 1.5f),
+                 beta = rnd(C, 14), rv = rnd(C, 15, 0.5f, 2.f);
+      Aligned y[2] = {Aligned(poison(n)), Aligned(poison(n))}, dx[2] = {Aligned(poison(n)), Aligned(poison(n))},
+              dres[2] = {Aligned(poison(n)), Aligned(poison(n))};
+      int i = 0;
+      for (CpuBackend* b : {cached.get(), streamed.get()}) {
+        FVec mean(C), invstd(C), rm(C, 0.f), rvar = rv, dg(C, 0.f), db(C, 0.f);
+        if (train) {
+          b->batchnorm_forward_train(y[i].get(), mean.data(), invstd.data(), rm.data(), rvar.data(), x.data(),
+                                     gamma.data(), beta.data(), residual ? res.data() : nullptr, relu, M, C, 0.1f, 1e-5f);
+        } else {
+          b->batchnorm_forward_eval(y[i].get(), x.data(), gamma.data(), beta.data(), rm.data(), rvar.data(),
+                                    residual ? res.data() : nullptr, relu, M, C, 1e-5f);
+          for (int c = 0; c < C; ++c) invstd[c] = 1.f / std::sqrt(rvar[c] + 1e-5f);
+        }
+        b->batchnorm_backward(dx[i].get(), residual ? dres[i].get() : nullptr, dg.data(), db.data(), dy.data(),
+                              y[i].get(), x.data(), gamma.data(), mean.data(), invstd.data(), relu, train, M, C);
+        ++i;
+      }
+      const std::string what = "bn C=" + std::to_string(C) + " variant " + std::to_string(variant);
+      EXPECT_TRUE(y[0].vec() == y[1].vec(), "streamed " << what << " y");
+      EXPECT_TRUE(dx[0].vec() == dx[1].vec(), "streamed " << what << " dx");
+      if (residual) EXPECT_TRUE(dres[0].vec() == dres[1].vec(), "streamed " << what << " dresidual");
+    }
 }
 
 TEST("kernels: batchnorm training with one row per channel is refused with E_SHAPE") {
