@@ -8,7 +8,9 @@
 //   g++ -O2 -std=c++17 -Inative benchmarks/train_step_profile.cpp /tmp/build-x/libmveb_core.a -lpthread -o /tmp/tsprof
 //   MVEB_NUM_THREADS=2 /tmp/tsprof 18 cifar 128 32      (depth stem batch size)
 //   MVEB_NUM_THREADS=2 /tmp/tsprof 50 imagenet 16 224
+// MVEB_STREAM_BYTES=N sets the CPU backend's stream_bytes (A/B of the non-temporal output stores).
 #include "core/model.h"
+#include "cpu/cpu_backend.h"
 #include "core/runtime.h"
 #include "core/random.h"
 #include <sys/resource.h>
@@ -23,9 +25,9 @@ using namespace mveb;
 using clk = std::chrono::steady_clock;
 static long minflt(){ rusage u; getrusage(RUSAGE_SELF,&u); return u.ru_minflt; }
 static double cpu_s(){ timespec t; clock_gettime(CLOCK_PROCESS_CPUTIME_ID,&t); return t.tv_sec+1e-9*t.tv_nsec; }
-struct Acc { double cpu = 0, wall = 0; };
-struct T { std::map<std::string,Acc>* m; std::string k; double t0=cpu_s(); clk::time_point w0=clk::now();
-  ~T(){ Acc& a=(*m)[k]; a.cpu+=cpu_s()-t0; a.wall+=std::chrono::duration<double>(clk::now()-w0).count(); } };
+struct Acc { double cpu = 0, wall = 0; long faults = 0; };
+struct T { std::map<std::string,Acc>* m; std::string k; double t0=cpu_s(); clk::time_point w0=clk::now(); long f0=minflt();
+  ~T(){ Acc& a=(*m)[k]; a.cpu+=cpu_s()-t0; a.wall+=std::chrono::duration<double>(clk::now()-w0).count(); a.faults+=minflt()-f0; } };
 class Prof : public Backend {
  public:
   Backend& b; std::map<std::string,Acc> m;
@@ -64,6 +66,8 @@ class Prof : public Backend {
 int main(int argc, char** argv){
   if (argc < 5) { fprintf(stderr, "usage: %s DEPTH cifar|imagenet BATCH SIZE\n", argv[0]); return 2; }
   Runtime rt; Prof p(rt.cpu());
+  // MVEB_STREAM_BYTES: CpuBackend::stream_bytes (outputs at least this large are streamed past the caches)
+  if (const char* sb = getenv("MVEB_STREAM_BYTES")) dynamic_cast<CpuBackend&>(rt.cpu()).stream_bytes = strtoull(sb, nullptr, 10);
   int depth = atoi(argv[1]); bool cifar = std::string(argv[2])=="cifar"; int N = atoi(argv[3]), S = atoi(argv[4]);
   ResnetConfig c; c.depth=depth; c.cifar_stem=cifar; c.zero_init_residual=true;
   auto m = Model::resnet(p, c);
@@ -74,6 +78,6 @@ int main(int argc, char** argv){
     printf("step %.3f s wall, %.3f s CPU, %ld page faults\n", std::chrono::duration<double>(clk::now()-t0).count(), cpu_s()-c0, minflt()-f0); }
   std::vector<std::pair<double,std::string>> v; for(auto& kv: p.m) v.push_back({kv.second.cpu,kv.first});
   std::sort(v.rbegin(), v.rend());
-  printf("     CPU s   wall s  op\n");
-  for (size_t i=0;i<v.size() && i<40;++i) printf("%8.3f %8.3f  %s\n", v[i].first, p.m[v[i].second].wall, v[i].second.c_str());
+  printf("     CPU s   wall s  faults  op\n");
+  for (size_t i=0;i<v.size() && i<400;++i) { const Acc& a=p.m[v[i].second]; printf("%8.3f %8.3f %7ld  %s\n", v[i].first, a.wall, a.faults, v[i].second.c_str()); }
 }
