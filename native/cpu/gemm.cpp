@@ -85,10 +85,28 @@ void pack_b_panel(const KernelInfo& kern, const float* B, long ldb, bool transB,
 }
 
 // Packs the panels [p_begin, p_end) of op(B)[k0:k0+kc, jc:jc+nc] (panel p at dst + p * kc * NR).
+// op(B) = B: the whole panels one row of B at a time (a panel at a time would walk kc rows, a page
+// each at large ldb, once per panel).
 void pack_b_panels(const KernelInfo& kern, const float* B, long ldb, bool transB, int k0, int kc, int jc, int nc,
                    int p_begin, int p_end, float* dst) {
   const int nr = kern.nr;
-  for (int p = p_begin; p < p_end; ++p)
+  const int p_full = transB ? p_begin : std::max(p_begin, std::min(p_end, nc / nr));  // [p_begin, p_full) whole
+  auto copy_rows = [&](auto nr_const) {
+    constexpr int NR = decltype(nr_const)::value;
+    for (int k = 0; k < kc; ++k) {
+      const float* src = B + static_cast<long>(k0 + k) * ldb + jc;
+      for (int p = p_begin; p < p_full; ++p)
+        std::memcpy(dst + static_cast<long>(p) * kc * NR + static_cast<long>(k) * NR, src + p * NR, sizeof(float) * NR);
+    }
+  };
+  int p = p_begin;
+  if (p_full > p_begin) switch (nr) {
+      case 32: copy_rows(std::integral_constant<int, 32>()), p = p_full; break;
+      case 16: copy_rows(std::integral_constant<int, 16>()), p = p_full; break;
+      case 8: copy_rows(std::integral_constant<int, 8>()), p = p_full; break;
+      default: break;
+    }
+  for (; p < p_end; ++p)
     pack_b_panel(kern, B, ldb, transB, k0, kc, jc + p * nr, std::min(nr, nc - p * nr), dst + static_cast<long>(p) * kc * nr);
 }
 
