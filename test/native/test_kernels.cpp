@@ -283,6 +283,9 @@ std::vector<ConvShape> conv_cases() {
   v.push_back(ConvShape{5, 8, 8, 12, 20, 3, 3, 2, 1});
   // K > 128: backward weight in the col^T * dy orientation
   v.push_back(ConvShape{2, 12, 9, 5, 131, 3, 3, 1, 1});
+  // backward weight's patch packing with C at least the panel width (C < panel width: the shapes above)
+  v.push_back(ConvShape{2, 9, 8, 40, 24, 3, 3, 2, 1});
+  v.push_back(ConvShape{2, 7, 6, 20, 130, 3, 3, 2, 1});
   return v;
 }
 std::string str(const ConvShape& s) {
