@@ -292,7 +292,6 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
   if (m_panels >= 4 * T) m_blocks = std::max(m_blocks, T);
   if (m_blocks > 1 && m_blocks % T) m_blocks = std::min(m_panels, (m_blocks + T - 1) / T * T);
   m_blocks = std::min(m_blocks, m_panels);
-  // Block b holds panels [m_panels * b / m_blocks, m_panels * (b + 1) / m_blocks): equal within one panel.
 
   // Few rows of C cannot amortise a packing pass over op(B) (each packed element serves 2M flops):
   // then each task packs the B panels it uses on the fly, as the first row panel's kernel reads them
@@ -302,6 +301,7 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
   const bool b_on_the_fly = !packed && !transB && kern.rows != nullptr && M <= kBOnTheFlyMaxRows &&
                             (transA || kern.direct == nullptr || N >= 4 * M);
   if (b_on_the_fly && (std::min(N, kern.nc) + NR - 1) / NR >= T) m_blocks = 1;
+  // Block b holds panels [m_panels * b / m_blocks, m_panels * (b + 1) / m_blocks): equal within one panel.
   const int MC = (m_panels + m_blocks - 1) / m_blocks * MR;  // the largest block
   const bool direct = !transA && kern.direct != nullptr && !b_on_the_fly;
   // Scratch slots: 0 the packed B block; per thread t, allocated by it, 1 + 2t packed A (the block, or
