@@ -294,16 +294,18 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
   m_blocks = std::min(m_blocks, m_panels);
 
   // Few rows of C cannot amortise a packing pass over op(B) (each packed element serves 2M flops):
-  // then each task packs the B panels it uses on the fly, as the first row panel's kernel reads them
-  // from B in place (a last partial column panel is packed beforehand). Each thread then works on
-  // whole columns of C, so no B panel is packed twice. The rows kernel needs packed A: when the direct
-  // kernel could read A in place, only worth it with several times more columns than rows (measured).
-  const bool b_on_the_fly = !packed && !transB && kern.rows != nullptr && M <= kBOnTheFlyMaxRows &&
-                            (transA || kern.direct == nullptr || N >= 4 * M);
+  // then each task packs the B panels it uses on the fly, into a panel buffer that stays in L2. For
+  // op(B) = B the first row panel's kernel packs each panel as it reads it from B in place (a last
+  // partial column panel is packed beforehand); the rows kernel needs packed A, so when the direct
+  // kernel could read A in place, only with several times more columns than rows (measured). For
+  // op(B) = B^T each panel is transposed just before use. Each thread works on whole columns of C,
+  // so no B panel is packed twice.
+  const bool b_on_the_fly = !packed && kern.rows != nullptr && M <= kBOnTheFlyMaxRows &&
+                            (transB ? kern.pack_bt != nullptr : transA || kern.direct == nullptr || N >= 4 * M);
   if (b_on_the_fly && (std::min(N, kern.nc) + NR - 1) / NR >= T) m_blocks = 1;
   // Block b holds panels [m_panels * b / m_blocks, m_panels * (b + 1) / m_blocks): equal within one panel.
   const int MC = (m_panels + m_blocks - 1) / m_blocks * MR;  // the largest block
-  const bool direct = !transA && kern.direct != nullptr && !b_on_the_fly;
+  const bool direct = !transA && kern.direct != nullptr && !(b_on_the_fly && !transB);
   // Scratch slots: 0 the packed B block; per thread t, allocated by it, 1 + 2t packed A (the block, or
   // the last partial panel for direct kernels) and 2 + 2t, with B packed on the fly, the current panel.
   WorkspaceLease lease(workspace);
@@ -358,12 +360,12 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
             if (b_on_the_fly) {
               float* panel = ws.get(2 + 2 * thread, static_cast<size_t>(KC) * NR);
               pb = first_b = panel;
-              if (nr == NR) {
+              if (!transB && nr == NR) {
                 first_b = B + static_cast<long>(pc) * ldb + jc + j0;
                 first_ldb = ldb;
                 if (mc > MR) copy_b = panel;
-              } else {  // the kernel reads NR columns: pack the partial panel, zero-padded
-                pack_b_panel(kern, B, ldb, false, pc, kc, jc + j0, nr, panel);
+              } else {  // B^T, or a partial panel (the kernel reads NR columns): packed, zero-padded
+                pack_b_panel(kern, B, ldb, transB, pc, kc, jc + j0, nr, panel);
               }
             }
             for (int ir = 0; ir < mc; ir += MR) {
