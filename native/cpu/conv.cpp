@@ -454,41 +454,16 @@ void winograd_f2x3_weight(CpuBackend& be, float* dw, const float* dy, const floa
 void winograd_f2x3(CpuBackend& be, float* y, const float* x, const ConvShape& s, const float* w, bool flipped) {
   ThreadPool& pool = be.pool();
   const int C = s.C, K = s.K;
-  // U_e = (G g G^T)_e, computed along the dimension contiguous in w: [K, C] rows (op(B) = U_e^T) for
-  // the forward filter w[k, tap, c]; [C, K] rows for the flipped one, w[c, 8 - tap, k].
-  const int outer = flipped ? C : K, inner = flipped ? K : C;
+  // U_e = (G g G^T)_e, computed along the dimension contiguous in w (this ISA's filter2): [K, C] rows
+  // (op(B) = U_e^T) for the forward filter w[k, tap, c]; [C, K] rows for the flipped one, w[c, 8 - tap, k].
+  const int outer = flipped ? C : K;
   const int64_t est = static_cast<int64_t>(C) * K;
   // The 16 matrices lie kWinogradSkew floats further apart than their size (C * K is often a
   // multiple of 4 KB: the transform's 16 store streams would share L1 sets).
   const int64_t ust = est + kWinogradSkew;
   ScratchBuffer u(static_cast<size_t>(16 * ust));
-  pool.parallel_for(outer, 1, [&](int64_t b, int64_t e, int) {
-    for (int64_t o = b; o < e; ++o) {
-      const float* g[9];
-      for (int tap = 0; tap < 9; ++tap)
-        g[tap] = flipped ? w + (o * 9 + 8 - tap) * K : w + (o * 9 + tap) * C;
-      float* __restrict d = u.get() + o * inner;
-#pragma GCC ivdep
-      for (int i = 0; i < inner; ++i) {
-        float t[4][3];
-        #pragma GCC unroll 16
-        for (int j = 0; j < 3; ++j) {  // t = G g
-          const float g0 = g[j][i], g1 = g[3 + j][i], g2 = g[6 + j][i];
-          t[0][j] = g0;
-          t[1][j] = 0.5f * (g0 + g1 + g2);
-          t[2][j] = 0.5f * (g0 - g1 + g2);
-          t[3][j] = g2;
-        }
-        #pragma GCC unroll 16
-        for (int r = 0; r < 4; ++r) {  // (G g) G^T
-          d[(r * 4 + 0) * ust + i] = t[r][0];
-          d[(r * 4 + 1) * ust + i] = 0.5f * (t[r][0] + t[r][1] + t[r][2]);
-          d[(r * 4 + 2) * ust + i] = 0.5f * (t[r][0] - t[r][1] + t[r][2]);
-          d[(r * 4 + 3) * ust + i] = t[r][2];
-        }
-      }
-    }
-  });
+  const auto filter = winograd_transforms(be.isa()).filter2;
+  pool.parallel_for(outer, 1, [&](int64_t b, int64_t e, int) { filter(u.get(), ust, w, flipped, C, K, b, e); });
   winograd_forward_tiles(be, winograd_variant(be.isa(), 2), y, x, s, u.get(), ust, flipped);
 }
 
@@ -513,44 +488,14 @@ void winograd_f4x3_weight(CpuBackend& be, float* dw, const float* dy, const floa
 void winograd_f4x3(CpuBackend& be, float* y, const float* x, const ConvShape& s, const float* w, bool flipped) {
   ThreadPool& pool = be.pool();
   const int C = s.C, K = s.K;
-  const int outer = flipped ? C : K, inner = flipped ? K : C;
+  const int outer = flipped ? C : K;
   const int64_t est = static_cast<int64_t>(C) * K;
   // The 36 matrices lie kWinogradSkew floats further apart than their size (36 store streams
   // C * K floats apart would otherwise share L1 sets).
   const int64_t ust = est + kWinogradSkew;
   ScratchBuffer u(static_cast<size_t>(36 * ust));
-  pool.parallel_for(outer, 1, [&](int64_t b, int64_t e, int) {
-    for (int64_t o = b; o < e; ++o) {
-      const float* g[9];
-      for (int tap = 0; tap < 9; ++tap)
-        g[tap] = flipped ? w + (o * 9 + 8 - tap) * K : w + (o * 9 + tap) * C;
-      float* __restrict d = u.get() + o * inner;
-#pragma GCC ivdep
-      for (int i = 0; i < inner; ++i) {
-        float t[6][3];
-        #pragma GCC unroll 3
-        for (int j = 0; j < 3; ++j) {  // t = G g, column j
-          const float g0 = g[j][i], g1 = g[3 + j][i], g2 = g[6 + j][i];
-          t[0][j] = g0 * (1.f / 4);
-          t[1][j] = (g0 + g1 + g2) * (-1.f / 6);
-          t[2][j] = (g0 - g1 + g2) * (-1.f / 6);
-          t[3][j] = g0 * (1.f / 24) + g1 * (1.f / 12) + g2 * (1.f / 6);
-          t[4][j] = g0 * (1.f / 24) - g1 * (1.f / 12) + g2 * (1.f / 6);
-          t[5][j] = g2;
-        }
-        #pragma GCC unroll 6
-        for (int r = 0; r < 6; ++r) {  // (G g) G^T, row r
-          const float g0 = t[r][0], g1 = t[r][1], g2 = t[r][2];
-          d[(r * 6 + 0) * ust + i] = g0 * (1.f / 4);
-          d[(r * 6 + 1) * ust + i] = (g0 + g1 + g2) * (-1.f / 6);
-          d[(r * 6 + 2) * ust + i] = (g0 - g1 + g2) * (-1.f / 6);
-          d[(r * 6 + 3) * ust + i] = g0 * (1.f / 24) + g1 * (1.f / 12) + g2 * (1.f / 6);
-          d[(r * 6 + 4) * ust + i] = g0 * (1.f / 24) - g1 * (1.f / 12) + g2 * (1.f / 6);
-          d[(r * 6 + 5) * ust + i] = g2;
-        }
-      }
-    }
-  });
+  const auto filter = winograd_transforms(be.isa()).filter4;
+  pool.parallel_for(outer, 1, [&](int64_t b, int64_t e, int) { filter(u.get(), ust, w, flipped, C, K, b, e); });
   winograd_forward_tiles(be, winograd_variant(be.isa(), 4), y, x, s, u.get(), ust, flipped);
 }
 }  // namespace

@@ -1,6 +1,6 @@
 // winograd_transforms.h: the Winograd F(2x2, 3x3) and F(4x4, 3x3) data transforms of conv.cpp
-// (input tiles B^T d B, output-gradient tiles A dY A^T, output tiles A^T m A) and backward weight's
-// finish (dg = G^T dU G), loops over channels that the compiler vectorises. The output transforms
+// (input tiles B^T d B, output-gradient tiles A dY A^T, output tiles A^T m A), the filter transforms
+// (G g G^T) and backward weight's finish (dg = G^T dU G), loops over channels that the compiler vectorises. The output transforms
 // can write y with non-temporal stores (stream: AVX-512 copy, K a multiple of 16, y 64-byte aligned). Compiled once per ISA (conv.cpp baseline, conv_avx2.cpp,
 // conv_avx512.cpp: the transforms are a third to a half of a shallow Winograd convolution's time
 // and baseline x86-64 has only 4-wide SSE); each copy has internal linkage (anonymous namespace)
@@ -27,6 +27,8 @@ struct WinogradTransforms {
   void (*out4)(float*, const float*, int64_t, int, int, int, int, int, int64_t, int, float*, bool);
   void (*finish2)(float*, int, int, const float* const*, int, int64_t, int, int, int, int);
   void (*finish4)(float*, int, int, const float* const*, int, int64_t, int, int, int, int);
+  void (*filter2)(float*, int64_t, const float*, bool, int, int, int64_t, int64_t);
+  void (*filter4)(float*, int64_t, const float*, bool, int, int, int64_t, int64_t);
 };
 WinogradTransforms winograd_transforms_scalar();
 WinogradTransforms winograd_transforms_avx2();
@@ -417,13 +419,82 @@ void finish4(float* dw, int C, int K, const float* const* parts, int nparts, int
     }
 }
 
+// The filter transforms U_e = (G g G^T)_e (matrix e at u + e * ust) for the rows [o0, o1) of the
+// dimension not contiguous in w: [K, C] rows (op(B) = U_e^T) for the forward filter w[k, tap, c]
+// (flipped = false); [C, K] rows for backward data's flipped one, w[c, 8 - tap, k] (flipped = true;
+// C and K are then the convolution's, i.e. the original K and C).
+void filter2(float* u, int64_t ust, const float* w, bool flipped, int C, int K, int64_t o0, int64_t o1) {
+  const int inner = flipped ? K : C;
+  for (int64_t o = o0; o < o1; ++o) {
+    const float* g[9];
+    for (int tap = 0; tap < 9; ++tap)
+      g[tap] = flipped ? w + (o * 9 + 8 - tap) * K : w + (o * 9 + tap) * C;
+    float* __restrict d = u + o * inner;
+#pragma GCC ivdep
+    for (int i = 0; i < inner; ++i) {
+      float t[4][3];
+      #pragma GCC unroll 16
+      for (int j = 0; j < 3; ++j) {  // t = G g
+        const float g0 = g[j][i], g1 = g[3 + j][i], g2 = g[6 + j][i];
+        t[0][j] = g0;
+        t[1][j] = 0.5f * (g0 + g1 + g2);
+        t[2][j] = 0.5f * (g0 - g1 + g2);
+        t[3][j] = g2;
+      }
+      #pragma GCC unroll 16
+      for (int r = 0; r < 4; ++r) {  // (G g) G^T
+        d[(r * 4 + 0) * ust + i] = t[r][0];
+        d[(r * 4 + 1) * ust + i] = 0.5f * (t[r][0] + t[r][1] + t[r][2]);
+        d[(r * 4 + 2) * ust + i] = 0.5f * (t[r][0] - t[r][1] + t[r][2]);
+        d[(r * 4 + 3) * ust + i] = t[r][2];
+      }
+    }
+  }
+}
+
+// The same for F(4x4, 3x3) (36 matrices).
+void filter4(float* u, int64_t ust, const float* w, bool flipped, int C, int K, int64_t o0, int64_t o1) {
+  const int inner = flipped ? K : C;
+  for (int64_t o = o0; o < o1; ++o) {
+    const float* g[9];
+    for (int tap = 0; tap < 9; ++tap)
+      g[tap] = flipped ? w + (o * 9 + 8 - tap) * K : w + (o * 9 + tap) * C;
+    float* __restrict d = u + o * inner;
+#pragma GCC ivdep
+    for (int i = 0; i < inner; ++i) {
+      float t[6][3];
+      #pragma GCC unroll 3
+      for (int j = 0; j < 3; ++j) {  // t = G g, column j
+        const float g0 = g[j][i], g1 = g[3 + j][i], g2 = g[6 + j][i];
+        t[0][j] = g0 * (1.f / 4);
+        t[1][j] = (g0 + g1 + g2) * (-1.f / 6);
+        t[2][j] = (g0 - g1 + g2) * (-1.f / 6);
+        t[3][j] = g0 * (1.f / 24) + g1 * (1.f / 12) + g2 * (1.f / 6);
+        t[4][j] = g0 * (1.f / 24) - g1 * (1.f / 12) + g2 * (1.f / 6);
+        t[5][j] = g2;
+      }
+      #pragma GCC unroll 6
+      for (int r = 0; r < 6; ++r) {  // (G g) G^T, row r
+        const float g0 = t[r][0], g1 = t[r][1], g2 = t[r][2];
+        d[(r * 6 + 0) * ust + i] = g0 * (1.f / 4);
+        d[(r * 6 + 1) * ust + i] = (g0 + g1 + g2) * (-1.f / 6);
+        d[(r * 6 + 2) * ust + i] = (g0 - g1 + g2) * (-1.f / 6);
+        d[(r * 6 + 3) * ust + i] = g0 * (1.f / 24) + g1 * (1.f / 12) + g2 * (1.f / 6);
+        d[(r * 6 + 4) * ust + i] = g0 * (1.f / 24) - g1 * (1.f / 12) + g2 * (1.f / 6);
+        d[(r * 6 + 5) * ust + i] = g2;
+      }
+    }
+  }
+}
+
 }  // namespace wt
 }  // namespace
 
 // Defines the function NAME returning this translation unit's transforms.
 #define MVEB_DEFINE_WINOGRAD_TRANSFORMS(NAME) \
   WinogradTransforms NAME() {                                                                                   \
-    return {&wt::input2, &wt::input4, &wt::zt2, &wt::zt4, &wt::out2, &wt::out4, &wt::finish2, &wt::finish4};   \
+    return {&wt::input2,  &wt::input4,  &wt::zt2,     &wt::zt4,    &wt::out2,                                   \
+            &wt::out4,    &wt::finish2, &wt::finish4, &wt::filter2, &wt::filter4};                              \
   }
 
 }  // namespace mveb
