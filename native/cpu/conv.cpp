@@ -74,35 +74,44 @@ constexpr int kWeightNarrowK = 128;  // backward weight: dy^T * col up to this K
 
 bool is_pointwise(const ConvShape& s) { return s.R == 1 && s.S == 1 && s.stride == 1 && s.pad == 0; }
 
-// col[r - row0, (r_, s_, c)] for output rows [row0, row1) (row = (n * P + p) * Q + q).
-void im2col(ThreadPool& pool, float* col, const float* x, const ConvShape& s, int64_t row0, int64_t row1) {
-  const int P = s.P(), Q = s.Q(), C = s.C;
-  const int64_t rsc = static_cast<int64_t>(s.R) * s.S * C;
-  pool.parallel_for(row1 - row0, 16, [&](int64_t b, int64_t e, int) {
-    for (int64_t i = b; i < e; ++i) {
-      const int64_t row = row0 + i;
-      const int q = static_cast<int>(row % Q), p = static_cast<int>((row / Q) % P);
-      const int64_t n = row / (static_cast<int64_t>(P) * Q);
-      float* dst = col + i * rsc;
-      // For each filter row the S taps read S * C contiguous floats of x (the part inside the
-      // image); the taps that fall into the padding are zeros.
-      const int w0 = q * s.stride - s.pad;
-      const int s_lo = std::max(0, -w0), s_hi = std::min(s.S, s.W - w0);
-      const size_t row_floats = static_cast<size_t>(s.S) * C;
-      for (int r = 0; r < s.R; ++r) {
-        const int h = p * s.stride - s.pad + r;
-        float* d = dst + static_cast<int64_t>(r) * s.S * C;
-        if (h < 0 || h >= s.H || s_lo >= s_hi) {
-          std::memset(d, 0, sizeof(float) * row_floats);
-          continue;
-        }
-        if (s_lo > 0) std::memset(d, 0, sizeof(float) * static_cast<size_t>(s_lo) * C);
-        std::memcpy(d + static_cast<int64_t>(s_lo) * C, x + ((n * s.H + h) * s.W + w0 + s_lo) * C,
-                    sizeof(float) * static_cast<size_t>(s_hi - s_lo) * C);
-        if (s_hi < s.S)
-          std::memset(d + static_cast<int64_t>(s_hi) * C, 0, sizeof(float) * static_cast<size_t>(s.S - s_hi) * C);
-      }
+// Where output row `row` = (n * P + p) * Q + q reads x: image n, first input column w0, and the
+// filter taps [s_lo, s_hi) that fall inside the image (the others read the zero padding).
+struct PatchRow {
+  int64_t n;
+  int p, w0, s_lo, s_hi;
+};
+inline PatchRow patch_row(const ConvShape& s, int64_t row) {
+  const int P = s.P(), Q = s.Q();
+  const int q = static_cast<int>(row % Q), p = static_cast<int>((row / Q) % P);
+  const int w0 = q * s.stride - s.pad;
+  return {row / (static_cast<int64_t>(P) * Q), p, w0, std::max(0, -w0), std::min(s.S, s.W - w0)};
+}
+
+// One patch row col[(r_, s_, c)] (R * S * C floats at d) of output row `row`: for each filter row the
+// S taps read S * C contiguous floats of x (the part inside the image); taps in the padding are zeros.
+void im2col_row(float* d, const float* x, const ConvShape& s, int64_t row) {
+  const PatchRow pr = patch_row(s, row);
+  const int C = s.C;
+  const size_t row_floats = static_cast<size_t>(s.S) * C;
+  for (int r = 0; r < s.R; ++r, d += row_floats) {
+    const int h = pr.p * s.stride - s.pad + r;
+    if (h < 0 || h >= s.H || pr.s_lo >= pr.s_hi) {
+      std::memset(d, 0, sizeof(float) * row_floats);
+      continue;
     }
+    if (pr.s_lo > 0) std::memset(d, 0, sizeof(float) * static_cast<size_t>(pr.s_lo) * C);
+    std::memcpy(d + static_cast<int64_t>(pr.s_lo) * C, x + ((pr.n * s.H + h) * s.W + pr.w0 + pr.s_lo) * C,
+                sizeof(float) * static_cast<size_t>(pr.s_hi - pr.s_lo) * C);
+    if (pr.s_hi < s.S)
+      std::memset(d + static_cast<int64_t>(pr.s_hi) * C, 0, sizeof(float) * static_cast<size_t>(s.S - pr.s_hi) * C);
+  }
+}
+
+// col[r - row0, (r_, s_, c)] for output rows [row0, row1).
+void im2col(ThreadPool& pool, float* col, const float* x, const ConvShape& s, int64_t row0, int64_t row1) {
+  const int64_t rsc = static_cast<int64_t>(s.R) * s.S * s.C;
+  pool.parallel_for(row1 - row0, 16, [&](int64_t b, int64_t e, int) {
+    for (int64_t i = b; i < e; ++i) im2col_row(col + i * rsc, x, s, row0 + i);
   });
 }
 
@@ -186,31 +195,14 @@ void col2im_scatter(float* dx_img, const float* dcol, const ConvShape& s, int p0
 // 7x7/2 42.9 -> 35.6 ms); wider C emits whole panels straight from x.
 template <int MR>
 void im2col_packed(float* Ap, const float* x, const ConvShape& s, int64_t row0, int kc, int m_panels) {
-  const int P = s.P(), Q = s.Q(), C = s.C;
+  const int C = s.C;
   const int rsc = s.R * s.S * C;
   const int64_t panel = static_cast<int64_t>(kc) * MR + kPanelSkew;
   if (C < MR) {
-    const int span = s.S * C;
     std::vector<float> patch(static_cast<size_t>(m_panels) * MR, 0.f);  // the columns past RSC stay zero
     float* const pr = patch.data();
     for (int k = 0; k < kc; ++k) {
-      const int64_t row = row0 + k;
-      const int q = static_cast<int>(row % Q), p = static_cast<int>((row / Q) % P);
-      const int64_t n = row / (static_cast<int64_t>(P) * Q);
-      const int w0 = q * s.stride - s.pad;
-      const int s_lo = std::max(0, -w0), s_hi = std::min(s.S, s.W - w0);
-      for (int r = 0; r < s.R; ++r) {
-        const int h = p * s.stride - s.pad + r;
-        float* d = pr + r * span;
-        if (h < 0 || h >= s.H || s_lo >= s_hi) {
-          std::fill(d, d + span, 0.f);
-          continue;
-        }
-        std::fill(d, d + s_lo * C, 0.f);
-        const float* src = x + ((n * s.H + h) * s.W + w0 + s_lo) * C;
-        std::copy(src, src + (s_hi - s_lo) * C, d + s_lo * C);
-        std::fill(d + s_hi * C, d + span, 0.f);
-      }
+      im2col_row(pr, x, s, row0 + k);
       float* dst = Ap + static_cast<int64_t>(k) * MR;
       for (int ip = 0; ip < m_panels; ++ip, dst += panel) std::memcpy(dst, pr + ip * MR, sizeof(float) * MR);
     }
@@ -247,13 +239,11 @@ void im2col_packed(float* Ap, const float* x, const ConvShape& s, int64_t row0, 
   };
   const int row_floats = s.S * C;
   for (int k = 0; k < kc; ++k) {
-    const int64_t row = row0 + k;
-    const int q = static_cast<int>(row % Q), p = static_cast<int>((row / Q) % P);
-    const int64_t n = row / (static_cast<int64_t>(P) * Q);
-    const int w0 = q * s.stride - s.pad;
-    const int s_lo = std::max(0, -w0), s_hi = std::min(s.S, s.W - w0);
+    const PatchRow pt = patch_row(s, row0 + k);
+    const int64_t n = pt.n;
+    const int w0 = pt.w0, s_lo = pt.s_lo, s_hi = pt.s_hi;
     for (int r = 0; r < s.R; ++r) {
-      const int h = p * s.stride - s.pad + r;
+      const int h = pt.p * s.stride - s.pad + r;
       const int base = r * row_floats;
       if (h < 0 || h >= s.H || s_lo >= s_hi) {
         emit(k, base, nullptr, row_floats);

@@ -172,6 +172,10 @@ void micro_14x32_direct(int kc, const float* __restrict A, long lda, const float
 }
 // out[j] = column j of the 16 x 16 block r (r[i] = row i): unpack pairs of rows, shuffle 4 x 4 blocks
 // within the 128-bit lanes, then gather the lanes.
+// (GCC 12 reports the intrinsics' internal undefined operand '__Y' of the unpack / shuffle builtins
+// as maybe-uninitialised here: a false positive of its headers, silenced for this function only.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 inline void transpose16(const __m512 r[16], __m512 out[16]) {
   __m512 t[16], u[16];
 #pragma GCC unroll 8
@@ -196,6 +200,7 @@ inline void transpose16(const __m512 r[16], __m512 out[16]) {
     out[12 + c] = _mm512_shuffle_f32x4(v1, w1, 0xDD);
   }
 }
+#pragma GCC diagnostic pop
 
 // A 32-wide panel of op(B) = B^T in 16 x 16 transposed blocks (the portable loop gathers one float
 // at a time: ~5 % of a one-thread 1024^3 (1,1) product).

@@ -339,20 +339,27 @@ void out4(float* y, const float* M, int64_t mst, int P, int Q, int K, int TP, in
 // updated along c, kFinishC floats (4 cache lines) per row of dw.
 constexpr int kFinishC = 64, kFinishK = 16;
 
+// S[q][k] = the sum over the nparts partial sums of parts[i][q * pst + c * K + k0 + k], q < Q, k < kn:
+// the gathered G^T S G input of the backward-weight finish (float for F(2x2), double for F(4x4)).
+template <int Q, typename T>
+inline void sum_partials(T (*S)[kFinishK], const float* const* parts, int nparts, int64_t pst, int c, int K, int k0, int kn) {
+  for (int q = 0; q < Q; ++q) {
+    const float* src = parts[0] + q * pst + static_cast<int64_t>(c) * K + k0;
+    for (int k = 0; k < kn; ++k) S[q][k] = src[k];
+    for (int i = 1; i < nparts; ++i) {
+      const float* o = parts[i] + q * pst + static_cast<int64_t>(c) * K + k0;
+      for (int k = 0; k < kn; ++k) S[q][k] += o[k];
+    }
+  }
+}
+
 void finish2(float* dw, int C, int K, const float* const* parts, int nparts, int64_t pst, int c0, int cn, int k0,
              int kn) {
   constexpr int B = kFinishK;
   float blk[9][kFinishC][B];  // [tap][c][k]
   for (int c = 0; c < cn; ++c) {
     float S[16][B];
-    for (int q = 0; q < 16; ++q) {
-      const float* src = parts[0] + q * pst + static_cast<int64_t>(c0 + c) * K + k0;
-      for (int k = 0; k < kn; ++k) S[q][k] = src[k];
-      for (int i = 1; i < nparts; ++i) {
-        const float* o = parts[i] + q * pst + static_cast<int64_t>(c0 + c) * K + k0;
-        for (int k = 0; k < kn; ++k) S[q][k] += o[k];
-      }
-    }
+    sum_partials<16>(S, parts, nparts, pst, c0 + c, K, k0, kn);
     for (int k = 0; k < kn; ++k) {
       float t[3][4];  // G^T S, G^T = [1 .5 .5 0; 0 .5 -.5 0; 0 .5 .5 1]
       #pragma GCC unroll 4
@@ -385,14 +392,7 @@ void finish4(float* dw, int C, int K, const float* const* parts, int nparts, int
   float blk[9][kFinishC][B];  // [tap][c][k]
   for (int c = 0; c < cn; ++c) {
     double S[36][B];
-    for (int q = 0; q < 36; ++q) {
-      const float* src = parts[0] + q * pst + static_cast<int64_t>(c0 + c) * K + k0;
-      for (int k = 0; k < kn; ++k) S[q][k] = src[k];
-      for (int i = 1; i < nparts; ++i) {
-        const float* o = parts[i] + q * pst + static_cast<int64_t>(c0 + c) * K + k0;
-        for (int k = 0; k < kn; ++k) S[q][k] += o[k];
-      }
-    }
+    sum_partials<36>(S, parts, nparts, pst, c0 + c, K, k0, kn);
     for (int k = 0; k < kn; ++k) {
       double t[3][6];  // G^T S
       #pragma GCC unroll 6

@@ -71,6 +71,32 @@ Vec numeric_grad(Vec v, const Vec& dy, F f) {
   return g;
 }
 
+/** One GEMM case on every backend against the float64 reference: padded leading dimensions (pad[0..2]
+ *  extra columns for A, B, C), alpha/beta from the case index, written part of C NaN-poisoned when
+ *  beta = 0 (the padding columns must survive). */
+template <class Backends>
+void check_gemm_case(Backends& backends, int M, int N, int K, bool ta, bool tb, int case_index, const int pad[3], int seed) {
+  static const float ab[][2] = {{1.f, 0.f}, {-0.7f, 0.5f}, {1.3f, 1.f}};
+  const float alpha = ab[case_index % 3][0], beta = ab[case_index % 3][1];
+  const int lda = (ta ? M : K) + pad[0], ldb = (tb ? K : N) + pad[1], ldc = N + pad[2];
+  const FVec A = rnd(static_cast<size_t>(ta ? K : M) * lda, seed + case_index);
+  const FVec B = rnd(static_cast<size_t>(tb ? N : K) * ldb, seed + 1000 + case_index);
+  const FVec C0 = rnd(static_cast<size_t>(M) * ldc, seed + 2000 + case_index);
+  Vec ref = to_d(C0);
+  const Vec Ad = to_d(A), Bd = to_d(B);
+  ref::gemm(ta, tb, M, N, K, alpha, Ad.data(), lda, Bd.data(), ldb, beta, ref.data(), ldc);
+  for (auto& b : backends) {
+    FVec C = C0;
+    if (beta == 0.f)
+      for (int i = 0; i < M; ++i)
+        for (int j = 0; j < N; ++j) C[static_cast<size_t>(i) * ldc + j] = kNaN;
+    b->gemm(ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, C.data(), ldc);
+    EXPECT_REL(err(C, ref), kTol,
+               "gemm M=" << M << " N=" << N << " K=" << K << " tA=" << ta << " tB=" << tb << " alpha=" << alpha
+                         << " beta=" << beta << tag(*b));
+  }
+}
+
 }  // namespace
 
 // ============================ GEMM ============================
@@ -78,32 +104,12 @@ Vec numeric_grad(Vec v, const Vec& dy, F f) {
 TEST("kernels: gemm matches the reference for odd sizes, all transposes, alpha/beta, lda > K") {
   auto backends = isa_backends();
   const int sizes[] = {1, 3, 17, 67, 130};
-  const float ab[][2] = {{1.f, 0.f}, {-0.7f, 0.5f}, {1.3f, 1.f}};
+  const int pad[3] = {3, 2, 1};
   int case_index = 0;
   for (int M : sizes)
     for (int N : sizes)
       for (int K : sizes)
-        for (int t = 0; t < 4; ++t, ++case_index) {
-          const bool ta = t & 1, tb = t & 2;
-          const float alpha = ab[case_index % 3][0], beta = ab[case_index % 3][1];
-          const int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 2, ldc = N + 1;
-          const FVec A = rnd(static_cast<size_t>(ta ? K : M) * lda, 1000 + case_index);
-          const FVec B = rnd(static_cast<size_t>(tb ? N : K) * ldb, 2000 + case_index);
-          const FVec C0 = rnd(static_cast<size_t>(M) * ldc, 3000 + case_index);
-          Vec ref = to_d(C0);
-          const Vec Ad = to_d(A), Bd = to_d(B);
-          ref::gemm(ta, tb, M, N, K, alpha, Ad.data(), lda, Bd.data(), ldb, beta, ref.data(), ldc);
-          for (auto& b : backends) {
-            FVec C = C0;
-            if (beta == 0.f)  // poison the written part; the padding columns must survive
-              for (int i = 0; i < M; ++i)
-                for (int j = 0; j < N; ++j) C[static_cast<size_t>(i) * ldc + j] = kNaN;
-            b->gemm(ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, C.data(), ldc);
-            EXPECT_REL(err(C, ref), kTol,
-                       "gemm M=" << M << " N=" << N << " K=" << K << " tA=" << ta << " tB=" << tb << " alpha=" << alpha
-                                 << " beta=" << beta << tag(*b));
-          }
-        }
+        for (int t = 0; t < 4; ++t, ++case_index) check_gemm_case(backends, M, N, K, t & 1, t & 2, case_index, pad, 1000);
 }
 
 TEST("kernels: gemm beyond one cache block (K > KC, N > NC), M > 128, K = 0 and alpha = 0") {
@@ -155,31 +161,10 @@ TEST("kernels: gemm few-row products (B packed on the fly), partial row/column t
       b->force_isa(isa);
       if (b->isa() == isa) backends.push_back(std::move(b));
     }
-  const float ab[][2] = {{1.f, 0.f}, {-0.7f, 0.5f}, {1.3f, 1.f}};
+  const int pad[3] = {1, 3, 2};
   int case_index = 0;
   for (const auto& shape : shapes)
-    for (int t = 0; t < 4; ++t, ++case_index) {
-      const int M = shape[0], N = shape[1], K = shape[2];
-      const bool ta = t & 1, tb = t & 2;
-      const float alpha = ab[case_index % 3][0], beta = ab[case_index % 3][1];
-      const int lda = (ta ? M : K) + 1, ldb = (tb ? K : N) + 3, ldc = N + 2;
-      const FVec A = rnd(static_cast<size_t>(ta ? K : M) * lda, 4000 + case_index);
-      const FVec B = rnd(static_cast<size_t>(tb ? N : K) * ldb, 5000 + case_index);
-      const FVec C0 = rnd(static_cast<size_t>(M) * ldc, 6000 + case_index);
-      Vec ref = to_d(C0);
-      const Vec Ad = to_d(A), Bd = to_d(B);
-      ref::gemm(ta, tb, M, N, K, alpha, Ad.data(), lda, Bd.data(), ldb, beta, ref.data(), ldc);
-      for (auto& b : backends) {
-        FVec C = C0;
-        if (beta == 0.f)  // poison the written part; the padding columns must survive
-          for (int i = 0; i < M; ++i)
-            for (int j = 0; j < N; ++j) C[static_cast<size_t>(i) * ldc + j] = kNaN;
-        b->gemm(ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, C.data(), ldc);
-        EXPECT_REL(err(C, ref), kTol,
-                   "gemm M=" << M << " N=" << N << " K=" << K << " tA=" << ta << " tB=" << tb << " alpha=" << alpha
-                             << " beta=" << beta << tag(*b));
-      }
-    }
+    for (int t = 0; t < 4; ++t, ++case_index) check_gemm_case(backends, shape[0], shape[1], shape[2], t & 1, t & 2, case_index, pad, 4000);
 }
 
 TEST("kernels: gemm keeps its workspace between calls: growing sizes, and two threads calling one backend at once") {
