@@ -423,12 +423,16 @@ void finish4(float* dw, int C, int K, const float* const* parts, int nparts, int
 // dimension not contiguous in w: [K, C] rows (op(B) = U_e^T) for the forward filter w[k, tap, c]
 // (flipped = false); [C, K] rows for backward data's flipped one, w[c, 8 - tap, k] (flipped = true;
 // C and K are then the convolution's, i.e. the original K and C).
+// g[tap] = the 3x3 filter's tap row of row o (length C, or K when flipped).
+inline void filter_taps(const float* g[9], const float* w, bool flipped, int C, int K, int64_t o) {
+  for (int tap = 0; tap < 9; ++tap) g[tap] = flipped ? w + (o * 9 + 8 - tap) * K : w + (o * 9 + tap) * C;
+}
+
 void filter2(float* u, int64_t ust, const float* w, bool flipped, int C, int K, int64_t o0, int64_t o1) {
   const int inner = flipped ? K : C;
   for (int64_t o = o0; o < o1; ++o) {
     const float* g[9];
-    for (int tap = 0; tap < 9; ++tap)
-      g[tap] = flipped ? w + (o * 9 + 8 - tap) * K : w + (o * 9 + tap) * C;
+    filter_taps(g, w, flipped, C, K, o);
     float* __restrict d = u + o * inner;
 #pragma GCC ivdep
     for (int i = 0; i < inner; ++i) {
@@ -457,8 +461,7 @@ void filter4(float* u, int64_t ust, const float* w, bool flipped, int C, int K, 
   const int inner = flipped ? K : C;
   for (int64_t o = o0; o < o1; ++o) {
     const float* g[9];
-    for (int tap = 0; tap < 9; ++tap)
-      g[tap] = flipped ? w + (o * 9 + 8 - tap) * K : w + (o * 9 + tap) * C;
+    filter_taps(g, w, flipped, C, K, o);
     float* __restrict d = u + o * inner;
 #pragma GCC ivdep
     for (int i = 0; i < inner; ++i) {
