@@ -10,9 +10,10 @@
 //   node benchmarks/train-step.js --only r18 one configuration (r18 | r50)
 // Env: MVEB_ADDON_PATH (default build/Release/mveb.node), MVEB_NUM_THREADS (default 2, = PyTorch's
 // threads here), MVEB_BENCH_NO_TORCH=1 to skip PyTorch.
-// Napkin math: resnet50 224 forward is 4.1 GFLOP/image, a training step ~3x that = 12.3 GFLOP/image;
-// at the 2-core FP32 peak of ~400 GFLOP/s the floor is ~33 img/s. resnet18-cifar 32x32: 0.56
-// GFLOP/image forward, ~1.67 GFLOP/image per step, floor ~240 img/s.
+// Napkin math (anchors.md): resnet50 224 forward is 4.1 GMAC = 8.2 GFLOP/image, a training step ~3x
+// that = 24.7 GFLOP/image; at the 2-core FP32 peak of ~400 GFLOP/s the floor is ~16 img/s.
+// resnet18-cifar 32x32: 0.56 GMAC = 1.11 GFLOP/image forward, ~3.3 GFLOP/image per step, floor ~120
+// img/s. (Winograd convolutions do fewer multiplications than these direct-convolution counts.)
 'use strict';
 const fs = require('fs');
 const path = require('path');
@@ -35,7 +36,7 @@ const opt = (name, fallback) => {
 };
 const steps = Number(opt('--steps', '2'));
 const only = opt('--only', null);
-const FLOP_PER_IMAGE = { r50: 3 * 4.11e9, r18: 3 * 0.556e9 };
+const FLOP_PER_IMAGE = { r50: 3 * 2 * 4.11e9, r18: 3 * 2 * 0.556e9 }; // 3 x forward, 2 FLOP per MAC
 const configs = [
   // smaller first: the native peak counter is process-wide, so each row's peak covers it and those before
   { key: 'r18', name: 'resnet18-cifar 32x32 batch 128', depth: 18, stem: 'cifar', batch: 128, size: 32 },
@@ -103,7 +104,7 @@ const mib = (b) => (b / 2 ** 20).toFixed(0) + ' MiB';
     const fmt = (t) => (!t ? 'n/a' : t.error ? `error: ${t.error}` : `${t.images_per_s.toFixed(2)} img/s, ${t.images_per_cpu_s.toFixed(2)} img/CPU-s (peak RSS ${mib(t.max_rss_bytes)})`);
     console.log(`\n${c.name}`);
     console.log(`  ours                 ${o.imagesPerS.toFixed(2)} img/s, ${o.imagesPerCpuS.toFixed(2)} img/CPU-s (steps ${o.times.map((t) => t.toFixed(2)).join(', ')} s; ` +
-      `peak native memory ${mib(o.peak)}, activations arena ${mib(o.activationBytes)}; ${(100 * o.imagesPerS / floor).toFixed(0)}% of the FP32-peak floor ${floor.toFixed(0)} img/s)`);
+      `peak native memory ${mib(o.peak)}, activations arena ${mib(o.activationBytes)}; ${(100 * o.imagesPerS / floor).toFixed(0)}% of the 2-core FP32 peak in direct-convolution FLOP, which gives ${floor.toFixed(0)} img/s)`);
     console.log(`  PyTorch NCHW         ${fmt(tn)}`);
     console.log(`  PyTorch channels_last ${fmt(tc)}`);
     if (bestTorch > 0) console.log(`  ratio ours / best PyTorch: ${(o.imagesPerS / bestTorch).toFixed(2)}x wall, ${(o.imagesPerCpuS / bestTorchCpu).toFixed(2)}x per CPU-second`);

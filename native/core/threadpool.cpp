@@ -2,14 +2,44 @@
 #include "core/threadpool.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <exception>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 namespace mveb {
 
 namespace {
 thread_local bool tl_inside_region = false;
+
+// How long a thread polls for the next region (worker) or the end of the current one (caller)
+// before it sleeps on the condition variable. Short enough that an idle pool costs nothing
+// measurable; long enough to bridge the gaps between the regions of one kernel sequence.
+constexpr int64_t kSpinMicros = 100;
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#else
+  std::this_thread::yield();
+#endif
 }
+
+// Polls done() for up to kSpinMicros; true when it became true.
+template <class Done>
+bool spin_until(Done done) {
+  const auto limit = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicros);
+  for (;;) {
+    for (int i = 0; i < 64; ++i) {
+      if (done()) return true;
+      cpu_relax();
+    }
+    if (std::chrono::steady_clock::now() >= limit) return false;
+  }
+}
+}  // namespace
 
 int default_thread_count() {
   if (const char* s = std::getenv("MVEB_NUM_THREADS")) {
@@ -38,9 +68,10 @@ void ThreadPool::worker(int index) {
   uint64_t seen = 0;
   for (;;) {
     const std::function<void(int)>* body;
+    spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; });
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
+      wake_.wait(lock, [&] { return stop_ || generation_.load(std::memory_order_relaxed) != seen; });
       if (stop_) return;
       seen = generation_;
       if (index >= participants_) continue;
@@ -57,7 +88,7 @@ void ThreadPool::worker(int index) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       if (error && !error_) error_ = error;
-      if (--pending_ == 0) done_.notify_one();
+      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) done_.notify_one();
     }
   }
 }
@@ -72,8 +103,8 @@ void ThreadPool::run_region(const std::function<void(int)>& body, int participan
     std::lock_guard<std::mutex> lock(mutex_);
     body_ = &body;
     participants_ = participants;
-    pending_ = participants - 1;
-    ++generation_;
+    pending_.store(participants - 1, std::memory_order_relaxed);
+    generation_.fetch_add(1, std::memory_order_release);
   }
   wake_.notify_all();
   tl_inside_region = true;
@@ -84,8 +115,9 @@ void ThreadPool::run_region(const std::function<void(int)>& body, int participan
     error = std::current_exception();
   }
   tl_inside_region = false;
+  spin_until([&] { return pending_.load(std::memory_order_acquire) == 0; });
   std::unique_lock<std::mutex> lock(mutex_);
-  done_.wait(lock, [&] { return pending_ == 0; });
+  done_.wait(lock, [&] { return pending_.load(std::memory_order_relaxed) == 0; });
   body_ = nullptr;
   if (!error) error = error_;
   error_ = nullptr;
