@@ -105,6 +105,9 @@ def torch_bn(m, c):
 
 
 def ours(*args):
+    # torch's BLAS / OpenMP threads keep spinning for up to ~0.1 s after its last call; on 2 cores they
+    # would share the CPUs with our threads during a short (few ms) measurement: let them go idle first.
+    time.sleep(0.3)
     out = subprocess.run([binary, str(threads), *map(str, args)], check=True, capture_output=True, text=True).stdout
     return [l.split() for l in out.splitlines() if l.strip()]
 
