@@ -13,6 +13,8 @@
 #include <immintrin.h>
 #endif
 
+#include "cpu/kernel_util.h"  // can_stream_rows
+
 namespace mveb {
 
 // One ISA's row loops; rows [m0, m1) of [M, C] arrays. The sums ADD into float accumulators of C.
@@ -50,15 +52,6 @@ inline vf ld(const float* p) {
   return v;
 }
 inline void st(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
-// Rows written with non-temporal stores: the AVX-512 copy, whole aligned vectors only.
-inline bool can_stream(bool stream, const float* out, int C) {
-#if defined(__AVX512F__)
-  return stream && C % 16 == 0 && (reinterpret_cast<uintptr_t>(out) & 63) == 0;
-#else
-  (void)stream, (void)out, (void)C;
-  return false;
-#endif
-}
 inline void st_out(float* p, vf v, bool stream) {
 #if defined(__AVX512F__)
   if (stream) {
@@ -131,7 +124,7 @@ void forward_sums(const float* x, const float* x0, int64_t m0, int64_t m1, int C
 void apply(float* y, const float* x, const float* scale, const float* shift, const float* residual, bool relu_,
            int64_t m0, int64_t m1, int C, bool stream) {
   const int cv = C / kLanes * kLanes;
-  stream = can_stream(stream, y, C);
+  stream = can_stream_rows(stream, y, C);
   for (int64_t m = m0; m < m1; ++m) {
     const float* xr = x + m * C;
     const float* rr = residual ? residual + m * C : nullptr;
@@ -173,7 +166,7 @@ void backward_sums(const float* dy, const float* y, const float* x, const float*
 void backward_apply(float* dx, const float* dy, const float* y, const float* x, const float* mean, const float* a,
                     const float* b, const float* c0, int64_t m0, int64_t m1, int C, bool stream) {
   const int cv = C / kLanes * kLanes;
-  stream = can_stream(stream, dx, C);
+  stream = can_stream_rows(stream, dx, C);
   for (int64_t m = m0; m < m1; ++m) {
     const float* dyr = dy + m * C;
     const float* yr = y ? y + m * C : nullptr;

@@ -3,6 +3,7 @@
 // checks come from core/op_checks.h (shared with the CUDA backend).
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <new>
 
@@ -10,6 +11,20 @@
 #include "core/op_checks.h"  // check_positive, check_nonnegative, the op-table shape checks
 
 namespace mveb {
+
+namespace {
+// Whether rows of n floats at out may be written with non-temporal stores: only in the AVX-512 build
+// of a kernel file, and only with whole aligned vectors (n a multiple of 16, out 64-byte aligned;
+// every later row is then aligned too). Internal linkage: the answer depends on the file's ISA flags.
+inline bool can_stream_rows(bool stream, const float* out, int n) {
+#if defined(__AVX512F__)
+  return stream && n % 16 == 0 && (reinterpret_cast<uintptr_t>(out) & 63) == 0;
+#else
+  (void)stream, (void)out, (void)n;
+  return false;
+#endif
+}
+}  // namespace
 
 // Scratch memory for one kernel call; freed when it goes out of scope.
 class ScratchBuffer {

@@ -14,6 +14,7 @@
 #endif
 
 #include "core/backend.h"
+#include "cpu/kernel_util.h"  // can_stream_rows
 
 namespace mveb {
 
@@ -36,16 +37,6 @@ WinogradTransforms winograd_transforms_avx512();
 
 namespace {
 namespace wt {
-// Non-temporal stores of y in the output transforms: only the AVX-512 copy, and only with whole
-// aligned vectors (K a multiple of 16, y 64-byte aligned; the spare row is then aligned too).
-inline bool can_stream(bool stream, const float* y, int K) {
-#if defined(__AVX512F__)
-  return stream && K % 16 == 0 && (reinterpret_cast<uintptr_t>(y) & 63) == 0;
-#else
-  (void)stream, (void)y, (void)K;
-  return false;
-#endif
-}
 
 // V_e[i, c] = (B^T d B)_e (matrix e at V + e * vst) for the 4x4 input tiles of output tiles
 // [t0, t0 + nt) (TP x TQ tiles per image); zeros: C zeros for the padding.
@@ -208,7 +199,7 @@ void zt4(float* Z, int64_t zst, const float* dy, int P, int Q, int K, int TP, in
 void out2(float* y, const float* M, int64_t mst, int P, int Q, int K, int TP, int TQ, int64_t t0, int nt,
           float* spare, bool stream) {
   // y tile = A^T m A, the outputs inside P x Q.
-  stream = can_stream(stream, y, K);
+  stream = can_stream_rows(stream, y, K);
   for (int i = 0; i < nt; ++i) {
     const int64_t tile = t0 + i;
     const int tq = static_cast<int>(tile % TQ), tp = static_cast<int>((tile / TQ) % TP);
@@ -264,7 +255,7 @@ void out2(float* y, const float* M, int64_t mst, int P, int Q, int K, int TP, in
 void out4(float* y, const float* M, int64_t mst, int P, int Q, int K, int TP, int TQ, int64_t t0, int nt,
           float* spare, bool stream) {
   // y tile = A^T m A, the outputs inside P x Q (the others go to the thread's spare row).
-  stream = can_stream(stream, y, K);
+  stream = can_stream_rows(stream, y, K);
     for (int i = 0; i < nt; ++i) {
     const int64_t tile = t0 + i;
     const int tq = static_cast<int>(tile % TQ), tp = static_cast<int>((tile / TQ) % TP);
