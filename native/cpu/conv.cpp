@@ -257,6 +257,19 @@ void im2col_packed(float* Ap, const float* x, const ConvShape& s, int64_t row0, 
   }
 }
 
+// The same with the panel size P known at run time (the micro-kernel's MR or NR).
+void im2col_packed(int P, float* Ap, const float* x, const ConvShape& s, int64_t row0, int kc, int panels) {
+  switch (P) {  // the micro-kernels' panel sizes, as compile-time constants
+    case 32: return im2col_packed<32>(Ap, x, s, row0, kc, panels);
+    case 16: return im2col_packed<16>(Ap, x, s, row0, kc, panels);
+    case 14: return im2col_packed<14>(Ap, x, s, row0, kc, panels);
+    case 8: return im2col_packed<8>(Ap, x, s, row0, kc, panels);
+    case 6: return im2col_packed<6>(Ap, x, s, row0, kc, panels);
+    case 4: return im2col_packed<4>(Ap, x, s, row0, kc, panels);
+    default: MVEB_CHECK(false, "E_INTERNAL", "conv2d_backward_weight: no patch packing for panel size ", P);
+  }
+}
+
 // rows rows of n floats (row k at src + k * ld) packed into W-wide panels (panel p at dst + p * pst,
 // row k at + k * W), the last panel padded with zeros: the micro-kernel operand of dy's rows.
 template <int W>
@@ -648,71 +661,17 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
     return;
   }
   if (chunk > 0) {
-    if (s.K > kWeightNarrowK) {
-      // dw^T[RSC, K] = col^T[RSC, rows] * dy[rows, K] on the micro-kernel directly: each task packs its
-      // chunk of patch rows straight into the A panels (no col matrix, no second packing copy) and its
-      // dy rows into the B panels, and accumulates into its thread's zero-padded dw^T (full tiles
-      // only); the partials are transposed and added to dw at the end.
-      const gemm_detail::KernelInfo kern = gemm_detail::kernel_for(isa());
-      const int MR = kern.mr, NR = kern.nr;
-      const int m_panels = (rsc + MR - 1) / MR, n_panels = (s.K + NR - 1) / NR;
-      const int64_t ldc = static_cast<int64_t>(n_panels) * NR;
-      const int64_t part_floats = static_cast<int64_t>(m_panels) * MR * ldc;
-      std::vector<std::unique_ptr<ScratchBuffer>> apack(static_cast<size_t>(T)), bpack(static_cast<size_t>(T)),
-          partial(static_cast<size_t>(T));
-      pool().parallel_tasks((rows + chunk - 1) / chunk, [&](int64_t task, int t) {
-        auto& acc = partial[static_cast<size_t>(t)];
-        const bool first = !acc;
-        if (first) {
-          apack[static_cast<size_t>(t)].reset(
-              new ScratchBuffer(static_cast<size_t>((chunk * MR + kPanelSkew) * m_panels)));
-          bpack[static_cast<size_t>(t)].reset(
-              new ScratchBuffer(static_cast<size_t>((chunk * NR + kPanelSkew) * n_panels)));
-          acc.reset(new ScratchBuffer(static_cast<size_t>(part_floats)));
-        }
-        const int64_t r0 = task * chunk;
-        const int kc = static_cast<int>(std::min(rows, r0 + chunk) - r0);
-        float* Ap = apack[static_cast<size_t>(t)]->get();
-        float* Bp = bpack[static_cast<size_t>(t)]->get();
-        switch (MR) {  // the micro-kernels' panel heights, as compile-time constants
-          case 14: im2col_packed<14>(Ap, x, s, r0, kc, m_panels); break;
-          case 6: im2col_packed<6>(Ap, x, s, r0, kc, m_panels); break;
-          case 4: im2col_packed<4>(Ap, x, s, r0, kc, m_panels); break;
-          default: MVEB_CHECK(false, "E_INTERNAL", "conv2d_backward_weight: no packing for panel height ", MR);
-        }
-        pack_rows(NR, Bp, kc * NR + kPanelSkew, dy + r0 * s.K, s.K, kc, s.K);
-        float* c = acc->get();
-        const float beta = first ? 0.f : 1.f;
-        for (int ip = 0; ip < m_panels; ++ip)
-          for (int jp = 0; jp < n_panels; ++jp)
-            kern.fn(kc, Ap + static_cast<int64_t>(ip) * (kc * MR + kPanelSkew),
-                    Bp + static_cast<int64_t>(jp) * (kc * NR + kPanelSkew),
-                    c + static_cast<int64_t>(ip) * MR * ldc + static_cast<int64_t>(jp) * NR, static_cast<long>(ldc), beta);
-      });
-      // dw[k, i] += sum over threads of partial[i, k], in blocks of 16 patch entries.
-      pool().parallel_for((rsc + 15) / 16, 1, [&](int64_t b, int64_t e, int) {
-        for (int64_t blk = b; blk < e; ++blk) {
-          const int i0 = static_cast<int>(blk * 16), i1 = std::min(rsc, i0 + 16);
-          for (int k = 0; k < s.K; ++k) {
-            float* d = dw + static_cast<int64_t>(k) * rsc;
-            for (const auto& acc : partial) {
-              if (!acc) continue;
-              const float* a = acc->get() + k;
-              for (int i = i0; i < i1; ++i) d[i] += a[i * ldc];
-            }
-          }
-        }
-      });
-      return;
-    }
-    // dw[K, RSC] += dy^T[K, rows] * col[rows, RSC] on the micro-kernel directly: each task gathers its
-    // chunk of patch rows straight into the NR-wide B panels (no col matrix, no second packing copy;
-    // whole panels are plain copies when C is a multiple of NR) and its dy rows into the MR-tall A
-    // panels, and accumulates into its thread's zero-padded partial dw (full tiles only); the
-    // partials are added to dw at the end.
+    // On the micro-kernel directly: each task gathers its chunk of patch rows straight into packed
+    // panels (no col matrix, no second packing copy; whole panels are plain copies when C is a
+    // multiple of the panel size) and its dy rows into the other operand's panels, and accumulates
+    // into its thread's zero-padded partial (full tiles only); the partials are added to dw at the end.
+    // Up to kWeightNarrowK output channels: dw[K, RSC] = dy^T[K, rows] * col[rows, RSC] (col in the
+    // NR-wide B panels); wider: dw^T[RSC, K] = col^T * dy (col in the MR-tall A panels), transposed
+    // into dw at the end.
+    const bool col_is_a = s.K > kWeightNarrowK;
     const gemm_detail::KernelInfo kern = gemm_detail::kernel_for(isa());
     const int MR = kern.mr, NR = kern.nr;
-    const int m_panels = (s.K + MR - 1) / MR, n_panels = (rsc + NR - 1) / NR;
+    const int m_panels = ((col_is_a ? rsc : s.K) + MR - 1) / MR, n_panels = ((col_is_a ? s.K : rsc) + NR - 1) / NR;
     const int64_t ldc = static_cast<int64_t>(n_panels) * NR;
     const int64_t part_floats = static_cast<int64_t>(m_panels) * MR * ldc;
     std::vector<std::unique_ptr<ScratchBuffer>> apack(static_cast<size_t>(T)), bpack(static_cast<size_t>(T)),
@@ -731,32 +690,54 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
       const int kc = static_cast<int>(std::min(rows, r0 + chunk) - r0);
       float* Ap = apack[static_cast<size_t>(t)]->get();
       float* Bp = bpack[static_cast<size_t>(t)]->get();
-      switch (NR) {  // the micro-kernels' panel widths, as compile-time constants
-        case 32: im2col_packed<32>(Bp, x, s, r0, kc, n_panels); break;
-        case 16: im2col_packed<16>(Bp, x, s, r0, kc, n_panels); break;
-        case 8: im2col_packed<8>(Bp, x, s, r0, kc, n_panels); break;
-        default: MVEB_CHECK(false, "E_INTERNAL", "conv2d_backward_weight: no packing for panel width ", NR);
+      if (col_is_a) {
+        im2col_packed(MR, Ap, x, s, r0, kc, m_panels);
+        pack_rows(NR, Bp, kc * NR + kPanelSkew, dy + r0 * s.K, s.K, kc, s.K);
+      } else {
+        im2col_packed(NR, Bp, x, s, r0, kc, n_panels);
+        pack_rows(MR, Ap, kc * MR + kPanelSkew, dy + r0 * s.K, s.K, kc, s.K);  // A panel ip: dy^T rows [ip * MR, +MR)
       }
-      // A panel ip: dy^T rows (channels) [ip * MR, ip * MR + MR)
-      pack_rows(MR, Ap, kc * MR + kPanelSkew, dy + r0 * s.K, s.K, kc, s.K);
       float* c = acc->get();
       const float beta = first ? 0.f : 1.f;
-      for (int jp = 0; jp < n_panels; ++jp)  // one B panel against every A panel while it is in L1
+      auto tile = [&](int ip, int jp) {
+        kern.fn(kc, Ap + static_cast<int64_t>(ip) * (kc * MR + kPanelSkew), Bp + static_cast<int64_t>(jp) * (kc * NR + kPanelSkew),
+                c + static_cast<int64_t>(ip) * MR * ldc + static_cast<int64_t>(jp) * NR, static_cast<long>(ldc), beta);
+      };
+      if (col_is_a) {
         for (int ip = 0; ip < m_panels; ++ip)
-          kern.fn(kc, Ap + static_cast<int64_t>(ip) * (kc * MR + kPanelSkew),
-                  Bp + static_cast<int64_t>(jp) * (kc * NR + kPanelSkew),
-                  c + static_cast<int64_t>(ip) * MR * ldc + static_cast<int64_t>(jp) * NR, static_cast<long>(ldc), beta);
-    });
-    pool().parallel_for(s.K, 1, [&](int64_t b, int64_t e, int) {
-      for (int64_t k = b; k < e; ++k) {
-        float* d = dw + k * rsc;
-        for (const auto& acc : partial) {
-          if (!acc) continue;
-          const float* a = acc->get() + k * ldc;
-          for (int i = 0; i < rsc; ++i) d[i] += a[i];
-        }
+          for (int jp = 0; jp < n_panels; ++jp) tile(ip, jp);
+      } else {
+        for (int jp = 0; jp < n_panels; ++jp)  // one (patch) B panel against every A panel while it is in L1
+          for (int ip = 0; ip < m_panels; ++ip) tile(ip, jp);
       }
     });
+    if (col_is_a) {
+      // dw[k, i] += sum over threads of partial[i, k], in blocks of 16 patch entries.
+      pool().parallel_for((rsc + 15) / 16, 1, [&](int64_t b, int64_t e, int) {
+        for (int64_t blk = b; blk < e; ++blk) {
+          const int i0 = static_cast<int>(blk * 16), i1 = std::min(rsc, i0 + 16);
+          for (int k = 0; k < s.K; ++k) {
+            float* d = dw + static_cast<int64_t>(k) * rsc;
+            for (const auto& acc : partial) {
+              if (!acc) continue;
+              const float* a = acc->get() + k;
+              for (int i = i0; i < i1; ++i) d[i] += a[i * ldc];
+            }
+          }
+        }
+      });
+    } else {
+      pool().parallel_for(s.K, 1, [&](int64_t b, int64_t e, int) {
+        for (int64_t k = b; k < e; ++k) {
+          float* d = dw + k * rsc;
+          for (const auto& acc : partial) {
+            if (!acc) continue;
+            const float* a = acc->get() + k * ldc;
+            for (int i = 0; i < rsc; ++i) d[i] += a[i];
+          }
+        }
+      });
+    }
     return;
   }
   const int64_t big = std::max<int64_t>(1, std::min<int64_t>(rows, kWorkspaceFloats / rsc));
