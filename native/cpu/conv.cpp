@@ -4,16 +4,17 @@
 // cache (kChunkFloats per thread): each pool thread gathers its chunk's patches (im2col) into its own
 // workspace and runs a single-threaded GEMM on it, so the patch matrix is never written to memory
 // in full:
-//   forward          3x3 stride 1 with C, K >= 8: Winograd F(2x2, 3x3) (winograd_f2x3: input, filter
+//   forward          3x3 stride 1 with C, K >= 8: Winograd F(2x2, 3x3) (winograd_conv: input, filter
 //                    and output transforms around 16 GEMMs per chunk of 2x2 output tiles); with
-//                    64 <= C, K <= 256 and enough tiles F(4x4, 3x3) (winograd_f4x3: 36 GEMMs per
+//                    64 <= C, K <= 256 and enough tiles F(4x4, 3x3) (winograd_conv m = 4: 36 GEMMs per
 //                    chunk of 4x4 output tiles). Otherwise
 //                    y[rows, K]      = col[rows, RSC] * w[K, RSC]^T
-//   backward weight  3x3 stride 1 with C, K >= 8: Winograd F(2x2, 3x3) (winograd_f2x3_weight: 16
+//   backward weight  3x3 stride 1 with C, K >= 8: Winograd F(2x2, 3x3) (winograd_weight: 16
 //                    GEMMs over the transformed input and output-gradient tiles), F(4x4, 3x3) where
-//                    the forward uses it (winograd_f4x3_weight, 36 GEMMs). Otherwise
-//                    dw[K, RSC]     += dy[rows, K]^T * col[rows, RSC] on the micro-kernel, the
-//                                      patches gathered straight into packed panels (per-thread
+//                    the forward uses it (m = 4, 36 GEMMs). Otherwise
+//                    dw[K, RSC]     += dy[rows, K]^T * col[rows, RSC] (K > 128: dw^T += col^T * dy)
+//                                      on the micro-kernel, the patches gathered straight into
+//                                      packed panels (per-thread
 //                                      partials, summed; ACCUMULATES into dw as backend.h says)
 //   backward data    stride 1 (square filter, pad < R): the forward convolution of dy with the
 //                    flipped, channel-transposed filter (pad R - 1 - pad). Otherwise
@@ -335,23 +336,27 @@ void add_weight_blocks(ThreadPool& pool, float* dw, int C, int K, const std::vec
 }
 
 // One Winograd F(m x m, 3x3) variant (m = 2 or 4): m + 2 input points per side, so (m + 2)^2
-// transformed matrices; this ISA's tile transforms; tiles per task: at least min_chunk (forward) or
-// weight_chunk (backward weight, the GEMM depth), else about chunk_floats / (C + K).
+// transformed matrices; this ISA's tile, filter and weight-gradient transforms; tiles per task: at
+// least min_chunk (forward) or weight_chunk (backward weight, the GEMM depth), else about
+// chunk_floats / (C + K).
 struct WinogradVariant {
   int m, matrices;
   decltype(WinogradTransforms::input2) input;
   decltype(WinogradTransforms::zt2) zt;
   decltype(WinogradTransforms::out2) out;
+  decltype(WinogradTransforms::filter2) filter;
+  decltype(WinogradTransforms::finish2) finish;
   int64_t min_chunk, weight_chunk, chunk_floats;
 };
 WinogradVariant winograd_variant(Isa isa, int m) {
   const WinogradTransforms tf = winograd_transforms(isa);
-  if (m == 2) return {2, 16, tf.input2, tf.zt2, tf.out2, 128, 128, int64_t(16) << 10};
-  return {4, 36, tf.input4, tf.zt4, tf.out4, kWinograd4MinChunk, kWinograd4WeightChunk, kWinograd4ChunkFloats};
+  if (m == 2) return {2, 16, tf.input2, tf.zt2, tf.out2, tf.filter2, tf.finish2, 128, 128, int64_t(16) << 10};
+  return {4, 36, tf.input4, tf.zt4, tf.out4, tf.filter4, tf.finish4, kWinograd4MinChunk, kWinograd4WeightChunk,
+          kWinograd4ChunkFloats};
 }
 
 // y from the transformed filter u (v.matrices matrices ust floats apart, rows as described at
-// winograd_f2x3), over chunks of output tiles: input transform, v.matrices GEMMs, output transform.
+// winograd_conv), over chunks of output tiles: input transform, v.matrices GEMMs, output transform.
 void winograd_forward_tiles(CpuBackend& be, const WinogradVariant& v, float* y, const float* x, const ConvShape& s,
                             const float* u, int64_t ust, bool flipped) {
   ThreadPool& pool = be.pool();
@@ -442,65 +447,42 @@ std::vector<std::unique_ptr<ScratchBuffer>> winograd_weight_partials(CpuBackend&
 // k, tap r * 3 + s, input channel c. The data transforms (tf: input, output, output gradient) are in
 // winograd_transforms.h, compiled once per ISA.
 //
-// dw += the weight gradient of a 3x3 stride-1 convolution by the same F(2x2, 3x3) algorithm: with
-// Y = A^T [U .* V] A per tile and U = G g G^T, dU_e = sum over tiles of V_e[t, :]^T Z_e[t, :] where
-// Z = A dY A^T (dY the tile's 2x2 output gradient, zero outside P x Q), and dg = G^T dU G: 16 GEMMs
-// of depth = tiles, accumulated per thread, then summed and transformed back.
-void winograd_f2x3_weight(CpuBackend& be, float* dw, const float* dy, const float* x, const ConvShape& s) {
-  const int C = s.C, K = s.K;
-  const int64_t est = static_cast<int64_t>(C) * K;
-  const auto partial = winograd_weight_partials(be, winograd_variant(be.isa(), 2), dy, x, s);
-  // dw[k, r, s, c] += (G^T S G)[r, s] for S[u][v] = sum over threads of S_(u*4+v)[c, k].
-  add_weight_blocks(be.pool(), dw, C, K, partial, est + kWinogradSkew, winograd_transforms(be.isa()).finish2);
-}
-
-void winograd_f2x3(CpuBackend& be, float* y, const float* x, const ConvShape& s, const float* w, bool flipped) {
-  ThreadPool& pool = be.pool();
-  const int C = s.C, K = s.K;
-  // U_e = (G g G^T)_e, computed along the dimension contiguous in w (this ISA's filter2): [K, C] rows
-  // (op(B) = U_e^T) for the forward filter w[k, tap, c]; [C, K] rows for the flipped one, w[c, 8 - tap, k].
-  const int outer = flipped ? C : K;
-  const int64_t est = static_cast<int64_t>(C) * K;
-  // The 16 matrices lie kWinogradSkew floats further apart than their size (C * K is often a
-  // multiple of 4 KB: the transform's 16 store streams would share L1 sets).
-  const int64_t ust = est + kWinogradSkew;
-  ScratchBuffer u(static_cast<size_t>(16 * ust));
-  const auto filter = winograd_transforms(be.isa()).filter2;
-  pool.parallel_for(outer, 1, [&](int64_t b, int64_t e, int) { filter(u.get(), ust, w, flipped, C, K, b, e); });
-  winograd_forward_tiles(be, winograd_variant(be.isa(), 2), y, x, s, u.get(), ust, flipped);
-}
-
-// Winograd F(4x4, 3x3) (Lavin & Gray 2015, points 0, +-1, +-2, inf) for the deep 3x3 stride-1
-// convolutions (C, K >= kWinograd4MinChannels): 6x6 input tiles, 36 GEMMs per chunk of 4x4 output
-// tiles, 4x fewer multiplications than im2col (F(2x2, 3x3): 2.25x). Same layout and roles of
-// filt / flipped as winograd_f2x3. B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0;
-// 0 4 0 -5 0 1], G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1],
-// A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1].
+// Winograd F(4x4, 3x3) (points 0, +-1, +-2, inf) for the deep 3x3 stride-1 convolutions (C, K >=
+// kWinograd4MinChannels): 6x6 input tiles, 36 GEMMs per chunk of 4x4 output tiles, 4x fewer
+// multiplications than im2col. Same layout and roles of filt / flipped. B^T = [4 0 -5 0 1 0;
+// 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1], G = [1/4 0 0;
+// -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1], A^T = [1 1 1 1 1 0;
+// 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1].
 //
-// dw += the weight gradient of a 3x3 stride-1 convolution by F(4x4, 3x3), as winograd_f2x3_weight:
-// dU_e = sum over tiles of V_e[t, :]^T Z_e[t, :] with Z = A dY A^T (dY the tile's 4x4 output
-// gradient, zero outside P x Q), dg = G^T dU G (in double): 36 GEMMs of depth = tiles.
-void winograd_f4x3_weight(CpuBackend& be, float* dw, const float* dy, const float* x, const ConvShape& s) {
-  const int C = s.C, K = s.K;
-  const int64_t est = static_cast<int64_t>(C) * K;
-  const auto partial = winograd_weight_partials(be, winograd_variant(be.isa(), 4), dy, x, s);
-  // dw[k, r, s, c] += (G^T S G)[r, s] for S[u][v] = sum over threads of S_(u*6+v)[c, k], in double.
-  add_weight_blocks(be.pool(), dw, C, K, partial, est + kWinogradSkew, winograd_transforms(be.isa()).finish4);
+// dw += the weight gradient of a 3x3 stride-1 convolution by the same F(m x m, 3x3) algorithm: with
+// Y = A^T [U .* V] A per tile and U = G g G^T, dU_e = sum over tiles of V_e[t, :]^T Z_e[t, :] where
+// Z = A dY A^T (dY the tile's m x m output gradient, zero outside P x Q), and dg = G^T dU G (in
+// double for F(4x4)): (m + 2)^2 GEMMs of depth = tiles, accumulated per thread, then summed and
+// transformed back.
+void winograd_weight(CpuBackend& be, int m, float* dw, const float* dy, const float* x, const ConvShape& s) {
+  const WinogradVariant v = winograd_variant(be.isa(), m);
+  const int64_t est = static_cast<int64_t>(s.C) * s.K;
+  const auto partial = winograd_weight_partials(be, v, dy, x, s);
+  // dw[k, r, s, c] += (G^T S G)[r, s] for S[u][v] = sum over threads of S_(u*(m+2)+v)[c, k] (F(4x4): in double).
+  add_weight_blocks(be.pool(), dw, s.C, s.K, partial, est + kWinogradSkew, v.finish);
 }
 
-void winograd_f4x3(CpuBackend& be, float* y, const float* x, const ConvShape& s, const float* w, bool flipped) {
-  ThreadPool& pool = be.pool();
+// y by F(m x m, 3x3), m = 2 or 4 (filt / flipped as described above).
+void winograd_conv(CpuBackend& be, int m, float* y, const float* x, const ConvShape& s, const float* w, bool flipped) {
+  const WinogradVariant v = winograd_variant(be.isa(), m);
   const int C = s.C, K = s.K;
+  // U_e = (G g G^T)_e, computed along the dimension contiguous in w (this ISA's filter transform):
+  // [K, C] rows (op(B) = U_e^T) for the forward filter w[k, tap, c]; [C, K] rows for the flipped one,
+  // w[c, 8 - tap, k].
   const int outer = flipped ? C : K;
-  const int64_t est = static_cast<int64_t>(C) * K;
-  // The 36 matrices lie kWinogradSkew floats further apart than their size (36 store streams
-  // C * K floats apart would otherwise share L1 sets).
-  const int64_t ust = est + kWinogradSkew;
-  ScratchBuffer u(static_cast<size_t>(36 * ust));
-  const auto filter = winograd_transforms(be.isa()).filter4;
-  pool.parallel_for(outer, 1, [&](int64_t b, int64_t e, int) { filter(u.get(), ust, w, flipped, C, K, b, e); });
-  winograd_forward_tiles(be, winograd_variant(be.isa(), 4), y, x, s, u.get(), ust, flipped);
+  // The matrices lie kWinogradSkew floats further apart than their size (C * K is often a multiple
+  // of 4 KB: the transform's 16 or 36 store streams would share L1 sets).
+  const int64_t ust = static_cast<int64_t>(C) * K + kWinogradSkew;
+  ScratchBuffer u(static_cast<size_t>(v.matrices * ust));
+  be.pool().parallel_for(outer, 1, [&](int64_t b, int64_t e, int) { v.filter(u.get(), ust, w, flipped, C, K, b, e); });
+  winograd_forward_tiles(be, v, y, x, s, u.get(), ust, flipped);
 }
+
 }  // namespace
 
 namespace {
@@ -521,9 +503,9 @@ void conv_forward_impl(CpuBackend& be, float* y, const float* x, const float* w,
     const int64_t tiles4 = static_cast<int64_t>(s.N) * ((s.P() + 3) / 4) * ((s.Q() + 3) / 4);
     const int cmin = std::min(s.C, s.K), cmax = std::max(s.C, s.K);
     if (cmin >= kWinograd4MinChannels && cmax <= kWinograd4MaxChannels && tiles4 >= cmax)
-      winograd_f4x3(be, y, x, s, w, flipped);
+      winograd_conv(be, 4, y, x, s, w, flipped);
     else
-      winograd_f2x3(be, y, x, s, w, flipped);
+      winograd_conv(be, 2, y, x, s, w, flipped);
     return;
   }
   if (chunk > 0) {
@@ -655,9 +637,9 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
     const int64_t tiles4 = static_cast<int64_t>(s.N) * ((s.P() + 3) / 4) * ((s.Q() + 3) / 4);
     const int cmin = std::min(s.C, s.K), cmax = std::max(s.C, s.K);
     if (cmin >= kWinograd4MinChannels && cmax <= kWinograd4MaxChannels && tiles4 >= cmax)
-      winograd_f4x3_weight(*this, dw, dy, x, s);
+      winograd_weight(*this, 4, dw, dy, x, s);
     else
-      winograd_f2x3_weight(*this, dw, dy, x, s);
+      winograd_weight(*this, 2, dw, dy, x, s);
     return;
   }
   if (chunk > 0) {
