@@ -28,7 +28,17 @@ function lib(threads?: number): Lib {
 
 // The pretrain defaults (mirrors PRETRAIN_DEFAULTS in lib/train/pretrain.ts, which cannot be imported
 // before --threads is known; test/cli.test.ts checks that the two agree).
-export const DEFAULTS = { width: 0.125, projectorDim: 512, epochs: 4, batchSize: 64, lr: 32, lambda: 0.003, trainImages: 10000 };
+export const DEFAULTS = {
+  width: 0.125,
+  projectorDim: 512,
+  epochs: 4,
+  batchSize: 64,
+  lr: 32,
+  lambda: 0.003,
+  trainImages: 10000,
+  globalScale: [0.4, 1] as [number, number],
+  localScale: [0.05, 0.4] as [number, number],
+};
 
 // ---- option parsers (commander calls them with the raw string; errors name the option) ----
 const int = (min: number, max = Number.MAX_SAFE_INTEGER) => (v: string) => {
@@ -115,8 +125,8 @@ export function buildProgram(configure?: (program: Command) => void): Command {
     .option('--base-momentum <m>', 'EMA momentum m0 of the target (cosine to 1)', float(0, 1), 0.996)
     .option('--lambda <x>', 'weight of the entropy term (official 0.01)', float(0), D.lambda)
     .option('--local-crops <n>', 'local crops per image besides the two global views', int(0, 64), 0)
-    .option('--global-scale <min,max>', 'area range of the global RandomResizedCrops', scaleRange, [0.4, 1])
-    .option('--local-scale <min,max>', 'area range of the local crops', scaleRange, [0.05, 0.4])
+    .option('--global-scale <min,max>', 'area range of the global RandomResizedCrops', scaleRange, D.globalScale)
+    .option('--local-scale <min,max>', 'area range of the local crops', scaleRange, D.localScale)
     .option('--train-images <n>', 'use a seeded random subset of this many training images (0 = all)', int(0), D.trainImages)
     .option('--device <name>', 'auto (CUDA when available, else CPU), cpu or cuda', choice('auto', 'cpu', 'cuda'), 'auto')
     .option('--out <dir>', 'run folder (checkpoint, metrics.jsonl, report.html)', path.join('runs', 'default'))
