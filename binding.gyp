@@ -18,6 +18,13 @@
       "cflags_cc": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mavx2"]
     },
     {
+      "target_name": "mveb_amx",
+      "type": "static_library",
+      "sources": ["<!@(node native/sources.js gyp amx)"],
+      "cflags_cc": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mavx2", "-mavx512bf16",
+                    "-mamx-tile", "-mamx-bf16"]
+    },
+    {
       "target_name": "mveb_avx2",
       "type": "static_library",
       "sources": ["<!@(node native/sources.js gyp avx2)"],
@@ -26,7 +33,7 @@
     {
       "target_name": "mveb",
       "sources": ["<!@(node native/sources.js gyp core)", "<!@(node native/sources.js gyp binding)"],
-      "dependencies": ["mveb_avx512", "mveb_avx2"],
+      "dependencies": ["mveb_avx512", "mveb_amx", "mveb_avx2"],
       "libraries": ["-lpthread"]
     }
   ]

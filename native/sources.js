@@ -3,7 +3,7 @@
 //   node native/sources.js            prints the lists as JSON
 //   node native/sources.js cmake      prints CMake `set(...)` lines (CMakeLists.txt includes them)
 //   node native/sources.js gyp KEY    prints one list, space separated (binding.gyp)
-// Files are found by folder and suffix: *_avx512.cpp and *_avx2.cpp get their ISA flags,
+// Files are found by folder and suffix: *_avx512.cpp, *_amx.cpp and *_avx2.cpp get their ISA flags,
 // *.cu goes to the CUDA library, test/native/*.cpp to the native test executable.
 'use strict';
 const fs = require('fs');
@@ -16,12 +16,13 @@ function list(dir, test) {
   return fs.readdirSync(abs).filter(test).sort().map((f) => `${dir}/${f}`);
 }
 const isCpp = (f) => f.endsWith('.cpp');
-const plain = (f) => isCpp(f) && !f.endsWith('_avx512.cpp') && !f.endsWith('_avx2.cpp');
+const plain = (f) => isCpp(f) && !f.endsWith('_avx512.cpp') && !f.endsWith('_avx2.cpp') && !f.endsWith('_amx.cpp');
 
 const sources = {
   // backend-agnostic core + the CPU backend's portable code + the data pipeline
   core: [...list('native/core', plain), ...list('native/cpu', plain), ...list('native/data', plain)],
   avx512: [...list('native/cpu', (f) => f.endsWith('_avx512.cpp')), ...list('native/data', (f) => f.endsWith('_avx512.cpp'))],
+  amx: list('native/cpu', (f) => f.endsWith('_amx.cpp')),
   avx2: [...list('native/cpu', (f) => f.endsWith('_avx2.cpp')), ...list('native/data', (f) => f.endsWith('_avx2.cpp'))],
   cuda: [...list('native/cuda', (f) => f.endsWith('.cu') || isCpp(f))],
   binding: list('native/binding', isCpp),

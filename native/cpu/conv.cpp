@@ -360,7 +360,7 @@ WinogradVariant winograd_variant(Isa isa, int m) {
 void winograd_forward_tiles(CpuBackend& be, const WinogradVariant& v, float* y, const float* x, const ConvShape& s,
                             const float* u, int64_t ust, bool flipped) {
   ThreadPool& pool = be.pool();
-  const gemm_detail::KernelInfo kern = gemm_detail::kernel_for(be.isa());
+  const gemm_detail::KernelInfo kern = be.gemm_kernel();
   const int C = s.C, K = s.K, P = s.P(), Q = s.Q();
   const int TP = (P + v.m - 1) / v.m, TQ = (Q + v.m - 1) / v.m;
   const int64_t tiles = static_cast<int64_t>(s.N) * TP * TQ;
@@ -405,7 +405,7 @@ std::vector<std::unique_ptr<ScratchBuffer>> winograd_weight_partials(CpuBackend&
                                                                      const float* dy, const float* x,
                                                                      const ConvShape& s) {
   ThreadPool& pool = be.pool();
-  const gemm_detail::KernelInfo kern = gemm_detail::kernel_for(be.isa());
+  const gemm_detail::KernelInfo kern = be.gemm_kernel();
   const int C = s.C, K = s.K, P = s.P(), Q = s.Q();
   const int TP = (P + v.m - 1) / v.m, TQ = (Q + v.m - 1) / v.m;
   const int64_t tiles = static_cast<int64_t>(s.N) * TP * TQ;
@@ -495,7 +495,7 @@ void conv_forward_impl(CpuBackend& be, float* y, const float* x, const float* w,
   const int rsc = s.R * s.S * s.C;
   if (rows == 0) return;
   ThreadPool& pool = be.pool();
-  const gemm_detail::KernelInfo kern = gemm_detail::kernel_for(be.isa());
+  const gemm_detail::KernelInfo kern = be.gemm_kernel();
   const int T = pool.size();
   const int64_t chunk = is_pointwise(s) ? 0 : balanced_chunk(rows, std::max<int64_t>(16, kChunkFloats / rsc), T);
   if (chunk > 0 && s.R == 3 && s.S == 3 && s.stride == 1 && s.C >= kWinogradMinChannels &&
@@ -581,7 +581,7 @@ void CpuBackend::conv2d_backward_data(float* dx, const float* dy, const float* w
     // Tasks of whole images; bands of output rows small enough for the cache. Small outputs put
     // several images into one GEMM (with one image of 4x4 outputs per task, C256 K512 8x8 streamed
     // the whole packed filter for 16 rows at a time).
-    const gemm_detail::KernelInfo kern = gemm_detail::kernel_for(isa());
+    const gemm_detail::KernelInfo kern = gemm_kernel();
     const gemm_detail::PackedB wt(pool(), kern, false, rsc, s.K, w, rsc);
     const int64_t fit = kChunkFloats / (Q * static_cast<int64_t>(rsc));  // output rows p per band
     const int band = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(P, fit)));
@@ -651,7 +651,7 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
     // NR-wide B panels); wider: dw^T[RSC, K] = col^T * dy (col in the MR-tall A panels), transposed
     // into dw at the end.
     const bool col_is_a = s.K > kWeightNarrowK;
-    const gemm_detail::KernelInfo kern = gemm_detail::kernel_for(isa());
+    const gemm_detail::KernelInfo kern = gemm_kernel();
     const int MR = kern.mr, NR = kern.nr;
     const int m_panels = ((col_is_a ? rsc : s.K) + MR - 1) / MR, n_panels = ((col_is_a ? s.K : rsc) + NR - 1) / NR;
     const int64_t ldc = static_cast<int64_t>(n_panels) * NR;

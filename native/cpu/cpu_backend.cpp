@@ -12,7 +12,11 @@ namespace mveb {
 CpuBackend::CpuBackend(int threads)
     : features_(detect_cpu_features()),
       isa_(select_isa(features_)),
-      pool_(new ThreadPool(threads > 0 ? threads : default_thread_count())) {}
+      pool_(new ThreadPool(threads > 0 ? threads : default_thread_count())) {
+  // MVEB_MATMUL_PRECISION=high|highest (the JS layer refuses other values with E_ARG).
+  const char* p = std::getenv("MVEB_MATMUL_PRECISION");
+  if (p != nullptr && std::strcmp(p, "high") == 0) precision_ = MatmulPrecision::High;
+}
 
 void* CpuBackend::allocate(size_t bytes) {
   size_t rounded = (bytes + 63) / 64 * 64;

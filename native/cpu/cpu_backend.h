@@ -12,6 +12,13 @@
 
 namespace mveb {
 
+// Precision of the float32 matrix products (GEMM, convolutions through GEMM), as PyTorch's
+// torch.set_float32_matmul_precision: Highest = IEEE fp32 products (the default); High = on a CPU
+// with AMX, products of at least a few MFLOP (gemm_detail::amx_pays) without a pre-packed filter
+// run on the AMX tiles in bf16x3 (gemm_amx.cpp: ~2^-17 per product, ~4e-6 relative error on a
+// 1024-deep dot product); elsewhere High computes what Highest does.
+enum class MatmulPrecision { Highest = 0, High = 1 };
+
 class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(int threads);
@@ -20,6 +27,16 @@ class CpuBackend final : public Backend {
   ThreadPool& pool() { return *pool_; }
   Isa isa() const { return isa_; }
   const CpuFeatures& features() const { return features_; }
+  // Whether the AMX SGEMM can run on this machine (amx_usable; MVEB_ISA below avx512 turns it off).
+  bool amx() const { return amx_usable(features_, isa_); }
+  MatmulPrecision matmul_precision() const { return precision_; }
+  void set_matmul_precision(MatmulPrecision p) { precision_ = p; }
+  // The SGEMM micro-kernel of isa(), with the AMX path when the precision is High and amx() holds.
+  gemm_detail::KernelInfo gemm_kernel() const {
+    gemm_detail::KernelInfo k = gemm_detail::kernel_for(isa_);
+    k.amx = precision_ == MatmulPrecision::High && amx();
+    return k;
+  }
 
   void* allocate(size_t bytes) override;
   void deallocate(void* p, size_t bytes) override;
@@ -88,6 +105,7 @@ class CpuBackend final : public Backend {
  private:
   CpuFeatures features_;
   Isa isa_;
+  MatmulPrecision precision_ = MatmulPrecision::Highest;
   std::unique_ptr<ThreadPool> pool_;
   // SGEMM scratch kept between calls (gemm.h): no page faults of fresh packing buffers in every call.
   std::unique_ptr<gemm_detail::Workspace> gemm_workspace_{new gemm_detail::Workspace};

@@ -8,6 +8,10 @@
 #include <cpuid.h>
 #define MVEB_X86 1
 #endif
+#if defined(MVEB_X86) && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace mveb {
 
@@ -43,6 +47,9 @@ CpuFeatures detect_cpu_features() {
     f.avx512bw = zmm_os && ((b >> 30) & 1);
     f.avx512vl = zmm_os && ((b >> 31) & 1);
     f.avx512_vnni = zmm_os && ((c >> 11) & 1);
+    const bool tiles_os = (xcr0 & 0x60000) == 0x60000;  // XTILECFG and XTILEDATA
+    f.amx_bf16 = tiles_os && ((d >> 22) & 1);
+    f.amx_tile = tiles_os && ((d >> 24) & 1);
     __cpuid_count(7, 1, a, b, c, d);
     f.avx512_bf16 = zmm_os && ((a >> 5) & 1);
   }
@@ -56,6 +63,17 @@ CpuFeatures detect_cpu_features() {
   }
 #endif
   return f;
+}
+
+bool amx_usable(const CpuFeatures& f, Isa isa) {
+  if (isa != Isa::Avx512 || !f.amx_tile || !f.amx_bf16 || !f.avx512_bf16) return false;
+#if defined(MVEB_X86) && defined(__linux__) && defined(SYS_arch_prctl)
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  static const bool granted = syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  return granted;
+#else
+  return false;
+#endif
 }
 
 Isa select_isa(const CpuFeatures& f) {

@@ -250,26 +250,6 @@ float* Workspace::get(int slot, size_t floats) {
   return b->get();
 }
 
-namespace {
-// Holds a Workspace for one gemm_run: the caller's when given and free, else a local one.
-class WorkspaceLease {
- public:
-  explicit WorkspaceLease(Workspace* shared) {
-    bool expected = false;
-    if (shared && shared->busy.compare_exchange_strong(expected, true)) shared_ = shared;
-  }
-  ~WorkspaceLease() {
-    if (shared_) shared_->busy.store(false);
-  }
-  WorkspaceLease(const WorkspaceLease&) = delete;
-  WorkspaceLease& operator=(const WorkspaceLease&) = delete;
-  Workspace& get() { return shared_ ? *shared_ : local_; }
-
- private:
-  Workspace* shared_ = nullptr;
-  Workspace local_;
-};
-}  // namespace
 
 void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB, int M, int N, int K, float alpha,
               const float* A, long lda, const float* B, long ldb, float beta, float* C, long ldc,
@@ -279,6 +259,8 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
     scale_c(pool, M, N, beta, C, ldc);
     return;
   }
+  if (kern.amx && !packed && amx_pays(M, N, K))
+    return gemm_amx(pool, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, workspace);
   const int MR = kern.mr, NR = kern.nr;
 
   const int T = pool.size();
@@ -405,12 +387,18 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
   }
 }
 
+bool amx_pays(int M, int N, int K) {
+  // The AMX tile is 32 x 32 x 32 deep: below that most of each tile is zero padding, and the packing
+  // of both operands does not pay for a product of less than a few MFLOP.
+  return M >= 16 && N >= 16 && K >= 32 && 2.0 * M * N * K >= 4e6;
+}
+
 }  // namespace gemm_detail
 
 void CpuBackend::gemm(bool transA, bool transB, int M, int N, int K, float alpha, const float* A, int lda,
                       const float* B, int ldb, float beta, float* C, int ldc) {
   check_gemm_args(transA, transB, M, N, K, lda, ldb, ldc);
-  gemm_detail::gemm_run(pool(), gemm_detail::kernel_for(isa()), transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc,
+  gemm_detail::gemm_run(pool(), gemm_kernel(), transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc,
                         nullptr, gemm_workspace_.get());
 }
 

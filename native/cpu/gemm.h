@@ -41,6 +41,9 @@ struct KernelInfo {
   DirectMicroKernel direct = nullptr;  // optional: used when op(A) = A (no packing of A)
   RowsMicroKernel rows = nullptr;      // optional: partial row tiles, and B packed on the fly for few rows
   PackBtPanel pack_bt = nullptr;       // optional: packing of transposed B (else portable code)
+  // Matmul precision "high" on a CPU with AMX: gemm_run hands products without a PackedB that are
+  // big enough (amx_pays) to gemm_amx.
+  bool amx = false;
 };
 
 KernelInfo kernel_scalar();
@@ -88,6 +91,25 @@ class Workspace {
   std::vector<size_t> sizes_;
 };
 
+// Holds a Workspace for one GEMM call: the caller's when given and free, else a local one.
+class WorkspaceLease {
+ public:
+  explicit WorkspaceLease(Workspace* shared) {
+    bool expected = false;
+    if (shared && shared->busy.compare_exchange_strong(expected, true)) shared_ = shared;
+  }
+  ~WorkspaceLease() {
+    if (shared_) shared_->busy.store(false);
+  }
+  WorkspaceLease(const WorkspaceLease&) = delete;
+  WorkspaceLease& operator=(const WorkspaceLease&) = delete;
+  Workspace& get() { return shared_ ? *shared_ : local_; }
+
+ private:
+  Workspace* shared_ = nullptr;
+  Workspace local_;
+};
+
 // The whole blocked, packed, multithreaded GEMM with the given micro-kernel. Row-major:
 // C[M,N] = alpha op(A) op(B) + beta C. With `packed`, op(B) comes from it (B, ldb, transB unused).
 // Called from inside a pool region it runs on the calling thread alone. `workspace`: scratch kept
@@ -95,6 +117,14 @@ class Workspace {
 void gemm_run(ThreadPool& pool, const KernelInfo& kernel, bool transA, bool transB, int M, int N, int K, float alpha,
               const float* A, long lda, const float* B, long ldb, float beta, float* C, long ldc,
               const PackedB* packed = nullptr, Workspace* workspace = nullptr);
+
+// Whether an M x N x K product is worth the AMX path (tile padding and the split packing).
+bool amx_pays(int M, int N, int K);
+
+// The AMX bf16x3 SGEMM (gemm_amx.cpp; same contract as gemm_run without `packed`). Only on a CPU
+// where CpuBackend::amx() holds.
+void gemm_amx(ThreadPool& pool, bool transA, bool transB, int M, int N, int K, float alpha, const float* A, long lda,
+              const float* B, long ldb, float beta, float* C, long ldc, Workspace* workspace);
 
 }  // namespace gemm_detail
 }  // namespace mveb

@@ -6,6 +6,7 @@
 #include <immintrin.h>
 
 #include "cpu/gemm.h"
+#include "cpu/transpose_avx512.h"
 
 namespace mveb {
 namespace gemm_detail {
@@ -170,37 +171,6 @@ void micro_14x32_direct(int kc, const float* __restrict A, long lda, const float
     }
   }
 }
-// out[j] = column j of the 16 x 16 block r (r[i] = row i): unpack pairs of rows, shuffle 4 x 4 blocks
-// within the 128-bit lanes, then gather the lanes.
-// (GCC 12 reports the intrinsics' internal undefined operand '__Y' of the unpack / shuffle builtins
-// as maybe-uninitialised here: a false positive of its headers, silenced for this function only.)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-inline void transpose16(const __m512 r[16], __m512 out[16]) {
-  __m512 t[16], u[16];
-#pragma GCC unroll 8
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);      // per lane: a0 b0 a1 b1
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);  // a2 b2 a3 b3
-  }
-#pragma GCC unroll 4
-  for (int i = 0; i < 4; ++i) {  // u[4i + c], lane L: rows 4i..4i+3 of column 4L + c
-    u[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
-    u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
-    u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-    u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-  }
-#pragma GCC unroll 4
-  for (int c = 0; c < 4; ++c) {
-    const __m512 v0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88), v1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xDD);
-    const __m512 w0 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88), w1 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xDD);
-    out[c] = _mm512_shuffle_f32x4(v0, w0, 0x88);
-    out[8 + c] = _mm512_shuffle_f32x4(v0, w0, 0xDD);
-    out[4 + c] = _mm512_shuffle_f32x4(v1, w1, 0x88);
-    out[12 + c] = _mm512_shuffle_f32x4(v1, w1, 0xDD);
-  }
-}
-#pragma GCC diagnostic pop
 
 // A 32-wide panel of op(B) = B^T in 16 x 16 transposed blocks (the portable loop gathers one float
 // at a time: ~5 % of a one-thread 1024^3 (1,1) product).

@@ -40,6 +40,19 @@ std::vector<std::unique_ptr<CpuBackend>> isa_backends() {
   return out;
 }
 
+// Matmul precision "high" on the AMX path (gemm_amx.cpp), 1-3 threads; empty without AMX. Its
+// bf16x3 products lose ~2^-17 per product: relative errors ~4e-6, hence its own tolerance.
+constexpr double kAmxTol = 2e-5;
+std::vector<std::unique_ptr<CpuBackend>> amx_backends() {
+  std::vector<std::unique_ptr<CpuBackend>> out;
+  for (int threads = 1; threads <= 3; ++threads) {
+    std::unique_ptr<CpuBackend> b(new CpuBackend(threads));
+    b->set_matmul_precision(mveb::MatmulPrecision::High);
+    if (b->amx()) out.push_back(std::move(b));
+  }
+  return out;
+}
+
 Vec to_d(const FVec& v) { return Vec(v.begin(), v.end()); }
 FVec poison(size_t n) { return FVec(n, kNaN); }
 FVec rnd(size_t n, uint64_t seed, float lo = -1.f, float hi = 1.f) { return mtest::random_vector(n, seed, lo, hi); }
@@ -75,7 +88,8 @@ Vec numeric_grad(Vec v, const Vec& dy, F f) {
  *  extra columns for A, B, C), alpha/beta from the case index, written part of C NaN-poisoned when
  *  beta = 0 (the padding columns must survive). */
 template <class Backends>
-void check_gemm_case(Backends& backends, int M, int N, int K, bool ta, bool tb, int case_index, const int pad[3], int seed) {
+void check_gemm_case(Backends& backends, int M, int N, int K, bool ta, bool tb, int case_index, const int pad[3], int seed,
+                     double tol = kTol) {
   static const float ab[][2] = {{1.f, 0.f}, {-0.7f, 0.5f}, {1.3f, 1.f}};
   const float alpha = ab[case_index % 3][0], beta = ab[case_index % 3][1];
   const int lda = (ta ? M : K) + pad[0], ldb = (tb ? K : N) + pad[1], ldc = N + pad[2];
@@ -91,7 +105,7 @@ void check_gemm_case(Backends& backends, int M, int N, int K, bool ta, bool tb, 
       for (int i = 0; i < M; ++i)
         for (int j = 0; j < N; ++j) C[static_cast<size_t>(i) * ldc + j] = kNaN;
     b->gemm(ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, C.data(), ldc);
-    EXPECT_REL(err(C, ref), kTol,
+    EXPECT_REL(err(C, ref), tol,
                "gemm M=" << M << " N=" << N << " K=" << K << " tA=" << ta << " tB=" << tb << " alpha=" << alpha
                          << " beta=" << beta << tag(*b));
   }
@@ -165,6 +179,33 @@ TEST("kernels: gemm few-row products (B packed on the fly), partial row/column t
   int case_index = 0;
   for (const auto& shape : shapes)
     for (int t = 0; t < 4; ++t, ++case_index) check_gemm_case(backends, shape[0], shape[1], shape[2], t & 1, t & 2, case_index, pad, 4000);
+}
+
+TEST("kernels: gemm amx (matmul precision high): odd sizes, all transposes, alpha/beta, several blocks, 1-3 threads") {
+  // Shapes above amx_pays' threshold around gemm_amx's blocking (32 x 32 tiles, 32-deep steps, KC 256,
+  // NC 512, MC 256): partial tiles in M, N and K, several K and column blocks, few rows (column
+  // splits across threads), few columns.
+  auto backends = amx_backends();
+  if (backends.empty()) SKIP("no AMX here (CPUID or the kernel's tile permission)");
+  const int shapes[][3] = {{33, 47, 1300}, {47, 129, 333}, {100, 129, 300}, {257, 65, 150}, {300, 530, 600},
+                           {16, 600, 257}, {1000, 17, 130}, {64, 64, 1100}, {31, 1100, 97}};
+  const int pad[3] = {3, 1, 2};
+  int case_index = 0;
+  for (const auto& shape : shapes)
+    for (int t = 0; t < 4; ++t, ++case_index)
+      check_gemm_case(backends, shape[0], shape[1], shape[2], t & 1, t & 2, case_index, pad, 7000, kAmxTol);
+  // The AMX path did run: its error is far above the fp32 kernels' (~1e-7) on the same product.
+  const int M = 200, N = 300, K = 500;
+  const FVec A = rnd(static_cast<size_t>(M) * K, 71), B = rnd(static_cast<size_t>(K) * N, 72);
+  Vec ref(static_cast<size_t>(M) * N);
+  const Vec Ad = to_d(A), Bd = to_d(B);
+  ref::gemm(false, false, M, N, K, 1.0, Ad.data(), K, Bd.data(), N, 0.0, ref.data(), N);
+  FVec C(ref.size()), C32(ref.size());
+  backends[0]->gemm(false, false, M, N, K, 1.f, A.data(), K, B.data(), N, 0.f, C.data(), N);
+  CpuBackend fp32(1);
+  fp32.gemm(false, false, M, N, K, 1.f, A.data(), K, B.data(), N, 0.f, C32.data(), N);
+  EXPECT_TRUE(err(C, ref) > 5 * err(C32, ref) && err(C, ref) > 1e-6,
+              "high precision should have run on AMX: error " << err(C, ref) << " vs fp32 " << err(C32, ref));
 }
 
 TEST("kernels: gemm keeps its workspace between calls: growing sizes, and two threads calling one backend at once") {

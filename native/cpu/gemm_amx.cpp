@@ -1,0 +1,372 @@
+// gemm_amx.cpp: the SGEMM of matmul precision "high" on Intel AMX (AMX-TILE + AMX-BF16, with
+// AVX512-BF16 for the conversions): C[M,N] = alpha op(A) op(B) + beta C, row-major, every transpose
+// combination, any size. Each float x is split into two bfloat16, hi = bf16(x) and
+// lo = bf16(x - hi) (16 significant bits together), and a*b is computed as
+// hi_a lo_b + hi_a hi_b + lo_a hi_b with fp32 accumulation in the tile registers ("bf16x3", what
+// PyTorch's set_float32_matmul_precision('high') allows). Dropped terms: lo_a lo_b and the
+// residuals of the splits, about 2^-17 of each product: the relative error of a K-deep dot
+// product with random signs is ~4e-6 (K = 1024), against ~1e-7 for the fp32 kernels
+// (test_kernels.cpp "gemm amx" measures it against float64).
+//
+// GotoBLAS structure as in gemm.cpp: blocks of NC columns and KC depth of op(B) are packed once
+// (threads share the packing), each task packs its MC rows of op(A), and a 32 x 32 micro-tile (four
+// 16 x 16 fp32 accumulator tiles, two A tiles, two B tiles: the 8 tile registers) runs over
+// them, one A panel (32 rows, in L1) against every B panel of the block (in L2). Packed layouts, per
+// 32-row (A) or 32-column (B) panel and 32-deep step: [split hi/lo][half 0/1][16 rows][16 dwords],
+// a dword holding the bf16 pair of depths (2p, 2p+1). An A tile row is one row of op(A); a B tile
+// row is one depth pair across 16 columns (the VNNI layout TDPBF16PS reads). Edges (M, N not
+// multiples of 32, K not a multiple of 32) are zero-padded in the packing; partial tiles go out
+// through a masked epilogue, which also applies alpha and beta (beta == 0 never reads C).
+// Only called when CpuBackend::amx() holds: CPUID reports AMX-TILE, AMX-BF16 and AVX512-BF16 and
+// the kernel granted this process the tile data permission (arch_prctl, cpu_features.cpp).
+// GCC 12 reports the intrinsics' internal undefined operand '__Y' (cvtepu16, slli, casts) as (maybe-)
+// uninitialised: a false positive of its headers.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+
+#include "core/threadpool.h"
+#include "cpu/gemm.h"
+#include "cpu/transpose_avx512.h"
+
+namespace mveb {
+namespace gemm_detail {
+
+namespace {
+constexpr int kPanel = 32;                    // rows of an A panel, columns of a B panel
+constexpr int kStep = 32;                     // depth of one tile step (16 bf16 pairs)
+constexpr int kStepElems = 2 * 2 * 16 * 32;   // bf16 per panel per step: splits x halves x 16 x 32
+constexpr int kMaxKC = 256;                   // depth per block: an A panel (32 x 256, 32 KiB) stays in L1
+constexpr int kNC = 512;                      // columns per B block (256 x 512: 512 KiB packed, in L2)
+constexpr int kMC = 256;                      // rows of op(A) per task block
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Loads the tile shapes on this thread (every tile 16 rows of 64 bytes) for the duration of an
+// object; releases the tile state after (the kernel then need not save it on context switches).
+class TileScope {
+ public:
+  TileScope() {
+    TileConfig cfg;
+    for (int t = 0; t < 8; ++t) cfg.colsb[t] = 64, cfg.rows[t] = 16;
+    _tile_loadconfig(&cfg);
+  }
+  ~TileScope() { _tile_release(); }
+  TileScope(const TileScope&) = delete;
+  TileScope& operator=(const TileScope&) = delete;
+};
+
+inline __m512 bf16_bits_to_float(__m256i bits) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
+// One row of 32 consecutive depths (the first n of them read from src, the rest zero) as the hi and
+// lo dword vectors of its 16 depth pairs.
+inline void pairs_from_row(const float* src, int n, __m512i& hi, __m512i& lo) {
+  const __mmask16 m0 = static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1u << n) - 1);
+  const __mmask16 m1 = static_cast<__mmask16>(n >= 32 ? 0xFFFF : n <= 16 ? 0 : (1u << (n - 16)) - 1);
+  const __m512 x0 = _mm512_maskz_loadu_ps(m0, src), x1 = _mm512_maskz_loadu_ps(m1, src + 16);
+  hi = (__m512i)_mm512_cvtne2ps_pbh(x1, x0);  // bf16 lane j = depth j
+  const __m512 h0 = bf16_bits_to_float(_mm512_castsi512_si256(hi));
+  const __m512 h1 = bf16_bits_to_float(_mm512_extracti64x4_epi64(hi, 1));
+  lo = (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(x1, h1), _mm512_sub_ps(x0, h0));
+}
+
+// Two depth rows (even depth, odd depth) of 16 values as the hi and lo dword vectors: dword j holds
+// the pair (even[j], odd[j]).
+inline void pairs_from_two_rows(__m512 even, __m512 odd, __m512i& hi, __m512i& lo) {
+  const __m256i he = (__m256i)_mm512_cvtneps_pbh(even), ho = (__m256i)_mm512_cvtneps_pbh(odd);
+  const __m256i le = (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(even, bf16_bits_to_float(he)));
+  const __m256i lo_odd = (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(odd, bf16_bits_to_float(ho)));
+  hi = _mm512_or_si512(_mm512_cvtepu16_epi32(he), _mm512_slli_epi32(_mm512_cvtepu16_epi32(ho), 16));
+  lo = _mm512_or_si512(_mm512_cvtepu16_epi32(le), _mm512_slli_epi32(_mm512_cvtepu16_epi32(lo_odd), 16));
+}
+
+inline __mmask16 first_lanes(int n) {
+  return static_cast<__mmask16>(n >= 16 ? 0xFFFF : n <= 0 ? 0 : (1u << n) - 1);
+}
+
+// The 16 x 16 dword block of one split and half at dst: rows[r] is row r.
+inline void store_rows(uint16_t* dst, const __m512i rows[16]) {
+#pragma GCC unroll 16
+  for (int r = 0; r < 16; ++r) _mm512_store_si512(reinterpret_cast<__m512i*>(dst + r * 32), rows[r]);
+}
+
+// One 32-deep step of 16 "row-contiguous" vectors (vector i reads depths [k0, k0 + 32) of index i
+// at src + i * ld; indices >= count and depths >= depth are zero) into the hi and lo blocks, as rows
+// (transpose = false) or transposed (row p = depth pair p across the 16 indices).
+void pack_step_rows(const float* src, long ld, int count, int depth, bool transpose, uint16_t* hi_dst,
+                    uint16_t* lo_dst) {
+  __m512i hi[16], lo[16];
+  for (int i = 0; i < 16; ++i) {
+    if (i < count) pairs_from_row(src + i * ld, depth, hi[i], lo[i]);
+    else hi[i] = lo[i] = _mm512_setzero_si512();
+  }
+  if (transpose) {
+    __m512i t[16];
+    transpose16(hi, t);
+    store_rows(hi_dst, t);
+    transpose16(lo, t);
+    store_rows(lo_dst, t);
+  } else {
+    store_rows(hi_dst, hi);
+    store_rows(lo_dst, lo);
+  }
+}
+
+// One 32-deep step from "depth rows" (depth d reads 16 values at src + d * ld; the first count are
+// real, the rest and depths >= depth zero): row p = depth pair p across the indices
+// (transpose = false), or transposed (row i = index i's 16 pairs).
+void pack_step_depth_rows(const float* src, long ld, int count, int depth, bool transpose, uint16_t* hi_dst,
+                          uint16_t* lo_dst) {
+  const __mmask16 m = first_lanes(count);
+  __m512i hi[16], lo[16];
+  for (int p = 0; p < 16; ++p) {
+    const __m512 even = 2 * p < depth ? _mm512_maskz_loadu_ps(m, src + 2 * p * ld) : _mm512_setzero_ps();
+    const __m512 odd = 2 * p + 1 < depth ? _mm512_maskz_loadu_ps(m, src + (2 * p + 1) * ld) : _mm512_setzero_ps();
+    pairs_from_two_rows(even, odd, hi[p], lo[p]);
+  }
+  if (transpose) {
+    __m512i t[16];
+    transpose16(hi, t);
+    store_rows(hi_dst, t);
+    transpose16(lo, t);
+    store_rows(lo_dst, t);
+  } else {
+    store_rows(hi_dst, hi);
+    store_rows(lo_dst, lo);
+  }
+}
+
+// Packs op(X)[x0 : x0 + count, k0 : k0 + kc] as panels of 32 indices (rows of op(A) when as_a, else
+// columns of op(B)), steps of 32 depths, zero-padded. `depth_major`: X stored with the depth as its
+// row index (op(A) = A^T, or op(B) = B); else with the index as its row (op(A) = A, op(B) = B^T).
+// Panels [p0, p1) only; panel p at dst + p * steps * kStepElems.
+void pack_panels(const float* X, long ld, bool depth_major, bool as_a, int x0, int count, int k0, int kc, int p0,
+                 int p1, uint16_t* dst) {
+  const int steps = (kc + kStep - 1) / kStep;
+  for (int p = p0; p < p1; ++p) {
+    uint16_t* panel = dst + static_cast<long>(p) * steps * kStepElems;
+    for (int s = 0; s < steps; ++s) {
+      const int depth = std::min(kStep, kc - s * kStep);
+      for (int h = 0; h < 2; ++h) {
+        const int first = p * kPanel + h * 16, n = std::min(16, count - first);
+        uint16_t* hi = panel + static_cast<long>(s) * kStepElems + h * 512;
+        uint16_t* lo = hi + 1024;
+        const long k = k0 + s * kStep, x = x0 + first;
+        if (n <= 0) {
+          std::memset(hi, 0, 1024);
+          std::memset(lo, 0, 1024);
+        } else if (depth_major) {
+          pack_step_depth_rows(X + k * ld + x, ld, n, depth, as_a, hi, lo);
+        } else {
+          pack_step_rows(X + x * ld + k, ld, n, depth, !as_a, hi, lo);
+        }
+      }
+    }
+  }
+}
+
+// C[rows x cols] (rows, cols <= 32) = alpha * (A panel * B panel over `steps` 32-deep steps) + beta * C.
+// Whole tiles with alpha 1 and beta 0 or 1 (the convolutions' products) load C into the accumulator
+// tiles and store them back directly; others go through a masked epilogue.
+void micro_tile(int steps, const uint16_t* a, const uint16_t* b, float* C, long ldc, int rows, int cols,
+                float alpha, float beta) {
+  const bool direct = rows == kPanel && cols == kPanel && alpha == 1.f && (beta == 0.f || beta == 1.f);
+  const long ldc_bytes = ldc * static_cast<long>(sizeof(float));
+  if (direct && beta == 1.f) {
+    _tile_loadd(0, C, ldc_bytes);
+    _tile_loadd(1, C + 16, ldc_bytes);
+    _tile_loadd(2, C + 16 * ldc, ldc_bytes);
+    _tile_loadd(3, C + 16 * ldc + 16, ldc_bytes);
+  } else {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+  }
+  for (int s = 0; s < steps; ++s, a += kStepElems, b += kStepElems) {
+    // hi_a lo_b, hi_a hi_b, lo_a hi_b: 8 tile loads for 12 products (small terms first).
+    _tile_loadd(4, a, 64);
+    _tile_loadd(5, a + 512, 64);
+    _tile_loadd(6, b + 1024, 64);
+    _tile_loadd(7, b + 1536, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+    _tile_loadd(6, b, 64);
+    _tile_loadd(7, b + 512, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+    _tile_loadd(4, a + 1024, 64);
+    _tile_loadd(5, a + 1536, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  if (direct) {
+    _tile_stored(0, C, ldc_bytes);
+    _tile_stored(1, C + 16, ldc_bytes);
+    _tile_stored(2, C + 16 * ldc, ldc_bytes);
+    _tile_stored(3, C + 16 * ldc + 16, ldc_bytes);
+    return;
+  }
+  alignas(64) float acc[32 * 32];
+  _tile_stored(0, acc, 128);
+  _tile_stored(1, acc + 16, 128);
+  _tile_stored(2, acc + 16 * 32, 128);
+  _tile_stored(3, acc + 16 * 32 + 16, 128);
+  const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+  const __mmask16 m0 = first_lanes(cols), m1 = first_lanes(cols - 16);
+  for (int i = 0; i < rows; ++i) {
+    float* c = C + i * ldc;
+    __m512 v0 = _mm512_mul_ps(va, _mm512_load_ps(acc + i * 32));
+    __m512 v1 = _mm512_mul_ps(va, _mm512_load_ps(acc + i * 32 + 16));
+    if (beta != 0.f) {
+      v0 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m0, c), v0);
+      v1 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m1, c + 16), v1);
+    }
+    _mm512_mask_storeu_ps(c, m0, v0);
+    _mm512_mask_storeu_ps(c + 16, m1, v1);
+  }
+}
+
+// The micro-tiles of a packed A block (a_panels panels, mc rows, C rows from C) against the packed B
+// panels [jp0, jp1) of a block nc columns wide: one A panel (in L1) against every B panel.
+void multiply_packed(int steps, const uint16_t* pa, int a_panels, int mc, const uint16_t* pb, int jp0, int jp1,
+                     int nc, float* C, long ldc, float alpha, float beta) {
+  for (int ip = 0; ip < a_panels; ++ip) {
+    const uint16_t* a_panel = pa + static_cast<long>(ip) * steps * kStepElems;
+    const int rows = std::min(kPanel, mc - ip * kPanel);
+    for (int jp = jp0; jp < jp1; ++jp)
+      micro_tile(steps, a_panel, pb + static_cast<long>(jp) * steps * kStepElems,
+                 C + static_cast<long>(ip) * kPanel * ldc + jp * kPanel, ldc, rows, std::min(kPanel, nc - jp * kPanel),
+                 alpha, beta);
+  }
+}
+
+// Depth-split products (K much larger than M and N: the weight gradients of 1x1 convolutions): each
+// part (one per thread) multiplies its own range of depths, serially and with its own packing, into C
+// (part 0, with beta) or a partial of its own (beta 0); the partials are then added to C in order. The depth ranges
+// depend only on the thread count, so the result does not depend on timing.
+void gemm_amx_depth_split(ThreadPool& pool, bool transA, bool transB, int M, int N, int K, float alpha,
+                          const float* A, long lda, const float* B, long ldb, float beta, float* C, long ldc,
+                          Workspace& ws) {
+  const int T = pool.size();
+  const int KC = (balanced_depth((K + T - 1) / T, kMaxKC) + kStep - 1) / kStep * kStep;
+  const int m_panels = (M + kPanel - 1) / kPanel, n_panels = (N + kPanel - 1) / kPanel;
+  const long ldp = static_cast<long>(n_panels) * kPanel;
+  const size_t step_floats = kStepElems / 2;
+  ws.reserve(3 * T);
+  pool.parallel_for(T, 1, [&](int64_t b, int64_t e, int thread) {
+    TileScope tiles;
+    for (int64_t part = b; part < e; ++part) {
+      const int k0 = static_cast<int>(static_cast<int64_t>(K) * part / T);
+      const int k1 = static_cast<int>(static_cast<int64_t>(K) * (part + 1) / T);
+      float* dst = part == 0 ? C : ws.get(2 * T + static_cast<int>(part), static_cast<size_t>(M) * ldp);
+      const long ldd = part == 0 ? ldc : ldp;
+      uint16_t* pa = reinterpret_cast<uint16_t*>(ws.get(2 * thread, static_cast<size_t>(KC / kStep) * m_panels * step_floats));
+      uint16_t* pb = reinterpret_cast<uint16_t*>(ws.get(2 * thread + 1, static_cast<size_t>(KC / kStep) * n_panels * step_floats));
+      for (int pc = k0; pc < k1 || pc == k0; pc += KC) {
+        const int kc = std::min(KC, k1 - pc), steps = (kc + kStep - 1) / kStep;
+        const float beta_block = pc > k0 ? 1.f : part == 0 ? beta : 0.f;
+        if (kc <= 0) {  // an empty range (K < T): C or the partial still gets beta * C
+          for (int i = 0; i < M; ++i)
+            for (int j = 0; j < N; ++j) dst[i * ldd + j] = beta_block == 0.f ? 0.f : beta_block * dst[i * ldd + j];
+          break;
+        }
+        pack_panels(B, ldb, !transB, false, 0, N, pc, kc, 0, n_panels, pb);
+        pack_panels(A, lda, transA, true, 0, M, pc, kc, 0, m_panels, pa);
+        multiply_packed(steps, pa, m_panels, M, pb, 0, n_panels, N, dst, ldd, alpha, beta_block);
+      }
+    }
+  });
+  pool.parallel_for(M, 4, [&](int64_t b, int64_t e, int) {
+    for (int64_t i = b; i < e; ++i)
+      for (int t = 1; t < T; ++t) {
+        const float* p = ws.get(2 * T + t, static_cast<size_t>(M) * ldp) + i * ldp;
+        float* c = C + i * ldc;
+        for (int j = 0; j < N; ++j) c[j] += p[j];
+      }
+  });
+}
+}  // namespace
+
+void gemm_amx(ThreadPool& pool, bool transA, bool transB, int M, int N, int K, float alpha, const float* A, long lda,
+              const float* B, long ldb, float beta, float* C, long ldc, Workspace* workspace) {
+  const int T = pool.size();
+  WorkspaceLease lease(workspace);
+  Workspace& ws = lease.get();
+  if (T > 1 && K >= 4 * std::max(M, N) && static_cast<int64_t>(M) * N <= (int64_t(1) << 20))
+    return gemm_amx_depth_split(pool, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ws);
+  const int KC = (balanced_depth(K, kMaxKC) + kStep - 1) / kStep * kStep;
+  const int NC = std::min((N + kPanel - 1) / kPanel * kPanel, kNC);
+  // Row blocks as gemm_run splits them: a multiple of the thread count when M allows, balanced to
+  // within one panel; column splits when there are too few row blocks for the threads.
+  const int m_panels = (M + kPanel - 1) / kPanel;
+  int m_blocks = (M + kMC - 1) / kMC;
+  if (m_panels >= 4 * T) m_blocks = std::max(m_blocks, T);
+  if (m_blocks > 1 && m_blocks % T) m_blocks = std::min(m_panels, (m_blocks + T - 1) / T * T);
+  m_blocks = std::min(m_blocks, m_panels);
+  const int max_block_panels = (m_panels + m_blocks - 1) / m_blocks;
+
+  ws.reserve(1 + T);
+  const size_t step_floats = kStepElems / 2;  // uint16 pairs per float slot
+  uint16_t* const packed_b = reinterpret_cast<uint16_t*>(
+      ws.get(0, static_cast<size_t>(KC / kStep) * (NC / kPanel) * step_floats));
+
+  for (int jc = 0; jc < N; jc += NC) {
+    const int nc = std::min(NC, N - jc);
+    const int n_panels = (nc + kPanel - 1) / kPanel;
+    const int n_splits = m_blocks >= 2 * T || m_blocks % T == 0 ? 1 : std::min(n_panels, T);
+    for (int pc = 0; pc < K; pc += KC) {
+      const int kc = std::min(KC, K - pc), steps = (kc + kStep - 1) / kStep;
+      const float beta_block = pc == 0 ? beta : 1.f;
+      // One region: the threads pack the B block (panels claimed from a counter), wait for all of
+      // it, then claim (row block, column split) tasks; every C element is written by one task.
+      std::atomic<int> next_panel{0}, panels_packed{0};
+      std::atomic<int64_t> next_task{0};
+      const int64_t tasks = static_cast<int64_t>(m_blocks) * n_splits;
+      pool.parallel_for(std::min<int64_t>(T, std::max<int64_t>(tasks, n_panels)), 1, [&](int64_t, int64_t, int thread) {
+        TileScope tiles;
+        for (int p; (p = next_panel.fetch_add(1, std::memory_order_relaxed)) < n_panels;) {
+          pack_panels(B, ldb, !transB, false, jc, nc, pc, kc, p, p + 1, packed_b);
+          panels_packed.fetch_add(1, std::memory_order_release);
+        }
+        while (panels_packed.load(std::memory_order_acquire) < n_panels) std::this_thread::yield();
+        uint16_t* const pa = reinterpret_cast<uint16_t*>(
+            ws.get(1 + thread, static_cast<size_t>(steps) * max_block_panels * step_floats));
+        for (int64_t task; (task = next_task.fetch_add(1, std::memory_order_relaxed)) < tasks;) {
+          const int mb = static_cast<int>(task / n_splits), ns = static_cast<int>(task % n_splits);
+          const int ip0 = static_cast<int>(static_cast<int64_t>(m_panels) * mb / m_blocks);
+          const int ip1 = static_cast<int>(static_cast<int64_t>(m_panels) * (mb + 1) / m_blocks);
+          const int i0 = ip0 * kPanel, mc = std::min(M, ip1 * kPanel) - i0;
+          const int jp0 = n_panels * ns / n_splits, jp1 = n_panels * (ns + 1) / n_splits;
+          pack_panels(A, lda, transA, true, i0, mc, pc, kc, 0, ip1 - ip0, pa);
+          multiply_packed(steps, pa, ip1 - ip0, mc, packed_b, jp0, jp1, nc, C + static_cast<long>(i0) * ldc + jc, ldc,
+                          alpha, beta_block);
+        }
+      });
+    }
+  }
+}
+
+}  // namespace gemm_detail
+}  // namespace mveb
