@@ -5,6 +5,7 @@
 //   kernels_bench THREADS gemm M N K tA tB           -> "gemm M N K tA tB <GFLOP/s> <max rel err>"
 //   kernels_bench THREADS conv N H W C K R S st pad  -> "conv ... <fwd ms> <bwd data ms> <bwd weight ms>"
 //   kernels_bench THREADS bn M C                     -> "bn M C <fwd ms> <bwd ms>" (train, residual + ReLU)
+// MVEB_MATMUL_PRECISION=high runs the AMX bf16x3 path where the CPU has it (run.py adds those columns).
 // The GEMM result is checked against float64 dot products on sampled entries. THREADS = 1 times with
 // the thread's CPU time (robust on a shared machine), otherwise wall time.
 #include <immintrin.h>
@@ -143,7 +144,8 @@ int main(int argc, char** argv) {
   for (int i = 3; i < argc; ++i) v.push_back(std::atoi(argv[i]));
   mveb::CpuBackend b(threads);
   g_thread_cpu_time = threads == 1;
-  std::printf("isa %s threads %d\n", mveb::isa_name(b.isa()), threads);
+  std::printf("isa %s threads %d amx %d precision %s\n", mveb::isa_name(b.isa()), threads, b.amx() ? 1 : 0,
+              b.matmul_precision() == mveb::MatmulPrecision::High ? "high" : "highest");
   if (what == "peak" && b.features().avx512f) {  // one core's FMA ceiling (the caller scales by cores)
     std::printf("peak1 %.1f\n", fma_peak_one_core());
   } else if (what == "gemm" && v.size() == 5) {

@@ -8,6 +8,9 @@ norms (train mode, + residual + ReLU), both with 2 threads, alternating shape by
 markdown tables with GFLOP/s, the fraction of the measured FP32 peak and the ratios.
 Usage: /usr/bin/python3 benchmarks/kernels/run.py BINARY [THREADS] [PARTS]
 PARTS: comma-separated subset of gemm,conv,bn (default all), e.g. `gemm` for the SGEMM tables only.
+On a CPU with AMX the GEMM and conv tables get extra columns for mveb at matmul precision "high"
+(MVEB_MATMUL_PRECISION=high: bf16x3 on the AMX tiles, ~4e-6 relative error; the plain columns are
+IEEE fp32, the default).
 """
 import os
 import subprocess
@@ -104,11 +107,13 @@ def torch_bn(m, c):
     return tf * 1e3, tb * 1e3
 
 
-def ours(*args):
+def ours(*args, precision="highest"):
     # torch's BLAS / OpenMP threads keep spinning for up to ~0.1 s after its last call; on 2 cores they
     # would share the CPUs with our threads during a short (few ms) measurement: let them go idle first.
     time.sleep(0.3)
-    out = subprocess.run([binary, str(threads), *map(str, args)], check=True, capture_output=True, text=True).stdout
+    env = dict(os.environ, MVEB_MATMUL_PRECISION=precision)
+    out = subprocess.run([binary, str(threads), *map(str, args)], check=True, capture_output=True, text=True,
+                         env=env).stdout
     return [l.split() for l in out.splitlines() if l.strip()]
 
 
@@ -143,11 +148,13 @@ def torch_gemm_one_thread(shapes):
 
 
 def measure_peak():
+    global amx
     best_peak, isa_name = 0.0, "?"
     for _ in range(3):
         for l in ours("peak"):
             if l[0] == "isa":
                 isa_name = l[1]
+                amx = len(l) > 5 and l[5] == "1"
             if l[0] == "peak1":
                 best_peak = max(best_peak, float(l[1]) * threads)
     return best_peak, isa_name
@@ -159,25 +166,32 @@ def log(msg):
 
 # The FP32 ceiling: the best one-core AVX-512 FMA rate (measured before and after the kernels; on a
 # shared machine a single measurement is easily low) times the thread count.
+amx = False  # set by measure_peak from the binary's first line
 peak, isa = measure_peak()
 gemm_rows, conv_rows, bn_rows = [], [], []
 for m, n, k, ta, tb in GEMMS if "gemm" in parts else []:
     log(f"gemm {m} {n} {k} {ta} {tb}")
-    g_ours, g_torch, rel = 0.0, 0.0, "-"
+    g_ours, g_torch, rel, g_high, rel_high = 0.0, 0.0, "-", 0.0, "-"
     for _ in range(ROUNDS):
         l = [x for x in ours("gemm", m, n, k, ta, tb) if x[0] == "gemm"][0]
         g_ours, rel = max(g_ours, float(l[6])), l[7]
+        if amx:
+            l = [x for x in ours("gemm", m, n, k, ta, tb, precision="high") if x[0] == "gemm"][0]
+            g_high, rel_high = max(g_high, float(l[6])), l[7]
         g_torch = max(g_torch, torch_gemm(m, n, k, bool(ta), bool(tb)))
-    gemm_rows.append((m, n, k, ta, tb, g_ours, g_torch, rel))
+    gemm_rows.append((m, n, k, ta, tb, g_ours, g_torch, rel, g_high, rel_high))
 for shape in CONVS if "conv" in parts else []:
     log(f"conv {shape}")
-    tf = tb = ttf = ttb = 1e30
+    tf = tb = ttf = ttb = hf = hb = 1e30
     for _ in range(ROUNDS):
         l = [x for x in ours("conv", *shape) if x[0] == "conv"][0]
         tf, tb = min(tf, float(l[10])), min(tb, float(l[11]) + float(l[12]))
+        if amx:
+            l = [x for x in ours("conv", *shape, precision="high") if x[0] == "conv"][0]
+            hf, hb = min(hf, float(l[10])), min(hb, float(l[11]) + float(l[12]))
         a, b = torch_conv(*shape)
         ttf, ttb = min(ttf, a), min(ttb, b)
-    conv_rows.append((shape, tf, tb, ttf, ttb))
+    conv_rows.append((shape, tf, tb, ttf, ttb, hf, hb))
 for m, c in BNS if "bn" in parts else []:
     log(f"bn {m} {c}")
     tf = tb = ttf = ttb = 1e30
@@ -204,16 +218,19 @@ for _ in range(ROUNDS if "gemm" in parts else 0):
 peak = max(peak, measure_peak()[0])
 
 print(f"threads: {threads}; torch {torch.__version__}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}")
-print(f"mveb ISA: {isa}")
+amx_note = "yes (the 'high' columns: matmul precision high, bf16x3 on AMX)" if amx else "no"
+print(f"mveb ISA: {isa}; AMX: {amx_note}")
 if peak:
     print(f"FP32 peak: {threads} x the best one-core AVX-512 FMA loop rate (6 tries before/after) = {peak:.1f} GFLOP/s")
 print()
 pk = (lambda g: f"{100 * g / peak:.0f}%") if peak else (lambda g: "-")
 if gemm_rows:
-    print("| SGEMM M x N x K (tA,tB) | mveb GFLOP/s | % peak | torch.mm GFLOP/s | % peak | mveb / torch | max rel err |")
-    print("|---|---|---|---|---|---|---|")
-    for m, n, k, ta, tb, g_ours, g_torch, rel in gemm_rows:
-        print(f"| {m} x {n} x {k} ({ta},{tb}) | {g_ours:.1f} | {pk(g_ours)} | {g_torch:.1f} | {pk(g_torch)} | {g_ours / g_torch:.2f} | {rel} |")
+    hh = " mveb high GFLOP/s | high / torch | high max rel err |" if amx else ""
+    print("| SGEMM M x N x K (tA,tB) | mveb GFLOP/s | % peak | torch.mm GFLOP/s | % peak | mveb / torch | max rel err |" + hh)
+    print("|---|---|---|---|---|---|---|" + ("---|---|---|" if amx else ""))
+    for m, n, k, ta, tb, g_ours, g_torch, rel, g_high, rel_high in gemm_rows:
+        hc = f" {g_high:.1f} | {g_high / g_torch:.2f} | {rel_high} |" if amx else ""
+        print(f"| {m} x {n} x {k} ({ta},{tb}) | {g_ours:.1f} | {pk(g_ours)} | {g_torch:.1f} | {pk(g_torch)} | {g_ours / g_torch:.2f} | {rel} |" + hc)
     print()
     peak1 = peak / threads
     print(f"One thread, timed by the computing thread's CPU time (FP32 peak of one core {peak1:.1f} GFLOP/s):")
@@ -224,14 +241,16 @@ if gemm_rows:
         print(f"| {m} x {n} x {k} ({ta},{tb}) | {g:.1f} | {100 * g / peak1:.0f}% | {t:.1f} | {100 * t / peak1:.0f}% | {g / t:.2f} |")
     print()
 if conv_rows:
-    print("| conv NHWC N,H,W,C -> K, RxS /stride pad | GFLOP fwd | mveb fwd ms (GFLOP/s, % peak) | torch fwd ms | torch/mveb fwd | mveb bwd data+weight ms (GFLOP/s, % peak) | torch bwd ms | torch/mveb bwd |")
-    print("|---|---|---|---|---|---|---|---|")
-    for shape, tf, tb, ttf, ttb in conv_rows:
+    hh = " high fwd ms | torch/high fwd | high bwd ms | torch/high bwd |" if amx else ""
+    print("| conv NHWC N,H,W,C -> K, RxS /stride pad | GFLOP fwd | mveb fwd ms (GFLOP/s, % peak) | torch fwd ms | torch/mveb fwd | mveb bwd data+weight ms (GFLOP/s, % peak) | torch bwd ms | torch/mveb bwd |" + hh)
+    print("|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if amx else ""))
+    for shape, tf, tb, ttf, ttb, hf, hb in conv_rows:
         n, h, w, c, k, r, s, stride, pad = shape
         p, q = (h + 2 * pad - r) // stride + 1, (w + 2 * pad - s) // stride + 1
         gflop = 2.0 * n * p * q * k * r * s * c / 1e9
         gf, gb = gflop / tf * 1e3, 2 * gflop / tb * 1e3
-        print(f"| {n},{h},{w},{c} -> {k}, {r}x{s} /{stride} p{pad} | {gflop:.2f} | {tf:.2f} ({gf:.0f}, {pk(gf)}) | {ttf:.2f} | {ttf / tf:.2f} | {tb:.2f} ({gb:.0f}, {pk(gb)}) | {ttb:.2f} | {ttb / tb:.2f} |")
+        hc = f" {hf:.2f} | {ttf / hf:.2f} | {hb:.2f} | {ttb / hb:.2f} |" if amx else ""
+        print(f"| {n},{h},{w},{c} -> {k}, {r}x{s} /{stride} p{pad} | {gflop:.2f} | {tf:.2f} ({gf:.0f}, {pk(gf)}) | {ttf:.2f} | {ttf / tf:.2f} | {tb:.2f} ({gb:.0f}, {pk(gb)}) | {ttb:.2f} | {ttb / tb:.2f} |" + hc)
     print()
 if bn_rows:
     print("| batch norm train + residual + ReLU, rows x C | mveb fwd ms | torch fwd ms | torch/mveb fwd | mveb bwd ms | torch bwd ms | torch/mveb bwd |")

@@ -63,6 +63,10 @@ constexpr int kWinogradMinChannels = 8;  // 3x3 stride 1 with C, K >= this: Wino
 // Backward weight, one-thread N=128: C64 32x32 44 -> 33 ms, C128 16x16 36 -> 25, C256 8x8 30 -> 23.
 constexpr int kWinograd4MinChannels = 64;
 constexpr int kWinograd4MaxChannels = 256;
+// At matmul precision "high" on AMX, F(4x4)'s products stay fp32 (winograd_kernel) while F(2x2)'s run
+// on AMX: F(2x2) wins from 256 channels (N16 C256 14x14 fwd + bwd data + bwd weight, 2 threads:
+// 20.4 ms F(4x4) -> 12.6 ms F(2x2) on AMX; C128 28x28 15.4 vs 14.9, C64 56x56 15.1 vs 19.1 ms).
+constexpr int kWinograd4MaxChannelsAmx = 128;
 constexpr int64_t kWinograd4MinChunk = 64;  // tiles per F(4x4, 3x3) task, at least
 constexpr int64_t kWinograd4WeightChunk = 128;  // tiles per F(4x4, 3x3) backward-weight task, at least (GEMM depth)
 constexpr int64_t kWinograd4ChunkFloats = (int64_t(16) << 10) * 16 / 36;  // / (C + K): tiles per task
@@ -72,6 +76,12 @@ constexpr int64_t kWeightDepth = 256;    // patch rows per backward-weight task 
 constexpr int kPanelSkew = 16;
 constexpr int kWeightNarrowK = 128;  // backward weight: dy^T * col up to this K, else col^T * dy
 
+
+// Whether a 3x3 stride-1 convolution takes F(4x4, 3x3) rather than F(2x2, 3x3) (see the constants).
+bool use_winograd4(bool amx, int cmin, int cmax, int64_t tiles4) {
+  return cmin >= kWinograd4MinChannels && cmax <= (amx ? kWinograd4MaxChannelsAmx : kWinograd4MaxChannels) &&
+         tiles4 >= cmax;
+}
 
 bool is_pointwise(const ConvShape& s) { return s.R == 1 && s.S == 1 && s.stride == 1 && s.pad == 0; }
 
@@ -355,12 +365,21 @@ WinogradVariant winograd_variant(Isa isa, int m) {
           kWinograd4ChunkFloats};
 }
 
+// The GEMM kernel of a Winograd variant's products: F(4x4, 3x3) keeps the fp32 products at matmul
+// precision "high" too: its output transform (coefficients up to 8) amplifies the bf16x3 products'
+// error to ~5e-5 relative (C = K = 64), against ~1e-5 with F(2x2, 3x3).
+gemm_detail::KernelInfo winograd_kernel(const CpuBackend& be, const WinogradVariant& v) {
+  gemm_detail::KernelInfo kern = be.gemm_kernel();
+  if (v.m == 4) kern.amx = false;
+  return kern;
+}
+
 // y from the transformed filter u (v.matrices matrices ust floats apart, rows as described at
 // winograd_conv), over chunks of output tiles: input transform, v.matrices GEMMs, output transform.
 void winograd_forward_tiles(CpuBackend& be, const WinogradVariant& v, float* y, const float* x, const ConvShape& s,
                             const float* u, int64_t ust, bool flipped) {
   ThreadPool& pool = be.pool();
-  const gemm_detail::KernelInfo kern = be.gemm_kernel();
+  const gemm_detail::KernelInfo kern = winograd_kernel(be, v);
   const int C = s.C, K = s.K, P = s.P(), Q = s.Q();
   const int TP = (P + v.m - 1) / v.m, TQ = (Q + v.m - 1) / v.m;
   const int64_t tiles = static_cast<int64_t>(s.N) * TP * TQ;
@@ -393,7 +412,7 @@ void winograd_forward_tiles(CpuBackend& be, const WinogradVariant& v, float* y, 
     v.input(V, vst, x, s, TP, TQ, t0, nt, zeros.data());
     for (int e = 0; e < v.matrices; ++e)
       gemm_detail::gemm_run(pool, kern, false, false, nt, K, C, 1.f, V + e * vst, C, nullptr, 0, 0.f, M + e * mst, K,
-                            packed[static_cast<size_t>(e)].get());
+                            packed[static_cast<size_t>(e)].get(), be.task_workspace(t));
     v.out(y, M, mst, P, Q, K, TP, TQ, t0, nt, M + v.matrices * mst, stream);  // edge outputs to the spare row
   });
 }
@@ -405,7 +424,7 @@ std::vector<std::unique_ptr<ScratchBuffer>> winograd_weight_partials(CpuBackend&
                                                                      const float* dy, const float* x,
                                                                      const ConvShape& s) {
   ThreadPool& pool = be.pool();
-  const gemm_detail::KernelInfo kern = be.gemm_kernel();
+  const gemm_detail::KernelInfo kern = winograd_kernel(be, v);
   const int C = s.C, K = s.K, P = s.P(), Q = s.Q();
   const int TP = (P + v.m - 1) / v.m, TQ = (Q + v.m - 1) / v.m;
   const int64_t tiles = static_cast<int64_t>(s.N) * TP * TQ;
@@ -435,7 +454,7 @@ std::vector<std::unique_ptr<ScratchBuffer>> winograd_weight_partials(CpuBackend&
     float* S = acc->get();
     for (int e = 0; e < v.matrices; ++e)  // S_e[C, K] (+)= V_e^T Z_e
       gemm_detail::gemm_run(pool, kern, true, false, C, K, nt, 1.f, V + e * vst, C, Z + e * zst, K, first ? 0.f : 1.f,
-                            S + e * (est + kWinogradSkew), K);
+                            S + e * (est + kWinogradSkew), K, nullptr, be.task_workspace(t));
   });
   return partial;
 }
@@ -502,7 +521,7 @@ void conv_forward_impl(CpuBackend& be, float* y, const float* x, const float* w,
       s.K >= kWinogradMinChannels) {
     const int64_t tiles4 = static_cast<int64_t>(s.N) * ((s.P() + 3) / 4) * ((s.Q() + 3) / 4);
     const int cmin = std::min(s.C, s.K), cmax = std::max(s.C, s.K);
-    if (cmin >= kWinograd4MinChannels && cmax <= kWinograd4MaxChannels && tiles4 >= cmax)
+    if (use_winograd4(kern.amx, cmin, cmax, tiles4))
       winograd_conv(be, 4, y, x, s, w, flipped);
     else
       winograd_conv(be, 2, y, x, s, w, flipped);
@@ -524,7 +543,7 @@ void conv_forward_impl(CpuBackend& be, float* y, const float* x, const float* w,
       const int64_t r0 = task * chunk, r1 = std::min(rows, r0 + chunk);
       im2col(pool, col->get(), x, s, r0, r1);
       gemm_detail::gemm_run(pool, kern, false, true, static_cast<int>(r1 - r0), s.K, rsc, 1.f, col->get(), rsc,
-                            nullptr, 0, 0.f, y + r0 * s.K, s.K, &wt);
+                            nullptr, 0, 0.f, y + r0 * s.K, s.K, &wt, be.task_workspace(t));
     });
     return;
   }
@@ -596,7 +615,8 @@ void CpuBackend::conv2d_backward_data(float* dx, const float* dy, const float* w
       std::memset(dx + n0 * image, 0, sizeof(float) * static_cast<size_t>((n1 - n0) * image));
       if (group > 1) {
         gemm_detail::gemm_run(pool(), kern, false, false, static_cast<int>((n1 - n0) * pq), rsc, s.K, 1.f,
-                              dy + n0 * pq * s.K, s.K, nullptr, 0, 0.f, dcol->get(), rsc, &wt);
+                              dy + n0 * pq * s.K, s.K, nullptr, 0, 0.f, dcol->get(), rsc, &wt,
+                              task_workspace(t));
         for (int64_t n = n0; n < n1; ++n) col2im_scatter(dx + n * image, dcol->get() + (n - n0) * pq * rsc, s, 0, P);
         return;
       }
@@ -605,7 +625,7 @@ void CpuBackend::conv2d_backward_data(float* dx, const float* dy, const float* w
         const int p1 = std::min(P, p0 + band);
         gemm_detail::gemm_run(pool(), kern, false, false, (p1 - p0) * Q, rsc, s.K, 1.f,
                               dy + (n0 * pq + static_cast<int64_t>(p0) * Q) * s.K, s.K, nullptr, 0, 0.f, dcol->get(),
-                              rsc, &wt);
+                              rsc, &wt, task_workspace(t));
         col2im_scatter(dx_img, dcol->get(), s, p0, p1);
       }
     });
@@ -636,7 +656,7 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
       s.K >= kWinogradMinChannels) {
     const int64_t tiles4 = static_cast<int64_t>(s.N) * ((s.P() + 3) / 4) * ((s.Q() + 3) / 4);
     const int cmin = std::min(s.C, s.K), cmax = std::max(s.C, s.K);
-    if (cmin >= kWinograd4MinChannels && cmax <= kWinograd4MaxChannels && tiles4 >= cmax)
+    if (use_winograd4(gemm_kernel().amx, cmin, cmax, tiles4))
       winograd_weight(*this, 4, dw, dy, x, s);
     else
       winograd_weight(*this, 2, dw, dy, x, s);

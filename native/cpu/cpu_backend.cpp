@@ -16,6 +16,7 @@ CpuBackend::CpuBackend(int threads)
   // MVEB_MATMUL_PRECISION=high|highest (the JS layer refuses other values with E_ARG).
   const char* p = std::getenv("MVEB_MATMUL_PRECISION");
   if (p != nullptr && std::strcmp(p, "high") == 0) precision_ = MatmulPrecision::High;
+  for (int t = 0; t < pool_->size(); ++t) task_workspaces_.emplace_back(new gemm_detail::Workspace);
 }
 
 void* CpuBackend::allocate(size_t bytes) {

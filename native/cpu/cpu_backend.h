@@ -4,6 +4,7 @@
 // elementwise.cpp, optim.cpp, vmf.cpp, ...); this header only declares them.
 #pragma once
 #include <memory>
+#include <vector>
 
 #include "core/backend.h"
 #include "core/threadpool.h"
@@ -30,6 +31,9 @@ class CpuBackend final : public Backend {
   // Whether the AMX SGEMM can run on this machine (amx_usable; MVEB_ISA below avx512 turns it off).
   bool amx() const { return amx_usable(features_, isa_); }
   MatmulPrecision matmul_precision() const { return precision_; }
+  // GEMM scratch of pool thread t for the single-threaded products inside a parallel region (the
+  // convolutions' chunks): kept between calls like the top-level GEMM's.
+  gemm_detail::Workspace* task_workspace(int t) { return task_workspaces_[static_cast<size_t>(t)].get(); }
   void set_matmul_precision(MatmulPrecision p) { precision_ = p; }
   // The SGEMM micro-kernel of isa(), with the AMX path when the precision is High and amx() holds.
   gemm_detail::KernelInfo gemm_kernel() const {
@@ -109,6 +113,7 @@ class CpuBackend final : public Backend {
   std::unique_ptr<ThreadPool> pool_;
   // SGEMM scratch kept between calls (gemm.h): no page faults of fresh packing buffers in every call.
   std::unique_ptr<gemm_detail::Workspace> gemm_workspace_{new gemm_detail::Workspace};
+  std::vector<std::unique_ptr<gemm_detail::Workspace>> task_workspaces_;
 };
 
 }  // namespace mveb

@@ -181,7 +181,13 @@ KernelInfo kernel_for(Isa isa) {
 
 PackedB::PackedB(ThreadPool& pool, const KernelInfo& kern, bool transB, int N_, int K_, const float* B, long ldb)
     : N(N_), K(K_), KC(balanced_depth(K_, kern.kc)), NC(std::min((N_ + kern.nr - 1) / kern.nr * kern.nr, kern.nc)),
-      NR(kern.nr) {
+      NR(kern.nr), amx(kern.amx && N_ >= 16 && K_ >= 32) {
+  if (amx) {
+    data_.reset(new ScratchBuffer((amx_packed_b_elems(N, K) + 1) / 2));
+    amx_pack_b(pool, N, K, [&](int r) { return B + static_cast<long>(r) * ldb; }, !transB,
+               reinterpret_cast<uint16_t*>(data_->get()));
+    return;
+  }
   pack_all(pool, [&](float* dst, int pc, int kc, int j0, int cols) {
     pack_b_panel(kern, B, ldb, transB, pc, kc, j0, cols, dst);
   });
@@ -189,7 +195,12 @@ PackedB::PackedB(ThreadPool& pool, const KernelInfo& kern, bool transB, int N_, 
 
 PackedB::PackedB(ThreadPool& pool, const KernelInfo& kern, int N_, int K_, const std::function<const float*(int)>& row)
     : N(N_), K(K_), KC(balanced_depth(K_, kern.kc)), NC(std::min((N_ + kern.nr - 1) / kern.nr * kern.nr, kern.nc)),
-      NR(kern.nr) {
+      NR(kern.nr), amx(kern.amx && N_ >= 16 && K_ >= 32) {
+  if (amx) {
+    data_.reset(new ScratchBuffer((amx_packed_b_elems(N, K) + 1) / 2));
+    amx_pack_b(pool, N, K, row, true, reinterpret_cast<uint16_t*>(data_->get()));
+    return;
+  }
   pack_all(pool, [&](float* dst, int pc, int kc, int j0, int cols) {
     for (int k = 0; k < kc; ++k) {
       const float* src = row(pc + k) + j0;
@@ -228,6 +239,10 @@ void PackedB::pack_all(ThreadPool& pool, const std::function<void(float*, int, i
   });
 }
 
+const uint16_t* PackedB::amx_block(int jc, int pc) const {
+  return reinterpret_cast<const uint16_t*>(data_->get()) + amx_block_offset(N, K, jc, pc);
+}
+
 const float* PackedB::block(int jc, int pc) const {
   const int ncp = (std::min(NC, N - jc) + NR - 1) / NR * NR;
   return data_->get() + static_cast<long>(jc) * K + static_cast<long>(pc) * ncp;
@@ -259,8 +274,8 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
     scale_c(pool, M, N, beta, C, ldc);
     return;
   }
-  if (kern.amx && !packed && amx_pays(M, N, K))
-    return gemm_amx(pool, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, workspace);
+  if (packed ? packed->amx : kern.amx && amx_pays(M, N, K))
+    return gemm_amx(pool, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, packed, workspace);
   const int MR = kern.mr, NR = kern.nr;
 
   const int T = pool.size();

@@ -5,6 +5,7 @@
 // Tested by test/native/test_kernels.cpp ("kernels: gemm ...") under every ISA.
 #pragma once
 #include <atomic>
+#include <cstdint>
 #include <cstddef>
 #include <functional>
 #include <memory>
@@ -58,7 +59,8 @@ KernelInfo kernel_for(Isa isa);
 
 // op(B) [K, N] packed once, in the blocks gemm_run uses, for several products with different A
 // (the chunks of a convolution). Block (jc, pc) of NC columns and KC depth starts at jc * K + pc * ncp
-// (ncp: the block's width rounded up to NR).
+// (ncp: the block's width rounded up to NR). With an AMX kernel (kern.amx, N >= 16, K >= 32) it holds
+// gemm_amx's split-bf16 panels instead (amx = true, amx_block), and gemm_run multiplies on AMX.
 class PackedB {
  public:
   PackedB(ThreadPool& pool, const KernelInfo& kernel, bool transB, int N, int K, const float* B, long ldb);
@@ -66,7 +68,9 @@ class PackedB {
   // memory, e.g. a convolution filter flipped in space).
   PackedB(ThreadPool& pool, const KernelInfo& kernel, int N, int K, const std::function<const float*(int)>& row);
   const float* block(int jc, int pc) const;
+  const uint16_t* amx_block(int jc, int pc) const;
   int N, K, KC, NC, NR;
+  bool amx = false;
 
  private:
   // Calls pack(dst, pc, kc, col0, cols) for every panel of every block, on the pool.
@@ -121,10 +125,21 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kernel, bool transA, bool tran
 // Whether an M x N x K product is worth the AMX path (tile padding and the split packing).
 bool amx_pays(int M, int N, int K);
 
-// The AMX bf16x3 SGEMM (gemm_amx.cpp; same contract as gemm_run without `packed`). Only on a CPU
-// where CpuBackend::amx() holds.
+// The AMX bf16x3 SGEMM (gemm_amx.cpp; same contract as gemm_run; `packed` must then be an AMX
+// PackedB). Only on a CPU where CpuBackend::amx() holds.
 void gemm_amx(ThreadPool& pool, bool transA, bool transB, int M, int N, int K, float alpha, const float* A, long lda,
-              const float* B, long ldb, float beta, float* C, long ldc, Workspace* workspace);
+              const float* B, long ldb, float beta, float* C, long ldc, const PackedB* packed, Workspace* workspace);
+// gemm_amx's blocking of op(B) [K, N] (depth KC, a multiple of 32; NC columns), the size in bf16 of
+// all of op(B) packed in those blocks, where block (jc, pc) starts, and the packing itself: row(r)
+// points at row r of the stored B (depth_major: op(B) = B or a row function; else op(B) = B^T).
+struct AmxBlocking {
+  int KC, NC;
+};
+AmxBlocking amx_blocking(int N, int K);
+size_t amx_packed_b_elems(int N, int K);
+size_t amx_block_offset(int N, int K, int jc, int pc);
+void amx_pack_b(ThreadPool& pool, int N, int K, const std::function<const float*(int)>& row, bool depth_major,
+                uint16_t* dst);
 
 }  // namespace gemm_detail
 }  // namespace mveb

@@ -105,14 +105,14 @@ inline void store_rows(uint16_t* dst, const __m512i rows[16]) {
   for (int r = 0; r < 16; ++r) _mm512_store_si512(reinterpret_cast<__m512i*>(dst + r * 32), rows[r]);
 }
 
-// One 32-deep step of 16 "row-contiguous" vectors (vector i reads depths [k0, k0 + 32) of index i
-// at src + i * ld; indices >= count and depths >= depth are zero) into the hi and lo blocks, as rows
-// (transpose = false) or transposed (row p = depth pair p across the 16 indices).
-void pack_step_rows(const float* src, long ld, int count, int depth, bool transpose, uint16_t* hi_dst,
-                    uint16_t* lo_dst) {
+// One 32-deep step of 16 "index rows" (at(i) points at the step's first depth of index i; indices
+// >= count and depths >= depth are zero) into the hi and lo blocks, as rows (transpose = false) or
+// transposed (row p = depth pair p across the 16 indices).
+template <class At>
+void pack_step_rows(At at, int count, int depth, bool transpose, uint16_t* hi_dst, uint16_t* lo_dst) {
   __m512i hi[16], lo[16];
   for (int i = 0; i < 16; ++i) {
-    if (i < count) pairs_from_row(src + i * ld, depth, hi[i], lo[i]);
+    if (i < count) pairs_from_row(at(i), depth, hi[i], lo[i]);
     else hi[i] = lo[i] = _mm512_setzero_si512();
   }
   if (transpose) {
@@ -127,16 +127,16 @@ void pack_step_rows(const float* src, long ld, int count, int depth, bool transp
   }
 }
 
-// One 32-deep step from "depth rows" (depth d reads 16 values at src + d * ld; the first count are
-// real, the rest and depths >= depth zero): row p = depth pair p across the indices
+// One 32-deep step from "depth rows" (at(d) points at the step's depth d, 16 indices; the first
+// count are real, the rest and depths >= depth zero): row p = depth pair p across the indices
 // (transpose = false), or transposed (row i = index i's 16 pairs).
-void pack_step_depth_rows(const float* src, long ld, int count, int depth, bool transpose, uint16_t* hi_dst,
-                          uint16_t* lo_dst) {
+template <class At>
+void pack_step_depth_rows(At at, int count, int depth, bool transpose, uint16_t* hi_dst, uint16_t* lo_dst) {
   const __mmask16 m = first_lanes(count);
   __m512i hi[16], lo[16];
   for (int p = 0; p < 16; ++p) {
-    const __m512 even = 2 * p < depth ? _mm512_maskz_loadu_ps(m, src + 2 * p * ld) : _mm512_setzero_ps();
-    const __m512 odd = 2 * p + 1 < depth ? _mm512_maskz_loadu_ps(m, src + (2 * p + 1) * ld) : _mm512_setzero_ps();
+    const __m512 even = 2 * p < depth ? _mm512_maskz_loadu_ps(m, at(2 * p)) : _mm512_setzero_ps();
+    const __m512 odd = 2 * p + 1 < depth ? _mm512_maskz_loadu_ps(m, at(2 * p + 1)) : _mm512_setzero_ps();
     pairs_from_two_rows(even, odd, hi[p], lo[p]);
   }
   if (transpose) {
@@ -152,11 +152,13 @@ void pack_step_depth_rows(const float* src, long ld, int count, int depth, bool 
 }
 
 // Packs op(X)[x0 : x0 + count, k0 : k0 + kc] as panels of 32 indices (rows of op(A) when as_a, else
-// columns of op(B)), steps of 32 depths, zero-padded. `depth_major`: X stored with the depth as its
-// row index (op(A) = A^T, or op(B) = B); else with the index as its row (op(A) = A, op(B) = B^T).
+// columns of op(B)), steps of 32 depths, zero-padded. row(r) points at row r of the stored X:
+// `depth_major`, X stored with the depth as its row index (op(A) = A^T, op(B) = B, or a PackedB's
+// row function); else with the index as its row (op(A) = A, op(B) = B^T).
 // Panels [p0, p1) only; panel p at dst + p * steps * kStepElems.
-void pack_panels(const float* X, long ld, bool depth_major, bool as_a, int x0, int count, int k0, int kc, int p0,
-                 int p1, uint16_t* dst) {
+template <class Row>
+void pack_panels(Row row, bool depth_major, bool as_a, int x0, int count, int k0, int kc, int p0, int p1,
+                 uint16_t* dst) {
   const int steps = (kc + kStep - 1) / kStep;
   for (int p = p0; p < p1; ++p) {
     uint16_t* panel = dst + static_cast<long>(p) * steps * kStepElems;
@@ -166,19 +168,27 @@ void pack_panels(const float* X, long ld, bool depth_major, bool as_a, int x0, i
         const int first = p * kPanel + h * 16, n = std::min(16, count - first);
         uint16_t* hi = panel + static_cast<long>(s) * kStepElems + h * 512;
         uint16_t* lo = hi + 1024;
-        const long k = k0 + s * kStep, x = x0 + first;
+        const int k = k0 + s * kStep, x = x0 + first;
         if (n <= 0) {
           std::memset(hi, 0, 1024);
           std::memset(lo, 0, 1024);
         } else if (depth_major) {
-          pack_step_depth_rows(X + k * ld + x, ld, n, depth, as_a, hi, lo);
+          pack_step_depth_rows([&](int d) { return row(k + d) + x; }, n, depth, as_a, hi, lo);
         } else {
-          pack_step_rows(X + x * ld + k, ld, n, depth, !as_a, hi, lo);
+          pack_step_rows([&](int i) { return row(x + i) + k; }, n, depth, !as_a, hi, lo);
         }
       }
     }
   }
 }
+
+// Row r of a row-major matrix with leading dimension ld.
+struct RowsOf {
+  const float* X;
+  long ld;
+  const float* operator()(int r) const { return X + static_cast<long>(r) * ld; }
+};
+inline RowsOf rows_of(const float* X, long ld) { return RowsOf{X, ld}; }
 
 // C[rows x cols] (rows, cols <= 32) = alpha * (A panel * B panel over `steps` 32-deep steps) + beta * C.
 // Whole tiles with alpha 1 and beta 0 or 1 (the convolutions' products) load C into the accumulator
@@ -292,8 +302,8 @@ void gemm_amx_depth_split(ThreadPool& pool, bool transA, bool transB, int M, int
             for (int j = 0; j < N; ++j) dst[i * ldd + j] = beta_block == 0.f ? 0.f : beta_block * dst[i * ldd + j];
           break;
         }
-        pack_panels(B, ldb, !transB, false, 0, N, pc, kc, 0, n_panels, pb);
-        pack_panels(A, lda, transA, true, 0, M, pc, kc, 0, m_panels, pa);
+        pack_panels(rows_of(B, ldb), !transB, false, 0, N, pc, kc, 0, n_panels, pb);
+        pack_panels(rows_of(A, lda), transA, true, 0, M, pc, kc, 0, m_panels, pa);
         multiply_packed(steps, pa, m_panels, M, pb, 0, n_panels, N, dst, ldd, alpha, beta_block);
       }
     }
@@ -309,15 +319,52 @@ void gemm_amx_depth_split(ThreadPool& pool, bool transA, bool transB, int M, int
 }
 }  // namespace
 
+AmxBlocking amx_blocking(int N, int K) {
+  return AmxBlocking{(balanced_depth(K, kMaxKC) + kStep - 1) / kStep * kStep,
+                     std::min((N + kPanel - 1) / kPanel * kPanel, kNC)};
+}
+
+size_t amx_packed_b_elems(int N, int K) {
+  const AmxBlocking bl = amx_blocking(N, K);
+  const long k_steps = static_cast<long>(K / bl.KC) * (bl.KC / kStep) + (K % bl.KC + kStep - 1) / kStep;
+  return static_cast<size_t>((N + kPanel - 1) / kPanel) * k_steps * kStepElems;
+}
+
+size_t amx_block_offset(int N, int K, int jc, int pc) {
+  const AmxBlocking bl = amx_blocking(N, K);
+  const long k_steps = static_cast<long>(K / bl.KC) * (bl.KC / kStep) + (K % bl.KC + kStep - 1) / kStep;
+  const long n_panels = (std::min(bl.NC, N - jc) + kPanel - 1) / kPanel;
+  return static_cast<size_t>((static_cast<long>(jc / bl.NC) * (bl.NC / kPanel) * k_steps +
+                              n_panels * (pc / bl.KC) * (bl.KC / kStep)) *
+                             kStepElems);
+}
+
+void amx_pack_b(ThreadPool& pool, int N, int K, const std::function<const float*(int)>& row, bool depth_major,
+                uint16_t* dst) {
+  const AmxBlocking bl = amx_blocking(N, K);
+  const int n_panels_max = bl.NC / kPanel;
+  const int jcs = (N + bl.NC - 1) / bl.NC, pcs = (K + bl.KC - 1) / bl.KC;
+  pool.parallel_for(static_cast<int64_t>(jcs) * pcs * n_panels_max, 2, [&](int64_t b, int64_t e, int) {
+    for (int64_t t = b; t < e; ++t) {
+      const int p = static_cast<int>(t % n_panels_max), pb = static_cast<int>((t / n_panels_max) % pcs);
+      const int jc = static_cast<int>(t / n_panels_max / pcs) * bl.NC, pc = pb * bl.KC;
+      const int nc = std::min(bl.NC, N - jc);
+      if (p * kPanel >= nc) continue;
+      pack_panels(row, depth_major, false, jc, nc, pc, std::min(bl.KC, K - pc), p, p + 1,
+                  dst + amx_block_offset(N, K, jc, pc));
+    }
+  });
+}
+
 void gemm_amx(ThreadPool& pool, bool transA, bool transB, int M, int N, int K, float alpha, const float* A, long lda,
-              const float* B, long ldb, float beta, float* C, long ldc, Workspace* workspace) {
+              const float* B, long ldb, float beta, float* C, long ldc, const PackedB* packed, Workspace* workspace) {
   const int T = pool.size();
   WorkspaceLease lease(workspace);
   Workspace& ws = lease.get();
-  if (T > 1 && K >= 4 * std::max(M, N) && static_cast<int64_t>(M) * N <= (int64_t(1) << 20))
+  if (!packed && T > 1 && K >= 4 * std::max(M, N) && static_cast<int64_t>(M) * N <= (int64_t(1) << 20))
     return gemm_amx_depth_split(pool, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ws);
-  const int KC = (balanced_depth(K, kMaxKC) + kStep - 1) / kStep * kStep;
-  const int NC = std::min((N + kPanel - 1) / kPanel * kPanel, kNC);
+  const AmxBlocking bl = amx_blocking(N, K);
+  const int KC = bl.KC, NC = bl.NC;
   // Row blocks as gemm_run splits them: a multiple of the thread count when M allows, balanced to
   // within one panel; column splits when there are too few row blocks for the threads.
   const int m_panels = (M + kPanel - 1) / kPanel;
@@ -329,7 +376,7 @@ void gemm_amx(ThreadPool& pool, bool transA, bool transB, int M, int N, int K, f
 
   ws.reserve(1 + T);
   const size_t step_floats = kStepElems / 2;  // uint16 pairs per float slot
-  uint16_t* const packed_b = reinterpret_cast<uint16_t*>(
+  uint16_t* const packed_b = packed ? nullptr : reinterpret_cast<uint16_t*>(
       ws.get(0, static_cast<size_t>(KC / kStep) * (NC / kPanel) * step_floats));
 
   for (int jc = 0; jc < N; jc += NC) {
@@ -341,16 +388,18 @@ void gemm_amx(ThreadPool& pool, bool transA, bool transB, int M, int N, int K, f
       const float beta_block = pc == 0 ? beta : 1.f;
       // One region: the threads pack the B block (panels claimed from a counter), wait for all of
       // it, then claim (row block, column split) tasks; every C element is written by one task.
+      const int b_panels = packed ? 0 : n_panels;  // panels to pack
+      const uint16_t* const b_block = packed ? packed->amx_block(jc, pc) : packed_b;
       std::atomic<int> next_panel{0}, panels_packed{0};
       std::atomic<int64_t> next_task{0};
       const int64_t tasks = static_cast<int64_t>(m_blocks) * n_splits;
-      pool.parallel_for(std::min<int64_t>(T, std::max<int64_t>(tasks, n_panels)), 1, [&](int64_t, int64_t, int thread) {
+      pool.parallel_for(std::min<int64_t>(T, std::max<int64_t>(tasks, b_panels)), 1, [&](int64_t, int64_t, int thread) {
         TileScope tiles;
-        for (int p; (p = next_panel.fetch_add(1, std::memory_order_relaxed)) < n_panels;) {
-          pack_panels(B, ldb, !transB, false, jc, nc, pc, kc, p, p + 1, packed_b);
+        for (int p; (p = next_panel.fetch_add(1, std::memory_order_relaxed)) < b_panels;) {
+          pack_panels(rows_of(B, ldb), !transB, false, jc, nc, pc, kc, p, p + 1, packed_b);
           panels_packed.fetch_add(1, std::memory_order_release);
         }
-        while (panels_packed.load(std::memory_order_acquire) < n_panels) std::this_thread::yield();
+        while (panels_packed.load(std::memory_order_acquire) < b_panels) std::this_thread::yield();
         uint16_t* const pa = reinterpret_cast<uint16_t*>(
             ws.get(1 + thread, static_cast<size_t>(steps) * max_block_panels * step_floats));
         for (int64_t task; (task = next_task.fetch_add(1, std::memory_order_relaxed)) < tasks;) {
@@ -359,8 +408,8 @@ void gemm_amx(ThreadPool& pool, bool transA, bool transB, int M, int N, int K, f
           const int ip1 = static_cast<int>(static_cast<int64_t>(m_panels) * (mb + 1) / m_blocks);
           const int i0 = ip0 * kPanel, mc = std::min(M, ip1 * kPanel) - i0;
           const int jp0 = n_panels * ns / n_splits, jp1 = n_panels * (ns + 1) / n_splits;
-          pack_panels(A, lda, transA, true, i0, mc, pc, kc, 0, ip1 - ip0, pa);
-          multiply_packed(steps, pa, ip1 - ip0, mc, packed_b, jp0, jp1, nc, C + static_cast<long>(i0) * ldc + jc, ldc,
+          pack_panels(rows_of(A, lda), transA, true, i0, mc, pc, kc, 0, ip1 - ip0, pa);
+          multiply_packed(steps, pa, ip1 - ip0, mc, b_block, jp0, jp1, nc, C + static_cast<long>(i0) * ldc + jc, ldc,
                           alpha, beta_block);
         }
       });

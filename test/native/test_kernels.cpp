@@ -348,6 +348,39 @@ TEST("kernels: conv2d forward / backward data / backward weight match the refere
   }
 }
 
+TEST("kernels: conv2d with matmul precision high (AMX) on every conv path, within bf16x3 error") {
+  // Shapes above amx_pays on each path: pointwise (plain GEMMs, depth-split weight gradient), 1x1
+  // stride 2 and 3x3 stride 2 (im2col chunks on an AMX PackedB; backward data through the scatter
+  // path's PackedB), 3x3 stride 1 by Winograd F(2x2) and F(4x4) (PackedB filter products, transposed
+  // weight-gradient products), and the 7x7/2 stem (depth 147: partial 32-deep steps).
+  auto backends = amx_backends();
+  if (backends.empty()) SKIP("no AMX here (CPUID or the kernel's tile permission)");
+  const ConvShape shapes[] = {{2, 14, 14, 96, 80, 1, 1, 1, 0}, {3, 15, 15, 64, 96, 1, 1, 2, 0},
+                              {2, 15, 13, 48, 40, 3, 3, 2, 1}, {2, 14, 15, 40, 48, 3, 3, 1, 1},
+                              {4, 16, 16, 64, 64, 3, 3, 1, 1}, {2, 33, 31, 3, 64, 7, 7, 2, 3}};
+  int seed = 900;
+  for (const ConvShape& s : shapes) {
+    const size_t nx = static_cast<size_t>(s.N) * s.H * s.W * s.C, nw = static_cast<size_t>(s.K) * s.R * s.S * s.C,
+                 ny = static_cast<size_t>(s.N) * s.P() * s.Q() * s.K;
+    const FVec x = rnd(nx, ++seed), w = rnd(nw, ++seed), dy = rnd(ny, ++seed), dw0 = rnd(nw, ++seed);
+    const Vec xd = to_d(x), wd = to_d(w), dyd = to_d(dy);
+    Vec y_ref(ny), dx_ref(nx), dw_ref(nw);
+    ref::conv2d_forward(y_ref.data(), xd.data(), wd.data(), s);
+    ref::conv2d_backward_data(dx_ref.data(), dyd.data(), wd.data(), s);
+    ref::conv2d_backward_weight(dw_ref.data(), dyd.data(), xd.data(), s);
+    for (size_t i = 0; i < nw; ++i) dw_ref[i] += dw0[i];
+    for (auto& b : backends) {
+      FVec y = poison(ny), dx = poison(nx), dw = dw0;
+      b->conv2d_forward(y.data(), x.data(), w.data(), s);
+      b->conv2d_backward_data(dx.data(), dy.data(), w.data(), s);
+      b->conv2d_backward_weight(dw.data(), dy.data(), x.data(), s);
+      EXPECT_REL(err(y, y_ref), kAmxTol, "conv forward " << str(s) << tag(*b));
+      EXPECT_REL(err(dx, dx_ref), kAmxTol, "conv backward data " << str(s) << tag(*b));
+      EXPECT_REL(err(dw, dw_ref), kAmxTol, "conv backward weight " << str(s) << tag(*b));
+    }
+  }
+}
+
 TEST("kernels: conv2d refuses an empty output with E_SHAPE") {
   auto& b = mtest::runtime().cpu();
   float x[4] = {};
