@@ -15,7 +15,7 @@ CpuBackend::CpuBackend(int threads)
       pool_(new ThreadPool(threads > 0 ? threads : default_thread_count())) {
   // MVEB_MATMUL_PRECISION=high|highest (the JS layer refuses other values with E_ARG).
   const char* p = std::getenv("MVEB_MATMUL_PRECISION");
-  if (p != nullptr && std::strcmp(p, "high") == 0) precision_ = MatmulPrecision::High;
+  if (p != nullptr && std::strcmp(p, "high") == 0) set_matmul_precision(MatmulPrecision::High);
   for (int t = 0; t < pool_->size(); ++t) task_workspaces_.emplace_back(new gemm_detail::Workspace);
 }
 

@@ -3,6 +3,7 @@
 // time (isa()). The op bodies live in one file per area (gemm.cpp, conv.cpp, batchnorm.cpp,
 // elementwise.cpp, optim.cpp, vmf.cpp, ...); this header only declares them.
 #pragma once
+#include <atomic>
 #include <memory>
 #include <vector>
 
@@ -30,15 +31,17 @@ class CpuBackend final : public Backend {
   const CpuFeatures& features() const { return features_; }
   // Whether the AMX SGEMM can run on this machine (amx_usable; MVEB_ISA below avx512 turns it off).
   bool amx() const { return amx_usable(features_, isa_); }
-  MatmulPrecision matmul_precision() const { return precision_; }
+  // Atomic: set from the JS thread, read by kernels on worker threads (relaxed: any one product sees
+  // one value).
+  MatmulPrecision matmul_precision() const { return precision_.load(std::memory_order_relaxed); }
   // GEMM scratch of pool thread t for the single-threaded products inside a parallel region (the
   // convolutions' chunks): kept between calls like the top-level GEMM's.
   gemm_detail::Workspace* task_workspace(int t) { return task_workspaces_[static_cast<size_t>(t)].get(); }
-  void set_matmul_precision(MatmulPrecision p) { precision_ = p; }
+  void set_matmul_precision(MatmulPrecision p) { precision_.store(p, std::memory_order_relaxed); }
   // The SGEMM micro-kernel of isa(), with the AMX path when the precision is High and amx() holds.
   gemm_detail::KernelInfo gemm_kernel() const {
     gemm_detail::KernelInfo k = gemm_detail::kernel_for(isa_);
-    k.amx = precision_ == MatmulPrecision::High && amx();
+    k.amx = matmul_precision() == MatmulPrecision::High && amx();
     return k;
   }
 
@@ -63,6 +66,10 @@ class CpuBackend final : public Backend {
   size_t stream_bytes = size_t(16) << 20;
   void gemm(bool transA, bool transB, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
             int ldb, float beta, float* C, int ldc) override;
+  // gemm in IEEE fp32 whatever the matmul precision: the vMF estimator's Cholesky and triangular
+  // solves (their condition number would amplify the bf16x3 error: 3.5e-4 at N 1024, D 256).
+  void gemm_fp32(bool transA, bool transB, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
+                 int ldb, float beta, float* C, int ldc);
   void nchw_to_nhwc(float* dst, const float* src, int N, int C, int H, int W) override;
   void nhwc_to_nchw(float* dst, const float* src, int N, int C, int H, int W) override;
   void conv2d_forward(float* y, const float* x, const float* w, const ConvShape& s) override;
@@ -109,11 +116,13 @@ class CpuBackend final : public Backend {
  private:
   CpuFeatures features_;
   Isa isa_;
-  MatmulPrecision precision_ = MatmulPrecision::Highest;
+  std::atomic<MatmulPrecision> precision_{MatmulPrecision::Highest};
   std::unique_ptr<ThreadPool> pool_;
   // SGEMM scratch kept between calls (gemm.h): no page faults of fresh packing buffers in every call.
   std::unique_ptr<gemm_detail::Workspace> gemm_workspace_{new gemm_detail::Workspace};
   std::vector<std::unique_ptr<gemm_detail::Workspace>> task_workspaces_;
+  void gemm_with(const gemm_detail::KernelInfo& kernel, bool transA, bool transB, int M, int N, int K, float alpha,
+                 const float* A, int lda, const float* B, int ldb, float beta, float* C, int ldc);
 };
 
 }  // namespace mveb

@@ -412,8 +412,19 @@ bool amx_pays(int M, int N, int K) {
 
 void CpuBackend::gemm(bool transA, bool transB, int M, int N, int K, float alpha, const float* A, int lda,
                       const float* B, int ldb, float beta, float* C, int ldc) {
+  gemm_with(gemm_kernel(), transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void CpuBackend::gemm_fp32(bool transA, bool transB, int M, int N, int K, float alpha, const float* A, int lda,
+                           const float* B, int ldb, float beta, float* C, int ldc) {
+  gemm_with(gemm_detail::kernel_for(isa()), transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void CpuBackend::gemm_with(const gemm_detail::KernelInfo& kernel, bool transA, bool transB, int M, int N, int K,
+                           float alpha, const float* A, int lda, const float* B, int ldb, float beta, float* C,
+                           int ldc) {
   check_gemm_args(transA, transB, M, N, K, lda, ldb, ldc);
-  gemm_detail::gemm_run(pool(), gemm_kernel(), transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc,
+  gemm_detail::gemm_run(pool(), kernel, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc,
                         nullptr, gemm_workspace_.get());
 }
 

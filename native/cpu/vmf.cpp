@@ -178,7 +178,7 @@ bool cholesky_f32(CpuBackend& be, float* A, int N, float* inv) {
     float* inv_k = inv + static_cast<int64_t>(k0 / kBlock) * kBlock * kBlock;
     // A[k0:N, k0:k0+kb] -= L[k0:N, 0:k0] L[k0:k0+kb, 0:k0]^T
     if (k0 > 0)
-      be.gemm(false, true, N - k0, kb, k0, -1.f, A + static_cast<int64_t>(k0) * N, N,
+      be.gemm_fp32(false, true, N - k0, kb, k0, -1.f, A + static_cast<int64_t>(k0) * N, N,
               A + static_cast<int64_t>(k0) * N, N, 1.f, Akk, N);
     if (!factor_diagonal_block(Akk, N, kb, blk, inv_k)) return false;
     // panel below: L[r, k0:k0+kb] = A[r, k0:k0+kb] L_kk^{-T}
@@ -188,7 +188,7 @@ bool cholesky_f32(CpuBackend& be, float* A, int N, float* inv) {
       float* dst = Akk + static_cast<int64_t>(kb) * N;
       for (int r = 0; r < rows; ++r)
         std::memcpy(panel.data() + static_cast<size_t>(r) * kb, dst + static_cast<int64_t>(r) * N, kb * sizeof(float));
-      be.gemm(false, true, rows, kb, kb, 1.f, panel.data(), kb, inv_k, kb, 0.f, dst, N);
+      be.gemm_fp32(false, true, rows, kb, kb, 1.f, panel.data(), kb, inv_k, kb, 0.f, dst, N);
     }
   }
   return true;
@@ -200,13 +200,13 @@ void cholesky_solve_f32(CpuBackend& be, const float* L, const float* inv, int N,
   auto apply_inverse = [&](int k0, int kb, bool transposed) {  // X_k = inv_k X_k (or inv_k^T X_k)
     float* Xk = X + static_cast<int64_t>(k0) * D;
     std::memcpy(tmp.data(), Xk, static_cast<size_t>(kb) * D * sizeof(float));
-    be.gemm(transposed, false, kb, D, kb, 1.f, inv + static_cast<int64_t>(k0 / kBlock) * kBlock * kBlock, kb,
+    be.gemm_fp32(transposed, false, kb, D, kb, 1.f, inv + static_cast<int64_t>(k0 / kBlock) * kBlock * kBlock, kb,
             tmp.data(), D, 0.f, Xk, D);
   };
   for (int k0 = 0; k0 < N; k0 += kBlock) {  // L Y = X
     const int kb = std::min(kBlock, N - k0);
     if (k0 > 0)
-      be.gemm(false, false, kb, D, k0, -1.f, L + static_cast<int64_t>(k0) * N, N, X, D, 1.f,
+      be.gemm_fp32(false, false, kb, D, k0, -1.f, L + static_cast<int64_t>(k0) * N, N, X, D, 1.f,
               X + static_cast<int64_t>(k0) * D, D);
     apply_inverse(k0, kb, false);
   }
@@ -214,7 +214,7 @@ void cholesky_solve_f32(CpuBackend& be, const float* L, const float* inv, int N,
   for (int k0 = last; k0 >= 0; k0 -= kBlock) {  // L^T X = Y
     const int kb = std::min(kBlock, N - k0), rest = N - k0 - kb;
     if (rest > 0)
-      be.gemm(true, false, kb, D, rest, -1.f, L + static_cast<int64_t>(k0 + kb) * N + k0, N,
+      be.gemm_fp32(true, false, kb, D, rest, -1.f, L + static_cast<int64_t>(k0 + kb) * N + k0, N,
               X + static_cast<int64_t>(k0 + kb) * D, D, 1.f, X + static_cast<int64_t>(k0) * D, D);
     apply_inverse(k0, kb, true);
   }
@@ -247,7 +247,7 @@ VmfInfo CpuBackend::vmf_score(float* score, const float* z, int N, int D, float 
   // S = Z Z^T, lower triangle (plus the upper part of each diagonal panel, unused)
   for (int r0 = 0; r0 < N; r0 += kPanelRows) {
     const int m = std::min(kPanelRows, N - r0);
-    gemm(false, true, m, r0 + m, D, 1.f, z + static_cast<int64_t>(r0) * D, D, z, D, 0.f,
+    gemm_fp32(false, true, m, r0 + m, D, 1.f, z + static_cast<int64_t>(r0) * D, D, z, D, 0.f,
          A + static_cast<int64_t>(r0) * N, N);
   }
 

@@ -357,7 +357,7 @@ TEST("kernels: conv2d with matmul precision high (AMX) on every conv path, withi
   if (backends.empty()) SKIP("no AMX here (CPUID or the kernel's tile permission)");
   const ConvShape shapes[] = {{2, 14, 14, 96, 80, 1, 1, 1, 0}, {3, 15, 15, 64, 96, 1, 1, 2, 0},
                               {2, 15, 13, 48, 40, 3, 3, 2, 1}, {2, 14, 15, 40, 48, 3, 3, 1, 1},
-                              {4, 16, 16, 64, 64, 3, 3, 1, 1}, {2, 33, 31, 3, 64, 7, 7, 2, 3}};
+                              {4, 16, 16, 64, 64, 3, 3, 1, 1}, {2, 33, 31, 3, 64, 7, 7, 2, 3}, {4, 8, 8, 32, 32, 3, 3, 1, 1}};
   int seed = 900;
   for (const ConvShape& s : shapes) {
     const size_t nx = static_cast<size_t>(s.N) * s.H * s.W * s.C, nw = static_cast<size_t>(s.K) * s.R * s.S * s.C,

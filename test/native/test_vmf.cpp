@@ -432,6 +432,19 @@ TEST("loss: vmf portable (scalar ISA) path agrees with the reference") {
   EXPECT_TRUE(std::fabs(info.width - ref.width) <= 1e-6 * ref.width, "width");
 }
 
+TEST("loss: vmf stays fp32 at matmul precision high (bitwise equal to highest)") {
+  // Its Cholesky and solves would amplify bf16x3 error by the condition number (gemm_fp32).
+  CpuBackend high(2), highest(2);
+  high.set_matmul_precision(mveb::MatmulPrecision::High);
+  highest.set_matmul_precision(mveb::MatmulPrecision::Highest);
+  const int N = 512, D = 256;  // products well above the AMX threshold
+  std::vector<float> z = unit_rows(gaussian(N * D, 78), N, D);
+  std::vector<float> a(z.size(), NAN), b(z.size(), NAN);
+  high.vmf_score(a.data(), z.data(), N, D, 0.01f, 0.1f);
+  highest.vmf_score(b.data(), z.data(), N, D, 0.01f, 0.1f);
+  EXPECT_TRUE(a == b, "vmf_score at high differs from highest" << (high.amx() ? "" : " (no AMX here: trivially equal)"));
+}
+
 TEST("loss: vmf clustered batch: finite, ill-conditioning reported, entropy step spreads the batch") {
   const int N = 48, D = 16;
   std::vector<float> mu = gaussian(D, 900), noise = gaussian(N * D, 901), z(N * D);
