@@ -14,9 +14,11 @@ export const MATMUL_PRECISIONS: readonly MatmulPrecision[] = ['highest', 'high']
 
 /**
  * Sets the precision of the CPU backend's float32 matrix products, like PyTorch's
- * `torch.set_float32_matmul_precision`: the general GEMM behind the projector's Linear layers and the
- * convolution products that go through it without a pre-packed filter (most convolution paths
- * pre-pack their filter or call the micro-kernel directly, and stay fp32).
+ * `torch.set_float32_matmul_precision`: the general GEMM behind the projector's Linear layers, the
+ * vMF entropy estimator of the loss (Gram matrix, Cholesky, triangular solves: the solves amplify the
+ * product error by the kernel matrix's condition number) and the convolution products that go
+ * through it without a pre-packed filter (most convolution paths pre-pack their filter or call the
+ * micro-kernel directly, and stay fp32).
  *
  * - `'highest'` (the default): IEEE fp32 products everywhere, ~1e-7 relative error per product sum.
  * - `'high'`: on a CPU with Intel AMX (AMX-TILE, AMX-BF16 and AVX512-BF16, the AVX-512 kernels in use
