@@ -4,6 +4,9 @@
 // given; library errors print as `mveb: error [CODE] message` and exit 1. --json prints one JSON
 // object as the last line of stdout (human-readable lines go to stderr in that mode).
 // `--threads N` sets MVEB_NUM_THREADS before the native addon loads (modules load lazily for that).
+// `--matmul-precision highest|high` (pretrain, eval) defaults to MVEB_MATMUL_PRECISION (else highest);
+// given explicitly it also sets that variable before the addon loads, and it is applied with
+// setMatmulPrecision before any work. It is a speed/precision setting, not recorded in checkpoints.
 // Tested in test/cli.test.ts (help, validation, a tiny pretrain + eval + export round trip).
 import { Command, InvalidArgumentError, Option } from 'commander';
 import * as path from 'path';
@@ -13,6 +16,7 @@ type Lib = {
   evaluate: typeof import('./train/evaluate');
   doctor: typeof import('./doctor');
   device: typeof import('./train/device');
+  precision: typeof import('./precision');
 };
 
 function lib(threads?: number): Lib {
@@ -23,7 +27,17 @@ function lib(threads?: number): Lib {
     evaluate: require('./train/evaluate'),
     doctor: require('./doctor'),
     device: require('./train/device'),
+    precision: require('./precision'),
   };
+}
+
+/** lib(threads) with --matmul-precision applied: an explicit flag also sets MVEB_MATMUL_PRECISION
+ * first (it wins over an invalid value there, which native.ts refuses otherwise). */
+function libWithPrecision(o: { threads?: number; matmulPrecision: 'highest' | 'high' }, cmd: Command): Lib {
+  if (cmd.getOptionValueSource('matmulPrecision') === 'cli') process.env.MVEB_MATMUL_PRECISION = o.matmulPrecision;
+  const l = lib(o.threads);
+  l.precision.setMatmulPrecision(o.matmulPrecision);
+  return l;
 }
 
 // The pretrain defaults (mirrors PRETRAIN_DEFAULTS in lib/train/pretrain.ts, which cannot be imported
@@ -62,6 +76,19 @@ const scaleRange = (v: string): [number, number] => {
 const choice = (...allowed: string[]) => (v: string) => {
   if (!allowed.includes(v)) throw new InvalidArgumentError(`expected one of ${allowed.join(', ')}, got '${v}'.`);
   return v;
+};
+// --matmul-precision; its default is MVEB_MATMUL_PRECISION when that is valid (an invalid value is
+// refused with E_ARG when the addon loads).
+const matmulPrecisionOption = () => {
+  const env = process.env.MVEB_MATMUL_PRECISION;
+  const fromEnv = env === 'high' || env === 'highest';
+  return new Option(
+    '--matmul-precision <p>',
+    'CPU float32 matmul precision: highest (fp32) or high (bf16x3 on the AMX tiles of CPUs that have them: faster, ' +
+      '~4e-6 relative error per product instead of ~1e-7; fp32 without AMX and on CUDA)',
+  )
+    .argParser(choice('highest', 'high'))
+    .default(fromEnv ? env : 'highest', fromEnv ? `${env}, from MVEB_MATMUL_PRECISION` : 'highest, or MVEB_MATMUL_PRECISION');
 };
 const depthOf = (v: string) => {
   const m = /^(?:resnet)?(18|34|50)$/i.exec(v.trim());
@@ -133,6 +160,7 @@ export function buildProgram(configure?: (program: Command) => void): Command {
     .option('--resume [checkpoint]', 'continue from <out>/checkpoint.safetensors or the given checkpoint/run folder')
     .option('--seed <n>', 'random seed (initialisation, subsets, augmentation)', int(0, 2 ** 31), 0)
     .option('--threads <n>', 'CPU threads (default: all cores; fixes MVEB_NUM_THREADS)', int(1, 1024))
+    .addOption(matmulPrecisionOption())
     .option('--knn-every <n>', 'kNN monitor every n epochs on a subset (0 = never)', int(0), 1)
     .option('--knn-bank <n>', 'memory bank size of the final kNN (0 = all training images)', int(0), 0)
     .option('--no-final-knn', 'skip the final kNN on the full test set (and the random-init baseline)')
@@ -144,9 +172,9 @@ export function buildProgram(configure?: (program: Command) => void): Command {
       try {
         if (o.resume) {
           // resuming: the checkpoint's configuration applies unless an option is given explicitly
-          for (const key of Object.keys(o)) if (cmd.getOptionValueSource(key) === 'default' && !['json', 'progress', 'device', 'out', 'finalKnn'].includes(key)) o[key] = undefined;
+          for (const key of Object.keys(o)) if (cmd.getOptionValueSource(key) === 'default' && !['json', 'progress', 'device', 'out', 'finalKnn', 'matmulPrecision'].includes(key)) o[key] = undefined;
         }
-        const l = lib(o.threads);
+        const l = libWithPrecision(o, cmd);
         const summary = await l.pretrain.pretrain({
           data: o.data,
           testData: o.testData,
@@ -201,14 +229,15 @@ export function buildProgram(configure?: (program: Command) => void): Command {
       .option('--target', 'use the momentum (target) backbone instead of the online one', false)
       .option('--device <name>', 'auto, cpu or cuda', choice('auto', 'cpu', 'cuda'), 'auto')
       .option('--threads <n>', 'CPU threads', int(1, 1024))
+      .addOption(matmulPrecisionOption())
       .option('--json', 'print the result as JSON on the last line of stdout', false);
   common(evalCmd.command('knn').description('weighted kNN (official monitor): L2-normalised backbone features, top-k votes exp(sim/t)'))
     .option('--k <n>', 'neighbours', int(1, 100000), 200)
     .option('--temperature <t>', 'vote temperature', float(0, Infinity, true), 0.1)
-    .action(async (o) => {
+    .action(async (o, cmd: Command) => {
       const out = io(o.json);
       try {
-        const l = lib(o.threads);
+        const l = libWithPrecision(o, cmd);
         const r = await l.evaluate.evaluateCheckpoint(o.checkpoint, {
           mode: 'knn', data: o.data, trainImages: o.trainImages, testImages: o.testImages, target: o.target,
           device: o.device, k: o.k, temperature: o.temperature, log: out.log,
@@ -226,10 +255,10 @@ export function buildProgram(configure?: (program: Command) => void): Command {
     .option('--weight-decay <x>', 'weight decay', float(0), 0)
     .option('--lars', 'LARC adaptation, trust 0.001 (the official --lars)', false)
     .option('--no-standardize', 'do not standardise the features (official behaviour)')
-    .action(async (o) => {
+    .action(async (o, cmd: Command) => {
       const out = io(o.json);
       try {
-        const l = lib(o.threads);
+        const l = libWithPrecision(o, cmd);
         const r = await l.evaluate.evaluateCheckpoint(o.checkpoint, {
           mode: 'linear', data: o.data, trainImages: o.trainImages, testImages: o.testImages, target: o.target,
           device: o.device, epochs: o.epochs, batchSize: o.batchSize, lr: o.lr, weightDecay: o.weightDecay,

@@ -3,6 +3,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { native, packageRoot } from './native';
+import type { MatmulPrecision } from './precision';
 
 export interface CpuInfo {
   available: true;
@@ -15,6 +16,11 @@ export interface CpuInfo {
   fma: boolean;
   avx512bf16: boolean;
   avx512vnni: boolean;
+  /** the AMX bf16x3 SGEMM of matmul precision 'high' can run here: AMX-TILE, AMX-BF16 and AVX512-BF16,
+   * the AVX-512 kernels in use and the Linux kernel granting the tile state */
+  amx: boolean;
+  /** the current matmul precision (setMatmulPrecision, MVEB_MATMUL_PRECISION) */
+  matmulPrecision: MatmulPrecision;
 }
 
 export interface CudaInfo {
@@ -58,6 +64,9 @@ export function doctorReport(): { ok: boolean; lines: string[]; backends: Backen
     `CPU: ok  ${b.cpu.brand || 'unknown CPU'}`,
     `  kernels: ${b.cpu.isa}  threads: ${b.cpu.threads} (MVEB_NUM_THREADS to change)`,
     `  AVX-512: ${yes(b.cpu.avx512)}  AVX2: ${yes(b.cpu.avx2)}  FMA: ${yes(b.cpu.fma)}  AVX512-BF16: ${yes(b.cpu.avx512bf16)}  AVX512-VNNI: ${yes(b.cpu.avx512vnni)}`,
+    `  matmul precision: ${b.cpu.matmulPrecision} (AMX: ${b.cpu.amx ? 'available' : 'not available'}${
+      b.cpu.matmulPrecision === 'high' && !b.cpu.amx ? ', so fp32 as with highest' : ''
+    }; MVEB_MATMUL_PRECISION=highest|high to change)`,
   ];
   const c = b.cuda;
   if (!c.compiled) {

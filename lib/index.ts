@@ -5,6 +5,8 @@ export { Tensor, memory } from './tensor';
 export type { DType, DeviceName, TypedData, MemoryCounter } from './tensor';
 export { backends, doctorReport } from './doctor';
 export type { Backends, CpuInfo, CudaInfo } from './doctor';
+export { setMatmulPrecision, getMatmulPrecision } from './precision';
+export type { MatmulPrecision } from './precision';
 export { Model } from './model';
 export type { ResnetOptions, ProjectorOptions, OptimizerStepOptions } from './model';
 export { MVEBLoss, vmfScore } from './loss';

@@ -1,6 +1,7 @@
 // native.ts: loads the compiled addon (build/Release/mveb.node, built by `npm install` through
 // cmake-js or by `npx node-gyp rebuild`; MVEB_ADDON_PATH overrides the path) and registers MvebError
-// with it. Every other module reaches native code through `native` exported here.
+// with it; refuses an invalid MVEB_MATMUL_PRECISION first. Every other module reaches native code
+// through `native` exported here.
 import * as fs from 'fs';
 import * as path from 'path';
 import { MvebError } from './errors';
@@ -25,7 +26,20 @@ export const packageRoot: string = (() => {
   return path.resolve(__dirname, '..');
 })();
 
+// The native CPU backend reads MVEB_MATMUL_PRECISION when the addon loads and acts on 'high' only;
+// anything but 'highest' / 'high' is refused here so a typo never silently means fp32.
+function checkEnvironment(): void {
+  const p = process.env.MVEB_MATMUL_PRECISION;
+  if (p !== undefined && p !== 'highest' && p !== 'high') {
+    throw new MvebError(
+      'E_ARG',
+      `MVEB_MATMUL_PRECISION must be 'highest' (fp32, the default) or 'high' (bf16x3 on AMX CPUs), found '${p}'`,
+    );
+  }
+}
+
 function loadAddon(): NativeAddon {
+  checkEnvironment();
   const candidates = process.env.MVEB_ADDON_PATH
     ? [path.resolve(process.env.MVEB_ADDON_PATH)]
     : [path.join(packageRoot, 'build', 'Release', 'mveb.node'), path.join(packageRoot, 'build', 'Debug', 'mveb.node')];

@@ -5,10 +5,11 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { CommanderError } from 'commander';
-import { spawn } from 'child_process';
+import { spawn, spawnSync } from 'child_process';
 import { buildProgram, DEFAULTS } from '../lib/cli';
 import { resolveDevice } from '../lib/train/device';
 import { backends } from '../lib/doctor';
+import { getMatmulPrecision } from '../lib/precision';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mveb-cli-'));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -46,10 +47,13 @@ describe('cli: help and validation', () => {
     expect(p.out).toContain('(default: 64)');
     expect(p.out).toContain('(default: "auto")');
     expect(p.out).toContain('--resume');
+    expect(p.out).toContain('--matmul-precision <p>');
     const k = await cli('eval', 'knn', '--help');
     expect(k.out).toContain('(default: 200)');
+    expect(k.out).toContain('--matmul-precision <p>');
     const l = await cli('eval', 'linear', '--help');
     expect(l.out).toContain('(default: 90)');
+    expect(l.out).toContain('--matmul-precision <p>');
     const x = await cli('export', '--help');
     expect(x.out).toContain('--checkpoint <path>');
   });
@@ -68,6 +72,10 @@ describe('cli: help and validation', () => {
     [['pretrain', '--global-scale', '0.8,0.5'], '--global-scale'],
     [['pretrain', '--local-scale', '0.1'], '--local-scale'],
     [['pretrain', '--no-such-option'], 'no-such-option'],
+    [['pretrain', '--matmul-precision', 'medium'], '--matmul-precision'],
+    [['pretrain', '--matmul-precision', 'HIGH'], '--matmul-precision'],
+    [['eval', 'knn', '--checkpoint', 'x', '--matmul-precision', 'fp32'], '--matmul-precision'],
+    [['eval', 'linear', '--checkpoint', 'x', '--matmul-precision', ''], '--matmul-precision'],
     [['eval', 'knn'], '--checkpoint'],
     [['eval', 'knn', '--checkpoint', 'x', '--k', '0'], '--k'],
     [['eval', 'linear', '--checkpoint', 'x', '--epochs', '-3'], '--epochs'],
@@ -99,6 +107,21 @@ describe('cli: help and validation', () => {
     if (!backends().cuda.available) expect(() => resolveDevice('cuda')).toThrow(/CUDA is not usable/);
   });
 
+  test('an invalid MVEB_MATMUL_PRECISION is an E_ARG error naming it', () => {
+    const script = `
+      const fs = require('fs'), ts = require('typescript');
+      require.extensions['.ts'] = (m, f) => m._compile(ts.transpileModule(fs.readFileSync(f, 'utf8'),
+        { compilerOptions: { module: ts.ModuleKind.CommonJS, target: ts.ScriptTarget.ES2022, esModuleInterop: true } }).outputText, f);
+      require('./lib/cli').buildProgram().parseAsync(process.argv);`;
+    const r = spawnSync(process.execPath, ['-e', script, 'mveb', 'doctor', '--json'], {
+      cwd: path.resolve(__dirname, '..'), env: { ...process.env, MVEB_MATMUL_PRECISION: 'hihg' }, encoding: 'utf8', timeout: 60000,
+    });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toContain('[E_ARG] MVEB_MATMUL_PRECISION');
+    expect(r.stderr).toContain("found 'hihg'");
+    expect(JSON.parse(r.stdout.trim().split('\n').pop()!).error.code).toBe('E_ARG');
+  });
+
   test('doctor --json', async () => {
     const r = await cli('doctor', '--json');
     const j = JSON.parse(r.out.trim().split('\n').pop()!);
@@ -119,15 +142,28 @@ describe('cli: pretrain -> eval -> export', () => {
     for (const k of ['seconds', 'imagesPerSecond', 'knnTop1', 'knnTop1RandomInit', 'checkpoint', 'report']) expect(k in s).toBe(true);
     expect(fs.existsSync(s.checkpoint)).toBe(true);
     expect(r.err).toContain('device: cpu');
+    expect(s.matmulPrecision).toBe(getMatmulPrecision());
+    expect(r.err).toContain(`matmul precision: ${s.matmulPrecision}`);
   });
   test('eval knn and linear on the checkpoint', async () => {
-    const k = await cli('eval', 'knn', '--checkpoint', out, '--train-images', '300', '--test-images', '100', '--device', 'cpu', '--json');
+    // an explicit --matmul-precision is applied (and sets MVEB_MATMUL_PRECISION for the addon; restored after)
+    const env = process.env.MVEB_MATMUL_PRECISION;
+    let k;
+    try {
+      k = await cli('eval', 'knn', '--checkpoint', out, '--train-images', '300', '--test-images', '100', '--device', 'cpu', '--matmul-precision', 'high', '--json');
+    } finally {
+      if (env === undefined) delete process.env.MVEB_MATMUL_PRECISION;
+      else process.env.MVEB_MATMUL_PRECISION = env;
+    }
     const kj = JSON.parse(k.out.trim().split('\n').pop()!);
+    expect(kj.matmulPrecision).toBe('high');
+    expect(k.err).toContain(`matmul precision: high (${backends().cpu.amx ? 'bf16x3 on AMX' : 'no AMX on this CPU: fp32'})`);
     expect(kj.top1).toBeGreaterThan(0.1); // 10 classes: better than chance even for a barely trained net
     expect(kj.top5).toBeGreaterThanOrEqual(kj.top1);
     expect(kj.testCount).toBe(100);
     const l = await cli('eval', 'linear', '--checkpoint', out, '--train-images', '300', '--test-images', '100', '--epochs', '5', '--device', 'cpu', '--json');
     const lj = JSON.parse(l.out.trim().split('\n').pop()!);
+    expect(lj.matmulPrecision).toBe(process.env.MVEB_MATMUL_PRECISION === 'high' ? 'high' : 'highest'); // the default again
     expect(lj.top1).toBeGreaterThan(0.1);
     expect(lj.mode).toBe('linear');
   });

@@ -15,6 +15,7 @@ import { knnEvaluate } from '../eval/knn';
 import { linearEvaluate } from '../eval/linear';
 import { loadCheckpoint, withPrefix } from './checkpoint';
 import { resolveDevice, DeviceChoice } from './device';
+import { MatmulPrecision, getMatmulPrecision, matmulPrecisionSummary } from '../precision';
 import type { ResolvedConfig } from './pretrain';
 
 export interface EvaluateOptions {
@@ -46,6 +47,8 @@ export interface EvaluateResult {
   testCount: number;
   seconds: number;
   device: string;
+  /** the CPU matmul precision of the evaluation (setMatmulPrecision / MVEB_MATMUL_PRECISION) */
+  matmulPrecision: MatmulPrecision;
   checkpoint: string;
   network: 'online' | 'target';
 }
@@ -105,7 +108,7 @@ export async function evaluateCheckpoint(checkpointPath: string, o: EvaluateOpti
   const t0 = Date.now();
   const log = o.log ?? (() => undefined);
   const { device, reason } = resolveDevice(o.device ?? 'auto');
-  log(`device: ${device} (${reason})`);
+  log(`device: ${device} (${reason}); matmul precision: ${matmulPrecisionSummary(device)}`);
   const net = await loadBackbone(checkpointPath, { target: o.target, device });
   try {
     const source = o.data ?? dataSource(net.config);
@@ -152,6 +155,7 @@ export async function evaluateCheckpoint(checkpointPath: string, o: EvaluateOpti
         testCount: testIdx.length,
         seconds: (Date.now() - t0) / 1000,
         device,
+        matmulPrecision: getMatmulPrecision(),
         checkpoint: net.path,
         network: o.target ? 'target' : 'online',
       };

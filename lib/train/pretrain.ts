@@ -21,6 +21,7 @@ import { Model } from '../model';
 import { MVEBLoss } from '../loss';
 import { Dataset, builtinFashionMnist, loadDataset, augmentBatch, defaultViews, epochPermutation, ViewConfig } from '../data';
 import { backends } from '../doctor';
+import { MatmulPrecision, getMatmulPrecision, matmulPrecisionSummary } from '../precision';
 import { extractFeatures, subsetIndices } from '../eval/features';
 import { knnEvaluate } from '../eval/knn';
 import { learningRateAt, momentumAt } from './schedule';
@@ -108,6 +109,8 @@ export interface PretrainSummary {
   metrics: string;
   device: DeviceName;
   deviceReason: string;
+  /** the CPU matmul precision of the run (setMatmulPrecision / MVEB_MATMUL_PRECISION / --matmul-precision) */
+  matmulPrecision: MatmulPrecision;
   skippedSteps: number;
   finalLoss: number | null;
   finalAlignment: number | null;
@@ -441,7 +444,8 @@ export async function pretrain(options: PretrainOptions = {}): Promise<PretrainS
   } else {
     fs.writeFileSync(metricsPath, '');
   }
-  say(`device: ${device} (${deviceReason})`);
+  const matmulPrecision = getMatmulPrecision();
+  say(`device: ${device} (${deviceReason}); matmul precision: ${matmulPrecisionSummary(device)}`);
   say(
     `data: ${train.name}, ${trainSet.size} images ${c.imageShape.join('x')}; model: ResNet-${c.depth} (${c.stem} stem, width x${c.width}, ` +
       `${online.backbone.featureDim}-d features) + projector ${c.projectorDim}; ${views} views; ${c.optimizer.toUpperCase()} lr ${c.lr} x ${batchSize}/256; ` +
@@ -629,6 +633,7 @@ export async function pretrain(options: PretrainOptions = {}): Promise<PretrainS
       metrics: metricsPath,
       device,
       deviceReason,
+      matmulPrecision,
       skippedSteps,
       finalLoss: lastLoss,
       finalAlignment: lastAlignment,

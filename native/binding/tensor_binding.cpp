@@ -1,5 +1,6 @@
 // tensor_binding.cpp: TensorHandle (the native side of lib/tensor.ts's Tensor), tensor creation and
-// copies, memory() and backends(). Checks every argument so bad input never crashes the process.
+// copies, memory(), backends() and the CPU matmul precision (set/getMatmulPrecision). Checks every
+// argument so bad input never crashes the process.
 #include <cstring>
 
 #include "binding/common.h"
@@ -193,7 +194,36 @@ static Napi::Value memory(const Napi::CallbackInfo& info) {
   return o;
 }
 
-// backends() -> { cpu: {...features, isa, threads}, cuda: { compiled, available, reason?, ... } }
+static const char* precision_name(mveb::MatmulPrecision p) { return p == mveb::MatmulPrecision::High ? "high" : "highest"; }
+
+// setMatmulPrecision('highest' | 'high'): the precision of the CPU backend's float32 matrix products
+// (cpu_backend.h MatmulPrecision; 'high' uses the AMX bf16x3 SGEMM where CpuBackend::amx() holds).
+// Anything else is E_ARG. Takes effect for the products computed after the call.
+static Napi::Value set_matmul_precision(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    const std::string s = info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
+    mveb::MatmulPrecision p;
+    if (s == "highest") {
+      p = mveb::MatmulPrecision::Highest;
+    } else if (s == "high") {
+      p = mveb::MatmulPrecision::High;
+    } else {
+      throw_js(env, "E_ARG", "matmul precision must be 'highest' (fp32, the default) or 'high' (bf16x3 on AMX CPUs), found " +
+                                 (info[0].IsString() ? "'" + s + "'" : std::string("a value that is not a string")));
+    }
+    static_cast<mveb::CpuBackend&>(runtime(env).cpu()).set_matmul_precision(p);
+    return env.Undefined();
+  });
+}
+
+// getMatmulPrecision() -> 'highest' | 'high'
+static Napi::Value get_matmul_precision(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return Napi::String::New(env, precision_name(static_cast<mveb::CpuBackend&>(runtime(env).cpu()).matmul_precision()));
+}
+
+// backends() -> { cpu: {...features, isa, threads, amx, matmulPrecision}, cuda: { compiled, available, reason?, ... } }
 static Napi::Value backends(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto& cpu = static_cast<mveb::CpuBackend&>(runtime(env).cpu());
@@ -208,6 +238,8 @@ static Napi::Value backends(const Napi::CallbackInfo& info) {
   c.Set("fma", f.fma);
   c.Set("avx512bf16", f.avx512_bf16);
   c.Set("avx512vnni", f.avx512_vnni);
+  c.Set("amx", cpu.amx());
+  c.Set("matmulPrecision", precision_name(cpu.matmul_precision()));
   mveb::CudaInfo ci = mveb::cuda_query_info();
   Napi::Object g = Napi::Object::New(env);
   g.Set("compiled", ci.compiled);
@@ -257,6 +289,8 @@ void register_tensor(Napi::Env env, Napi::Object exports) {
   exports.Set("tensorTo", Napi::Function::New(env, tensor_to, "tensorTo"));
   exports.Set("memory", Napi::Function::New(env, memory, "memory"));
   exports.Set("backends", Napi::Function::New(env, backends, "backends"));
+  exports.Set("setMatmulPrecision", Napi::Function::New(env, set_matmul_precision, "setMatmulPrecision"));
+  exports.Set("getMatmulPrecision", Napi::Function::New(env, get_matmul_precision, "getMatmulPrecision"));
 }
 
 }  // namespace mveb_binding
