@@ -14,11 +14,10 @@ export const MATMUL_PRECISIONS: readonly MatmulPrecision[] = ['highest', 'high']
 
 /**
  * Sets the precision of the CPU backend's float32 matrix products, like PyTorch's
- * `torch.set_float32_matmul_precision`: the general GEMM behind the projector's Linear layers, the
- * vMF entropy estimator of the loss (Gram matrix, Cholesky, triangular solves: the solves amplify the
- * product error by the kernel matrix's condition number) and the convolution products that go
- * through it without a pre-packed filter (most convolution paths pre-pack their filter or call the
- * micro-kernel directly, and stay fp32).
+ * `torch.set_float32_matmul_precision`: the products of the convolutions (forward, input and weight
+ * gradients; Winograd F(4x4) keeps fp32 products) and of the projector's Linear layers. The vMF
+ * entropy estimator of the loss always computes in fp32 (its Cholesky and solves would amplify the
+ * error by the kernel matrix's condition number).
  *
  * - `'highest'` (the default): IEEE fp32 products everywhere, ~1e-7 relative error per product sum.
  * - `'high'`: on a CPU with Intel AMX (AMX-TILE, AMX-BF16 and AVX512-BF16, the AVX-512 kernels in use
@@ -26,8 +25,8 @@ export const MATMUL_PRECISIONS: readonly MatmulPrecision[] = ['highest', 'high']
  *   products of at least ~4 MFLOP run on the AMX tiles in "bf16x3": each float is split into two
  *   bfloat16 (hi + lo, 16 significant bits) and a*b is computed as hi*lo + hi*hi + lo*hi with fp32
  *   accumulation. The relative error of a product sum is ~4e-6 (1024-deep dot product) instead of
- *   ~1e-7; results are no longer bitwise equal to `'highest'`. Smaller products, products with a
- *   pre-packed filter, CPUs without AMX and the CUDA backend compute exactly what `'highest'` does.
+ *   ~1e-7; results are no longer bitwise equal to `'highest'`. Smaller products, CPUs without AMX and
+ *   the CUDA backend compute exactly what `'highest'` does.
  *
  * The setting is process-wide for this Node.js environment (each worker_thread has its own) and
  * applies to the products computed after the call; change it while no computation is in flight.
