@@ -11,6 +11,8 @@
 //   node benchmarks/train-step.js --matmul-precision high   our side at matmul precision 'high'
 //                                            (bf16x3 on AMX CPUs; default: MVEB_MATMUL_PRECISION, else
 //                                            highest = fp32). PyTorch always runs fp32 here (1.13 CPU).
+//   node benchmarks/train-step.js --matmul-precision both   ours at highest and at high, one row each,
+//                                            against the same PyTorch measurements
 // Env: MVEB_ADDON_PATH (default build/Release/mveb.node), MVEB_NUM_THREADS (default 2, = PyTorch's
 // threads here), MVEB_MATMUL_PRECISION, MVEB_BENCH_NO_TORCH=1 to skip PyTorch. The header and every
 // row name the precision our side ran at (as the addon reports it) and whether AMX was used.
@@ -43,16 +45,15 @@ if (envPrecision !== undefined && !PRECISIONS.includes(envPrecision)) {
   process.exit(1);
 }
 const requestedPrecision = opt('--matmul-precision', envPrecision || 'highest');
-if (!PRECISIONS.includes(requestedPrecision)) {
-  console.error(`--matmul-precision must be highest or high, found '${requestedPrecision}'`);
+if (![...PRECISIONS, 'both'].includes(requestedPrecision)) {
+  console.error(`--matmul-precision must be highest, high or both, found '${requestedPrecision}'`);
   process.exit(1);
 }
+const ourPrecisions = requestedPrecision === 'both' ? PRECISIONS : [requestedPrecision];
 const addon = require(addonPath);
-addon.setMatmulPrecision(requestedPrecision);
-const precision = addon.getMatmulPrecision();
 const amx = addon.backends().cpu.amx;
 // what our products actually ran as: 'high' without AMX computes what 'highest' does
-const precisionLabel = precision === 'high' ? (amx ? 'high (bf16x3 on AMX)' : 'high (no AMX: fp32)') : 'highest (fp32)';
+const labelOf = (p) => (p === 'high' ? (amx ? 'high (bf16x3 on AMX)' : 'high (no AMX: fp32)') : 'highest (fp32)');
 const steps = Number(opt('--steps', '2'));
 const only = opt('--only', null);
 const FLOP_PER_IMAGE = { r50: 3 * 2 * 4.11e9, r18: 3 * 2 * 0.556e9 }; // 3 x forward, 2 FLOP per MAC
@@ -110,30 +111,37 @@ const mib = (b) => (b / 2 ** 20).toFixed(0) + ' MiB';
 (async () => {
   const why = torchAvailable();
   console.log(`train-step benchmark: ${threads} threads, ${steps} timed steps after 1 warm-up, best step reported; addon ${addonPath}`);
-  console.log(`our matmul precision: ${precisionLabel}; PyTorch: fp32`);
+  console.log(`our matmul precision: ${ourPrecisions.map(labelOf).join(' and ')}; PyTorch: fp32`);
   if (why) console.log(`PyTorch side skipped: ${why}`);
   const rows = [];
   for (const c of configs) {
-    const o = await ours(c);
+    const mine = [];
+    for (const p of ourPrecisions) {
+      addon.setMatmulPrecision(p);
+      mine.push({ precision: addon.getMatmulPrecision(), o: await ours(c) });
+    }
     const tn = why ? null : torchRun(c, 'nchw');
     const tc = why ? null : torchRun(c, 'channels_last');
     const bestTorch = Math.max(tn && tn.images_per_s ? tn.images_per_s : 0, tc && tc.images_per_s ? tc.images_per_s : 0);
     const bestTorchCpu = Math.max(tn && tn.images_per_cpu_s ? tn.images_per_cpu_s : 0, tc && tc.images_per_cpu_s ? tc.images_per_cpu_s : 0);
     const floor = (threads / 2) * 400e9 / FLOP_PER_IMAGE[c.key];
-    rows.push({ c, o, tn, tc, bestTorch, bestTorchCpu, floor });
+    for (const { precision, o } of mine) rows.push({ c, o, precision, tn, tc, bestTorch, bestTorchCpu, floor });
     const fmt = (t) => (!t ? 'n/a' : t.error ? `error: ${t.error}` : `${t.images_per_s.toFixed(2)} img/s, ${t.images_per_cpu_s.toFixed(2)} img/CPU-s (peak RSS ${mib(t.max_rss_bytes)})`);
     console.log(`\n${c.name}`);
-    console.log(`  ours, ${precision.padEnd(7)}        ${o.imagesPerS.toFixed(2)} img/s, ${o.imagesPerCpuS.toFixed(2)} img/CPU-s (steps ${o.times.map((t) => t.toFixed(2)).join(', ')} s; ` +
+    for (const { precision, o } of mine)
+      console.log(`  ours, ${precision.padEnd(7)}        ${o.imagesPerS.toFixed(2)} img/s, ${o.imagesPerCpuS.toFixed(2)} img/CPU-s (steps ${o.times.map((t) => t.toFixed(2)).join(', ')} s; ` +
       `peak native memory ${mib(o.peak)}, activations arena ${mib(o.activationBytes)}; ${(100 * o.imagesPerS / floor).toFixed(0)}% of the 2-core FP32 peak in direct-convolution FLOP, which gives ${floor.toFixed(0)} img/s)`);
     console.log(`  PyTorch NCHW         ${fmt(tn)}`);
     console.log(`  PyTorch channels_last ${fmt(tc)}`);
-    if (bestTorch > 0) console.log(`  ratio ours / best PyTorch: ${(o.imagesPerS / bestTorch).toFixed(2)}x wall, ${(o.imagesPerCpuS / bestTorchCpu).toFixed(2)}x per CPU-second`);
+    if (bestTorch > 0)
+      for (const { precision, o } of mine)
+        console.log(`  ratio ours (${precision}) / best PyTorch: ${(o.imagesPerS / bestTorch).toFixed(2)}x wall, ${(o.imagesPerCpuS / bestTorchCpu).toFixed(2)}x per CPU-second`);
   }
   console.log('\n| configuration | our matmul precision | ours img/s | PyTorch NCHW | PyTorch channels_last | ours / best PyTorch (wall) | (per CPU-s) | our peak memory |');
   console.log('|---|---|---|---|---|---|---|---|');
   for (const r of rows) {
     const v = (t) => (t && t.images_per_s ? t.images_per_s.toFixed(2) : 'n/a');
-    console.log(`| ${r.c.name} | ${precisionLabel} | ${r.o.imagesPerS.toFixed(2)} | ${v(r.tn)} | ${v(r.tc)} | ${r.bestTorch ? (r.o.imagesPerS / r.bestTorch).toFixed(2) + 'x' : 'n/a'} | ${r.bestTorchCpu ? (r.o.imagesPerCpuS / r.bestTorchCpu).toFixed(2) + 'x' : 'n/a'} | ${mib(r.o.peak)} |`);
+    console.log(`| ${r.c.name} | ${labelOf(r.precision)} | ${r.o.imagesPerS.toFixed(2)} | ${v(r.tn)} | ${v(r.tc)} | ${r.bestTorch ? (r.o.imagesPerS / r.bestTorch).toFixed(2) + 'x' : 'n/a'} | ${r.bestTorchCpu ? (r.o.imagesPerCpuS / r.bestTorchCpu).toFixed(2) + 'x' : 'n/a'} | ${mib(r.o.peak)} |`);
   }
 })().catch((e) => {
   console.error(e);

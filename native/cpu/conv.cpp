@@ -74,7 +74,8 @@ constexpr int64_t kWeightDepth = 256;    // patch rows per backward-weight task 
 // Backward weight's packed panels lie this many floats (one cache line) further apart than their
 // size, so that one patch row's pieces, one per panel, do not all fall into the same L1 sets.
 constexpr int kPanelSkew = 16;
-constexpr int kWeightNarrowK = 128;  // backward weight: dy^T * col up to this K, else col^T * dy
+constexpr int kWeightNarrowK = 128;
+constexpr int kWeightAmxMinK = 256;  // backward weight on AMX through the GEMM from this K (see there)  // backward weight: dy^T * col up to this K, else col^T * dy
 
 
 // Whether a 3x3 stride-1 convolution takes F(4x4, 3x3) rather than F(2x2, 3x3) (see the constants).
@@ -662,7 +663,11 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
       winograd_weight(*this, 2, dw, dy, x, s);
     return;
   }
-  if (chunk > 0) {
+  // At matmul precision high on AMX, convolutions with K >= 256 output channels skip the direct fp32
+  // micro-kernel path below for the patch-chunk GEMMs at the end, which run on AMX (N16, 2 threads:
+  // 3x3/2 C512 K512 14x14 12.2 -> 7.8 ms, 1x1/2 C256 K512 56x56 11.9 -> 6.3 ms; C256 K256 even, C128
+  // K128 12.4 -> 17.2 ms).
+  if (chunk > 0 && !(gemm_kernel().amx && s.K >= kWeightAmxMinK)) {
     // On the micro-kernel directly: each task gathers its chunk of patch rows straight into packed
     // panels (no col matrix, no second packing copy; whole panels are plain copies when C is a
     // multiple of the panel size) and its dy rows into the other operand's panels, and accumulates
@@ -743,11 +748,15 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
     return;
   }
   const int64_t big = std::max<int64_t>(1, std::min<int64_t>(rows, kWorkspaceFloats / rsc));
-  ScratchBuffer col(static_cast<size_t>(big * rsc));
+  // The patch buffer is kept between calls (a fresh 16 MB buffer page-faults on every call).
+  gemm_detail::WorkspaceLease lease(conv_workspace_.get());
+  gemm_detail::Workspace& ws = lease.get();
+  ws.reserve(1);
+  float* col = ws.get(0, static_cast<size_t>(big * rsc));
   for (int64_t r0 = 0; r0 < rows; r0 += big) {
     const int64_t r1 = std::min(rows, r0 + big);
-    im2col(pool(), col.get(), x, s, r0, r1);
-    gemm(true, false, s.K, rsc, static_cast<int>(r1 - r0), 1.f, dy + r0 * s.K, s.K, col.get(), rsc, 1.f, dw, rsc);
+    im2col(pool(), col, x, s, r0, r1);
+    gemm(true, false, s.K, rsc, static_cast<int>(r1 - r0), 1.f, dy + r0 * s.K, s.K, col, rsc, 1.f, dw, rsc);
   }
 }
 

@@ -121,6 +121,8 @@ class CpuBackend final : public Backend {
   // SGEMM scratch kept between calls (gemm.h): no page faults of fresh packing buffers in every call.
   std::unique_ptr<gemm_detail::Workspace> gemm_workspace_{new gemm_detail::Workspace};
   std::vector<std::unique_ptr<gemm_detail::Workspace>> task_workspaces_;
+  // Patch matrix of the backward-weight GEMM path (conv.cpp), kept between calls like the GEMM's.
+  std::unique_ptr<gemm_detail::Workspace> conv_workspace_{new gemm_detail::Workspace};
   void gemm_with(const gemm_detail::KernelInfo& kernel, bool transA, bool transB, int M, int N, int K, float alpha,
                  const float* A, int lda, const float* B, int ldb, float beta, float* C, int ldc);
 };

@@ -160,25 +160,31 @@ template <class Row>
 void pack_panels(Row row, bool depth_major, bool as_a, int x0, int count, int k0, int kc, int p0, int p1,
                  uint16_t* dst) {
   const int steps = (kc + kStep - 1) / kStep;
-  for (int p = p0; p < p1; ++p) {
-    uint16_t* panel = dst + static_cast<long>(p) * steps * kStepElems;
-    for (int s = 0; s < steps; ++s) {
-      const int depth = std::min(kStep, kc - s * kStep);
-      for (int h = 0; h < 2; ++h) {
-        const int first = p * kPanel + h * 16, n = std::min(16, count - first);
-        uint16_t* hi = panel + static_cast<long>(s) * kStepElems + h * 512;
-        uint16_t* lo = hi + 1024;
-        const int k = k0 + s * kStep, x = x0 + first;
-        if (n <= 0) {
-          std::memset(hi, 0, 1024);
-          std::memset(lo, 0, 1024);
-        } else if (depth_major) {
-          pack_step_depth_rows([&](int d) { return row(k + d) + x; }, n, depth, as_a, hi, lo);
-        } else {
-          pack_step_rows([&](int i) { return row(x + i) + k; }, n, depth, !as_a, hi, lo);
-        }
+  auto one = [&](int p, int s) {
+    const int depth = std::min(kStep, kc - s * kStep);
+    for (int h = 0; h < 2; ++h) {
+      const int first = p * kPanel + h * 16, n = std::min(16, count - first);
+      uint16_t* hi = dst + (static_cast<long>(p) * steps + s) * kStepElems + h * 512;
+      uint16_t* lo = hi + 1024;
+      const int k = k0 + s * kStep, x = x0 + first;
+      if (n <= 0) {
+        std::memset(hi, 0, 1024);
+        std::memset(lo, 0, 1024);
+      } else if (depth_major) {
+        pack_step_depth_rows([&](int d) { return row(k + d) + x; }, n, depth, as_a, hi, lo);
+      } else {
+        pack_step_rows([&](int i) { return row(x + i) + k; }, n, depth, !as_a, hi, lo);
       }
     }
+  };
+  // Source order: 32 depth rows at a time across all panels (each row read once, front to back) when
+  // the depth is the stored row index; else panel by panel (each stored row read along its depths).
+  if (depth_major) {
+    for (int s = 0; s < steps; ++s)
+      for (int p = p0; p < p1; ++p) one(p, s);
+  } else {
+    for (int p = p0; p < p1; ++p)
+      for (int s = 0; s < steps; ++s) one(p, s);
   }
 }
 

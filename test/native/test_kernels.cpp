@@ -352,12 +352,15 @@ TEST("kernels: conv2d with matmul precision high (AMX) on every conv path, withi
   // Shapes above amx_pays on each path: pointwise (plain GEMMs, depth-split weight gradient), 1x1
   // stride 2 and 3x3 stride 2 (im2col chunks on an AMX PackedB; backward data through the scatter
   // path's PackedB), 3x3 stride 1 by Winograd F(2x2) and F(4x4) (PackedB filter products, transposed
-  // weight-gradient products), and the 7x7/2 stem (depth 147: partial 32-deep steps).
+  // weight-gradient products), the 7x7/2 stem (depth 147: partial 32-deep steps) and strided
+  // convolutions with K >= 256 (backward weight through the patch-chunk GEMM instead of the direct
+  // micro-kernel).
   auto backends = amx_backends();
   if (backends.empty()) SKIP("no AMX here (CPUID or the kernel's tile permission)");
   const ConvShape shapes[] = {{2, 14, 14, 96, 80, 1, 1, 1, 0}, {3, 15, 15, 64, 96, 1, 1, 2, 0},
                               {2, 15, 13, 48, 40, 3, 3, 2, 1}, {2, 14, 15, 40, 48, 3, 3, 1, 1},
-                              {4, 16, 16, 64, 64, 3, 3, 1, 1}, {2, 33, 31, 3, 64, 7, 7, 2, 3}, {4, 8, 8, 32, 32, 3, 3, 1, 1}};
+                              {4, 16, 16, 64, 64, 3, 3, 1, 1}, {2, 33, 31, 3, 64, 7, 7, 2, 3}, {4, 8, 8, 32, 32, 3, 3, 1, 1},
+                              {2, 9, 11, 40, 256, 3, 3, 2, 1}, {2, 12, 12, 48, 256, 1, 1, 2, 0}};
   int seed = 900;
   for (const ConvShape& s : shapes) {
     const size_t nx = static_cast<size_t>(s.N) * s.H * s.W * s.C, nw = static_cast<size_t>(s.K) * s.R * s.S * s.C,
