@@ -47,6 +47,7 @@ class Prof : public Backend {
   std::string ck(const char* w, const ConvShape& s){ char buf[128]; snprintf(buf,sizeof buf,"%s %dx%d/%d C%d K%d HW%d",w,s.R,s.S,s.stride,s.C,s.K,s.H); return buf; }
   void conv2d_forward(float* y,const float* x,const float* w,const ConvShape& s) override { T t{&m,ck("conv fwd ",s)}; T t2{&m,"conv fwd"}; b.conv2d_forward(y,x,w,s);}
   void conv2d_backward_data(float* dx,const float* dy,const float* w,const ConvShape& s) override { T t{&m,ck("conv bwdD",s)}; T t2{&m,"conv bwd data"}; b.conv2d_backward_data(dx,dy,w,s);}
+  void conv2d_backward_data_add(float* dx,const float* dy,const float* w,const ConvShape& s) override { T t{&m,ck("conv bwdD",s)}; T t2{&m,"conv bwd data"}; b.conv2d_backward_data_add(dx,dy,w,s);}
   void conv2d_backward_weight(float* dw,const float* dy,const float* x,const ConvShape& s) override { T t{&m,ck("conv bwdW",s)}; T t2{&m,"conv bwd weight"}; b.conv2d_backward_weight(dw,dy,x,s);}
   void batchnorm_forward_train(float* y,float* sm,float* si,float* rm,float* rv,const float* x,const float* g,const float* be,const float* r,bool relu,int M,int C,float mo,float eps) override { T t{&m,"bn fwd"}; b.batchnorm_forward_train(y,sm,si,rm,rv,x,g,be,r,relu,M,C,mo,eps);}
   void batchnorm_forward_eval(float* y,const float* x,const float* g,const float* be,const float* rm,const float* rv,const float* r,bool relu,int M,int C,float eps) override { T t{&m,"bn fwd eval"}; b.batchnorm_forward_eval(y,x,g,be,rm,rv,r,relu,M,C,eps);}

@@ -16,6 +16,18 @@ void Backend::nhwc_to_nchw(float*, const float*, int, int, int, int) { unsupport
 void Backend::conv2d_forward(float*, const float*, const float*, const ConvShape&) { unsupported("conv2d_forward"); }
 void Backend::conv2d_backward_data(float*, const float*, const float*, const ConvShape&) { unsupported("conv2d_backward_data"); }
 void Backend::conv2d_backward_weight(float*, const float*, const float*, const ConvShape&) { unsupported("conv2d_backward_weight"); }
+void Backend::conv2d_backward_data_add(float* dx, const float* dy, const float* w, const ConvShape& s) {
+  const size_t n = static_cast<size_t>(s.N) * s.H * s.W * s.C, bytes = n * sizeof(float);
+  float* tmp = static_cast<float*>(allocate(bytes));
+  try {
+    conv2d_backward_data(tmp, dy, w, s);
+    axpy(dx, 1.f, tmp, n);
+  } catch (...) {
+    deallocate(tmp, bytes);
+    throw;
+  }
+  deallocate(tmp, bytes);
+}
 void Backend::batchnorm_forward_train(float*, float*, float*, float*, float*, const float*, const float*, const float*,
                                       const float*, bool, int, int, float, float) { unsupported("batchnorm_forward_train"); }
 void Backend::batchnorm_forward_eval(float*, const float*, const float*, const float*, const float*, const float*,

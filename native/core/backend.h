@@ -78,6 +78,8 @@ class Backend {
   // ---- convolution (groups = 1, no bias) ----
   virtual void conv2d_forward(float* y, const float* x, const float* w, const ConvShape& s);           // assigns y
   virtual void conv2d_backward_data(float* dx, const float* dy, const float* w, const ConvShape& s);   // assigns dx
+  // dx += the same (the residual branches' input gradients). Default: into a temporary, then axpy.
+  virtual void conv2d_backward_data_add(float* dx, const float* dy, const float* w, const ConvShape& s);
   virtual void conv2d_backward_weight(float* dw, const float* dy, const float* x, const ConvShape& s); // ACCUMULATES dw
 
   // ---- batch norm over rows [M, C], fused residual add and ReLU ----

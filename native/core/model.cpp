@@ -523,16 +523,21 @@ Tensor Model::backward(const Tensor& grad_out, bool input_grad) {
       // last BN: its input gradient -> S1, the gradient of the residual (after ReLU) -> S2
       bn_bwd(blk.bns[n - 1], S[1], S[2], S[0]);
       for (size_t i = n; i-- > 0;) {
+        if (i == 0 && !blk.down) {
+          // identity shortcut: the first conv's input gradient is added to the residual's (S2), which
+          // then becomes the trunk gradient
+          be.conv2d_backward_weight(G + blk.convs[0].w, S[1], A + blk.convs[0].in, blk.convs[0].s);
+          be.conv2d_backward_data_add(S[2], S[1], P + blk.convs[0].w, blk.convs[0].s);
+          std::swap(S[0], S[2]);
+          break;
+        }
         conv_bwd(blk.convs[i], S[0], S[1]);            // d(conv input) -> S0
         if (i > 0) bn_bwd(blk.bns[i - 1], S[1], nullptr, S[0]);  // -> d(conv_{i-1} output) in S1
       }
-      const size_t in_size = static_cast<size_t>(N) * blk.H * blk.W * blk.C;
-      if (blk.down) {
+      if (blk.down) {  // the downsample's input gradient is added to the trunk gradient
         bn_bwd(blk.dbn, S[1], nullptr, S[2]);
-        conv_bwd(blk.dconv, S[3], S[1]);
-        be.axpy(S[0], 1.f, S[3], in_size);
-      } else {
-        be.axpy(S[0], 1.f, S[2], in_size);
+        be.conv2d_backward_weight(G + blk.dconv.w, S[1], A + blk.dconv.in, blk.dconv.s);
+        be.conv2d_backward_data_add(S[0], S[1], P + blk.dconv.w, blk.dconv.s);
       }
     }
     const float* dstem = S[0];

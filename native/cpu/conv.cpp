@@ -579,12 +579,33 @@ void CpuBackend::conv2d_forward(float* y, const float* x, const float* w, const 
 
 void CpuBackend::conv2d_backward_data(float* dx, const float* dy, const float* w, const ConvShape& s) {
   check_conv_shape("conv2d_backward_data", s);
+  conv_backward_data(dx, dy, w, s, false);
+}
+
+void CpuBackend::conv2d_backward_data_add(float* dx, const float* dy, const float* w, const ConvShape& s) {
+  check_conv_shape("conv2d_backward_data_add", s);
+  conv_backward_data(dx, dy, w, s, true);
+}
+
+void CpuBackend::conv_backward_data(float* dx, const float* dy, const float* w, const ConvShape& s, bool add) {
   if (s.N == 0) return;
   const int rsc = s.R * s.S * s.C;
   const int P = s.P(), Q = s.Q();
   const int64_t pq = static_cast<int64_t>(P) * Q;
+  const int T = pool().size();
   if (is_pointwise(s)) {
-    gemm(false, false, static_cast<int>(s.N * pq), s.C, s.K, 1.f, dy, s.K, w, s.C, 0.f, dx, s.C);
+    gemm(false, false, static_cast<int>(s.N * pq), s.C, s.K, 1.f, dy, s.K, w, s.C, add ? 1.f : 0.f, dx, s.C);
+    return;
+  }
+  const bool scatter = !(s.stride == 1 && s.R == s.S && s.pad <= s.R - 1) && s.N >= T;
+  if (add && !scatter) {  // the paths that assign: into a kept temporary, then dx += it
+    const size_t n = static_cast<size_t>(s.N) * s.H * s.W * s.C;
+    gemm_detail::WorkspaceLease lease(conv_workspace_.get());
+    gemm_detail::Workspace& ws = lease.get();
+    ws.reserve(2);
+    float* tmp = ws.get(1, n);
+    conv_backward_data(tmp, dy, w, s, false);
+    axpy(dx, 1.f, tmp, n);
     return;
   }
   if (s.stride == 1 && s.R == s.S && s.pad <= s.R - 1) {
@@ -595,9 +616,8 @@ void CpuBackend::conv2d_backward_data(float* dx, const float* dy, const float* w
     conv_forward_impl(*this, dx, dy, w, true, t);
     return;
   }
-  const int T = pool().size();
   const int64_t image = static_cast<int64_t>(s.H) * s.W * s.C;
-  if (s.N >= T) {
+  if (scatter) {
     // Tasks of whole images; bands of output rows small enough for the cache. Small outputs put
     // several images into one GEMM (with one image of 4x4 outputs per task, C256 K512 8x8 streamed
     // the whole packed filter for 16 rows at a time).
@@ -613,7 +633,7 @@ void CpuBackend::conv2d_backward_data(float* dx, const float* dy, const float* w
       auto& dcol = workspace[static_cast<size_t>(t)];
       if (!dcol) dcol.reset(new ScratchBuffer(static_cast<size_t>(dcol_rows * rsc)));
       const int64_t n0 = task * group, n1 = std::min<int64_t>(s.N, n0 + group);
-      std::memset(dx + n0 * image, 0, sizeof(float) * static_cast<size_t>((n1 - n0) * image));
+      if (!add) std::memset(dx + n0 * image, 0, sizeof(float) * static_cast<size_t>((n1 - n0) * image));
       if (group > 1) {
         gemm_detail::gemm_run(pool(), kern, false, false, static_cast<int>((n1 - n0) * pq), rsc, s.K, 1.f,
                               dy + n0 * pq * s.K, s.K, nullptr, 0, 0.f, dcol->get(), rsc, &wt,

@@ -74,6 +74,9 @@ class CpuBackend final : public Backend {
   void nhwc_to_nchw(float* dst, const float* src, int N, int C, int H, int W) override;
   void conv2d_forward(float* y, const float* x, const float* w, const ConvShape& s) override;
   void conv2d_backward_data(float* dx, const float* dy, const float* w, const ConvShape& s) override;
+  // Pointwise: the GEMM with beta 1; strided with N >= threads: the scatter adds into dx as is; the
+  // other paths through a kept temporary and axpy.
+  void conv2d_backward_data_add(float* dx, const float* dy, const float* w, const ConvShape& s) override;
   void conv2d_backward_weight(float* dw, const float* dy, const float* x, const ConvShape& s) override;
   void batchnorm_forward_train(float* y, float* saved_mean, float* saved_invstd, float* running_mean,
                                float* running_var, const float* x, const float* gamma, const float* beta,
@@ -121,7 +124,9 @@ class CpuBackend final : public Backend {
   // SGEMM scratch kept between calls (gemm.h): no page faults of fresh packing buffers in every call.
   std::unique_ptr<gemm_detail::Workspace> gemm_workspace_{new gemm_detail::Workspace};
   std::vector<std::unique_ptr<gemm_detail::Workspace>> task_workspaces_;
-  // Patch matrix of the backward-weight GEMM path (conv.cpp), kept between calls like the GEMM's.
+  void conv_backward_data(float* dx, const float* dy, const float* w, const ConvShape& s, bool add);
+  // Patch matrix of the backward-weight GEMM path and conv2d_backward_data_add's temporary (conv.cpp),
+  // kept between calls like the GEMM's.
   std::unique_ptr<gemm_detail::Workspace> conv_workspace_{new gemm_detail::Workspace};
   void gemm_with(const gemm_detail::KernelInfo& kernel, bool transA, bool transB, int M, int N, int K, float alpha,
                  const float* A, int lda, const float* B, int ldb, float beta, float* C, int ldc);

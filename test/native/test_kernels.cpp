@@ -321,7 +321,7 @@ std::string str(const ConvShape& s) {
 }
 }  // namespace
 
-TEST("kernels: conv2d forward / backward data / backward weight match the reference") {
+TEST("kernels: conv2d forward / backward data (assign and add) / backward weight match the reference") {
   auto backends = isa_backends();
   backends.emplace_back(new CpuBackend(1));  // the single-thread and odd-thread-count paths
   backends.emplace_back(new CpuBackend(3));
@@ -344,6 +344,11 @@ TEST("kernels: conv2d forward / backward data / backward weight match the refere
       EXPECT_REL(err(y, y_ref), kTol, "conv forward " << str(s) << tag(*b));
       EXPECT_REL(err(dx, dx_ref), kTol, "conv backward data " << str(s) << tag(*b));
       EXPECT_REL(err(dw, dw_ref), kTol, "conv backward weight " << str(s) << tag(*b));
+      FVec dx_acc = x;  // conv2d_backward_data_add: dx += (pointwise: GEMM beta 1; strided: scatter; else temp)
+      b->conv2d_backward_data_add(dx_acc.data(), dy.data(), w.data(), s);
+      Vec dx_acc_ref = dx_ref;
+      for (size_t i = 0; i < nx; ++i) dx_acc_ref[i] += x[i];
+      EXPECT_REL(err(dx_acc, dx_acc_ref), kTol, "conv backward data add " << str(s) << tag(*b));
     }
   }
 }
