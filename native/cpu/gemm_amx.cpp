@@ -105,16 +105,9 @@ inline void store_rows(uint16_t* dst, const __m512i rows[16]) {
   for (int r = 0; r < 16; ++r) _mm512_store_si512(reinterpret_cast<__m512i*>(dst + r * 32), rows[r]);
 }
 
-// One 32-deep step of 16 "index rows" (at(i) points at the step's first depth of index i; indices
-// >= count and depths >= depth are zero) into the hi and lo blocks, as rows (transpose = false) or
-// transposed (row p = depth pair p across the 16 indices).
-template <class At>
-void pack_step_rows(At at, int count, int depth, bool transpose, uint16_t* hi_dst, uint16_t* lo_dst) {
-  __m512i hi[16], lo[16];
-  for (int i = 0; i < 16; ++i) {
-    if (i < count) pairs_from_row(at(i), depth, hi[i], lo[i]);
-    else hi[i] = lo[i] = _mm512_setzero_si512();
-  }
+// The hi and lo 16 x 16 dword blocks of one step and half, as given or transposed.
+inline void store_split(const __m512i hi[16], const __m512i lo[16], bool transpose, uint16_t* hi_dst,
+                        uint16_t* lo_dst) {
   if (transpose) {
     __m512i t[16];
     transpose16(hi, t);
@@ -125,6 +118,19 @@ void pack_step_rows(At at, int count, int depth, bool transpose, uint16_t* hi_ds
     store_rows(hi_dst, hi);
     store_rows(lo_dst, lo);
   }
+}
+
+// One 32-deep step of 16 "index rows" (at(i) points at the step's first depth of index i; indices
+// >= count and depths >= depth are zero) into the hi and lo blocks, as rows (transpose = false) or
+// transposed (row p = depth pair p across the 16 indices).
+template <class At>
+void pack_step_rows(At at, int count, int depth, bool transpose, uint16_t* hi_dst, uint16_t* lo_dst) {
+  __m512i hi[16], lo[16];
+  for (int i = 0; i < 16; ++i) {
+    if (i < count) pairs_from_row(at(i), depth, hi[i], lo[i]);
+    else hi[i] = lo[i] = _mm512_setzero_si512();
+  }
+  store_split(hi, lo, transpose, hi_dst, lo_dst);
 }
 
 // One 32-deep step from "depth rows" (at(d) points at the step's depth d, 16 indices; the first
@@ -139,16 +145,7 @@ void pack_step_depth_rows(At at, int count, int depth, bool transpose, uint16_t*
     const __m512 odd = 2 * p + 1 < depth ? _mm512_maskz_loadu_ps(m, at(2 * p + 1)) : _mm512_setzero_ps();
     pairs_from_two_rows(even, odd, hi[p], lo[p]);
   }
-  if (transpose) {
-    __m512i t[16];
-    transpose16(hi, t);
-    store_rows(hi_dst, t);
-    transpose16(lo, t);
-    store_rows(lo_dst, t);
-  } else {
-    store_rows(hi_dst, hi);
-    store_rows(lo_dst, lo);
-  }
+  store_split(hi, lo, transpose, hi_dst, lo_dst);
 }
 
 // Packs op(X)[x0 : x0 + count, k0 : k0 + kc] as panels of 32 indices (rows of op(A) when as_a, else
