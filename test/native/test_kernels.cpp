@@ -208,6 +208,46 @@ TEST("kernels: gemm amx (matmul precision high): odd sizes, all transposes, alph
               "high precision should have run on AMX: error " << err(C, ref) << " vs fp32 " << err(C32, ref));
 }
 
+TEST("kernels: gemm amx random shapes, with and without a pre-packed B (PackedB), 1-3 threads") {
+  // 60 random products around the AMX blocking (32-wide panels and steps, KC 256, NC 1024): every
+  // transpose, leading-dimension padding, alpha/beta, and op(B) pre-packed as the convolutions do
+  // (which runs on AMX for any M, including M < 16).
+  auto backends = amx_backends();
+  if (backends.empty()) SKIP("no AMX here (CPUID or the kernel's tile permission)");
+  uint64_t state = 12345;
+  auto next = [&](int lo, int hi) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    return lo + static_cast<int>((state >> 33) % static_cast<uint64_t>(hi - lo + 1));
+  };
+  for (int c = 0; c < 60; ++c) {
+    const bool pre = c % 2 == 1;
+    const int M = next(1, 300), N = next(16, 1100), K = next(32, 600);
+    const bool ta = pre ? false : next(0, 1), tb = next(0, 1);
+    const int pad[3] = {next(0, 3), next(0, 3), next(0, 3)};
+    if (!pre) {
+      if (!mveb::gemm_detail::amx_pays(M, N, K)) continue;
+      check_gemm_case(backends, M, N, K, ta, tb, c, pad, 9000, kAmxTol);
+      continue;
+    }
+    const int lda = K + pad[0], ldb = (tb ? K : N) + pad[1], ldc = N + pad[2];
+    const FVec A = rnd(static_cast<size_t>(M) * lda, 9100 + c), B = rnd(static_cast<size_t>(tb ? N : K) * ldb, 9200 + c);
+    Vec ref(static_cast<size_t>(M) * ldc, 0.0);
+    const Vec Ad = to_d(A), Bd = to_d(B);
+    ref::gemm(false, tb, M, N, K, 1.0, Ad.data(), lda, Bd.data(), ldb, 0.0, ref.data(), ldc);
+    for (auto& b : backends) {
+      const mveb::gemm_detail::KernelInfo kern = b->gemm_kernel();
+      const mveb::gemm_detail::PackedB packed(b->pool(), kern, tb, N, K, B.data(), ldb);
+      EXPECT_TRUE(packed.amx, "PackedB should hold AMX panels");
+      FVec C(ref.size(), 0.f);
+      for (int i = 0; i < M; ++i)
+        for (int j = 0; j < N; ++j) C[static_cast<size_t>(i) * ldc + j] = kNaN;
+      mveb::gemm_detail::gemm_run(b->pool(), kern, false, tb, M, N, K, 1.f, A.data(), lda, nullptr, 0, 0.f, C.data(),
+                                  ldc, &packed);
+      EXPECT_REL(err(C, ref), kAmxTol, "packed gemm M=" << M << " N=" << N << " K=" << K << " tB=" << tb << tag(*b));
+    }
+  }
+}
+
 TEST("kernels: gemm keeps its workspace between calls: growing sizes, and two threads calling one backend at once") {
   // Each product's result against the reference; the workspace's buffers are reused, grown (the
   // sizes go up and down) and, when two calls overlap, the second allocates its own.
