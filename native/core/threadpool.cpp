@@ -41,6 +41,8 @@ bool spin_until(Done done) {
 }
 }  // namespace
 
+bool ThreadPool::inside_region() { return tl_inside_region; }
+
 int default_thread_count() {
   if (const char* s = std::getenv("MVEB_NUM_THREADS")) {
     char* end = nullptr;

@@ -26,6 +26,9 @@ class ThreadPool {
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   int size() const { return threads_; }
+  // Whether the calling thread is inside a parallel region of any pool (its parallel_for would run
+  // serially, on this thread).
+  static bool inside_region();
   // fn(begin, end, thread_index) over [0, n) split into at most size() chunks of >= grain items.
   void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t, int)>& fn);
   // fn(task, thread_index) for task in [0, tasks): task i runs on thread i % min(size, tasks), in

@@ -88,11 +88,16 @@ class Workspace {
   // before a parallel region; get may then run on several threads, for different slots.
   void reserve(int slots);
   float* get(int slot, size_t floats);
+  // A nested workspace kept with this one (the depth-split parts' own products); children(n) before
+  // the parallel region, child(i) inside it.
+  void children(int n);
+  Workspace* child(int i) { return children_[static_cast<size_t>(i)].get(); }
   std::atomic<bool> busy{false};
 
  private:
   std::vector<std::unique_ptr<ScratchBuffer>> buffers_;
   std::vector<size_t> sizes_;
+  std::vector<std::unique_ptr<Workspace>> children_;
 };
 
 // Holds a Workspace for one GEMM call: the caller's when given and free, else a local one.

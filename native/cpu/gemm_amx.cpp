@@ -47,6 +47,7 @@ constexpr int kStepElems = 2 * 2 * 16 * 32;   // bf16 per panel per step: splits
 constexpr int kMaxKC = 256;                   // depth per block: an A panel (32 x 256, 32 KiB) stays in L1
 constexpr int kNC = 1024;                     // columns per B block (256 x 1024: 1 MiB packed, in L2)
 constexpr int kMC = 256;                      // rows of op(A) per task block
+constexpr int kPackGroup = 8;                 // B panels packed per claim (256 columns of each depth row)
 
 struct alignas(64) TileConfig {
   uint8_t palette = 1, start_row = 0;
@@ -275,51 +276,6 @@ void multiply_packed(int steps, const uint16_t* pa, int a_panels, int mc, const 
   }
 }
 
-// Depth-split products (K much larger than M and N: the weight gradients of 1x1 convolutions): each
-// part (one per thread) multiplies its own range of depths, serially and with its own packing, into C
-// (part 0, with beta) or a partial of its own (beta 0); the partials are then added to C in order. The depth ranges
-// depend only on the thread count, so the result does not depend on timing.
-void gemm_amx_depth_split(ThreadPool& pool, bool transA, bool transB, int M, int N, int K, float alpha,
-                          const float* A, long lda, const float* B, long ldb, float beta, float* C, long ldc,
-                          Workspace& ws) {
-  const int T = pool.size();
-  const int KC = (balanced_depth((K + T - 1) / T, kMaxKC) + kStep - 1) / kStep * kStep;
-  const int m_panels = (M + kPanel - 1) / kPanel, n_panels = (N + kPanel - 1) / kPanel;
-  const long ldp = static_cast<long>(n_panels) * kPanel;
-  const size_t step_floats = kStepElems / 2;
-  ws.reserve(3 * T);
-  pool.parallel_for(T, 1, [&](int64_t b, int64_t e, int thread) {
-    TileScope tiles;
-    for (int64_t part = b; part < e; ++part) {
-      const int k0 = static_cast<int>(static_cast<int64_t>(K) * part / T);
-      const int k1 = static_cast<int>(static_cast<int64_t>(K) * (part + 1) / T);
-      float* dst = part == 0 ? C : ws.get(2 * T + static_cast<int>(part), static_cast<size_t>(M) * ldp);
-      const long ldd = part == 0 ? ldc : ldp;
-      uint16_t* pa = reinterpret_cast<uint16_t*>(ws.get(2 * thread, static_cast<size_t>(KC / kStep) * m_panels * step_floats));
-      uint16_t* pb = reinterpret_cast<uint16_t*>(ws.get(2 * thread + 1, static_cast<size_t>(KC / kStep) * n_panels * step_floats));
-      for (int pc = k0; pc < k1 || pc == k0; pc += KC) {
-        const int kc = std::min(KC, k1 - pc), steps = (kc + kStep - 1) / kStep;
-        const float beta_block = pc > k0 ? 1.f : part == 0 ? beta : 0.f;
-        if (kc <= 0) {  // an empty range (K < T): C or the partial still gets beta * C
-          for (int i = 0; i < M; ++i)
-            for (int j = 0; j < N; ++j) dst[i * ldd + j] = beta_block == 0.f ? 0.f : beta_block * dst[i * ldd + j];
-          break;
-        }
-        pack_panels(rows_of(B, ldb), !transB, false, 0, N, pc, kc, 0, n_panels, pb);
-        pack_panels(rows_of(A, lda), transA, true, 0, M, pc, kc, 0, m_panels, pa);
-        multiply_packed(steps, pa, m_panels, M, pb, 0, n_panels, N, dst, ldd, alpha, beta_block);
-      }
-    }
-  });
-  pool.parallel_for(M, 4, [&](int64_t b, int64_t e, int) {
-    for (int64_t i = b; i < e; ++i)
-      for (int t = 1; t < T; ++t) {
-        const float* p = ws.get(2 * T + t, static_cast<size_t>(M) * ldp) + i * ldp;
-        float* c = C + i * ldc;
-        for (int j = 0; j < N; ++j) c[j] += p[j];
-      }
-  });
-}
 }  // namespace
 
 AmxBlocking amx_blocking(int N, int K) {
@@ -361,11 +317,9 @@ void amx_pack_b(ThreadPool& pool, int N, int K, const std::function<const float*
 
 void gemm_amx(ThreadPool& pool, bool transA, bool transB, int M, int N, int K, float alpha, const float* A, long lda,
               const float* B, long ldb, float beta, float* C, long ldc, const PackedB* packed, Workspace* workspace) {
-  const int T = pool.size();
+  const int T = ThreadPool::inside_region() ? 1 : pool.size();  // serial inside a region (as gemm_run)
   WorkspaceLease lease(workspace);
   Workspace& ws = lease.get();
-  if (!packed && T > 1 && K >= 4 * std::max(M, N) && static_cast<int64_t>(M) * N <= (int64_t(1) << 20))
-    return gemm_amx_depth_split(pool, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ws);
   const AmxBlocking bl = amx_blocking(N, K);
   const int KC = bl.KC, NC = bl.NC;
   // Row blocks as gemm_run splits them: a multiple of the thread count when M allows, balanced to
@@ -401,11 +355,13 @@ void gemm_amx(ThreadPool& pool, bool transA, bool transB, int M, int N, int K, f
       std::atomic<int> next_panel{0}, panels_packed{0};
       std::atomic<int64_t> next_task{0};
       const int64_t tasks = static_cast<int64_t>(m_blocks) * n_splits;
-      pool.parallel_for(std::min<int64_t>(T, std::max<int64_t>(tasks, b_panels)), 1, [&](int64_t, int64_t, int thread) {
+      pool.parallel_for(std::min<int64_t>(T, std::max<int64_t>(tasks, (b_panels + kPackGroup - 1) / kPackGroup)), 1, [&](int64_t, int64_t, int thread) {
         TileScope tiles;
-        for (int p; (p = next_panel.fetch_add(1, std::memory_order_relaxed)) < b_panels;) {
-          pack_panels(rows_of(B, ldb), !transB, false, jc, nc, pc, kc, p, p + 1, packed_b);
-          panels_packed.fetch_add(1, std::memory_order_release);
+        // groups of kPackGroup panels: a depth-major B is then read 32 rows at a time, a group wide
+        for (int g; (g = next_panel.fetch_add(1, std::memory_order_relaxed)) * kPackGroup < b_panels;) {
+          const int p0 = g * kPackGroup, p1 = std::min(b_panels, p0 + kPackGroup);
+          pack_panels(rows_of(B, ldb), !transB, false, jc, nc, pc, kc, p0, p1, packed_b);
+          panels_packed.fetch_add(p1 - p0, std::memory_order_release);
         }
         while (panels_packed.load(std::memory_order_acquire) < b_panels) std::this_thread::yield();
         uint16_t* const pa = reinterpret_cast<uint16_t*>(
