@@ -7,7 +7,9 @@
 // and op(B) = B skip the packing pass over B: the first row panel's kernel packs each B panel as it
 // reads it (AVX-512). Partial row tiles run the AVX-512 kernel for their row count; other edge tiles
 // go through a small local tile. Threads split the rows of C into blocks (or the columns when C has
-// few rows) and claim them from a counter.
+// few rows) and claim them from a counter; products much deeper than wide split the depth instead
+// (gemm_depth_split). At matmul precision high on an AMX CPU, gemm_run hands big enough products to
+// the AMX bf16x3 GEMM (gemm_amx.cpp).
 // Tested by test/native/test_kernels.cpp ("kernels: gemm ..."); speed by benchmarks/kernels.
 // -O2 vectorises only loops with no run-time checks; the packing loops need them.
 #if defined(__GNUC__) && !defined(__clang__)
