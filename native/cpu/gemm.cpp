@@ -35,6 +35,9 @@ constexpr int kScalarMR = 4, kScalarNR = 8;
 // Products with at most this many rows pack op(B) = B on the fly when the ISA has a rows kernel.
 // (256 rows: no gain.)
 constexpr int kBOnTheFlyMaxRows = 128;
+// Depth-split products (gemm_depth_split) from this many FLOP: below, a region and the partials cost
+// more than they save.
+constexpr double kDepthSplitMinFlop = 4e6;
 
 void micro_scalar(int kc, const float* __restrict Ap, const float* __restrict Bp, float* __restrict C, long ldc,
                   float beta) {
@@ -324,7 +327,7 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
     return;
   }
   if (!packed && pool.size() > 1 && !ThreadPool::inside_region() && K >= 4 * std::max(M, N) &&
-      static_cast<int64_t>(M) * N <= (int64_t(1) << 20))
+      static_cast<int64_t>(M) * N <= (int64_t(1) << 20) && 2.0 * M * N * K >= kDepthSplitMinFlop)
     return gemm_depth_split(pool, kern, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, workspace);
   if (packed ? packed->amx : kern.amx && amx_pays(M, N, K))
     return gemm_amx(pool, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, packed, workspace);
