@@ -15,20 +15,19 @@
       "target_name": "mveb_avx512",
       "type": "static_library",
       "sources": ["<!@(node native/sources.js gyp avx512)"],
-      "cflags_cc": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mavx2"]
+      "cflags_cc": ["<!@(node native/sources.js flags avx512)"]
     },
     {
       "target_name": "mveb_amx",
       "type": "static_library",
       "sources": ["<!@(node native/sources.js gyp amx)"],
-      "cflags_cc": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mavx2", "-mavx512bf16",
-                    "-mamx-tile", "-mamx-bf16"]
+      "cflags_cc": ["<!@(node native/sources.js flags amx)"]
     },
     {
       "target_name": "mveb_avx2",
       "type": "static_library",
       "sources": ["<!@(node native/sources.js gyp avx2)"],
-      "cflags_cc": ["-mavx2", "-mfma"]
+      "cflags_cc": ["<!@(node native/sources.js flags avx2)"]
     },
     {
       "target_name": "mveb",

@@ -38,8 +38,11 @@ done
 compile "$ROOT/native/cuda/emu/emu.cpp" "$B/obj/emu.o"
 src_list() { (cd "$ROOT" && node -e "const s=require('./native/sources.js'); console.log((s['$1']||[]).join('\n'))"); }
 for f in $(src_list core); do compile "$ROOT/$f" "$B/obj/$(echo "$f" | tr / _).o"; done
-for f in $(src_list avx512); do compile "$ROOT/$f" "$B/obj/$(echo "$f" | tr / _).o" -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mavx2; done
-for f in $(src_list avx2); do compile "$ROOT/$f" "$B/obj/$(echo "$f" | tr / _).o" -mavx2 -mfma; done
+isa_flags() { (cd "$ROOT" && node native/sources.js flags "$1"); }
+for isa in avx512 amx avx2; do
+  fl=$(isa_flags $isa)
+  for f in $(src_list $isa); do compile "$ROOT/$f" "$B/obj/$(echo "$f" | tr / _).o" $fl; done
+done
 for f in test/native/test_main.cpp test/native/test_cuda.cpp; do compile "$ROOT/$f" "$B/obj/$(echo "$f" | tr / _).o"; done
 
 if [ ${#pending[@]} -gt 0 ]; then
