@@ -248,6 +248,34 @@ TEST("kernels: gemm amx random shapes, with and without a pre-packed B (PackedB)
   }
 }
 
+TEST("kernels: gemm amx keeps non-finite inputs non-finite (NaN and Inf reach C), as fp32 does") {
+  // The training step's all_finite check relies on it: an infinite x splits into hi = inf, lo = NaN.
+  auto backends = amx_backends();
+  if (backends.empty()) SKIP("no AMX here (CPUID or the kernel's tile permission)");
+  const int M = 64, N = 96, K = 700;
+  FVec A = rnd(static_cast<size_t>(M) * K, 81), B = rnd(static_cast<size_t>(K) * N, 82);
+  A[5 * K + 17] = kNaN;
+  A[40 * K + 300] = std::numeric_limits<float>::infinity();
+  B[123 * N + 50] = -std::numeric_limits<float>::infinity();
+  for (auto& b : backends) {
+    FVec C(static_cast<size_t>(M) * N, 0.f);
+    b->gemm(false, false, M, N, K, 1.f, A.data(), K, B.data(), N, 0.f, C.data(), N);
+    int nonfinite_rows = 0, finite_elsewhere = 0;
+    for (int i = 0; i < M; ++i) {
+      bool row_nonfinite = true;
+      for (int j = 0; j < N; ++j) {
+        const float v = C[static_cast<size_t>(i) * N + j];
+        const bool expect_bad = i == 5 || i == 40 || j == 50;
+        if (expect_bad && std::isfinite(v)) row_nonfinite = false;
+        if (!expect_bad && std::isfinite(v)) ++finite_elsewhere;
+      }
+      nonfinite_rows += (i == 5 || i == 40) && row_nonfinite;
+    }
+    EXPECT_TRUE(nonfinite_rows == 2, "rows with a NaN / Inf input must be non-finite" << tag(*b));
+    EXPECT_TRUE(finite_elsewhere == (M - 2) * (N - 1), "the other entries stay finite" << tag(*b));
+  }
+}
+
 TEST("kernels: gemm keeps its workspace between calls: growing sizes, and two threads calling one backend at once") {
   // Each product's result against the reference; the workspace's buffers are reused, grown (the
   // sizes go up and down) and, when two calls overlap, the second allocates its own.
