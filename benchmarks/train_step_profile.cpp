@@ -8,7 +8,10 @@
 //   g++ -O2 -std=c++17 -Inative benchmarks/train_step_profile.cpp /tmp/build-x/libmveb_core.a -lpthread -o /tmp/tsprof
 //   MVEB_NUM_THREADS=2 /tmp/tsprof 18 cifar 128 32      (depth stem batch size)
 //   MVEB_NUM_THREADS=2 /tmp/tsprof 50 imagenet 16 224
-// MVEB_STREAM_BYTES=N sets the CPU backend's stream_bytes (A/B of the non-temporal output stores).
+// MVEB_STREAM_BYTES=N sets the CPU backend's stream_bytes (A/B of the non-temporal output stores);
+// MVEB_MATMUL_PRECISION=high profiles the AMX bf16x3 path (read by the CPU backend itself).
+// Every op the model calls must be forwarded by the decorator below (an op it lacks falls back to the
+// Backend base class: conv2d_backward_data_add would then run as a temporary + axpy).
 #include "core/model.h"
 #include "cpu/cpu_backend.h"
 #include "core/runtime.h"
