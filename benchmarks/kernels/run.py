@@ -78,13 +78,33 @@ GEMMS = [
     (1024, 1024, 1024, 1, 1),
     (2048, 2048, 2048, 1, 1), (2048, 2048, 2048, 0, 1), (2048, 2048, 2048, 1, 0), (4096, 4096, 4096, 0, 0),
 ]
-CONVS = [  # N H W C K R S stride pad (ResNet-50 layers, batch 8)
-    (8, 224, 224, 3, 64, 7, 7, 2, 3),
-    (8, 56, 56, 64, 64, 3, 3, 1, 1),
-    (8, 56, 56, 64, 256, 1, 1, 1, 0),
-    (8, 28, 28, 128, 128, 3, 3, 1, 1),
-    (8, 14, 14, 256, 256, 3, 3, 1, 1),
-    (8, 7, 7, 512, 2048, 1, 1, 1, 0),
+# Every distinct convolution shape of torchvision's ResNet-50 at 224x224 (stride on the 3x3 conv, as
+# v1.5), batch 8: (layers, how many of the 53 convolutions have it, (N H W C K R S stride pad)); H, W
+# are the input's. The table ends with the whole network's convolution time (each shape times its count).
+CONVS = [
+    ("conv1 (stem)", 1, (8, 224, 224, 3, 64, 7, 7, 2, 3)),
+    ("layer1.0.conv1", 1, (8, 56, 56, 64, 64, 1, 1, 1, 0)),
+    ("layer1.x.conv2", 3, (8, 56, 56, 64, 64, 3, 3, 1, 1)),
+    ("layer1.x.conv3, layer1.0.downsample", 4, (8, 56, 56, 64, 256, 1, 1, 1, 0)),
+    ("layer1.1-2.conv1", 2, (8, 56, 56, 256, 64, 1, 1, 1, 0)),
+    ("layer2.0.conv1", 1, (8, 56, 56, 256, 128, 1, 1, 1, 0)),
+    ("layer2.0.conv2", 1, (8, 56, 56, 128, 128, 3, 3, 2, 1)),
+    ("layer2.0.downsample", 1, (8, 56, 56, 256, 512, 1, 1, 2, 0)),
+    ("layer2.x.conv2", 3, (8, 28, 28, 128, 128, 3, 3, 1, 1)),
+    ("layer2.x.conv3", 4, (8, 28, 28, 128, 512, 1, 1, 1, 0)),
+    ("layer2.1-3.conv1", 3, (8, 28, 28, 512, 128, 1, 1, 1, 0)),
+    ("layer3.0.conv1", 1, (8, 28, 28, 512, 256, 1, 1, 1, 0)),
+    ("layer3.0.conv2", 1, (8, 28, 28, 256, 256, 3, 3, 2, 1)),
+    ("layer3.0.downsample", 1, (8, 28, 28, 512, 1024, 1, 1, 2, 0)),
+    ("layer3.x.conv2", 5, (8, 14, 14, 256, 256, 3, 3, 1, 1)),
+    ("layer3.x.conv3", 6, (8, 14, 14, 256, 1024, 1, 1, 1, 0)),
+    ("layer3.1-5.conv1", 5, (8, 14, 14, 1024, 256, 1, 1, 1, 0)),
+    ("layer4.0.conv1", 1, (8, 14, 14, 1024, 512, 1, 1, 1, 0)),
+    ("layer4.0.conv2", 1, (8, 14, 14, 512, 512, 3, 3, 2, 1)),
+    ("layer4.0.downsample", 1, (8, 14, 14, 1024, 2048, 1, 1, 2, 0)),
+    ("layer4.x.conv2", 2, (8, 7, 7, 512, 512, 3, 3, 1, 1)),
+    ("layer4.x.conv3", 3, (8, 7, 7, 512, 2048, 1, 1, 1, 0)),
+    ("layer4.1-2.conv1", 2, (8, 7, 7, 2048, 512, 1, 1, 1, 0)),
 ]
 BNS = [(25088, 64), (25088, 256), (6272, 512)]  # [rows = N*H*W at batch 8, channels]
 ROUNDS = 2  # mveb and torch alternate, best of the rounds: the machine is shared
@@ -180,7 +200,7 @@ for m, n, k, ta, tb in GEMMS if "gemm" in parts else []:
             g_high, rel_high = max(g_high, float(l[6])), l[7]
         g_torch = max(g_torch, torch_gemm(m, n, k, bool(ta), bool(tb)))
     gemm_rows.append((m, n, k, ta, tb, g_ours, g_torch, rel, g_high, rel_high))
-for shape in CONVS if "conv" in parts else []:
+for layer, count, shape in CONVS if "conv" in parts else []:
     log(f"conv {shape}")
     tf = tb = ttf = ttb = hf = hb = 1e30
     for _ in range(ROUNDS):
@@ -191,7 +211,7 @@ for shape in CONVS if "conv" in parts else []:
             hf, hb = min(hf, float(l[10])), min(hb, float(l[11]) + float(l[12]))
         a, b = torch_conv(*shape)
         ttf, ttb = min(ttf, a), min(ttb, b)
-    conv_rows.append((shape, tf, tb, ttf, ttb, hf, hb))
+    conv_rows.append((layer, count, shape, tf, tb, ttf, ttb, hf, hb))
 for m, c in BNS if "bn" in parts else []:
     log(f"bn {m} {c}")
     tf = tb = ttf = ttb = 1e30
@@ -242,15 +262,21 @@ if gemm_rows:
     print()
 if conv_rows:
     hh = " high fwd ms | torch/high fwd | high bwd ms | torch/high bwd |" if amx else ""
-    print("| conv NHWC N,H,W,C -> K, RxS /stride pad | GFLOP fwd | mveb fwd ms (GFLOP/s, % peak) | torch fwd ms | torch/mveb fwd | mveb bwd data+weight ms (GFLOP/s, % peak) | torch bwd ms | torch/mveb bwd |" + hh)
-    print("|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if amx else ""))
-    for shape, tf, tb, ttf, ttb, hf, hb in conv_rows:
+    print("| ResNet-50 layers (count) | conv NHWC N,H,W,C -> K, RxS /stride pad | GFLOP fwd | mveb fwd ms (GFLOP/s, % peak) | torch fwd ms | torch/mveb fwd | mveb bwd data+weight ms (GFLOP/s, % peak) | torch bwd ms | torch/mveb bwd |" + hh)
+    print("|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if amx else ""))
+    tot = [0.0] * 6  # fwd, bwd, torch fwd, torch bwd, high fwd, high bwd (times the layer counts)
+    for layer, count, shape, tf, tb, ttf, ttb, hf, hb in conv_rows:
         n, h, w, c, k, r, s, stride, pad = shape
         p, q = (h + 2 * pad - r) // stride + 1, (w + 2 * pad - s) // stride + 1
         gflop = 2.0 * n * p * q * k * r * s * c / 1e9
         gf, gb = gflop / tf * 1e3, 2 * gflop / tb * 1e3
+        for i, v in enumerate((tf, tb, ttf, ttb, hf, hb)):
+            tot[i] += count * v
         hc = f" {hf:.2f} | {ttf / hf:.2f} | {hb:.2f} | {ttb / hb:.2f} |" if amx else ""
-        print(f"| {n},{h},{w},{c} -> {k}, {r}x{s} /{stride} p{pad} | {gflop:.2f} | {tf:.2f} ({gf:.0f}, {pk(gf)}) | {ttf:.2f} | {ttf / tf:.2f} | {tb:.2f} ({gb:.0f}, {pk(gb)}) | {ttb:.2f} | {ttb / tb:.2f} |" + hc)
+        print(f"| {layer} ({count}) | {n},{h},{w},{c} -> {k}, {r}x{s} /{stride} p{pad} | {gflop:.2f} | {tf:.2f} ({gf:.0f}, {pk(gf)}) | {ttf:.2f} | {ttf / tf:.2f} | {tb:.2f} ({gb:.0f}, {pk(gb)}) | {ttb:.2f} | {ttb / tb:.2f} |" + hc)
+    if len(conv_rows) == len(CONVS):
+        hc = f" {tot[4]:.1f} | {tot[2] / tot[4]:.2f} | {tot[5]:.1f} | {tot[3] / tot[5]:.2f} |" if amx else ""
+        print(f"| all 53 convolutions | (sum, ms) | | {tot[0]:.1f} | {tot[2]:.1f} | {tot[2] / tot[0]:.2f} | {tot[1]:.1f} | {tot[3]:.1f} | {tot[3] / tot[1]:.2f} |" + hc)
     print()
 if bn_rows:
     print("| batch norm train + residual + ReLU, rows x C | mveb fwd ms | torch fwd ms | torch/mveb fwd | mveb bwd ms | torch bwd ms | torch/mveb bwd |")
