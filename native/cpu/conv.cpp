@@ -74,8 +74,8 @@ constexpr int64_t kWeightDepth = 256;    // patch rows per backward-weight task 
 // Backward weight's packed panels lie this many floats (one cache line) further apart than their
 // size, so that one patch row's pieces, one per panel, do not all fall into the same L1 sets.
 constexpr int kPanelSkew = 16;
-constexpr int kWeightNarrowK = 128;
-constexpr int kWeightAmxMinK = 256;  // backward weight on AMX through the GEMM from this K (see there)  // backward weight: dy^T * col up to this K, else col^T * dy
+constexpr int kWeightNarrowK = 128;  // backward weight: dy^T * col up to this K, else col^T * dy
+constexpr int kWeightAmxMinK = 256;  // backward weight on AMX through the GEMM from this K (see there)
 
 
 // Whether a 3x3 stride-1 convolution takes F(4x4, 3x3) rather than F(2x2, 3x3) (see the constants).
@@ -597,7 +597,8 @@ void CpuBackend::conv_backward_data(float* dx, const float* dy, const float* w, 
     gemm(false, false, static_cast<int>(s.N * pq), s.C, s.K, 1.f, dy, s.K, w, s.C, add ? 1.f : 0.f, dx, s.C);
     return;
   }
-  const bool scatter = !(s.stride == 1 && s.R == s.S && s.pad <= s.R - 1) && s.N >= T;
+  const bool as_forward = s.stride == 1 && s.R == s.S && s.pad <= s.R - 1;  // see below
+  const bool scatter = !as_forward && s.N >= T;
   if (add && !scatter) {  // the paths that assign: into a kept temporary, then dx += it
     const size_t n = static_cast<size_t>(s.N) * s.H * s.W * s.C;
     gemm_detail::WorkspaceLease lease(conv_workspace_.get());
@@ -608,7 +609,7 @@ void CpuBackend::conv_backward_data(float* dx, const float* dy, const float* w, 
     axpy(dx, 1.f, tmp, n);
     return;
   }
-  if (s.stride == 1 && s.R == s.S && s.pad <= s.R - 1) {
+  if (as_forward) {
     // Stride 1: dx is the forward convolution of dy (zero-padded by R - 1 - pad) with the filter
     // flipped in space and transposed in channels, w'[c, r, s, k] = w[k, R-1-r, S-1-s, c]: an
     // im2col + deep GEMM with no scatter.

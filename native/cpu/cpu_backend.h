@@ -16,9 +16,10 @@ namespace mveb {
 
 // Precision of the float32 matrix products (GEMM, convolutions through GEMM), as PyTorch's
 // torch.set_float32_matmul_precision: Highest = IEEE fp32 products (the default); High = on a CPU
-// with AMX, products of at least a few MFLOP (gemm_detail::amx_pays) without a pre-packed filter
-// run on the AMX tiles in bf16x3 (gemm_amx.cpp: ~2^-17 per product, ~4e-6 relative error on a
-// 1024-deep dot product); elsewhere High computes what Highest does.
+// with AMX, products of at least a few MFLOP (gemm_detail::amx_pays) and the convolutions' pre-packed
+// filters run on the AMX tiles in bf16x3 (gemm_amx.cpp: ~2^-17 per product, ~4e-6 relative error on
+// a 1024-deep dot product; Winograd F(4x4) and the vMF estimator stay fp32); elsewhere High computes
+// what Highest does.
 enum class MatmulPrecision { Highest = 0, High = 1 };
 
 class CpuBackend final : public Backend {

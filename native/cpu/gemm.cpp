@@ -188,9 +188,7 @@ PackedB::PackedB(ThreadPool& pool, const KernelInfo& kern, bool transB, int N_, 
     : N(N_), K(K_), KC(balanced_depth(K_, kern.kc)), NC(std::min((N_ + kern.nr - 1) / kern.nr * kern.nr, kern.nc)),
       NR(kern.nr), amx(kern.amx && N_ >= 16 && K_ >= 32) {
   if (amx) {
-    data_.reset(new ScratchBuffer((amx_packed_b_elems(N, K) + 1) / 2));
-    amx_pack_b(pool, N, K, [&](int r) { return B + static_cast<long>(r) * ldb; }, !transB,
-               reinterpret_cast<uint16_t*>(data_->get()));
+    pack_amx(pool, [&](int r) { return B + static_cast<long>(r) * ldb; }, !transB);
     return;
   }
   pack_all(pool, [&](float* dst, int pc, int kc, int j0, int cols) {
@@ -202,8 +200,7 @@ PackedB::PackedB(ThreadPool& pool, const KernelInfo& kern, int N_, int K_, const
     : N(N_), K(K_), KC(balanced_depth(K_, kern.kc)), NC(std::min((N_ + kern.nr - 1) / kern.nr * kern.nr, kern.nc)),
       NR(kern.nr), amx(kern.amx && N_ >= 16 && K_ >= 32) {
   if (amx) {
-    data_.reset(new ScratchBuffer((amx_packed_b_elems(N, K) + 1) / 2));
-    amx_pack_b(pool, N, K, row, true, reinterpret_cast<uint16_t*>(data_->get()));
+    pack_amx(pool, row, true);
     return;
   }
   pack_all(pool, [&](float* dst, int pc, int kc, int j0, int cols) {
@@ -244,6 +241,11 @@ void PackedB::pack_all(ThreadPool& pool, const std::function<void(float*, int, i
   });
 }
 
+void PackedB::pack_amx(ThreadPool& pool, const std::function<const float*(int)>& row, bool depth_major) {
+  data_.reset(new ScratchBuffer((amx_packed_b_elems(N, K) + 1) / 2));
+  amx_pack_b(pool, N, K, row, depth_major, reinterpret_cast<uint16_t*>(data_->get()));
+}
+
 const uint16_t* PackedB::amx_block(int jc, int pc) const {
   return reinterpret_cast<const uint16_t*>(data_->get()) + amx_block_offset(N, K, jc, pc);
 }
@@ -273,7 +275,6 @@ float* Workspace::get(int slot, size_t floats) {
   }
   return b->get();
 }
-
 
 namespace {
 // Products much deeper than wide (K >= 4 max(M, N): the weight gradients of 1x1 convolutions, dW =

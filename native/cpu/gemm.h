@@ -75,6 +75,8 @@ class PackedB {
  private:
   // Calls pack(dst, pc, kc, col0, cols) for every panel of every block, on the pool.
   void pack_all(ThreadPool& pool, const std::function<void(float*, int, int, int, int)>& pack);
+  // The AMX panels (amx_pack_b) into data_.
+  void pack_amx(ThreadPool& pool, const std::function<const float*(int)>& row, bool depth_major);
   std::unique_ptr<ScratchBuffer> data_;
 };
 

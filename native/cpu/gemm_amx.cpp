@@ -194,18 +194,39 @@ struct RowsOf {
 };
 inline RowsOf rows_of(const float* X, long ld) { return RowsOf{X, ld}; }
 
+// The 2 x 2 accumulator tiles (0-3: rows 0-15 / 16-31 x columns 0-15 / 16-31) += A tiles 4, 5 (rows
+// 0-15, 16-31) times B tiles 6, 7 (columns 0-15, 16-31).
+inline void products_2x2() {
+  _tile_dpbf16ps(0, 4, 6);
+  _tile_dpbf16ps(1, 4, 7);
+  _tile_dpbf16ps(2, 5, 6);
+  _tile_dpbf16ps(3, 5, 7);
+}
+
+// The accumulator tiles from / to a 32 x 32 block of floats ld floats apart.
+inline void load_accumulators(const float* c, long ld) {
+  const long bytes = ld * static_cast<long>(sizeof(float));
+  _tile_loadd(0, c, bytes);
+  _tile_loadd(1, c + 16, bytes);
+  _tile_loadd(2, c + 16 * ld, bytes);
+  _tile_loadd(3, c + 16 * ld + 16, bytes);
+}
+inline void store_accumulators(float* c, long ld) {
+  const long bytes = ld * static_cast<long>(sizeof(float));
+  _tile_stored(0, c, bytes);
+  _tile_stored(1, c + 16, bytes);
+  _tile_stored(2, c + 16 * ld, bytes);
+  _tile_stored(3, c + 16 * ld + 16, bytes);
+}
+
 // C[rows x cols] (rows, cols <= 32) = alpha * (A panel * B panel over `steps` 32-deep steps) + beta * C.
 // Whole tiles with alpha 1 and beta 0 or 1 (the convolutions' products) load C into the accumulator
 // tiles and store them back directly; others go through a masked epilogue.
 void micro_tile(int steps, const uint16_t* a, const uint16_t* b, float* C, long ldc, int rows, int cols,
                 float alpha, float beta) {
   const bool direct = rows == kPanel && cols == kPanel && alpha == 1.f && (beta == 0.f || beta == 1.f);
-  const long ldc_bytes = ldc * static_cast<long>(sizeof(float));
   if (direct && beta == 1.f) {
-    _tile_loadd(0, C, ldc_bytes);
-    _tile_loadd(1, C + 16, ldc_bytes);
-    _tile_loadd(2, C + 16 * ldc, ldc_bytes);
-    _tile_loadd(3, C + 16 * ldc + 16, ldc_bytes);
+    load_accumulators(C, ldc);
   } else {
     _tile_zero(0);
     _tile_zero(1);
@@ -218,35 +239,17 @@ void micro_tile(int steps, const uint16_t* a, const uint16_t* b, float* C, long 
     _tile_loadd(5, a + 512, 64);
     _tile_loadd(6, b + 1024, 64);
     _tile_loadd(7, b + 1536, 64);
-    _tile_dpbf16ps(0, 4, 6);
-    _tile_dpbf16ps(1, 4, 7);
-    _tile_dpbf16ps(2, 5, 6);
-    _tile_dpbf16ps(3, 5, 7);
+    products_2x2();
     _tile_loadd(6, b, 64);
     _tile_loadd(7, b + 512, 64);
-    _tile_dpbf16ps(0, 4, 6);
-    _tile_dpbf16ps(1, 4, 7);
-    _tile_dpbf16ps(2, 5, 6);
-    _tile_dpbf16ps(3, 5, 7);
+    products_2x2();
     _tile_loadd(4, a + 1024, 64);
     _tile_loadd(5, a + 1536, 64);
-    _tile_dpbf16ps(0, 4, 6);
-    _tile_dpbf16ps(1, 4, 7);
-    _tile_dpbf16ps(2, 5, 6);
-    _tile_dpbf16ps(3, 5, 7);
+    products_2x2();
   }
-  if (direct) {
-    _tile_stored(0, C, ldc_bytes);
-    _tile_stored(1, C + 16, ldc_bytes);
-    _tile_stored(2, C + 16 * ldc, ldc_bytes);
-    _tile_stored(3, C + 16 * ldc + 16, ldc_bytes);
-    return;
-  }
+  if (direct) return store_accumulators(C, ldc);
   alignas(64) float acc[32 * 32];
-  _tile_stored(0, acc, 128);
-  _tile_stored(1, acc + 16, 128);
-  _tile_stored(2, acc + 16 * 32, 128);
-  _tile_stored(3, acc + 16 * 32 + 16, 128);
+  store_accumulators(acc, 32);
   const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
   const __mmask16 m0 = first_lanes(cols), m1 = first_lanes(cols - 16);
   for (int i = 0; i < rows; ++i) {
@@ -283,15 +286,20 @@ AmxBlocking amx_blocking(int N, int K) {
                      std::min((N + kPanel - 1) / kPanel * kPanel, kNC)};
 }
 
+namespace {
+// 32-deep steps over all K-blocks of a depth K blocked by KC (the last block's steps rounded up).
+long depth_steps(int K, int KC) { return static_cast<long>(K / KC) * (KC / kStep) + (K % KC + kStep - 1) / kStep; }
+}  // namespace
+
 size_t amx_packed_b_elems(int N, int K) {
   const AmxBlocking bl = amx_blocking(N, K);
-  const long k_steps = static_cast<long>(K / bl.KC) * (bl.KC / kStep) + (K % bl.KC + kStep - 1) / kStep;
+  const long k_steps = depth_steps(K, bl.KC);
   return static_cast<size_t>((N + kPanel - 1) / kPanel) * k_steps * kStepElems;
 }
 
 size_t amx_block_offset(int N, int K, int jc, int pc) {
   const AmxBlocking bl = amx_blocking(N, K);
-  const long k_steps = static_cast<long>(K / bl.KC) * (bl.KC / kStep) + (K % bl.KC + kStep - 1) / kStep;
+  const long k_steps = depth_steps(K, bl.KC);
   const long n_panels = (std::min(bl.NC, N - jc) + kPanel - 1) / kPanel;
   return static_cast<size_t>((static_cast<long>(jc / bl.NC) * (bl.NC / kPanel) * k_steps +
                               n_panels * (pc / bl.KC) * (bl.KC / kStep)) *
@@ -355,7 +363,8 @@ void gemm_amx(ThreadPool& pool, bool transA, bool transB, int M, int N, int K, f
       std::atomic<int> next_panel{0}, panels_packed{0};
       std::atomic<int64_t> next_task{0};
       const int64_t tasks = static_cast<int64_t>(m_blocks) * n_splits;
-      pool.parallel_for(std::min<int64_t>(T, std::max<int64_t>(tasks, (b_panels + kPackGroup - 1) / kPackGroup)), 1, [&](int64_t, int64_t, int thread) {
+      const int64_t pack_claims = (b_panels + kPackGroup - 1) / kPackGroup;
+      pool.parallel_for(std::min<int64_t>(T, std::max(tasks, pack_claims)), 1, [&](int64_t, int64_t, int thread) {
         TileScope tiles;
         // groups of kPackGroup panels: a depth-major B is then read 32 rows at a time, a group wide
         for (int g; (g = next_panel.fetch_add(1, std::memory_order_relaxed)) * kPackGroup < b_panels;) {

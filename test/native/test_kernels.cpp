@@ -389,35 +389,45 @@ std::string str(const ConvShape& s) {
 }
 }  // namespace
 
+/** One conv shape on every backend against the float64 reference: forward, backward data (NaN-poisoned
+ *  outputs), backward weight (accumulating into a random dw); with `add`, also conv2d_backward_data_add
+ *  into a random dx. Inputs from seeds seed+1 .. seed+4. */
+template <class Backends>
+void check_conv_case(Backends& backends, const ConvShape& s, int seed, double tol, bool add) {
+  const size_t nx = static_cast<size_t>(s.N) * s.H * s.W * s.C, nw = static_cast<size_t>(s.K) * s.R * s.S * s.C,
+               ny = static_cast<size_t>(s.N) * s.P() * s.Q() * s.K;
+  const FVec x = rnd(nx, seed + 1), w = rnd(nw, seed + 2), dy = rnd(ny, seed + 3), dw0 = rnd(nw, seed + 4);
+  const Vec xd = to_d(x), wd = to_d(w), dyd = to_d(dy);
+  Vec y_ref(ny), dx_ref(nx), dw_ref(nw);
+  ref::conv2d_forward(y_ref.data(), xd.data(), wd.data(), s);
+  ref::conv2d_backward_data(dx_ref.data(), dyd.data(), wd.data(), s);
+  ref::conv2d_backward_weight(dw_ref.data(), dyd.data(), xd.data(), s);
+  for (size_t i = 0; i < nw; ++i) dw_ref[i] += dw0[i];  // backward weight accumulates
+  for (auto& b : backends) {
+    FVec y = poison(ny), dx = poison(nx), dw = dw0;
+    b->conv2d_forward(y.data(), x.data(), w.data(), s);
+    b->conv2d_backward_data(dx.data(), dy.data(), w.data(), s);
+    b->conv2d_backward_weight(dw.data(), dy.data(), x.data(), s);
+    EXPECT_REL(err(y, y_ref), tol, "conv forward " << str(s) << tag(*b));
+    EXPECT_REL(err(dx, dx_ref), tol, "conv backward data " << str(s) << tag(*b));
+    EXPECT_REL(err(dw, dw_ref), tol, "conv backward weight " << str(s) << tag(*b));
+    if (!add) continue;
+    FVec dx_acc = x;  // conv2d_backward_data_add: dx += (pointwise: GEMM beta 1; strided: scatter; else temp)
+    b->conv2d_backward_data_add(dx_acc.data(), dy.data(), w.data(), s);
+    Vec dx_acc_ref = dx_ref;
+    for (size_t i = 0; i < nx; ++i) dx_acc_ref[i] += x[i];
+    EXPECT_REL(err(dx_acc, dx_acc_ref), tol, "conv backward data add " << str(s) << tag(*b));
+  }
+}
+
 TEST("kernels: conv2d forward / backward data (assign and add) / backward weight match the reference") {
   auto backends = isa_backends();
   backends.emplace_back(new CpuBackend(1));  // the single-thread and odd-thread-count paths
   backends.emplace_back(new CpuBackend(3));
   int seed = 100;
   for (const ConvShape& s : conv_cases()) {
-    const size_t nx = static_cast<size_t>(s.N) * s.H * s.W * s.C, nw = static_cast<size_t>(s.K) * s.R * s.S * s.C,
-                 ny = static_cast<size_t>(s.N) * s.P() * s.Q() * s.K;
-    const FVec x = rnd(nx, ++seed), w = rnd(nw, ++seed), dy = rnd(ny, ++seed), dw0 = rnd(nw, ++seed);
-    const Vec xd = to_d(x), wd = to_d(w), dyd = to_d(dy);
-    Vec y_ref(ny), dx_ref(nx), dw_ref(nw);
-    ref::conv2d_forward(y_ref.data(), xd.data(), wd.data(), s);
-    ref::conv2d_backward_data(dx_ref.data(), dyd.data(), wd.data(), s);
-    ref::conv2d_backward_weight(dw_ref.data(), dyd.data(), xd.data(), s);
-    for (size_t i = 0; i < nw; ++i) dw_ref[i] += dw0[i];  // backward weight accumulates
-    for (auto& b : backends) {
-      FVec y = poison(ny), dx = poison(nx), dw = dw0;
-      b->conv2d_forward(y.data(), x.data(), w.data(), s);
-      b->conv2d_backward_data(dx.data(), dy.data(), w.data(), s);
-      b->conv2d_backward_weight(dw.data(), dy.data(), x.data(), s);
-      EXPECT_REL(err(y, y_ref), kTol, "conv forward " << str(s) << tag(*b));
-      EXPECT_REL(err(dx, dx_ref), kTol, "conv backward data " << str(s) << tag(*b));
-      EXPECT_REL(err(dw, dw_ref), kTol, "conv backward weight " << str(s) << tag(*b));
-      FVec dx_acc = x;  // conv2d_backward_data_add: dx += (pointwise: GEMM beta 1; strided: scatter; else temp)
-      b->conv2d_backward_data_add(dx_acc.data(), dy.data(), w.data(), s);
-      Vec dx_acc_ref = dx_ref;
-      for (size_t i = 0; i < nx; ++i) dx_acc_ref[i] += x[i];
-      EXPECT_REL(err(dx_acc, dx_acc_ref), kTol, "conv backward data add " << str(s) << tag(*b));
-    }
+    check_conv_case(backends, s, seed, kTol, true);
+    seed += 4;
   }
 }
 
@@ -436,24 +446,8 @@ TEST("kernels: conv2d with matmul precision high (AMX) on every conv path, withi
                               {2, 9, 11, 40, 256, 3, 3, 2, 1}, {2, 12, 12, 48, 256, 1, 1, 2, 0}};
   int seed = 900;
   for (const ConvShape& s : shapes) {
-    const size_t nx = static_cast<size_t>(s.N) * s.H * s.W * s.C, nw = static_cast<size_t>(s.K) * s.R * s.S * s.C,
-                 ny = static_cast<size_t>(s.N) * s.P() * s.Q() * s.K;
-    const FVec x = rnd(nx, ++seed), w = rnd(nw, ++seed), dy = rnd(ny, ++seed), dw0 = rnd(nw, ++seed);
-    const Vec xd = to_d(x), wd = to_d(w), dyd = to_d(dy);
-    Vec y_ref(ny), dx_ref(nx), dw_ref(nw);
-    ref::conv2d_forward(y_ref.data(), xd.data(), wd.data(), s);
-    ref::conv2d_backward_data(dx_ref.data(), dyd.data(), wd.data(), s);
-    ref::conv2d_backward_weight(dw_ref.data(), dyd.data(), xd.data(), s);
-    for (size_t i = 0; i < nw; ++i) dw_ref[i] += dw0[i];
-    for (auto& b : backends) {
-      FVec y = poison(ny), dx = poison(nx), dw = dw0;
-      b->conv2d_forward(y.data(), x.data(), w.data(), s);
-      b->conv2d_backward_data(dx.data(), dy.data(), w.data(), s);
-      b->conv2d_backward_weight(dw.data(), dy.data(), x.data(), s);
-      EXPECT_REL(err(y, y_ref), kAmxTol, "conv forward " << str(s) << tag(*b));
-      EXPECT_REL(err(dx, dx_ref), kAmxTol, "conv backward data " << str(s) << tag(*b));
-      EXPECT_REL(err(dw, dw_ref), kAmxTol, "conv backward weight " << str(s) << tag(*b));
-    }
+    check_conv_case(backends, s, seed, kAmxTol, false);
+    seed += 4;
   }
 }
 
