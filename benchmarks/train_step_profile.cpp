@@ -52,13 +52,13 @@ class Prof : public Backend {
   void conv2d_backward_data(float* dx,const float* dy,const float* w,const ConvShape& s) override { T t{&m,ck("conv bwdD",s)}; T t2{&m,"conv bwd data"}; b.conv2d_backward_data(dx,dy,w,s);}
   void conv2d_backward_data_add(float* dx,const float* dy,const float* w,const ConvShape& s) override { T t{&m,ck("conv bwdD",s)}; T t2{&m,"conv bwd data"}; b.conv2d_backward_data_add(dx,dy,w,s);}
   void conv2d_backward_weight(float* dw,const float* dy,const float* x,const ConvShape& s) override { T t{&m,ck("conv bwdW",s)}; T t2{&m,"conv bwd weight"}; b.conv2d_backward_weight(dw,dy,x,s);}
-  void batchnorm_forward_train(float* y,float* sm,float* si,float* rm,float* rv,const float* x,const float* g,const float* be,const float* r,bool relu,int M,int C,float mo,float eps) override { T t{&m,"bn fwd"}; b.batchnorm_forward_train(y,sm,si,rm,rv,x,g,be,r,relu,M,C,mo,eps);}
-  void batchnorm_forward_eval(float* y,const float* x,const float* g,const float* be,const float* rm,const float* rv,const float* r,bool relu,int M,int C,float eps) override { T t{&m,"bn fwd eval"}; b.batchnorm_forward_eval(y,x,g,be,rm,rv,r,relu,M,C,eps);}
+  void batchnorm_forward_train(float* y,uint8_t* mk,float* sm,float* si,float* rm,float* rv,const float* x,const float* g,const float* be,const float* r,bool relu,int M,int C,float mo,float eps) override { T t{&m,"bn fwd"}; b.batchnorm_forward_train(y,mk,sm,si,rm,rv,x,g,be,r,relu,M,C,mo,eps);}
+  void batchnorm_forward_eval(float* y,uint8_t* mk,const float* x,const float* g,const float* be,const float* rm,const float* rv,const float* r,bool relu,int M,int C,float eps) override { T t{&m,"bn fwd eval"}; b.batchnorm_forward_eval(y,mk,x,g,be,rm,rv,r,relu,M,C,eps);}
   void add_bias_rows(float* y,const float* bias,int M,int N) override { T t{&m,"bias"}; b.add_bias_rows(y,bias,M,N);}
   void sum_rows(float* d,const float* dy,int M,int N) override { T t{&m,"bias"}; b.sum_rows(d,dy,M,N);}
   void lars_step(float* p,float* mb,const float* g,size_t n,float lr,float mo,float wd,float tr,bool ad) override { T t{&m,"lars"}; b.lars_step(p,mb,g,n,lr,mo,wd,tr,ad);}
   void ema_update(float* t_,const float* o,size_t n,float mm) override { T t{&m,"ema"}; b.ema_update(t_,o,n,mm);}
-  void batchnorm_backward(float* dx,float* dr,float* dg,float* db,const float* dy,const float* y,const float* x,const float* g,const float* mean,const float* is,bool relu,bool train,int M,int C) override { T t{&m,"bn bwd"}; b.batchnorm_backward(dx,dr,dg,db,dy,y,x,g,mean,is,relu,train,M,C);}
+  void batchnorm_backward(float* dx,float* dr,float* dg,float* db,const float* dy,const uint8_t* mk,const float* x,const float* g,const float* mean,const float* is,bool relu,bool train,int M,int C) override { T t{&m,"bn bwd"}; b.batchnorm_backward(dx,dr,dg,db,dy,mk,x,g,mean,is,relu,train,M,C);}
   void axpy(float* y,float a,const float* x,size_t n) override { T t{&m,"axpy"}; b.axpy(y,a,x,n);}
   void maxpool2d_forward(float* y,int32_t* am,const float* x,const PoolShape& s) override { T t{&m,"pool"}; b.maxpool2d_forward(y,am,x,s);}
   void maxpool2d_backward(float* dx,const float* dy,const int32_t* am,const PoolShape& s) override { T t{&m,"pool"}; b.maxpool2d_backward(dx,dy,am,s);}

@@ -119,13 +119,14 @@ void bench_bn(mveb::CpuBackend& b, int M, int C) {
   auto x = random_floats(n, 6), res = random_floats(n, 7), dy = random_floats(n, 8);
   std::vector<float> y(n), dx(n), dres(n), gamma(C, 1.f), beta(C, 0.1f), mean(C), invstd(C), rm(C, 0.f), rv(C, 1.f),
       dg(C), db(C);
+  std::vector<uint8_t> mask(mveb::relu_mask_bytes(M, C));
   const double tf = best_time([&] {
-    b.batchnorm_forward_train(y.data(), mean.data(), invstd.data(), rm.data(), rv.data(), x.data(), gamma.data(),
+    b.batchnorm_forward_train(y.data(), mask.data(), mean.data(), invstd.data(), rm.data(), rv.data(), x.data(), gamma.data(),
                               beta.data(), res.data(), true, M, C, 0.1f, 1e-5f);
   }, 0.5, 10);
   const double tb = best_time([&] {
-    b.batchnorm_backward(dx.data(), dres.data(), dg.data(), db.data(), dy.data(), y.data(), x.data(), gamma.data(),
-                         mean.data(), invstd.data(), true, true, M, C);
+    b.batchnorm_backward(dx.data(), dres.data(), dg.data(), db.data(), dy.data(), mask.data(), x.data(),
+                         gamma.data(), mean.data(), invstd.data(), true, true, M, C);
   }, 0.5, 10);
   std::printf("bn %d %d %.3f %.3f\n", M, C, tf * 1e3, tb * 1e3);
   std::fflush(stdout);

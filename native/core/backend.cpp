@@ -28,12 +28,18 @@ void Backend::conv2d_backward_data_add(float* dx, const float* dy, const float* 
   }
   deallocate(tmp, bytes);
 }
-void Backend::batchnorm_forward_train(float*, float*, float*, float*, float*, const float*, const float*, const float*,
-                                      const float*, bool, int, int, float, float) { unsupported("batchnorm_forward_train"); }
-void Backend::batchnorm_forward_eval(float*, const float*, const float*, const float*, const float*, const float*,
-                                     const float*, bool, int, int, float) { unsupported("batchnorm_forward_eval"); }
-void Backend::batchnorm_backward(float*, float*, float*, float*, const float*, const float*, const float*, const float*,
-                                 const float*, const float*, bool, bool, int, int) { unsupported("batchnorm_backward"); }
+void Backend::batchnorm_forward_train(float*, uint8_t*, float*, float*, float*, float*, const float*, const float*,
+                                      const float*, const float*, bool, int, int, float, float) {
+  unsupported("batchnorm_forward_train");
+}
+void Backend::batchnorm_forward_eval(float*, uint8_t*, const float*, const float*, const float*, const float*,
+                                     const float*, const float*, bool, int, int, float) {
+  unsupported("batchnorm_forward_eval");
+}
+void Backend::batchnorm_backward(float*, float*, float*, float*, const float*, const uint8_t*, const float*,
+                                 const float*, const float*, const float*, bool, bool, int, int) {
+  unsupported("batchnorm_backward");
+}
 void Backend::relu_forward(float*, const float*, size_t) { unsupported("relu_forward"); }
 void Backend::relu_backward(float*, const float*, const float*, size_t) { unsupported("relu_backward"); }
 void Backend::add(float*, const float*, const float*, size_t) { unsupported("add"); }

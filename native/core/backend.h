@@ -32,6 +32,11 @@ struct PoolShape {
   int Q() const { return (W + 2 * pad - kernel) / stride + 1; }
 };
 
+// The ReLU mask of batch norm (Backend::batchnorm_forward_train): one bit per element, rows of
+// relu_mask_row_bytes(C) bytes.
+inline size_t relu_mask_row_bytes(int C) { return (static_cast<size_t>(C) + 7) / 8; }
+inline size_t relu_mask_bytes(int64_t M, int C) { return static_cast<size_t>(M) * relu_mask_row_bytes(C); }
+
 // Result of the vMF Stein score estimator (see native/cpu/vmf.cpp and mveb-spec.md section 2.3).
 struct VmfInfo {
   float width = 0;       // tau after clamping
@@ -85,21 +90,25 @@ class Backend {
   // ---- batch norm over rows [M, C], fused residual add and ReLU ----
   // train: y = act(gamma * (x - mean) * invstd + beta + residual); mean/invstd from the batch (biased
   // variance), saved into saved_mean/saved_invstd; running_mean/var updated with momentum using the
-  // unbiased variance (M/(M-1)). residual may be null; act is ReLU when relu.
-  virtual void batchnorm_forward_train(float* y, float* saved_mean, float* saved_invstd, float* running_mean,
-                                       float* running_var, const float* x, const float* gamma, const float* beta,
-                                       const float* residual, bool relu, int M, int C, float momentum, float eps);
+  // unbiased variance (M/(M-1)). residual may be null; act is ReLU when relu. With relu, relu_mask
+  // (relu_mask_bytes(M, C) bytes; may be null when no backward follows) receives the ReLU pattern:
+  // bit c % 8 of byte m * relu_mask_row_bytes(C) + c / 8 is set iff y[m, c] > 0 (the padding bits of
+  // a row's last byte are 0). The backward reads it instead of y: 1 bit instead of 32 per element.
+  virtual void batchnorm_forward_train(float* y, uint8_t* relu_mask, float* saved_mean, float* saved_invstd,
+                                       float* running_mean, float* running_var, const float* x, const float* gamma,
+                                       const float* beta, const float* residual, bool relu, int M, int C,
+                                       float momentum, float eps);
   // eval: the same with running statistics; nothing saved.
-  virtual void batchnorm_forward_eval(float* y, const float* x, const float* gamma, const float* beta,
-                                      const float* running_mean, const float* running_var, const float* residual,
-                                      bool relu, int M, int C, float eps);
-  // backward of either mode. y is the forward output (for the ReLU mask when relu), x the forward
-  // input. train: mean/invstd are the saved batch statistics and the batch-statistics gradient is
-  // used; eval (train = false): mean = running_mean, invstd = 1/sqrt(running_var + eps) and BN is an
-  // affine map. Assigns dx and dresidual (may be null; it receives the gradient after the ReLU),
+  virtual void batchnorm_forward_eval(float* y, uint8_t* relu_mask, const float* x, const float* gamma,
+                                      const float* beta, const float* running_mean, const float* running_var,
+                                      const float* residual, bool relu, int M, int C, float eps);
+  // backward of either mode. relu_mask is the forward's ReLU pattern (required when relu), x the
+  // forward input. train: mean/invstd are the saved batch statistics and the batch-statistics gradient
+  // is used; eval (train = false): mean = running_mean, invstd = 1/sqrt(running_var + eps) and BN is
+  // an affine map. Assigns dx and dresidual (may be null; it receives the gradient after the ReLU),
   // ACCUMULATES dgamma and dbeta.
   virtual void batchnorm_backward(float* dx, float* dresidual, float* dgamma, float* dbeta, const float* dy,
-                                  const float* y, const float* x, const float* gamma, const float* mean,
+                                  const uint8_t* relu_mask, const float* x, const float* gamma, const float* mean,
                                   const float* invstd, bool relu, bool train, int M, int C);
 
   // ---- elementwise / pooling / linear helpers ----

@@ -33,6 +33,7 @@ struct BnLayer {
   bool relu = false;
   int M = 0;
   size_t in = 0, out = 0, res = NONE, mean = 0, invstd = 0;  // activation offsets
+  size_t mask = NONE;  // the ReLU mask (bytes in float slots; relu and a training plan only)
 };
 
 struct LinearLayer {
@@ -343,6 +344,8 @@ void Model::plan_into(const Shape& shape, Planner& p) {
     b.out = p.tensor(static_cast<size_t>(M) * b.C, {in, live_a, live_b});
     b.mean = p.alloc(b.C);
     b.invstd = p.alloc(b.C);
+    // The ReLU mask for the backward; an inference plan has no backward.
+    b.mask = b.relu && !p.inference ? p.alloc((relu_mask_bytes(M, b.C) + 3) / 4) : NONE;
   };
   if (is_resnet_) {
     const int N = static_cast<int>(shape[0]), H = static_cast<int>(shape[2]), W = static_cast<int>(shape[3]);
@@ -427,14 +430,16 @@ Tensor Model::forward(const Tensor& x, bool train, bool save_for_backward) {
   const int N = static_cast<int>(x.shape[0]);
 
   auto bn_fwd = [&](BnLayer& b) {
+    uint8_t* mask = b.mask == NONE ? nullptr : reinterpret_cast<uint8_t*>(A + b.mask);
     if (train) {
       MVEB_CHECK(b.M > 1, "E_SHAPE", "batch norm in train mode needs more than one value per channel, found ", b.M,
                  " (batch ", N, ")");
-      be.batchnorm_forward_train(A + b.out, A + b.mean, A + b.invstd, B + b.rmean, B + b.rvar, A + b.in, P + b.gamma,
-                                 P + b.beta, b.res == NONE ? nullptr : A + b.res, b.relu, b.M, b.C, BN_MOMENTUM, BN_EPS);
+      be.batchnorm_forward_train(A + b.out, mask, A + b.mean, A + b.invstd, B + b.rmean, B + b.rvar, A + b.in,
+                                 P + b.gamma, P + b.beta, b.res == NONE ? nullptr : A + b.res, b.relu, b.M, b.C,
+                                 BN_MOMENTUM, BN_EPS);
       num_batches_tracked_[b.index] += 1;
     } else {
-      be.batchnorm_forward_eval(A + b.out, A + b.in, P + b.gamma, P + b.beta, B + b.rmean, B + b.rvar,
+      be.batchnorm_forward_eval(A + b.out, mask, A + b.in, P + b.gamma, P + b.beta, B + b.rmean, B + b.rvar,
                                 b.res == NONE ? nullptr : A + b.res, b.relu, b.M, b.C, BN_EPS);
       if (is_resnet_) return;  // inference: no backward follows
       // a projector backward in eval mode uses the running statistics as mean/invstd
@@ -505,7 +510,8 @@ Tensor Model::backward(const Tensor& grad_out, bool input_grad) {
 
   // dy -> dx (assigns), dresidual (assigns, may be null); accumulates dgamma/dbeta.
   auto bn_bwd = [&](const BnLayer& b, float* dx, float* dres, const float* dy) {
-    be.batchnorm_backward(dx, dres, G + b.gamma, G + b.beta, dy, A + b.out, A + b.in, P + b.gamma, A + b.mean,
+    const uint8_t* mask = b.mask == NONE ? nullptr : reinterpret_cast<const uint8_t*>(A + b.mask);
+    be.batchnorm_backward(dx, dres, G + b.gamma, G + b.beta, dy, mask, A + b.in, P + b.gamma, A + b.mean,
                           A + b.invstd, b.relu, train, b.M, b.C);
   };
   auto conv_bwd = [&](const ConvLayer& c, float* dx, const float* dy) {

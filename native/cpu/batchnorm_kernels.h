@@ -6,13 +6,17 @@
 // copies built with different flags never mix. batchnorm.cpp picks one by the backend's ISA. With
 // stream, the AVX-512 copy writes y / dx with non-temporal stores (C a multiple of 16, 64-byte
 // aligned output; otherwise ordinary stores).
+// The ReLU mask (core/backend.h: one bit per element, rows of relu_mask_row_bytes(C) bytes) is written
+// kLanes bits at a time from a compare of the vector (AVX-512 / AVX2 movemask, lane by lane in the
+// baseline copy) and read back into a lane select.
 // Tested by test/native/test_kernels.cpp ("kernels: batchnorm ...") under every ISA.
 #pragma once
 #include <cstdint>
-#if defined(__AVX512F__)
+#if defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
+#include "core/backend.h"     // relu_mask_row_bytes
 #include "cpu/kernel_util.h"  // can_stream_rows
 
 namespace mveb {
@@ -21,16 +25,17 @@ namespace mveb {
 struct BatchnormKernels {
   // s1[c] += x[m, c] - x0[c], s2[c] += (x[m, c] - x0[c])^2
   void (*forward_sums)(const float* x, const float* x0, int64_t m0, int64_t m1, int C, float* s1, float* s2);
-  // y = act(x * scale + shift (+ residual)), act = ReLU when relu
-  void (*apply)(float* y, const float* x, const float* scale, const float* shift, const float* residual, bool relu,
-                int64_t m0, int64_t m1, int C, bool stream);
-  // g = dy, masked by y > 0 when y is not null; sg[c] += g, sgx[c] += g * (x - mean); g_out (may be
-  // null) receives g
-  void (*backward_sums)(const float* dy, const float* y, const float* x, const float* mean, float* g_out, int64_t m0,
-                        int64_t m1, int C, float* sg, float* sgx);
-  // g = dy, masked by y > 0 when y is not null; dx = a g + b (x - mean) + c0. dx may alias dy.
-  void (*backward_apply)(float* dx, const float* dy, const float* y, const float* x, const float* mean, const float* a,
-                         const float* b, const float* c0, int64_t m0, int64_t m1, int C, bool stream);
+  // y = act(x * scale + shift (+ residual)), act = ReLU when relu; with relu and a mask, its rows
+  // [m0, m1) receive the bits y > 0
+  void (*apply)(float* y, uint8_t* mask, const float* x, const float* scale, const float* shift,
+                const float* residual, bool relu, int64_t m0, int64_t m1, int C, bool stream);
+  // g = dy, masked by the ReLU mask when it is not null; sg[c] += g, sgx[c] += g * (x - mean); g_out
+  // (may be null) receives g
+  void (*backward_sums)(const float* dy, const uint8_t* mask, const float* x, const float* mean, float* g_out,
+                        int64_t m0, int64_t m1, int C, float* sg, float* sgx);
+  // g = dy, masked by the ReLU mask when it is not null; dx = a g + b (x - mean) + c0. dx may alias dy.
+  void (*backward_apply)(float* dx, const float* dy, const uint8_t* mask, const float* x, const float* mean,
+                         const float* a, const float* b, const float* c0, int64_t m0, int64_t m1, int C, bool stream);
 };
 BatchnormKernels batchnorm_kernels_scalar();
 BatchnormKernels batchnorm_kernels_avx2();
@@ -70,8 +75,58 @@ inline void end_stream(bool stream) {
 }
 inline vf relu(vf v) { return v > 0.f ? v : vf{}; }
 inline float relu(float v) { return v > 0.f ? v : 0.f; }
-inline vf mask(vf d, vf y) { return y > 0.f ? d : vf{}; }
-inline float mask(float d, float y) { return y > 0.f ? d : 0.f; }
+
+// ReLU mask bits: lane j of the vector at channel c (a multiple of kLanes) is bit (c + j) % 8 of byte
+// (c + j) / 8 of the row.
+inline unsigned positive_bits(vf v) {
+#if defined(__AVX512F__)
+  return _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GT_OQ);
+#elif defined(__AVX2__)
+  return static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GT_OQ)));
+#else
+  unsigned bits = 0;
+  for (int j = 0; j < kLanes; ++j) bits |= (v[j] > 0.f ? 1u : 0u) << j;
+  return bits;
+#endif
+}
+inline void store_bits(uint8_t* row, int c, unsigned bits) {
+  if (kLanes == 4) {  // half a byte: the low half starts the byte (clearing the high half)
+    uint8_t& b = row[c >> 3];
+    b = (c & 7) ? static_cast<uint8_t>(b | (bits << 4)) : static_cast<uint8_t>(bits);
+  } else {
+    for (int i = 0; i < kLanes / 8; ++i) row[(c >> 3) + i] = static_cast<uint8_t>(bits >> (8 * i));
+  }
+}
+inline unsigned load_bits(const uint8_t* row, int c) {
+  if (kLanes == 4) return (row[c >> 3] >> (c & 7)) & 0xFu;
+  unsigned bits = 0;
+  for (int i = 0; i < kLanes / 8; ++i) bits |= static_cast<unsigned>(row[(c >> 3) + i]) << (8 * i);
+  return bits;
+}
+// d where the lane's bit is set, else 0.
+inline vf select_bits(vf d, unsigned bits) {
+#if defined(__AVX512F__)
+  return _mm512_maskz_mov_ps(static_cast<__mmask16>(bits), d);
+#else
+  typedef int32_t vi __attribute__((vector_size(kLanes * sizeof(float))));
+  vi lane_bit;
+  for (int j = 0; j < kLanes; ++j) lane_bit[j] = 1 << j;
+  const vi keep = ((vi{} + static_cast<int32_t>(bits)) & lane_bit) != 0;
+  vi di;
+  __builtin_memcpy(&di, &d, sizeof d);
+  di &= keep;
+  __builtin_memcpy(&d, &di, sizeof d);
+  return d;
+#endif
+}
+inline bool bit(const uint8_t* row, int c) { return (row[c >> 3] >> (c & 7)) & 1u; }
+// The scalar channel tail [cv, C) of a mask row: clears the bytes the vector part did not start, then
+// sets the tail's bits.
+inline void tail_bits(uint8_t* row, int cv, int C, const float* v) {
+  for (int i = (cv + 7) / 8; i < (C + 7) / 8; ++i) row[i] = 0;
+  for (int c = cv; c < C; ++c)
+    if (v[c - cv] > 0.f) row[c >> 3] = static_cast<uint8_t>(row[c >> 3] | (1u << (c & 7)));
+}
 
 // The sums run over chunks of up to kChunk vectors of channels down the rows of the block (the
 // accumulators stay in registers; each row's chunk is kChunk whole cache lines, so the row stride
@@ -121,34 +176,42 @@ void forward_sums(const float* x, const float* x0, int64_t m0, int64_t m1, int C
     }
 }
 
-void apply(float* y, const float* x, const float* scale, const float* shift, const float* residual, bool relu_,
-           int64_t m0, int64_t m1, int C, bool stream) {
+void apply(float* y, uint8_t* mask, const float* x, const float* scale, const float* shift, const float* residual,
+           bool relu_, int64_t m0, int64_t m1, int C, bool stream) {
   const int cv = C / kLanes * kLanes;
+  const size_t mask_row = relu_mask_row_bytes(C);
+  if (!relu_) mask = nullptr;
   stream = can_stream_rows(stream, y, C);
+  float tail[kLanes];
   for (int64_t m = m0; m < m1; ++m) {
     const float* xr = x + m * C;
     const float* rr = residual ? residual + m * C : nullptr;
     float* yr = y + m * C;
+    uint8_t* mr = mask ? mask + m * mask_row : nullptr;
     for (int c = 0; c < cv; c += kLanes) {
       vf v = ld(xr + c) * ld(scale + c) + ld(shift + c);
       if (rr) v += ld(rr + c);
+      if (mr) store_bits(mr, c, positive_bits(v));
       st_out(yr + c, relu_ ? relu(v) : v, stream);
     }
     for (int c = cv; c < C; ++c) {
       float v = xr[c] * scale[c] + shift[c];
       if (rr) v += rr[c];
+      tail[c - cv] = v;
       yr[c] = relu_ ? relu(v) : v;
     }
+    if (mr) tail_bits(mr, cv, C, tail);
   }
   end_stream(stream);
 }
 
-void backward_sums(const float* dy, const float* y, const float* x, const float* mean, float* g_out, int64_t m0,
+void backward_sums(const float* dy, const uint8_t* mask, const float* x, const float* mean, float* g_out, int64_t m0,
                    int64_t m1, int C, float* sg, float* sgx) {
   const int cv = C / kLanes * kLanes;
+  const size_t mask_row = relu_mask_row_bytes(C);
   sums_vectors(cv, m0, m1, sg, sgx, [&](int c, int64_t m, vf* a) {
     vf g = ld(dy + m * C + c);
-    if (y) g = mask(g, ld(y + m * C + c));
+    if (mask) g = select_bits(g, load_bits(mask + m * mask_row, c));
     if (g_out) st(g_out + m * C + c, g);
     a[0] += g;
     a[1] += g * (ld(x + m * C + c) - ld(mean + c));
@@ -156,30 +219,31 @@ void backward_sums(const float* dy, const float* y, const float* x, const float*
   for (int c = cv; c < C; ++c)
     for (int64_t m = m0; m < m1; ++m) {
       float g = dy[m * C + c];
-      if (y) g = mask(g, y[m * C + c]);
+      if (mask && !bit(mask + m * mask_row, c)) g = 0.f;
       if (g_out) g_out[m * C + c] = g;
       sg[c] += g;
       sgx[c] += g * (x[m * C + c] - mean[c]);
     }
 }
 
-void backward_apply(float* dx, const float* dy, const float* y, const float* x, const float* mean, const float* a,
+void backward_apply(float* dx, const float* dy, const uint8_t* mask, const float* x, const float* mean, const float* a,
                     const float* b, const float* c0, int64_t m0, int64_t m1, int C, bool stream) {
   const int cv = C / kLanes * kLanes;
+  const size_t mask_row = relu_mask_row_bytes(C);
   stream = can_stream_rows(stream, dx, C);
   for (int64_t m = m0; m < m1; ++m) {
     const float* dyr = dy + m * C;
-    const float* yr = y ? y + m * C : nullptr;
+    const uint8_t* mr = mask ? mask + m * mask_row : nullptr;
     const float* xr = x + m * C;
     float* dxr = dx + m * C;
     for (int c = 0; c < cv; c += kLanes) {
       vf g = ld(dyr + c);
-      if (yr) g = mask(g, ld(yr + c));
+      if (mr) g = select_bits(g, load_bits(mr, c));
       st_out(dxr + c, ld(a + c) * g + ld(b + c) * (ld(xr + c) - ld(mean + c)) + ld(c0 + c), stream);
     }
     for (int c = cv; c < C; ++c) {
       float g = dyr[c];
-      if (yr) g = mask(g, yr[c]);
+      if (mr && !bit(mr, c)) g = 0.f;
       dxr[c] = a[c] * g + b[c] * (xr[c] - mean[c]) + c0[c];
     }
   }

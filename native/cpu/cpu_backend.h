@@ -79,15 +79,16 @@ class CpuBackend final : public Backend {
   // other paths through a kept temporary and axpy.
   void conv2d_backward_data_add(float* dx, const float* dy, const float* w, const ConvShape& s) override;
   void conv2d_backward_weight(float* dw, const float* dy, const float* x, const ConvShape& s) override;
-  void batchnorm_forward_train(float* y, float* saved_mean, float* saved_invstd, float* running_mean,
-                               float* running_var, const float* x, const float* gamma, const float* beta,
-                               const float* residual, bool relu, int M, int C, float momentum, float eps) override;
-  void batchnorm_forward_eval(float* y, const float* x, const float* gamma, const float* beta,
+  void batchnorm_forward_train(float* y, uint8_t* relu_mask, float* saved_mean, float* saved_invstd,
+                               float* running_mean, float* running_var, const float* x, const float* gamma,
+                               const float* beta, const float* residual, bool relu, int M, int C, float momentum,
+                               float eps) override;
+  void batchnorm_forward_eval(float* y, uint8_t* relu_mask, const float* x, const float* gamma, const float* beta,
                               const float* running_mean, const float* running_var, const float* residual, bool relu,
                               int M, int C, float eps) override;
-  void batchnorm_backward(float* dx, float* dresidual, float* dgamma, float* dbeta, const float* dy, const float* y,
-                          const float* x, const float* gamma, const float* mean, const float* invstd, bool relu,
-                          bool train, int M, int C) override;
+  void batchnorm_backward(float* dx, float* dresidual, float* dgamma, float* dbeta, const float* dy,
+                          const uint8_t* relu_mask, const float* x, const float* gamma, const float* mean,
+                          const float* invstd, bool relu, bool train, int M, int C) override;
   void relu_forward(float* y, const float* x, size_t n) override;
   void relu_backward(float* dx, const float* dy, const float* y, size_t n) override;
   void add(float* y, const float* a, const float* b, size_t n) override;

@@ -7,7 +7,8 @@
 // blockIdx.y so that about 4 blocks per SM are busy; each block writes double partial sums per
 // split, and a per-channel finalize kernel adds the splits in a fixed order (deterministic).
 // Variance is two-pass (sum of (x - mean)^2 with the double mean), never E[x^2] - mean^2.
-// Memory traffic: train forward reads x three times and writes y once (~4 x 4 B per element).
+// Memory traffic: train forward reads x three times and writes y once (~4 x 4 B per element); with
+// ReLU a second kernel reads y back for the bit mask the backward reads instead of y.
 #include <cuda_runtime.h>
 
 #include "core/op_checks.h"  // argument checks shared with the CPU backend
@@ -20,13 +21,19 @@ constexpr int kColLanes = 8;  // row lanes per column-reduction block (block = 3
 
 enum ColumnMode { kSum = 0, kSquaredDeviation = 1, kBackward = 2 };
 
+// Bit c of row r of a ReLU mask (core/backend.h: rows of (C + 7) / 8 bytes).
+__device__ __forceinline__ bool mask_bit(const uint8_t* mask, long long r, int c, int C) {
+  return (mask[r * ((C + 7) / 8) + c / 8] >> (c % 8)) & 1;
+}
+
 // Partial column sums over rows [split * rows_per_split, ...):
 //   kSum:              out[split, c] = sum x
 //   kSquaredDeviation: out[split, c] = sum (x - mean_d[c])^2
-//   kBackward:         out = sum g, out2 = sum g * (x - mean_f[c]), g = dy masked by y > 0 when relu
+//   kBackward:         out = sum g, out2 = sum g * (x - mean_f[c]), g = dy masked by the ReLU mask
+//                      when it is not null
 __global__ void column_partials_kernel(int mode, const float* __restrict__ x, const double* __restrict__ mean_d,
                                        const float* __restrict__ mean_f, const float* __restrict__ dy,
-                                       const float* __restrict__ y, int relu, int M, int C, int rows_per_split,
+                                       const uint8_t* __restrict__ mask, int M, int C, int rows_per_split,
                                        double* __restrict__ out, double* __restrict__ out2) {
   __shared__ double sh1[kColLanes][32];
   __shared__ double sh2[kColLanes][32];
@@ -49,7 +56,7 @@ __global__ void column_partials_kernel(int mode, const float* __restrict__ x, co
       for (long long r = r0 + threadIdx.y; r < r1; r += kColLanes) {
         long long i = r * C + c;
         float g = dy[i];
-        if (relu && !(y[i] > 0.f)) g = 0.f;
+        if (mask && !mask_bit(mask, r, c, C)) g = 0.f;
         s1 += g;
         s2 += static_cast<double>(g) * (static_cast<double>(x[i]) - mu);
       }
@@ -132,15 +139,30 @@ __global__ void bn_backward_finalize_kernel(float* __restrict__ coef, float* __r
   coef[2 * C + c] = train ? static_cast<float>(inv * inv * sgx / M) : 0.f;
 }
 
+// The ReLU mask of y = relu(v): one thread per mask byte (8 channels of a row), bit set iff y > 0.
+__global__ void relu_mask_kernel(uint8_t* __restrict__ mask, const float* __restrict__ y, int M, int C) {
+  const int row_bytes = (C + 7) / 8;
+  const size_t total = static_cast<size_t>(M) * row_bytes;
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<size_t>(blockDim.x) * gridDim.x) {
+    const size_t r = i / row_bytes;
+    const int c0 = static_cast<int>(i % row_bytes) * 8;
+    const int n = C - c0 < 8 ? C - c0 : 8;
+    unsigned bits = 0;
+    for (int j = 0; j < n; ++j) bits |= (y[r * C + c0 + j] > 0.f ? 1u : 0u) << j;
+    mask[i] = static_cast<uint8_t>(bits);
+  }
+}
+
 // (no __restrict__ on the per-element arrays: dx or dresidual may alias dy)
-__global__ void bn_backward_apply_kernel(float* dx, float* dresidual, const float* dy, const float* y,
+__global__ void bn_backward_apply_kernel(float* dx, float* dresidual, const float* dy, const uint8_t* mask,
                                          const float* x, const float* __restrict__ mean,
-                                         const float* __restrict__ coef, int relu, size_t total, int C) {
+                                         const float* __restrict__ coef, size_t total, int C) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<size_t>(blockDim.x) * gridDim.x) {
     int c = static_cast<int>(i % C);
     float g = dy[i];
-    if (relu && !(y[i] > 0.f)) g = 0.f;
+    if (mask && !mask_bit(mask, static_cast<long long>(i / C), c, C)) g = 0.f;
     float xc = x[i] - mean[c];
     float d = coef[c] * (g - coef[C + c] - xc * coef[2 * C + c]);
     if (dresidual) dresidual[i] = g;
@@ -182,9 +204,16 @@ void check_rows(int M, int C, const char* op) {
 
 }  // namespace
 
-void CudaBackend::batchnorm_forward_train(float* y, float* saved_mean, float* saved_invstd, float* running_mean,
-                                          float* running_var, const float* x, const float* gamma, const float* beta,
-                                          const float* residual, bool relu, int M, int C, float momentum, float eps) {
+void CudaBackend::write_relu_mask(uint8_t* relu_mask, const float* y, bool relu, int M, int C) {
+  if (!relu || !relu_mask || M == 0 || C == 0) return;
+  relu_mask_kernel<<<elementwise_blocks(relu_mask_bytes(M, C)), 256, 0, stream_>>>(relu_mask, y, M, C);
+  MVEB_CUDA_LAUNCH_CHECK("relu_mask_kernel");
+}
+
+void CudaBackend::batchnorm_forward_train(float* y, uint8_t* relu_mask, float* saved_mean, float* saved_invstd,
+                                          float* running_mean, float* running_var, const float* x, const float* gamma,
+                                          const float* beta, const float* residual, bool relu, int M, int C,
+                                          float momentum, float eps) {
   check_rows(M, C, "batchnorm_forward_train");
   MVEB_CHECK(M >= 2, "E_SHAPE", "batchnorm_forward_train: expected more than 1 value per channel when training, found ",
              M, " rows");
@@ -194,12 +223,12 @@ void CudaBackend::batchnorm_forward_train(float* y, float* saved_mean, float* sa
   CudaScratch mean_d(*this, sizeof(double) * C);
   const unsigned cb = ceil_div_u(C, 256);
   column_partials_kernel<<<plan.grid, dim3(32, kColLanes), 0, stream_>>>(
-      kSum, x, nullptr, nullptr, nullptr, nullptr, 0, M, C, plan.rows_per_split, partial.as<double>(), nullptr);
+      kSum, x, nullptr, nullptr, nullptr, nullptr, M, C, plan.rows_per_split, partial.as<double>(), nullptr);
   MVEB_CUDA_LAUNCH_CHECK("column_partials_kernel");
   bn_mean_kernel<<<cb, 256, 0, stream_>>>(mean_d.as<double>(), saved_mean, partial.as<double>(), plan.splits, M, C);
   MVEB_CUDA_LAUNCH_CHECK("bn_mean_kernel");
   column_partials_kernel<<<plan.grid, dim3(32, kColLanes), 0, stream_>>>(kSquaredDeviation, x, mean_d.as<double>(),
-                                                                         nullptr, nullptr, nullptr, 0, M, C,
+                                                                         nullptr, nullptr, nullptr, M, C,
                                                                          plan.rows_per_split, partial.as<double>(), nullptr);
   MVEB_CUDA_LAUNCH_CHECK("column_partials_kernel");
   bn_var_kernel<<<cb, 256, 0, stream_>>>(saved_invstd, running_mean, running_var, mean_d.as<double>(),
@@ -209,39 +238,43 @@ void CudaBackend::batchnorm_forward_train(float* y, float* saved_mean, float* sa
   bn_apply_kernel<<<elementwise_blocks(total), 256, 0, stream_>>>(y, x, gamma, beta, saved_mean, saved_invstd, nullptr,
                                                                   eps, residual, relu ? 1 : 0, total, C);
   MVEB_CUDA_LAUNCH_CHECK("bn_apply_kernel");
+  write_relu_mask(relu_mask, y, relu, M, C);
 }
 
-void CudaBackend::batchnorm_forward_eval(float* y, const float* x, const float* gamma, const float* beta,
-                                         const float* running_mean, const float* running_var, const float* residual,
-                                         bool relu, int M, int C, float eps) {
+void CudaBackend::batchnorm_forward_eval(float* y, uint8_t* relu_mask, const float* x, const float* gamma,
+                                         const float* beta, const float* running_mean, const float* running_var,
+                                         const float* residual, bool relu, int M, int C, float eps) {
   check_rows(M, C, "batchnorm_forward_eval");
   size_t total = static_cast<size_t>(M) * C;
   if (total == 0) return;
   bn_apply_kernel<<<elementwise_blocks(total), 256, 0, stream_>>>(y, x, gamma, beta, running_mean, nullptr, running_var,
                                                                   eps, residual, relu ? 1 : 0, total, C);
   MVEB_CUDA_LAUNCH_CHECK("bn_apply_kernel");
+  write_relu_mask(relu_mask, y, relu, M, C);
 }
 
 void CudaBackend::batchnorm_backward(float* dx, float* dresidual, float* dgamma, float* dbeta, const float* dy,
-                                     const float* y, const float* x, const float* gamma, const float* mean,
+                                     const uint8_t* relu_mask, const float* x, const float* gamma, const float* mean,
                                      const float* invstd, bool relu, bool train, int M, int C) {
   check_rows(M, C, "batchnorm_backward");
+  check_relu_mask("batchnorm_backward", relu, relu_mask);
   if (M == 0 || C == 0) return;
   ColumnPlan plan = plan_columns(*this, M, C);
   CudaScratch psum_g(*this, sizeof(double) * plan.splits * C);
   CudaScratch psum_gx(*this, sizeof(double) * plan.splits * C);
   CudaScratch coef(*this, sizeof(float) * 3 * C);
-  column_partials_kernel<<<plan.grid, dim3(32, kColLanes), 0, stream_>>>(kBackward, x, nullptr, mean, dy, y,
-                                                                         relu ? 1 : 0, M, C, plan.rows_per_split,
-                                                                         psum_g.as<double>(), psum_gx.as<double>());
+  const uint8_t* mask = relu ? relu_mask : nullptr;
+  column_partials_kernel<<<plan.grid, dim3(32, kColLanes), 0, stream_>>>(kBackward, x, nullptr, mean, dy, mask, M, C,
+                                                                         plan.rows_per_split, psum_g.as<double>(),
+                                                                         psum_gx.as<double>());
   MVEB_CUDA_LAUNCH_CHECK("column_partials_kernel");
   bn_backward_finalize_kernel<<<ceil_div_u(C, 256), 256, 0, stream_>>>(coef.as<float>(), dgamma, dbeta,
                                                                        psum_g.as<double>(), psum_gx.as<double>(),
                                                                        plan.splits, gamma, invstd, train ? 1 : 0, M, C);
   MVEB_CUDA_LAUNCH_CHECK("bn_backward_finalize_kernel");
   size_t total = static_cast<size_t>(M) * C;
-  bn_backward_apply_kernel<<<elementwise_blocks(total), 256, 0, stream_>>>(dx, dresidual, dy, y, x, mean,
-                                                                           coef.as<float>(), relu ? 1 : 0, total, C);
+  bn_backward_apply_kernel<<<elementwise_blocks(total), 256, 0, stream_>>>(dx, dresidual, dy, mask, x, mean,
+                                                                           coef.as<float>(), total, C);
   MVEB_CUDA_LAUNCH_CHECK("bn_backward_apply_kernel");
 }
 
@@ -252,7 +285,7 @@ void CudaBackend::sum_rows(float* dbias, const float* dy, int M, int N) {
   ColumnPlan plan = plan_columns(*this, M, N);
   CudaScratch partial(*this, sizeof(double) * plan.splits * N);
   column_partials_kernel<<<plan.grid, dim3(32, kColLanes), 0, stream_>>>(
-      kSum, dy, nullptr, nullptr, nullptr, nullptr, 0, M, N, plan.rows_per_split, partial.as<double>(), nullptr);
+      kSum, dy, nullptr, nullptr, nullptr, nullptr, M, N, plan.rows_per_split, partial.as<double>(), nullptr);
   MVEB_CUDA_LAUNCH_CHECK("column_partials_kernel");
   add_column_sums_kernel<<<ceil_div_u(N, 256), 256, 0, stream_>>>(dbias, partial.as<double>(), plan.splits, N);
   MVEB_CUDA_LAUNCH_CHECK("add_column_sums_kernel");

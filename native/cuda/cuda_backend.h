@@ -72,15 +72,16 @@ class CudaBackend final : public Backend {
   void conv2d_backward_weight(float* dw, const float* dy, const float* x, const ConvShape& s) override;
 
   // ---- batch norm, column sums (batchnorm.cu) ----
-  void batchnorm_forward_train(float* y, float* saved_mean, float* saved_invstd, float* running_mean,
-                               float* running_var, const float* x, const float* gamma, const float* beta,
-                               const float* residual, bool relu, int M, int C, float momentum, float eps) override;
-  void batchnorm_forward_eval(float* y, const float* x, const float* gamma, const float* beta,
+  void batchnorm_forward_train(float* y, uint8_t* relu_mask, float* saved_mean, float* saved_invstd,
+                               float* running_mean, float* running_var, const float* x, const float* gamma,
+                               const float* beta, const float* residual, bool relu, int M, int C, float momentum,
+                               float eps) override;
+  void batchnorm_forward_eval(float* y, uint8_t* relu_mask, const float* x, const float* gamma, const float* beta,
                               const float* running_mean, const float* running_var, const float* residual, bool relu,
                               int M, int C, float eps) override;
-  void batchnorm_backward(float* dx, float* dresidual, float* dgamma, float* dbeta, const float* dy, const float* y,
-                          const float* x, const float* gamma, const float* mean, const float* invstd, bool relu,
-                          bool train, int M, int C) override;
+  void batchnorm_backward(float* dx, float* dresidual, float* dgamma, float* dbeta, const float* dy,
+                          const uint8_t* relu_mask, const float* x, const float* gamma, const float* mean,
+                          const float* invstd, bool relu, bool train, int M, int C) override;
   void sum_rows(float* dbias, const float* dy, int M, int N) override;
 
   // ---- elementwise, pooling, optimisers, reductions (elementwise.cu) ----
@@ -113,6 +114,8 @@ class CudaBackend final : public Backend {
 
  private:
   void release_cache();  // cudaFree of every cached block (after a synchronise)
+  // batch norm's ReLU mask from its output y (batchnorm.cu); nothing when !relu or no mask
+  void write_relu_mask(uint8_t* relu_mask, const float* y, bool relu, int M, int C);
 
   int device_ = 0;
   int sm_count_ = 1;

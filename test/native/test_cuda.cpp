@@ -90,6 +90,27 @@ void compare(const std::string& what, const std::function<Outputs(Backend&)>& ru
   compare(what, run, std::vector<double>{tol});
 }
 
+// Batch norm's ReLU mask (core/backend.h) of y: bit set iff y > 0, in float slots to upload.
+std::vector<float> relu_mask_of(const std::vector<float>& y, int M, int C) {
+  const size_t row = mveb::relu_mask_row_bytes(C);
+  std::vector<uint8_t> bytes(mveb::relu_mask_bytes(M, C), 0);
+  for (int m = 0; m < M; ++m)
+    for (int c = 0; c < C; ++c)
+      if (y[static_cast<size_t>(m) * C + c] > 0.f) bytes[m * row + c / 8] |= static_cast<uint8_t>(1u << (c % 8));
+  std::vector<float> slots((bytes.size() + 3) / 4, 0.f);
+  std::memcpy(slots.data(), bytes.data(), bytes.size());
+  return slots;
+}
+// How many bytes of the mask written on backend b differ from the mask of its own output y (0 when right).
+float mask_mismatches(Backend& b, const Tensor& mask, const std::vector<float>& y, int M, int C) {
+  const std::vector<float> want = relu_mask_of(y, M, C), got = to_host(b, mask);
+  const size_t bytes = mveb::relu_mask_bytes(M, C);
+  float bad = 0;
+  for (size_t i = 0; i < bytes; ++i)
+    bad += reinterpret_cast<const uint8_t*>(want.data())[i] != reinterpret_cast<const uint8_t*>(got.data())[i];
+  return bad;
+}
+
 }  // namespace
 
 TEST("cuda: discovery reports compiled, the architectures and a reason when unavailable") {
@@ -227,11 +248,16 @@ TEST("cuda: batchnorm forward train and eval, with and without residual and ReLU
         Tensor residual = input(b, n, 44);
         Tensor rm = input(b, C, 45), rv = input(b, C, 46, 0.5f, 2.f);
         Tensor y = poisoned(b, n), mean = poisoned(b, C), invstd = poisoned(b, C), ye = poisoned(b, n);
-        b.batchnorm_forward_train(y.f32(), mean.f32(), invstd.f32(), rm.f32(), rv.f32(), x.f32(), gamma.f32(),
-                                  beta.f32(), res ? residual.f32() : nullptr, relu, M, C, 0.1f, 1e-5f);
-        b.batchnorm_forward_eval(ye.f32(), x.f32(), gamma.f32(), beta.f32(), rm.f32(), rv.f32(),
-                                 res ? residual.f32() : nullptr, relu, M, C, 1e-5f);
-        return {to_host(b, y), to_host(b, mean), to_host(b, invstd), to_host(b, rm), to_host(b, rv), to_host(b, ye)};
+        const size_t mask_bytes = mveb::relu_mask_bytes(M, C);
+        Tensor mask = poisoned(b, (mask_bytes + 3) / 4), mask_e = poisoned(b, (mask_bytes + 3) / 4);
+        b.batchnorm_forward_train(y.f32(), reinterpret_cast<uint8_t*>(mask.f32()), mean.f32(), invstd.f32(), rm.f32(),
+                                  rv.f32(), x.f32(), gamma.f32(), beta.f32(), res ? residual.f32() : nullptr, relu, M,
+                                  C, 0.1f, 1e-5f);
+        b.batchnorm_forward_eval(ye.f32(), reinterpret_cast<uint8_t*>(mask_e.f32()), x.f32(), gamma.f32(), beta.f32(),
+                                 rm.f32(), rv.f32(), res ? residual.f32() : nullptr, relu, M, C, 1e-5f);
+        Outputs out{to_host(b, y), to_host(b, mean), to_host(b, invstd), to_host(b, rm), to_host(b, rv), to_host(b, ye)};
+        if (relu) out.push_back({mask_mismatches(b, mask, out[0], M, C), mask_mismatches(b, mask_e, out[5], M, C)});
+        return out;
       }, 1e-5);
     }
 }
@@ -245,11 +271,13 @@ TEST("cuda: batchnorm backward, train and eval, residual and ReLU, dgamma/dbeta 
         std::string what = std::string("bn backward train=") + (train ? "1" : "0") + " relu=" + (relu ? "1" : "0") +
                            " dresidual=" + (res ? "1" : "0");
         compare(what, [&](Backend& b) -> Outputs {
-          Tensor x = input(b, n, 51, -1.f, 3.f), y = input(b, n, 52), dy = input(b, n, 53);
+          Tensor x = input(b, n, 51, -1.f, 3.f), dy = input(b, n, 53);
+          Tensor mask = from_host(b, relu_mask_of(mtest::random_vector(n, 52, -1.f, 1.f), M, C));
           Tensor gamma = input(b, C, 54, 0.5f, 1.5f), mean = input(b, C, 55, 0.5f, 1.5f), invstd = input(b, C, 56, 0.5f, 2.f);
           Tensor dx = poisoned(b, n), dres = poisoned(b, n), dgamma = input(b, C, 57), dbeta = input(b, C, 58);
-          b.batchnorm_backward(dx.f32(), res ? dres.f32() : nullptr, dgamma.f32(), dbeta.f32(), dy.f32(), y.f32(),
-                               x.f32(), gamma.f32(), mean.f32(), invstd.f32(), relu, train, M, C);
+          b.batchnorm_backward(dx.f32(), res ? dres.f32() : nullptr, dgamma.f32(), dbeta.f32(), dy.f32(),
+                               relu ? reinterpret_cast<const uint8_t*>(mask.f32()) : nullptr, x.f32(), gamma.f32(),
+                               mean.f32(), invstd.f32(), relu, train, M, C);
           Outputs out{to_host(b, dx), to_host(b, dgamma), to_host(b, dbeta)};
           if (res) out.push_back(to_host(b, dres));
           return out;

@@ -479,7 +479,8 @@ TEST("kernels: batchnorm train/eval forward and backward, with and without resid
   const float momentum = 0.1f, eps = 1e-5f;
   int seed = 500;
   for (int M : {3, 37, 301})  // (M = 2 makes the train dx vanish up to eps: no relative test)
-    for (int C : {1, 5, 64, 67})  // (64: whole vectors of every ISA, 67: with a channel tail)
+    for (int C : {1, 5, 12, 64, 67})  // (64: whole vectors of every ISA, 67: with a channel tail; 5, 12: mask bytes
+                                       // cut across vectors)
       for (int variant = 0; variant < 8; ++variant) {
         const bool residual = variant & 1, relu = variant & 2, train = variant & 4;
         const size_t n = static_cast<size_t>(M) * C;
@@ -511,15 +512,17 @@ TEST("kernels: batchnorm train/eval forward and backward, with and without resid
                                  std::to_string(residual) + " relu=" + std::to_string(relu) + " train=" + std::to_string(train);
         for (auto& b : backends) {
           FVec y = poison(n), mean = poison(C), invstd = poison(C), rm = rm0, rv = rv0;
+          std::vector<uint8_t> mask(mveb::relu_mask_bytes(M, C), 0xA5);  // poisoned: every bit must be written
           if (train) {
-            b->batchnorm_forward_train(y.data(), mean.data(), invstd.data(), rm.data(), rv.data(), x.data(), gamma.data(),
-                                       beta.data(), residual ? res.data() : nullptr, relu, M, C, momentum, eps);
+            b->batchnorm_forward_train(y.data(), mask.data(), mean.data(), invstd.data(), rm.data(), rv.data(), x.data(),
+                                       gamma.data(), beta.data(), residual ? res.data() : nullptr, relu, M, C, momentum,
+                                       eps);
             EXPECT_REL(err(mean, mean_ref), kTol, what << " saved mean" << tag(*b));
             EXPECT_REL(err(invstd, invstd_ref), kTol, what << " saved invstd" << tag(*b));
             EXPECT_REL(err(rm, rm_ref), kTol, what << " running mean" << tag(*b));
             EXPECT_REL(err(rv, rv_ref), kTol, what << " running var" << tag(*b));
           } else {
-            b->batchnorm_forward_eval(y.data(), x.data(), gamma.data(), beta.data(), rm.data(), rv.data(),
+            b->batchnorm_forward_eval(y.data(), mask.data(), x.data(), gamma.data(), beta.data(), rm.data(), rv.data(),
                                       residual ? res.data() : nullptr, relu, M, C, eps);
             for (int c = 0; c < C; ++c) {
               mean[c] = rm[c];
@@ -527,9 +530,22 @@ TEST("kernels: batchnorm train/eval forward and backward, with and without resid
             }
           }
           EXPECT_REL(err(y, y_ref), kTol, what << " y" << tag(*b));
+          if (relu) {  // the mask is exactly y > 0, its rows' padding bits zero
+            const size_t row = mveb::relu_mask_row_bytes(C);
+            int wrong = 0;
+            for (int m = 0; m < M; ++m)
+              for (size_t c = 0; c < row * 8; ++c) {
+                const bool bit = (mask[m * row + c / 8] >> (c % 8)) & 1;
+                wrong += bit != (c < static_cast<size_t>(C) && y[m * C + c] > 0.f);
+              }
+            EXPECT_TRUE(wrong == 0, what << " relu mask: " << wrong << " wrong bits" << tag(*b));
+          } else {
+            EXPECT_TRUE(std::all_of(mask.begin(), mask.end(), [](uint8_t v) { return v == 0xA5; }),
+                        what << " relu mask written without relu" << tag(*b));
+          }
           FVec dx = poison(n), dres = poison(n), dg = dg0, db = db0;
-          b->batchnorm_backward(dx.data(), residual ? dres.data() : nullptr, dg.data(), db.data(), dy.data(), y.data(),
-                                x.data(), gamma.data(), mean.data(), invstd.data(), relu, train, M, C);
+          b->batchnorm_backward(dx.data(), residual ? dres.data() : nullptr, dg.data(), db.data(), dy.data(),
+                                mask.data(), x.data(), gamma.data(), mean.data(), invstd.data(), relu, train, M, C);
           EXPECT_REL(err(dx, dx_ref), kTol, what << " dx" << tag(*b));
           if (residual) EXPECT_REL(err(dres, dres_ref), kTol, what << " dresidual" << tag(*b));
           EXPECT_REL(err(dg, dg_ref), kTol, what << " dgamma" << tag(*b));
@@ -585,16 +601,18 @@ TEST("kernels: outputs streamed past the caches (non-temporal stores) equal the 
       int i = 0;
       for (CpuBackend* b : {cached.get(), streamed.get()}) {
         FVec mean(C), invstd(C), rm(C, 0.f), rvar = rv, dg(C, 0.f), db(C, 0.f);
+        std::vector<uint8_t> mask(mveb::relu_mask_bytes(M, C));
         if (train) {
-          b->batchnorm_forward_train(y[i].get(), mean.data(), invstd.data(), rm.data(), rvar.data(), x.data(),
-                                     gamma.data(), beta.data(), residual ? res.data() : nullptr, relu, M, C, 0.1f, 1e-5f);
+          b->batchnorm_forward_train(y[i].get(), mask.data(), mean.data(), invstd.data(), rm.data(), rvar.data(),
+                                     x.data(), gamma.data(), beta.data(), residual ? res.data() : nullptr, relu, M, C,
+                                     0.1f, 1e-5f);
         } else {
-          b->batchnorm_forward_eval(y[i].get(), x.data(), gamma.data(), beta.data(), rm.data(), rvar.data(),
-                                    residual ? res.data() : nullptr, relu, M, C, 1e-5f);
+          b->batchnorm_forward_eval(y[i].get(), mask.data(), x.data(), gamma.data(), beta.data(), rm.data(),
+                                    rvar.data(), residual ? res.data() : nullptr, relu, M, C, 1e-5f);
           for (int c = 0; c < C; ++c) invstd[c] = 1.f / std::sqrt(rvar[c] + 1e-5f);
         }
         b->batchnorm_backward(dx[i].get(), residual ? dres[i].get() : nullptr, dg.data(), db.data(), dy.data(),
-                              y[i].get(), x.data(), gamma.data(), mean.data(), invstd.data(), relu, train, M, C);
+                              mask.data(), x.data(), gamma.data(), mean.data(), invstd.data(), relu, train, M, C);
         ++i;
       }
       const std::string what = "bn C=" + std::to_string(C) + " variant " + std::to_string(variant);
@@ -607,7 +625,14 @@ TEST("kernels: outputs streamed past the caches (non-temporal stores) equal the 
 TEST("kernels: batchnorm training with one row per channel is refused with E_SHAPE") {
   auto& b = mtest::runtime().cpu();
   float v[4] = {1, 1, 1, 1};
-  EXPECT_THROWS_CODE(b.batchnorm_forward_train(v, v, v, v, v, v, v, v, nullptr, false, 1, 1, 0.1f, 1e-5f), "E_SHAPE");
+  EXPECT_THROWS_CODE(b.batchnorm_forward_train(v, nullptr, v, v, v, v, v, v, v, nullptr, false, 1, 1, 0.1f, 1e-5f),
+                     "E_SHAPE");
+}
+
+TEST("kernels: batchnorm backward with ReLU but no mask is refused with E_ARG") {
+  auto& b = mtest::runtime().cpu();
+  float v[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+  EXPECT_THROWS_CODE(b.batchnorm_backward(v, nullptr, v, v, v, nullptr, v, v, v, v, true, true, 4, 2), "E_ARG");
 }
 
 TEST("kernels: batchnorm reference backward (train and eval, residual + ReLU) matches finite differences") {
