@@ -144,6 +144,8 @@ int main(int argc, char** argv) {
   std::vector<int> v;
   for (int i = 3; i < argc; ++i) v.push_back(std::atoi(argv[i]));
   mveb::CpuBackend b(threads);
+  // MVEB_STREAM_BYTES: CpuBackend::stream_bytes (outputs at least this large are streamed past the caches)
+  if (const char* sb = std::getenv("MVEB_STREAM_BYTES")) b.stream_bytes = std::strtoull(sb, nullptr, 10);
   g_thread_cpu_time = threads == 1;
   std::printf("isa %s threads %d amx %d precision %s\n", mveb::isa_name(b.isa()), threads, b.amx() ? 1 : 0,
               b.matmul_precision() == mveb::MatmulPrecision::High ? "high" : "highest");

@@ -89,19 +89,12 @@ inline unsigned positive_bits(vf v) {
   return bits;
 #endif
 }
-inline void store_bits(uint8_t* row, int c, unsigned bits) {
-  if (kLanes == 4) {  // half a byte: the low half starts the byte (clearing the high half)
-    uint8_t& b = row[c >> 3];
-    b = (c & 7) ? static_cast<uint8_t>(b | (bits << 4)) : static_cast<uint8_t>(bits);
-  } else {
-    for (int i = 0; i < kLanes / 8; ++i) row[(c >> 3) + i] = static_cast<uint8_t>(bits >> (8 * i));
-  }
-}
 inline unsigned load_bits(const uint8_t* row, int c) {
   if (kLanes == 4) return (row[c >> 3] >> (c & 7)) & 0xFu;
-  unsigned bits = 0;
-  for (int i = 0; i < kLanes / 8; ++i) bits |= static_cast<unsigned>(row[(c >> 3) + i]) << (8 * i);
-  return bits;
+  if (kLanes == 8) return row[c >> 3];
+  uint16_t w;
+  __builtin_memcpy(&w, row + (c >> 3), sizeof w);
+  return w;
 }
 // d where the lane's bit is set, else 0.
 inline vf select_bits(vf d, unsigned bits) {
@@ -176,31 +169,56 @@ void forward_sums(const float* x, const float* x0, int64_t m0, int64_t m1, int C
     }
 }
 
+// One row of apply; kMask: relu with the mask (the mask bits also select the ReLU's output).
+template <bool kMask>
+inline void apply_row(float* yr, uint8_t* mr, const float* xr, const float* scale, const float* shift,
+                      const float* rr, bool relu_, int cv, int C, bool stream) {
+  uint64_t word = 0;  // the mask bits gather in a 64-bit word, stored when full
+  int nbits = 0;
+  uint8_t* out = mr;
+  for (int c = 0; c < cv; c += kLanes) {
+    vf v = ld(xr + c) * ld(scale + c) + ld(shift + c);
+    if (rr) v += ld(rr + c);
+    if (kMask) {
+      const unsigned bits = positive_bits(v);
+      v = select_bits(v, bits);
+      word |= static_cast<uint64_t>(bits) << nbits;
+      nbits += kLanes;
+      if (nbits == 64) {
+        __builtin_memcpy(out, &word, sizeof word);
+        out += sizeof word;
+        word = 0;
+        nbits = 0;
+      }
+    } else if (relu_) {
+      v = relu(v);
+    }
+    st_out(yr + c, v, stream);
+  }
+  float tail[kLanes];
+  for (int c = cv; c < C; ++c) {
+    float v = xr[c] * scale[c] + shift[c];
+    if (rr) v += rr[c];
+    tail[c - cv] = v;
+    yr[c] = relu_ ? relu(v) : v;
+  }
+  if (kMask) {
+    __builtin_memcpy(out, &word, static_cast<size_t>(nbits + 7) / 8);  // (little-endian: low bits first)
+    tail_bits(mr, cv, C, tail);
+  }
+}
+
 void apply(float* y, uint8_t* mask, const float* x, const float* scale, const float* shift, const float* residual,
            bool relu_, int64_t m0, int64_t m1, int C, bool stream) {
   const int cv = C / kLanes * kLanes;
   const size_t mask_row = relu_mask_row_bytes(C);
-  if (!relu_) mask = nullptr;
   stream = can_stream_rows(stream, y, C);
-  float tail[kLanes];
   for (int64_t m = m0; m < m1; ++m) {
-    const float* xr = x + m * C;
     const float* rr = residual ? residual + m * C : nullptr;
-    float* yr = y + m * C;
-    uint8_t* mr = mask ? mask + m * mask_row : nullptr;
-    for (int c = 0; c < cv; c += kLanes) {
-      vf v = ld(xr + c) * ld(scale + c) + ld(shift + c);
-      if (rr) v += ld(rr + c);
-      if (mr) store_bits(mr, c, positive_bits(v));
-      st_out(yr + c, relu_ ? relu(v) : v, stream);
-    }
-    for (int c = cv; c < C; ++c) {
-      float v = xr[c] * scale[c] + shift[c];
-      if (rr) v += rr[c];
-      tail[c - cv] = v;
-      yr[c] = relu_ ? relu(v) : v;
-    }
-    if (mr) tail_bits(mr, cv, C, tail);
+    if (relu_ && mask)
+      apply_row<true>(y + m * C, mask + m * mask_row, x + m * C, scale, shift, rr, true, cv, C, stream);
+    else
+      apply_row<false>(y + m * C, nullptr, x + m * C, scale, shift, rr, relu_, cv, C, stream);
   }
   end_stream(stream);
 }
