@@ -357,7 +357,10 @@ std::vector<ConvShape> conv_cases() {
       for (int pad : {0, 1, 3}) v.push_back(ConvShape{2, 11, 9, 5, 7, R, R, stride, pad});
   v.push_back(ConvShape{3, 7, 13, 3, 5, 3, 1, 1, 1});
   v.push_back(ConvShape{1, 9, 9, 17, 3, 1, 7, 2, 3});
+  // pointwise backward weight: as dw^T = x^T dy (C <= 64 < K), and as dw = dy^T x (C >= K; C > 64)
   v.push_back(ConvShape{2, 6, 5, 19, 33, 1, 1, 1, 0});
+  v.push_back(ConvShape{2, 6, 5, 33, 19, 1, 1, 1, 0});
+  v.push_back(ConvShape{1, 5, 7, 65, 70, 1, 1, 1, 0});
   // big enough for several cache-sized chunks per thread and several row bands per image
   v.push_back(ConvShape{3, 40, 37, 16, 9, 3, 3, 1, 1});
   v.push_back(ConvShape{2, 41, 39, 15, 7, 3, 3, 2, 1});
