@@ -671,12 +671,22 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
   const int rsc = s.R * s.S * s.C;
   if (rows == 0) return;
   if (is_pointwise(s)) {
+    // With a narrow side (min(C, K) <= 64) the product stays fp32 at matmul precision high too: the
+    // AMX path's split packing of the deep, DRAM-resident operands costs more than it saves (resnet50
+    // b16 step at high: C64 K256 56x56 33 -> 27 ms, C256 K64 16 -> 14).
+    const bool narrow = std::min(s.C, s.K) <= kPointwiseNarrowC;
+    auto product = [&](int M, int N, const float* A, int lda, const float* B, int ldb, float beta, float* C, int ldc) {
+      if (narrow)
+        gemm_fp32(true, false, M, N, static_cast<int>(rows), 1.f, A, lda, B, ldb, beta, C, ldc);
+      else
+        gemm(true, false, M, N, static_cast<int>(rows), 1.f, A, lda, B, ldb, beta, C, ldc);
+    };
     if (s.C <= kPointwiseNarrowC && s.C < s.K) {
       // dw^T[C, K] = x^T dy into a temporary, added transposed: the wide dy is then the B operand,
       // read in place, instead of the A operand packed from its columns (N16 C64 K256 56x56, 2
-      // threads: 234-282 -> 292-334 GFLOP/s fp32, 339-362 -> 373-399 at high).
+      // threads: 234-282 -> 292-334 GFLOP/s; resnet50 b16 step 34 -> 27 ms for its four layers).
       ScratchBuffer t(static_cast<size_t>(s.C) * s.K);
-      gemm(true, false, s.C, s.K, static_cast<int>(rows), 1.f, x, s.C, dy, s.K, 0.f, t.get(), s.K);
+      product(s.C, s.K, x, s.C, dy, s.K, 0.f, t.get(), s.K);
       const float* tp = t.get();
       pool().parallel_for(s.K, 16, [&](int64_t b, int64_t e, int) {
         for (int64_t k = b; k < e; ++k)
@@ -684,7 +694,7 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
       });
       return;
     }
-    gemm(true, false, s.K, s.C, static_cast<int>(rows), 1.f, dy, s.K, x, s.C, 1.f, dw, s.C);
+    product(s.K, s.C, dy, s.K, x, s.C, 1.f, dw, s.C);
     return;
   }
   const int T = pool().size();
