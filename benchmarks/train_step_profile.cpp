@@ -49,10 +49,11 @@ class Prof : public Backend {
   void nhwc_to_nchw(float* d,const float* s,int N,int C,int H,int W) override { T t{&m,"layout"}; b.nhwc_to_nchw(d,s,N,C,H,W);}
   std::string ck(const char* w, const ConvShape& s){ char buf[128]; snprintf(buf,sizeof buf,"%s %dx%d/%d C%d K%d HW%d",w,s.R,s.S,s.stride,s.C,s.K,s.H); return buf; }
   void conv2d_forward(float* y,const float* x,const float* w,const ConvShape& s) override { T t{&m,ck("conv fwd ",s)}; T t2{&m,"conv fwd"}; b.conv2d_forward(y,x,w,s);}
+  bool conv2d_forward_stats(float* y,double* st,const float* x,const float* w,const ConvShape& s) override { T t{&m,ck("conv fwd ",s)}; T t2{&m,"conv fwd"}; return b.conv2d_forward_stats(y,st,x,w,s);}
   void conv2d_backward_data(float* dx,const float* dy,const float* w,const ConvShape& s) override { T t{&m,ck("conv bwdD",s)}; T t2{&m,"conv bwd data"}; b.conv2d_backward_data(dx,dy,w,s);}
   void conv2d_backward_data_add(float* dx,const float* dy,const float* w,const ConvShape& s) override { T t{&m,ck("conv bwdD",s)}; T t2{&m,"conv bwd data"}; b.conv2d_backward_data_add(dx,dy,w,s);}
   void conv2d_backward_weight(float* dw,const float* dy,const float* x,const ConvShape& s) override { T t{&m,ck("conv bwdW",s)}; T t2{&m,"conv bwd weight"}; b.conv2d_backward_weight(dw,dy,x,s);}
-  void batchnorm_forward_train(float* y,uint8_t* mk,float* sm,float* si,float* rm,float* rv,const float* x,const float* g,const float* be,const float* r,bool relu,int M,int C,float mo,float eps) override { T t{&m,"bn fwd"}; b.batchnorm_forward_train(y,mk,sm,si,rm,rv,x,g,be,r,relu,M,C,mo,eps);}
+  void batchnorm_forward_train(float* y,uint8_t* mk,float* sm,float* si,float* rm,float* rv,const float* x,const float* g,const float* be,const float* r,bool relu,int M,int C,float mo,float eps,const double* st) override { T t{&m,"bn fwd"}; b.batchnorm_forward_train(y,mk,sm,si,rm,rv,x,g,be,r,relu,M,C,mo,eps,st);}
   void batchnorm_forward_eval(float* y,uint8_t* mk,const float* x,const float* g,const float* be,const float* rm,const float* rv,const float* r,bool relu,int M,int C,float eps) override { T t{&m,"bn fwd eval"}; b.batchnorm_forward_eval(y,mk,x,g,be,rm,rv,r,relu,M,C,eps);}
   void add_bias_rows(float* y,const float* bias,int M,int N) override { T t{&m,"bias"}; b.add_bias_rows(y,bias,M,N);}
   void sum_rows(float* d,const float* dy,int M,int N) override { T t{&m,"bias"}; b.sum_rows(d,dy,M,N);}

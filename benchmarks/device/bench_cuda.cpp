@@ -93,7 +93,7 @@ int main() {
       // bytes moved: forward reads x 3x, writes y, reads y back for the mask; backward reads dy, x
       // twice each and writes dx (the mask: 1/32 of a float per element, left out)
       report("bn_relu_train_fwd", time_ms(b, [&] {
-               b.batchnorm_forward_train(y, mask, mean, inv, rm, rv, x, g, be, nullptr, true, M, C, 0.1f, 1e-5f);
+               b.batchnorm_forward_train(y, mask, mean, inv, rm, rv, x, g, be, nullptr, true, M, C, 0.1f, 1e-5f, nullptr);
              }), 5.0 * n * 4, "GB/s");
       report("bn_relu_bwd", time_ms(b, [&] {
                b.batchnorm_backward(dx, nullptr, dg, db, y, mask, x, g, mean, inv, true, true, M, C);

@@ -121,8 +121,8 @@ void bench_bn(mveb::CpuBackend& b, int M, int C) {
       dg(C), db(C);
   std::vector<uint8_t> mask(mveb::relu_mask_bytes(M, C));
   const double tf = best_time([&] {
-    b.batchnorm_forward_train(y.data(), mask.data(), mean.data(), invstd.data(), rm.data(), rv.data(), x.data(), gamma.data(),
-                              beta.data(), res.data(), true, M, C, 0.1f, 1e-5f);
+    b.batchnorm_forward_train(y.data(), mask.data(), mean.data(), invstd.data(), rm.data(), rv.data(), x.data(),
+                              gamma.data(), beta.data(), res.data(), true, M, C, 0.1f, 1e-5f, nullptr);
   }, 0.5, 10);
   const double tb = best_time([&] {
     b.batchnorm_backward(dx.data(), dres.data(), dg.data(), db.data(), dy.data(), mask.data(), x.data(),

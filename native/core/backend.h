@@ -86,18 +86,25 @@ class Backend {
   // dx += the same (the residual branches' input gradients). Default: into a temporary, then axpy.
   virtual void conv2d_backward_data_add(float* dx, const float* dy, const float* w, const ConvShape& s);
   virtual void conv2d_backward_weight(float* dw, const float* dy, const float* x, const ConvShape& s); // ACCUMULATES dw
+  // conv2d_forward that may also compute the statistics of y for the batch norm after it: stats[k] =
+  // mean, stats[K + k] = biased variance of output channel k (2 K doubles, backend memory). Returns
+  // whether it did (a backend or shape without a fused path returns false, stats untouched).
+  // Default: conv2d_forward, false.
+  virtual bool conv2d_forward_stats(float* y, double* stats, const float* x, const float* w, const ConvShape& s);
 
   // ---- batch norm over rows [M, C], fused residual add and ReLU ----
   // train: y = act(gamma * (x - mean) * invstd + beta + residual); mean/invstd from the batch (biased
   // variance), saved into saved_mean/saved_invstd; running_mean/var updated with momentum using the
-  // unbiased variance (M/(M-1)). residual may be null; act is ReLU when relu. With relu, relu_mask
+  // unbiased variance (M/(M-1)). batch_stats (may be null): x's per-channel mean and biased variance
+  // as conv2d_forward_stats computed them, used instead of a statistics pass of its own (a backend may
+  // also compute its own). residual may be null; act is ReLU when relu. With relu, relu_mask
   // (relu_mask_bytes(M, C) bytes; may be null when no backward follows) receives the ReLU pattern:
   // bit c % 8 of byte m * relu_mask_row_bytes(C) + c / 8 is set iff y[m, c] > 0 (the padding bits of
   // a row's last byte are 0). The backward reads it instead of y: 1 bit instead of 32 per element.
   virtual void batchnorm_forward_train(float* y, uint8_t* relu_mask, float* saved_mean, float* saved_invstd,
                                        float* running_mean, float* running_var, const float* x, const float* gamma,
                                        const float* beta, const float* residual, bool relu, int M, int C,
-                                       float momentum, float eps);
+                                       float momentum, float eps, const double* batch_stats);
   // eval: the same with running statistics; nothing saved.
   virtual void batchnorm_forward_eval(float* y, uint8_t* relu_mask, const float* x, const float* gamma,
                                       const float* beta, const float* running_mean, const float* running_var,

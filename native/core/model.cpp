@@ -34,6 +34,7 @@ struct BnLayer {
   int M = 0;
   size_t in = 0, out = 0, res = NONE, mean = 0, invstd = 0;  // activation offsets
   size_t mask = NONE;  // the ReLU mask (bytes in float slots; relu and a training plan only)
+  size_t stats = NONE;  // batch statistics from the conv before it: 2 C doubles
 };
 
 struct LinearLayer {
@@ -346,6 +347,8 @@ void Model::plan_into(const Shape& shape, Planner& p) {
     b.invstd = p.alloc(b.C);
     // The ReLU mask for the backward; an inference plan has no backward.
     b.mask = b.relu && !p.inference ? p.alloc((relu_mask_bytes(M, b.C) + 3) / 4) : NONE;
+    b.stats = p.alloc(static_cast<size_t>(4) * b.C);  // (inference plans too: a train forward without saved
+                                                       // activations then gives the same numbers)
   };
   if (is_resnet_) {
     const int N = static_cast<int>(shape[0]), H = static_cast<int>(shape[2]), W = static_cast<int>(shape[3]);
@@ -429,14 +432,15 @@ Tensor Model::forward(const Tensor& x, bool train, bool save_for_backward) {
   float* B = buffer_arena_.f32();
   const int N = static_cast<int>(x.shape[0]);
 
-  auto bn_fwd = [&](BnLayer& b) {
+  // stats: the batch statistics of b's input when the conv that wrote it computed them, else null.
+  auto bn_fwd = [&](BnLayer& b, const double* stats) {
     uint8_t* mask = b.mask == NONE ? nullptr : reinterpret_cast<uint8_t*>(A + b.mask);
     if (train) {
       MVEB_CHECK(b.M > 1, "E_SHAPE", "batch norm in train mode needs more than one value per channel, found ", b.M,
                  " (batch ", N, ")");
       be.batchnorm_forward_train(A + b.out, mask, A + b.mean, A + b.invstd, B + b.rmean, B + b.rvar, A + b.in,
                                  P + b.gamma, P + b.beta, b.res == NONE ? nullptr : A + b.res, b.relu, b.M, b.C,
-                                 BN_MOMENTUM, BN_EPS);
+                                 BN_MOMENTUM, BN_EPS, stats);
       num_batches_tracked_[b.index] += 1;
     } else {
       be.batchnorm_forward_eval(A + b.out, mask, A + b.in, P + b.gamma, P + b.beta, B + b.rmean, B + b.rvar,
@@ -451,24 +455,29 @@ Tensor Model::forward(const Tensor& x, bool train, bool save_for_backward) {
       be.upload(A + b.invstd, var.data(), b.C * sizeof(float));
     }
   };
-  auto conv_fwd = [&](ConvLayer& c) { be.conv2d_forward(A + c.out, A + c.in, P + c.w, c.s); };
+  // A conv and the batch norm after it; in training the conv may also compute the norm's statistics.
+  auto conv_bn_fwd = [&](ConvLayer& c, BnLayer& b) {
+    double* stats = train ? reinterpret_cast<double*>(A + b.stats) : nullptr;
+    if (!stats)
+      be.conv2d_forward(A + c.out, A + c.in, P + c.w, c.s);
+    else if (!be.conv2d_forward_stats(A + c.out, stats, A + c.in, P + c.w, c.s))
+      stats = nullptr;  // no fused path for this shape: the norm takes its own
+    bn_fwd(b, stats);
+  };
 
   Tensor out = empty_tensor(be, {N, feature_dim_});
   if (is_resnet_) {
     be.nchw_to_nhwc(A + I.input, x.f32(), N, in_channels_, I.H, I.W);
-    conv_fwd(I.stem_conv);
-    bn_fwd(I.stem_bn);
+    conv_bn_fwd(I.stem_conv, I.stem_bn);
     if (I.pool)
       be.maxpool2d_forward(A + I.pool_out, reinterpret_cast<int32_t*>(A + I.pool_argmax), A + I.stem_bn.out,
                            I.pool_shape);
     for (Block& blk : I.blocks) {
       if (blk.down) {
-        conv_fwd(blk.dconv);
-        bn_fwd(blk.dbn);
+        conv_bn_fwd(blk.dconv, blk.dbn);
       }
       for (size_t i = 0; i < blk.convs.size(); ++i) {
-        conv_fwd(blk.convs[i]);
-        bn_fwd(blk.bns[i]);
+        conv_bn_fwd(blk.convs[i], blk.bns[i]);
       }
     }
     be.global_avgpool_forward(out.f32(), A + I.blocks.back().out, N, I.head_HW, I.head_C);
@@ -479,7 +488,7 @@ Tensor Model::forward(const Tensor& x, bool train, bool save_for_backward) {
       float* y = i == 2 ? out.f32() : A + L.out;
       be.gemm(false, true, N, L.out_dim, L.in_dim, 1.f, A + L.in, L.in_dim, P + L.w, L.in_dim, 0.f, y, L.out_dim);
       if (L.b != NONE) be.add_bias_rows(y, P + L.b, N, L.out_dim);
-      if (i < 2) bn_fwd(I.pbn[i]);
+      if (i < 2) bn_fwd(I.pbn[i], nullptr);
     }
   }
   forward_done_ = true;

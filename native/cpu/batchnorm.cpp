@@ -8,6 +8,9 @@
 // second pass reads that and x instead of dy, the mask and x. The ReLU pattern travels from the
 // forward to the backward as a bit mask (core/backend.h), not as y: the backward's two passes read
 // 1 bit instead of 32 per element for it (resnet50 b16 step: backward 0.162 -> 0.134 s).
+// The training forward takes the batch statistics from the convolution before it when that computed
+// them on its output chunks (conv2d_forward_stats; block_moments / merge_moments below), and skips
+// its own statistics pass.
 // Tested by test/native/test_kernels.cpp ("kernels: batchnorm ...") against the float64 reference,
 // whose backward is itself checked by finite differences.
 #include <algorithm>
@@ -15,6 +18,7 @@
 #include <vector>
 
 #include "cpu/batchnorm_kernels.h"
+#include "cpu/channel_moments.h"
 #include "cpu/cpu_backend.h"
 #include "cpu/kernel_util.h"
 
@@ -73,35 +77,85 @@ void apply_affine(CpuBackend& be, const BatchnormKernels& k, float* y, uint8_t* 
 
 MVEB_DEFINE_BATCHNORM_KERNELS(batchnorm_kernels_scalar)
 
+void block_moments(Isa isa, const float* y, int64_t rows, int C, ChannelMoments& out) {
+  out.n = rows;
+  out.mean.assign(static_cast<size_t>(C), 0.0);
+  out.m2.assign(static_cast<size_t>(C), 0.0);
+  if (rows == 0) return;
+  const BatchnormKernels k = kernels_for(isa);
+  std::vector<float> block(static_cast<size_t>(2) * C);
+  std::vector<double> sums(static_cast<size_t>(2) * C, 0.0);
+  for (int64_t m0 = 0; m0 < rows; m0 += kRowBlock) {
+    std::fill(block.begin(), block.end(), 0.f);
+    k.forward_sums(y, y, m0, std::min(rows, m0 + kRowBlock), C, block.data(), block.data() + C);
+    for (size_t i = 0; i < block.size(); ++i) sums[i] += block[i];
+  }
+  for (int c = 0; c < C; ++c) {  // shifted by the first row y[0, :]
+    const double md = sums[static_cast<size_t>(c)] / static_cast<double>(rows);
+    out.mean[static_cast<size_t>(c)] = y[c] + md;
+    out.m2[static_cast<size_t>(c)] = std::max(0.0, sums[static_cast<size_t>(C + c)] - md * md * static_cast<double>(rows));
+  }
+}
+
+void merge_moments(ChannelMoments& a, const ChannelMoments& b) {
+  if (b.n == 0) return;
+  if (a.n == 0) {
+    a = b;
+    return;
+  }
+  const double na = static_cast<double>(a.n), nb = static_cast<double>(b.n), n = na + nb;
+  for (size_t c = 0; c < a.mean.size(); ++c) {
+    const double delta = b.mean[c] - a.mean[c];
+    a.mean[c] += delta * nb / n;
+    a.m2[c] += b.m2[c] + delta * delta * na * nb / n;
+  }
+  a.n += b.n;
+}
+
+void finish_moments(const std::vector<ChannelMoments>& blocks, int C, double* stats) {
+  ChannelMoments all;
+  for (const ChannelMoments& b : blocks) merge_moments(all, b);
+  for (int c = 0; c < C; ++c) {
+    stats[c] = all.n ? all.mean[static_cast<size_t>(c)] : 0.0;
+    stats[C + c] = all.n ? all.m2[static_cast<size_t>(c)] / static_cast<double>(all.n) : 0.0;
+  }
+}
+
 void CpuBackend::batchnorm_forward_train(float* y, uint8_t* relu_mask, float* saved_mean, float* saved_invstd,
                                          float* running_mean, float* running_var, const float* x, const float* gamma,
                                          const float* beta, const float* residual, bool relu, int M, int C,
-                                         float momentum, float eps) {
+                                         float momentum, float eps, const double* batch_stats) {
   check_bn("batchnorm_forward_train", M, C);
   MVEB_CHECK(M >= 2, "E_SHAPE", "batchnorm_forward_train: expected more than 1 value per channel when training, found ",
              M, " rows");
-  // One pass for both moments, shifted by the first row (d = x - x[0]) so that the variance
-  // E[d^2] - E[d]^2 does not cancel when the mean is large against the spread.
   const BatchnormKernels k = kernels_for(isa());
-  const float* shift0 = x;
-  std::vector<double> sums;
-  channel_sums(pool(), M, C, sums,
-               [&](int64_t m0, int64_t m1, float* acc) { k.forward_sums(x, shift0, m0, m1, C, acc, acc + C); });
   std::vector<float> mean(static_cast<size_t>(C));
-  std::vector<double> sq(static_cast<size_t>(C));
-  for (int c = 0; c < C; ++c) {
-    const double md = sums[c] / M;
-    mean[c] = static_cast<float>(shift0[c] + md);
-    sq[c] = std::max(0.0, sums[C + c] - md * md * M);  // sum of squared deviations from the mean
+  std::vector<double> var(static_cast<size_t>(C));
+  if (batch_stats) {  // from the convolution that wrote x (conv2d_forward_stats)
+    for (int c = 0; c < C; ++c) {
+      mean[c] = static_cast<float>(batch_stats[c]);
+      var[c] = batch_stats[C + c];
+    }
+  } else {
+    // One pass for both moments, shifted by the first row (d = x - x[0]) so that the variance
+    // E[d^2] - E[d]^2 does not cancel when the mean is large against the spread.
+    const float* shift0 = x;
+    std::vector<double> sums;
+    channel_sums(pool(), M, C, sums,
+                 [&](int64_t m0, int64_t m1, float* acc) { k.forward_sums(x, shift0, m0, m1, C, acc, acc + C); });
+    for (int c = 0; c < C; ++c) {
+      const double md = sums[c] / M;
+      mean[c] = static_cast<float>(shift0[c] + md);
+      var[c] = std::max(0.0, sums[C + c] - md * md * M) / M;  // biased: squared deviations / M
+    }
   }
   std::vector<float> scale(static_cast<size_t>(C)), shift(static_cast<size_t>(C));
   for (int c = 0; c < C; ++c) {
-    const double var = sq[c] / M;
-    const float invstd = static_cast<float>(1.0 / std::sqrt(var + eps));
+    const float invstd = static_cast<float>(1.0 / std::sqrt(var[c] + eps));
     saved_mean[c] = mean[c];
     saved_invstd[c] = invstd;
     running_mean[c] = (1.f - momentum) * running_mean[c] + momentum * mean[c];
-    running_var[c] = static_cast<float>((1.0 - momentum) * running_var[c] + momentum * var * M / (M - 1));
+    running_var[c] = static_cast<float>((1.0 - momentum) * running_var[c] + momentum * var[c] * M / (M - 1));
     scale[c] = gamma[c] * invstd;
     shift[c] = beta[c] - mean[c] * scale[c];
   }

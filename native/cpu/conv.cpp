@@ -35,6 +35,7 @@
 #include <memory>
 #include <vector>
 
+#include "cpu/channel_moments.h"
 #include "cpu/cpu_backend.h"
 #include "cpu/gemm.h"
 #include "cpu/kernel_util.h"
@@ -77,7 +78,10 @@ constexpr int64_t kWeightDepth = 256;    // patch rows per backward-weight task 
 constexpr int kPanelSkew = 16;
 constexpr int kWeightNarrowK = 128;  // backward weight: dy^T * col up to this K, else col^T * dy
 constexpr int kWeightAmxMinK = 256;  // backward weight on AMX through the GEMM from this K (see there)
-constexpr int kPointwiseNarrowC = 64;  // pointwise backward weight: as dw^T = x^T dy up to this C (< K)
+constexpr int kPointwiseNarrowC = 64;
+// Rows per task of a pointwise forward that also computes the batch-norm statistics: input and output
+// rows of about 1 MB together, so the chunk is still in L2 when its statistics are taken.
+constexpr int64_t kStatsChunkFloats = int64_t(256) << 10;  // pointwise backward weight: as dw^T = x^T dy up to this C (< K)
 
 
 // Whether a 3x3 stride-1 convolution takes F(4x4, 3x3) rather than F(2x2, 3x3) (see the constants).
@@ -511,14 +515,34 @@ namespace {
 // y = conv(x, filter). flipped = false: the filter is w in KRSC (the forward pass). flipped = true:
 // backward data's filter, op(B)[(tap, k), c] = w[c, RS - 1 - tap, k] of the original KRSC w (here
 // s.C is the original K and s.K the original C), packed straight from w or materialised by
-// flip_filter for the plain-GEMM paths.
-void conv_forward_impl(CpuBackend& be, float* y, const float* x, const float* w, bool flipped, const ConvShape& s) {
+// flip_filter for the plain-GEMM paths. stats (may be null): where the path works on chunks of output
+// rows (im2col chunks, and pointwise forwards with stats), each task also takes its chunk's channel
+// moments while the chunk is in cache, and stats receives y's per-channel mean and biased variance
+// (conv2d_forward_stats); returns whether it did.
+bool conv_forward_impl(CpuBackend& be, float* y, const float* x, const float* w, bool flipped, const ConvShape& s,
+                       double* stats) {
   const int64_t rows = static_cast<int64_t>(s.N) * s.P() * s.Q();
   const int rsc = s.R * s.S * s.C;
-  if (rows == 0) return;
+  if (rows == 0) return false;
   ThreadPool& pool = be.pool();
   const gemm_detail::KernelInfo kern = be.gemm_kernel();
   const int T = pool.size();
+  if (stats && !flipped && is_pointwise(s)) {
+    const int64_t pchunk = balanced_chunk(rows, std::max<int64_t>(128, kStatsChunkFloats / (s.C + s.K)), T);
+    if (pchunk > 0) {
+      const gemm_detail::PackedB wt(pool, kern, true, s.K, s.C, w, s.C);
+      const int64_t tasks = (rows + pchunk - 1) / pchunk;
+      std::vector<ChannelMoments> moments(static_cast<size_t>(tasks));
+      pool.parallel_tasks(tasks, [&](int64_t task, int t) {
+        const int64_t r0 = task * pchunk, r1 = std::min(rows, r0 + pchunk);
+        gemm_detail::gemm_run(pool, kern, false, true, static_cast<int>(r1 - r0), s.K, s.C, 1.f, x + r0 * s.C, s.C,
+                              nullptr, 0, 0.f, y + r0 * s.K, s.K, &wt, be.task_workspace(t));
+        block_moments(be.isa(), y + r0 * s.K, r1 - r0, s.K, moments[static_cast<size_t>(task)]);
+      });
+      finish_moments(moments, s.K, stats);
+      return true;
+    }
+  }
   const int64_t chunk = is_pointwise(s) ? 0 : balanced_chunk(rows, std::max<int64_t>(16, kChunkFloats / rsc), T);
   if (chunk > 0 && s.R == 3 && s.S == 3 && s.stride == 1 && s.C >= kWinogradMinChannels &&
       s.K >= kWinogradMinChannels) {
@@ -528,7 +552,7 @@ void conv_forward_impl(CpuBackend& be, float* y, const float* x, const float* w,
       winograd_conv(be, 4, y, x, s, w, flipped);
     else
       winograd_conv(be, 2, y, x, s, w, flipped);
-    return;
+    return false;
   }
   if (chunk > 0) {
     const int RS = s.R * s.S;
@@ -540,15 +564,19 @@ void conv_forward_impl(CpuBackend& be, float* y, const float* x, const float* w,
                                        })
                 : gemm_detail::PackedB(pool, kern, true, s.K, rsc, w, rsc);
     std::vector<std::unique_ptr<ScratchBuffer>> workspace(static_cast<size_t>(T));
-    pool.parallel_tasks((rows + chunk - 1) / chunk, [&](int64_t task, int t) {
+    const int64_t tasks = (rows + chunk - 1) / chunk;
+    std::vector<ChannelMoments> moments(stats ? static_cast<size_t>(tasks) : 0);
+    pool.parallel_tasks(tasks, [&](int64_t task, int t) {
       auto& col = workspace[static_cast<size_t>(t)];
       if (!col) col.reset(new ScratchBuffer(static_cast<size_t>(chunk * rsc)));
       const int64_t r0 = task * chunk, r1 = std::min(rows, r0 + chunk);
       im2col(pool, col->get(), x, s, r0, r1);
       gemm_detail::gemm_run(pool, kern, false, true, static_cast<int>(r1 - r0), s.K, rsc, 1.f, col->get(), rsc,
                             nullptr, 0, 0.f, y + r0 * s.K, s.K, &wt, be.task_workspace(t));
+      if (stats) block_moments(be.isa(), y + r0 * s.K, r1 - r0, s.K, moments[static_cast<size_t>(task)]);
     });
-    return;
+    if (stats) finish_moments(moments, s.K, stats);
+    return stats != nullptr;
   }
   // Plain GEMMs: op(B) = w^T, or the flipped filter materialised as a row-major [RSC, K] matrix.
   std::unique_ptr<ScratchBuffer> wf;
@@ -562,7 +590,7 @@ void conv_forward_impl(CpuBackend& be, float* y, const float* x, const float* w,
   const int ldb = transB ? rsc : s.K;
   if (is_pointwise(s)) {
     be.gemm(false, transB, static_cast<int>(rows), s.K, s.C, 1.f, x, s.C, B, ldb, 0.f, y, s.K);
-    return;
+    return false;
   }
   const int64_t big = std::max<int64_t>(1, std::min<int64_t>(rows, kWorkspaceFloats / rsc));
   ScratchBuffer col(static_cast<size_t>(big * rsc));
@@ -571,12 +599,18 @@ void conv_forward_impl(CpuBackend& be, float* y, const float* x, const float* w,
     im2col(pool, col.get(), x, s, r0, r1);
     be.gemm(false, transB, static_cast<int>(r1 - r0), s.K, rsc, 1.f, col.get(), rsc, B, ldb, 0.f, y + r0 * s.K, s.K);
   }
+  return false;
 }
 }  // namespace
 
 void CpuBackend::conv2d_forward(float* y, const float* x, const float* w, const ConvShape& s) {
   check_conv_shape("conv2d_forward", s);
-  conv_forward_impl(*this, y, x, w, false, s);
+  conv_forward_impl(*this, y, x, w, false, s, nullptr);
+}
+
+bool CpuBackend::conv2d_forward_stats(float* y, double* stats, const float* x, const float* w, const ConvShape& s) {
+  check_conv_shape("conv2d_forward_stats", s);
+  return conv_forward_impl(*this, y, x, w, false, s, stats);
 }
 
 void CpuBackend::conv2d_backward_data(float* dx, const float* dy, const float* w, const ConvShape& s) {
@@ -616,7 +650,7 @@ void CpuBackend::conv_backward_data(float* dx, const float* dy, const float* w, 
     // flipped in space and transposed in channels, w'[c, r, s, k] = w[k, R-1-r, S-1-s, c]: an
     // im2col + deep GEMM with no scatter.
     ConvShape t{s.N, P, Q, s.K, s.C, s.R, s.S, 1, s.R - 1 - s.pad};
-    conv_forward_impl(*this, dx, dy, w, true, t);
+    conv_forward_impl(*this, dx, dy, w, true, t, nullptr);
     return;
   }
   const int64_t image = static_cast<int64_t>(s.H) * s.W * s.C;

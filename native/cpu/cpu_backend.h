@@ -79,10 +79,11 @@ class CpuBackend final : public Backend {
   // other paths through a kept temporary and axpy.
   void conv2d_backward_data_add(float* dx, const float* dy, const float* w, const ConvShape& s) override;
   void conv2d_backward_weight(float* dw, const float* dy, const float* x, const ConvShape& s) override;
+  bool conv2d_forward_stats(float* y, double* stats, const float* x, const float* w, const ConvShape& s) override;
   void batchnorm_forward_train(float* y, uint8_t* relu_mask, float* saved_mean, float* saved_invstd,
                                float* running_mean, float* running_var, const float* x, const float* gamma,
                                const float* beta, const float* residual, bool relu, int M, int C, float momentum,
-                               float eps) override;
+                               float eps, const double* batch_stats) override;
   void batchnorm_forward_eval(float* y, uint8_t* relu_mask, const float* x, const float* gamma, const float* beta,
                               const float* running_mean, const float* running_var, const float* residual, bool relu,
                               int M, int C, float eps) override;

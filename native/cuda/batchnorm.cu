@@ -213,7 +213,8 @@ void CudaBackend::write_relu_mask(uint8_t* relu_mask, const float* y, bool relu,
 void CudaBackend::batchnorm_forward_train(float* y, uint8_t* relu_mask, float* saved_mean, float* saved_invstd,
                                           float* running_mean, float* running_var, const float* x, const float* gamma,
                                           const float* beta, const float* residual, bool relu, int M, int C,
-                                          float momentum, float eps) {
+                                          float momentum, float eps, const double*) {
+  // (batch_stats unused: the column passes below compute the statistics on the device)
   check_rows(M, C, "batchnorm_forward_train");
   MVEB_CHECK(M >= 2, "E_SHAPE", "batchnorm_forward_train: expected more than 1 value per channel when training, found ",
              M, " rows");

@@ -75,7 +75,7 @@ class CudaBackend final : public Backend {
   void batchnorm_forward_train(float* y, uint8_t* relu_mask, float* saved_mean, float* saved_invstd,
                                float* running_mean, float* running_var, const float* x, const float* gamma,
                                const float* beta, const float* residual, bool relu, int M, int C, float momentum,
-                               float eps) override;
+                               float eps, const double* batch_stats) override;
   void batchnorm_forward_eval(float* y, uint8_t* relu_mask, const float* x, const float* gamma, const float* beta,
                               const float* running_mean, const float* running_var, const float* residual, bool relu,
                               int M, int C, float eps) override;

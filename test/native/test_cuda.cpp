@@ -252,7 +252,7 @@ TEST("cuda: batchnorm forward train and eval, with and without residual and ReLU
         Tensor mask = poisoned(b, (mask_bytes + 3) / 4), mask_e = poisoned(b, (mask_bytes + 3) / 4);
         b.batchnorm_forward_train(y.f32(), reinterpret_cast<uint8_t*>(mask.f32()), mean.f32(), invstd.f32(), rm.f32(),
                                   rv.f32(), x.f32(), gamma.f32(), beta.f32(), res ? residual.f32() : nullptr, relu, M,
-                                  C, 0.1f, 1e-5f);
+                                  C, 0.1f, 1e-5f, nullptr);
         b.batchnorm_forward_eval(ye.f32(), reinterpret_cast<uint8_t*>(mask_e.f32()), x.f32(), gamma.f32(), beta.f32(),
                                  rm.f32(), rv.f32(), res ? residual.f32() : nullptr, relu, M, C, 1e-5f);
         Outputs out{to_host(b, y), to_host(b, mean), to_host(b, invstd), to_host(b, rm), to_host(b, rv), to_host(b, ye)};

@@ -454,6 +454,82 @@ TEST("kernels: conv2d with matmul precision high (AMX) on every conv path, withi
   }
 }
 
+TEST("kernels: conv2d_forward_stats gives y and its per-channel mean and variance; batch norm takes them") {
+  // Paths with per-task output chunks compute the statistics (pointwise, 1x1 / 3x3 / 7x7 strided im2col
+  // chunks); Winograd and too-few-rows shapes return false. Inputs offset by +40 make the outputs'
+  // means large against their spread (an unshifted E[y^2] - E[y]^2 would lose most digits).
+  auto backends = isa_backends();
+  backends.emplace_back(new CpuBackend(3));
+  for (auto& b : amx_backends()) backends.push_back(std::move(b));
+  struct Case {
+    ConvShape s;
+    bool fused;
+  };
+  const Case cases[] = {{{3, 11, 13, 19, 37, 1, 1, 1, 0}, true},  {{3, 26, 24, 70, 33, 1, 1, 2, 0}, true},
+                        {{3, 25, 23, 9, 20, 3, 3, 2, 1}, true},   {{2, 23, 21, 3, 16, 7, 7, 2, 3}, true},
+                        {{2, 12, 11, 16, 24, 3, 3, 1, 1}, false}, {{1, 5, 6, 8, 9, 1, 1, 1, 0}, false}};
+  int seed = 700;
+  for (const Case& cs : cases)
+    for (float offset : {0.f, 40.f}) {
+      const ConvShape& s = cs.s;
+      const int64_t rows = static_cast<int64_t>(s.N) * s.P() * s.Q();
+      const size_t nx = static_cast<size_t>(s.N) * s.H * s.W * s.C, nw = static_cast<size_t>(s.K) * s.R * s.S * s.C,
+                   ny = static_cast<size_t>(rows) * s.K;
+      const FVec x = rnd(nx, ++seed, offset - 1.f, offset + 1.f), w = rnd(nw, ++seed, 0.f, 0.1f);
+      Vec y_ref(ny), stats_ref(static_cast<size_t>(2) * s.K, 0.0);
+      ref::conv2d_forward(y_ref.data(), to_d(x).data(), to_d(w).data(), s);
+      for (int k = 0; k < s.K; ++k) {  // two-pass float64 mean and biased variance
+        double m = 0, v = 0;
+        for (int64_t r = 0; r < rows; ++r) m += y_ref[r * s.K + k];
+        m /= rows;
+        for (int64_t r = 0; r < rows; ++r) v += (y_ref[r * s.K + k] - m) * (y_ref[r * s.K + k] - m);
+        stats_ref[k] = m;
+        stats_ref[s.K + k] = v / rows;
+      }
+      const std::string what = "conv stats " + str(s) + " offset " + std::to_string(offset);
+      for (auto& b : backends) {
+        const double tol = b->matmul_precision() == mveb::MatmulPrecision::High ? kAmxTol : kTol;
+        FVec y = poison(ny);
+        std::vector<double> stats(static_cast<size_t>(2) * s.K, kNaN);
+        const bool fused = b->conv2d_forward_stats(y.data(), stats.data(), x.data(), w.data(), s);
+        EXPECT_TRUE(fused == cs.fused, what << " fused " << fused << tag(*b));
+        EXPECT_REL(err(y, y_ref), tol, what << " y" << tag(*b));
+        if (!fused) continue;
+        EXPECT_REL(mtest::rel_error(stats.data(), stats_ref.data(), s.K), tol, what << " mean" << tag(*b));
+        // the variance against y's own (float) values: bf16x3 changes y itself by ~1e-5 of its mean
+        Vec yd(y.begin(), y.end()), var_own(static_cast<size_t>(s.K));
+        for (int k = 0; k < s.K; ++k) {
+          double m = 0, v = 0;
+          for (int64_t r = 0; r < rows; ++r) m += yd[r * s.K + k];
+          m /= rows;
+          for (int64_t r = 0; r < rows; ++r) v += (yd[r * s.K + k] - m) * (yd[r * s.K + k] - m);
+          var_own[k] = v / rows;
+        }
+        EXPECT_REL(mtest::rel_error(stats.data() + s.K, var_own.data(), s.K), 1e-6, what << " variance" << tag(*b));
+        // batch norm from these statistics = batch norm taking its own pass (same y)
+        const int M = static_cast<int>(rows), C = s.K;
+        const FVec gamma = rnd(C, ++seed, 0.5f, 1.5f), beta = rnd(C, ++seed);
+        FVec out[2], sm[2], si[2], rm[2], rv[2];
+        for (int i = 0; i < 2; ++i) {
+          out[i] = poison(ny), sm[i] = poison(C), si[i] = poison(C), rm[i] = FVec(C, 0.f), rv[i] = FVec(C, 1.f);
+          b->batchnorm_forward_train(out[i].data(), nullptr, sm[i].data(), si[i].data(), rm[i].data(), rv[i].data(),
+                                     y.data(), gamma.data(), beta.data(), nullptr, false, M, C, 0.1f, 1e-5f,
+                                     i ? stats.data() : nullptr);
+        }
+        // both against float64 batch norm of the same y: from the statistics at least as close as its own
+        // pass (the offset cases amplify the mean's rounding by mean / spread ~ 100 in x - mean)
+        Vec bn_ref(ny), mref(C), iref(C), rmref(C, 0.0), rvref(C, 1.0);
+        ref::batchnorm_forward_train(bn_ref.data(), mref.data(), iref.data(), rmref.data(), rvref.data(), yd.data(),
+                                     to_d(gamma).data(), to_d(beta).data(), nullptr, false, M, C, 0.1, 1e-5);
+        const double own = err(out[0], bn_ref), from_stats = err(out[1], bn_ref);
+        EXPECT_REL(from_stats, std::max(1e-6, 1.5 * own), what << " bn y from stats (own pass " << own << ")" << tag(*b));
+        EXPECT_REL(err(si[1], iref), 1e-6, what << " bn invstd from stats" << tag(*b));
+        EXPECT_REL(err(rv[1], rvref), 1e-6, what << " bn running var from stats" << tag(*b));
+        EXPECT_REL(err(sm[1], mref), kTol, what << " bn mean from stats" << tag(*b));
+      }
+    }
+}
+
 TEST("kernels: conv2d refuses an empty output with E_SHAPE") {
   auto& b = mtest::runtime().cpu();
   float x[4] = {};
@@ -519,7 +595,7 @@ TEST("kernels: batchnorm train/eval forward and backward, with and without resid
           if (train) {
             b->batchnorm_forward_train(y.data(), mask.data(), mean.data(), invstd.data(), rm.data(), rv.data(), x.data(),
                                        gamma.data(), beta.data(), residual ? res.data() : nullptr, relu, M, C, momentum,
-                                       eps);
+                                       eps, nullptr);
             EXPECT_REL(err(mean, mean_ref), kTol, what << " saved mean" << tag(*b));
             EXPECT_REL(err(invstd, invstd_ref), kTol, what << " saved invstd" << tag(*b));
             EXPECT_REL(err(rm, rm_ref), kTol, what << " running mean" << tag(*b));
@@ -608,7 +684,7 @@ TEST("kernels: outputs streamed past the caches (non-temporal stores) equal the 
         if (train) {
           b->batchnorm_forward_train(y[i].get(), mask.data(), mean.data(), invstd.data(), rm.data(), rvar.data(),
                                      x.data(), gamma.data(), beta.data(), residual ? res.data() : nullptr, relu, M, C,
-                                     0.1f, 1e-5f);
+                                     0.1f, 1e-5f, nullptr);
         } else {
           b->batchnorm_forward_eval(y[i].get(), mask.data(), x.data(), gamma.data(), beta.data(), rm.data(),
                                     rvar.data(), residual ? res.data() : nullptr, relu, M, C, 1e-5f);
@@ -628,7 +704,7 @@ TEST("kernels: outputs streamed past the caches (non-temporal stores) equal the 
 TEST("kernels: batchnorm training with one row per channel is refused with E_SHAPE") {
   auto& b = mtest::runtime().cpu();
   float v[4] = {1, 1, 1, 1};
-  EXPECT_THROWS_CODE(b.batchnorm_forward_train(v, nullptr, v, v, v, v, v, v, v, nullptr, false, 1, 1, 0.1f, 1e-5f),
+  EXPECT_THROWS_CODE(b.batchnorm_forward_train(v, nullptr, v, v, v, v, v, v, v, nullptr, false, 1, 1, 0.1f, 1e-5f, nullptr),
                      "E_SHAPE");
 }
 
