@@ -1,6 +1,7 @@
 // cpu_backend.cpp: construction and memory of the CPU backend. See cpu_backend.h.
 #include "cpu/cpu_backend.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -29,8 +30,14 @@ void CpuBackend::deallocate(void* p, size_t) { std::free(p); }
 void CpuBackend::upload(void* dst, const void* src, size_t bytes) { if (bytes) std::memcpy(dst, src, bytes); }
 void CpuBackend::download(void* dst, const void* src, size_t bytes) { if (bytes) std::memcpy(dst, src, bytes); }
 void CpuBackend::copy(void* dst, const void* src, size_t bytes) { if (bytes && dst != src) std::memmove(dst, src, bytes); }
+// On the pool in 64 KiB pieces (a resnet50 zeroGrad, 102 MB: 12 ms on one thread).
 void CpuBackend::fill(float* dst, float value, size_t n) {
-  for (size_t i = 0; i < n; ++i) dst[i] = value;
+  pool().parallel_for(static_cast<int64_t>(n), int64_t(1) << 14, [&](int64_t b, int64_t e, int) {
+    if (value == 0.f)
+      std::memset(dst + b, 0, sizeof(float) * static_cast<size_t>(e - b));
+    else
+      std::fill(dst + b, dst + e, value);
+  });
 }
 
 Backend* cpu_backend_create(int threads) { return new CpuBackend(threads); }
