@@ -380,6 +380,9 @@ void finish2(float* dw, int C, int K, const float* const* parts, int nparts, int
 void finish4(float* dw, int C, int K, const float* const* parts, int nparts, int64_t pst, int c0, int cn, int k0,
              int kn) {
   constexpr int B = kFinishK;
+  // G's sixths, twelfths and twenty-fourths as double reciprocals (divisions took ~1.6 ms of a 11 ms
+  // C256 14x14 N16 backward weight; the reciprocals' rounding, ~1e-16, vanishes in the float result)
+  constexpr double kSixth = 1.0 / 6, kTwelfth = 1.0 / 12, kTwentyFourth = 1.0 / 24;
   float blk[9][kFinishC][B];  // [tap][c][k]
   for (int c = 0; c < cn; ++c) {
     double S[36][B];
@@ -390,16 +393,16 @@ void finish4(float* dw, int C, int K, const float* const* parts, int nparts, int
       for (int v = 0; v < 6; ++v) {
         const double u0 = S[v][k], u1 = S[6 + v][k], u2 = S[12 + v][k], u3 = S[18 + v][k], u4 = S[24 + v][k],
                      u5 = S[30 + v][k];
-        t[0][v] = u0 / 4 - (u1 + u2) / 6 + (u3 + u4) / 24;
-        t[1][v] = (u2 - u1) / 6 + (u3 - u4) / 12;
-        t[2][v] = (u3 + u4 - u1 - u2) / 6 + u5;
+        t[0][v] = u0 * 0.25 - (u1 + u2) * kSixth + (u3 + u4) * kTwentyFourth;
+        t[1][v] = (u2 - u1) * kSixth + (u3 - u4) * kTwelfth;
+        t[2][v] = (u3 + u4 - u1 - u2) * kSixth + u5;
       }
       #pragma GCC unroll 3
       for (int r = 0; r < 3; ++r) {  // (G^T S) G
         const double u0 = t[r][0], u1 = t[r][1], u2 = t[r][2], u3 = t[r][3], u4 = t[r][4], u5 = t[r][5];
-        blk[r * 3 + 0][c][k] = static_cast<float>(u0 / 4 - (u1 + u2) / 6 + (u3 + u4) / 24);
-        blk[r * 3 + 1][c][k] = static_cast<float>((u2 - u1) / 6 + (u3 - u4) / 12);
-        blk[r * 3 + 2][c][k] = static_cast<float>((u3 + u4 - u1 - u2) / 6 + u5);
+        blk[r * 3 + 0][c][k] = static_cast<float>(u0 * 0.25 - (u1 + u2) * kSixth + (u3 + u4) * kTwentyFourth);
+        blk[r * 3 + 1][c][k] = static_cast<float>((u2 - u1) * kSixth + (u3 - u4) * kTwelfth);
+        blk[r * 3 + 2][c][k] = static_cast<float>((u3 + u4 - u1 - u2) * kSixth + u5);
       }
     }
   }
