@@ -11,8 +11,9 @@
 //                    y[rows, K]      = col[rows, RSC] * w[K, RSC]^T
 //   backward weight  1x1 stride 1: dw += dy^T x on the GEMM (C <= 64 < K: dw^T = x^T dy, added
 //                    transposed). 3x3 stride 1 with C, K >= 8: Winograd F(2x2, 3x3) (winograd_weight: 16
-//                    GEMMs over the transformed input and output-gradient tiles), F(4x4, 3x3) where
-//                    the forward uses it (m = 4, 36 GEMMs). Otherwise
+//                    GEMMs over the transformed input and output-gradient tiles; on fp32 products only
+//                    where it halves the multiplications), F(4x4, 3x3) where the forward uses it (m = 4,
+//                    36 GEMMs). Otherwise
 //                    dw[K, RSC]     += dy[rows, K]^T * col[rows, RSC] (K > 128: dw^T += col^T * dy)
 //                                      on the micro-kernel, the patches gathered straight into
 //                                      packed panels (per-thread
@@ -737,11 +738,18 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
       s.K >= kWinogradMinChannels) {
     const int64_t tiles4 = static_cast<int64_t>(s.N) * ((s.P() + 3) / 4) * ((s.Q() + 3) / 4);
     const int cmin = std::min(s.C, s.K), cmax = std::max(s.C, s.K);
-    if (use_winograd4(gemm_kernel().amx, cmin, cmax, tiles4))
+    if (use_winograd4(gemm_kernel().amx, cmin, cmax, tiles4)) {
       winograd_weight(*this, 4, dw, dy, x, s);
-    else
+      return;
+    }
+    // F(2x2) on fp32 products only where it saves at least half the multiplications: its edge tiles
+    // (odd P, Q) and short, wide tile products lose to the direct path below otherwise (N16 C512 K512
+    // 7x7, 9 P Q / (16 tiles) = 1.7: 19.3 -> 10.9 ms; 14x14 (2.25) stays: 24 vs 40 ms direct).
+    const int64_t tiles2 = static_cast<int64_t>((s.P() + 1) / 2) * ((s.Q() + 1) / 2);
+    if (gemm_kernel().amx || 9 * static_cast<int64_t>(s.P()) * s.Q() >= 2 * 16 * tiles2) {
       winograd_weight(*this, 2, dw, dy, x, s);
-    return;
+      return;
+    }
   }
   // At matmul precision high on AMX, convolutions with K >= 256 output channels skip the direct fp32
   // micro-kernel path below for the patch-chunk GEMMs at the end, which run on AMX (N16, 2 threads:
