@@ -49,6 +49,7 @@ class Prof : public Backend {
   void nhwc_to_nchw(float* d,const float* s,int N,int C,int H,int W) override { T t{&m,"layout"}; b.nhwc_to_nchw(d,s,N,C,H,W);}
   std::string ck(const char* w, const ConvShape& s){ char buf[128]; snprintf(buf,sizeof buf,"%s %dx%d/%d C%d K%d HW%d",w,s.R,s.S,s.stride,s.C,s.K,s.H); return buf; }
   void conv2d_forward(float* y,const float* x,const float* w,const ConvShape& s) override { T t{&m,ck("conv fwd ",s)}; T t2{&m,"conv fwd"}; b.conv2d_forward(y,x,w,s);}
+  void conv2d_backward(float* dw,float* dx,const float* dy,const float* x,const float* w,const ConvShape& s,bool add) override { T t{&m,ck("conv bwd ",s)}; T t2{&m,"conv bwd"}; b.conv2d_backward(dw,dx,dy,x,w,s,add);}
   bool conv2d_forward_stats(float* y,double* st,const float* x,const float* w,const ConvShape& s) override { T t{&m,ck("conv fwd ",s)}; T t2{&m,"conv fwd"}; return b.conv2d_forward_stats(y,st,x,w,s);}
   void conv2d_backward_data(float* dx,const float* dy,const float* w,const ConvShape& s) override { T t{&m,ck("conv bwdD",s)}; T t2{&m,"conv bwd data"}; b.conv2d_backward_data(dx,dy,w,s);}
   void conv2d_backward_data_add(float* dx,const float* dy,const float* w,const ConvShape& s) override { T t{&m,ck("conv bwdD",s)}; T t2{&m,"conv bwd data"}; b.conv2d_backward_data_add(dx,dy,w,s);}

@@ -28,6 +28,15 @@ void Backend::conv2d_backward_data_add(float* dx, const float* dy, const float* 
   }
   deallocate(tmp, bytes);
 }
+void Backend::conv2d_backward(float* dw, float* dx, const float* dy, const float* x, const float* w,
+                              const ConvShape& s, bool add) {
+  conv2d_backward_weight(dw, dy, x, s);
+  if (!dx) return;
+  if (add)
+    conv2d_backward_data_add(dx, dy, w, s);
+  else
+    conv2d_backward_data(dx, dy, w, s);
+}
 bool Backend::conv2d_forward_stats(float* y, double*, const float* x, const float* w, const ConvShape& s) {
   conv2d_forward(y, x, w, s);
   return false;

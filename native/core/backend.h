@@ -86,6 +86,11 @@ class Backend {
   // dx += the same (the residual branches' input gradients). Default: into a temporary, then axpy.
   virtual void conv2d_backward_data_add(float* dx, const float* dy, const float* w, const ConvShape& s);
   virtual void conv2d_backward_weight(float* dw, const float* dy, const float* x, const ConvShape& s); // ACCUMULATES dw
+  // Both backward passes of one convolution: conv2d_backward_weight into dw, and, when dx is not null,
+  // conv2d_backward_data (add: conv2d_backward_data_add) into dx, so a backend can read dy once for
+  // both. Default: the two ops.
+  virtual void conv2d_backward(float* dw, float* dx, const float* dy, const float* x, const float* w,
+                               const ConvShape& s, bool add);
   // conv2d_forward that may also compute the statistics of y for the batch norm after it: stats[k] =
   // mean, stats[K + k] = biased variance of output channel k (2 K doubles, backend memory). Returns
   // whether it did (a backend or shape without a fused path returns false, stats untouched).

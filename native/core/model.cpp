@@ -523,9 +523,9 @@ Tensor Model::backward(const Tensor& grad_out, bool input_grad) {
     be.batchnorm_backward(dx, dres, G + b.gamma, G + b.beta, dy, mask, A + b.in, P + b.gamma, A + b.mean,
                           A + b.invstd, b.relu, train, b.M, b.C);
   };
-  auto conv_bwd = [&](const ConvLayer& c, float* dx, const float* dy) {
-    be.conv2d_backward_weight(G + c.w, dy, A + c.in, c.s);
-    if (dx) be.conv2d_backward_data(dx, dy, P + c.w, c.s);
+  // dw accumulates; dx (may be null) is assigned, or added to with add.
+  auto conv_bwd = [&](const ConvLayer& c, float* dx, const float* dy, bool add = false) {
+    be.conv2d_backward(G + c.w, dx, dy, A + c.in, P + c.w, c.s, add);
   };
 
   Tensor dx;
@@ -541,8 +541,7 @@ Tensor Model::backward(const Tensor& grad_out, bool input_grad) {
         if (i == 0 && !blk.down) {
           // identity shortcut: the first conv's input gradient is added to the residual's (S2), which
           // then becomes the trunk gradient
-          be.conv2d_backward_weight(G + blk.convs[0].w, S[1], A + blk.convs[0].in, blk.convs[0].s);
-          be.conv2d_backward_data_add(S[2], S[1], P + blk.convs[0].w, blk.convs[0].s);
+          conv_bwd(blk.convs[0], S[2], S[1], true);
           std::swap(S[0], S[2]);
           break;
         }
@@ -551,8 +550,7 @@ Tensor Model::backward(const Tensor& grad_out, bool input_grad) {
       }
       if (blk.down) {  // the downsample's input gradient is added to the trunk gradient
         bn_bwd(blk.dbn, S[1], nullptr, S[2]);
-        be.conv2d_backward_weight(G + blk.dconv.w, S[1], A + blk.dconv.in, blk.dconv.s);
-        be.conv2d_backward_data_add(S[0], S[1], P + blk.dconv.w, blk.dconv.s);
+        conv_bwd(blk.dconv, S[0], S[1], true);
       }
     }
     const float* dstem = S[0];

@@ -82,7 +82,9 @@ constexpr int kWeightAmxMinK = 256;  // backward weight on AMX through the GEMM 
 constexpr int kPointwiseNarrowC = 64;
 // Rows per task of a pointwise forward that also computes the batch-norm statistics: input and output
 // rows of about 1 MB together, so the chunk is still in L2 when its statistics are taken.
-constexpr int64_t kStatsChunkFloats = int64_t(256) << 10;  // pointwise backward weight: as dw^T = x^T dy up to this C (< K)
+constexpr int64_t kStatsChunkFloats = int64_t(256) << 10;
+// conv2d_backward's fused pointwise path: thread partials of the weight gradient up to this size (1 MB)
+constexpr int64_t kFusedPartialFloats = int64_t(1) << 18;  // pointwise backward weight: as dw^T = x^T dy up to this C (< K)
 
 
 // Whether a 3x3 stride-1 convolution takes F(4x4, 3x3) rather than F(2x2, 3x3) (see the constants).
@@ -698,6 +700,58 @@ void CpuBackend::conv_backward_data(float* dx, const float* dy, const float* w, 
          dcol.get(), rsc);
     col2im(pool(), dx, dcol.get(), s, n0, n1);
   }
+}
+
+// Pointwise with an input gradient: one pass over row chunks, each task computing its chunk's dx = dy w
+// (on the pre-packed filter) and adding the chunk's weight-gradient product into its thread's partial
+// while the dy chunk is in L2 (dy is read from memory once instead of once per pass; the orientation
+// and precision of the weight product as in conv2d_backward_weight). Only with a partial that stays in
+// L2 (C K <= kFusedPartialFloats) and, at matmul precision high, a narrow side (the weight product
+// then runs on fp32 anyway; short AMX products per chunk cost what the fusion saves). Otherwise the
+// two ops. resnet50 b16 step, fp32: its pointwise backward passes 319 -> 305 ms; high: the narrow
+// 56x56 layers 81 -> 74 ms (with C K = 2^20 at 7x7 the fusion was 10-50 % slower).
+void CpuBackend::conv2d_backward(float* dw, float* dx, const float* dy, const float* x, const float* w,
+                                 const ConvShape& s, bool add) {
+  check_conv_shape("conv2d_backward", s);
+  const int C = s.C, K = s.K;
+  const int64_t rows = static_cast<int64_t>(s.N) * s.P() * s.Q();
+  const int T = pool().size();
+  const gemm_detail::KernelInfo kern = gemm_kernel();
+  const bool narrow = std::min(C, K) <= kPointwiseNarrowC;
+  const bool fuse = dx && is_pointwise(s) && static_cast<int64_t>(C) * K <= kFusedPartialFloats && (narrow || !kern.amx);
+  const int64_t chunk = fuse ? balanced_chunk(rows, std::max<int64_t>(128, kStatsChunkFloats / (C + K)), T) : 0;
+  if (chunk == 0) {
+    Backend::conv2d_backward(dw, dx, dy, x, w, s, add);
+    return;
+  }
+  // the weight product: fp32 with a narrow side, as dw^T = x^T dy when C <= 64 < K (see conv2d_backward_weight)
+  const gemm_detail::KernelInfo wkern = narrow ? gemm_detail::kernel_for(isa()) : kern;
+  const bool transposed = C <= kPointwiseNarrowC && C < K;
+  const gemm_detail::PackedB wp(pool(), kern, false, C, K, w, C);  // op(B) = w [K, C]
+  std::vector<std::unique_ptr<ScratchBuffer>> partial(static_cast<size_t>(T));
+  pool().parallel_tasks((rows + chunk - 1) / chunk, [&](int64_t task, int t) {
+    const int64_t r0 = task * chunk;
+    const int R = static_cast<int>(std::min(rows, r0 + chunk) - r0);
+    gemm_detail::gemm_run(pool(), kern, false, false, R, C, K, 1.f, dy + r0 * K, K, nullptr, 0, add ? 1.f : 0.f,
+                          dx + r0 * C, C, &wp, task_workspace(t));
+    auto& p = partial[static_cast<size_t>(t)];
+    const bool first = !p;
+    if (first) p.reset(new ScratchBuffer(static_cast<size_t>(C) * K));
+    if (transposed)
+      gemm_detail::gemm_run(pool(), wkern, true, false, C, K, R, 1.f, x + r0 * C, C, dy + r0 * K, K, first ? 0.f : 1.f,
+                            p->get(), K, nullptr, task_workspace(t));
+    else
+      gemm_detail::gemm_run(pool(), wkern, true, false, K, C, R, 1.f, dy + r0 * K, K, x + r0 * C, C, first ? 0.f : 1.f,
+                            p->get(), C, nullptr, task_workspace(t));
+  });
+  pool().parallel_for(K, 16, [&](int64_t b, int64_t e, int) {
+    for (const auto& p : partial) {
+      if (!p) continue;
+      const float* pp = p->get();
+      for (int64_t k = b; k < e; ++k)
+        for (int c = 0; c < C; ++c) dw[k * C + c] += transposed ? pp[static_cast<int64_t>(c) * K + k] : pp[k * C + c];
+    }
+  });
 }
 
 void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float* x, const ConvShape& s) {

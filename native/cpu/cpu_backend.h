@@ -80,6 +80,8 @@ class CpuBackend final : public Backend {
   void conv2d_backward_data_add(float* dx, const float* dy, const float* w, const ConvShape& s) override;
   void conv2d_backward_weight(float* dw, const float* dy, const float* x, const ConvShape& s) override;
   bool conv2d_forward_stats(float* y, double* stats, const float* x, const float* w, const ConvShape& s) override;
+  void conv2d_backward(float* dw, float* dx, const float* dy, const float* x, const float* w, const ConvShape& s,
+                       bool add) override;
   void batchnorm_forward_train(float* y, uint8_t* relu_mask, float* saved_mean, float* saved_invstd,
                                float* running_mean, float* running_var, const float* x, const float* gamma,
                                const float* beta, const float* residual, bool relu, int M, int C, float momentum,

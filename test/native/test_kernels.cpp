@@ -361,6 +361,11 @@ std::vector<ConvShape> conv_cases() {
   v.push_back(ConvShape{2, 6, 5, 19, 33, 1, 1, 1, 0});
   v.push_back(ConvShape{2, 6, 5, 33, 19, 1, 1, 1, 0});
   v.push_back(ConvShape{1, 5, 7, 65, 70, 1, 1, 1, 0});
+  // pointwise with enough rows for conv2d_backward's fused pass: transposed weight product (C <= 64 <
+  // K), narrow K, neither narrow
+  v.push_back(ConvShape{3, 12, 11, 40, 72, 1, 1, 1, 0});
+  v.push_back(ConvShape{2, 13, 12, 70, 36, 1, 1, 1, 0});
+  v.push_back(ConvShape{2, 11, 12, 80, 96, 1, 1, 1, 0});
   // big enough for several cache-sized chunks per thread and several row bands per image
   v.push_back(ConvShape{3, 40, 37, 16, 9, 3, 3, 1, 1});
   v.push_back(ConvShape{2, 41, 39, 15, 7, 3, 3, 2, 1});
@@ -414,12 +419,23 @@ void check_conv_case(Backends& backends, const ConvShape& s, int seed, double to
     EXPECT_REL(err(y, y_ref), tol, "conv forward " << str(s) << tag(*b));
     EXPECT_REL(err(dx, dx_ref), tol, "conv backward data " << str(s) << tag(*b));
     EXPECT_REL(err(dw, dw_ref), tol, "conv backward weight " << str(s) << tag(*b));
+    // both passes in one call (pointwise with enough rows: one fused pass over dy), and weight only
+    FVec dx1 = poison(nx), dw1 = dw0, dw2 = dw0;
+    b->conv2d_backward(dw1.data(), dx1.data(), dy.data(), x.data(), w.data(), s, false);
+    b->conv2d_backward(dw2.data(), nullptr, dy.data(), x.data(), w.data(), s, false);
+    EXPECT_REL(err(dx1, dx_ref), tol, "conv backward (both) data " << str(s) << tag(*b));
+    EXPECT_REL(err(dw1, dw_ref), tol, "conv backward (both) weight " << str(s) << tag(*b));
+    EXPECT_REL(err(dw2, dw_ref), tol, "conv backward (weight only) " << str(s) << tag(*b));
     if (!add) continue;
     FVec dx_acc = x;  // conv2d_backward_data_add: dx += (pointwise: GEMM beta 1; strided: scatter; else temp)
     b->conv2d_backward_data_add(dx_acc.data(), dy.data(), w.data(), s);
     Vec dx_acc_ref = dx_ref;
     for (size_t i = 0; i < nx; ++i) dx_acc_ref[i] += x[i];
     EXPECT_REL(err(dx_acc, dx_acc_ref), tol, "conv backward data add " << str(s) << tag(*b));
+    FVec dx_acc1 = x, dw3 = dw0;
+    b->conv2d_backward(dw3.data(), dx_acc1.data(), dy.data(), x.data(), w.data(), s, true);
+    EXPECT_REL(err(dx_acc1, dx_acc_ref), tol, "conv backward (both, add) data " << str(s) << tag(*b));
+    EXPECT_REL(err(dw3, dw_ref), tol, "conv backward (both, add) weight " << str(s) << tag(*b));
   }
 }
 
@@ -440,13 +456,14 @@ TEST("kernels: conv2d with matmul precision high (AMX) on every conv path, withi
   // path's PackedB), 3x3 stride 1 by Winograd F(2x2) and F(4x4) (PackedB filter products, transposed
   // weight-gradient products), the 7x7/2 stem (depth 147: partial 32-deep steps) and strided
   // convolutions with K >= 256 (backward weight through the patch-chunk GEMM instead of the direct
-  // micro-kernel).
+  // micro-kernel); a narrow pointwise one (conv2d_backward's fused pass: dx on AMX, dw on fp32).
   auto backends = amx_backends();
   if (backends.empty()) SKIP("no AMX here (CPUID or the kernel's tile permission)");
   const ConvShape shapes[] = {{2, 14, 14, 96, 80, 1, 1, 1, 0}, {3, 15, 15, 64, 96, 1, 1, 2, 0},
                               {2, 15, 13, 48, 40, 3, 3, 2, 1}, {2, 14, 15, 40, 48, 3, 3, 1, 1},
                               {4, 16, 16, 64, 64, 3, 3, 1, 1}, {2, 33, 31, 3, 64, 7, 7, 2, 3}, {4, 8, 8, 32, 32, 3, 3, 1, 1},
-                              {2, 9, 11, 40, 256, 3, 3, 2, 1}, {2, 12, 12, 48, 256, 1, 1, 2, 0}};
+                              {2, 9, 11, 40, 256, 3, 3, 2, 1}, {2, 12, 12, 48, 256, 1, 1, 2, 0},
+                              {2, 14, 14, 48, 160, 1, 1, 1, 0}};
   int seed = 900;
   for (const ConvShape& s : shapes) {
     check_conv_case(backends, s, seed, kAmxTol, false);
