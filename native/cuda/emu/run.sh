@@ -8,7 +8,8 @@
 # What it cannot show: GPU-only behaviour (real concurrency, races, warp timing, performance,
 # driver/arch issues); that is benchmarks/device/check.sh on a GPU machine.
 # Usage: native/cuda/emu/run.sh [test-filter, default "cuda:"]   (build in $EMU_BUILD, default
-# /tmp/mveb-cuda-emu; objects are reused when newer than their sources). Needs g++ and node.
+# /tmp/mveb-cuda-emu; objects are reused when newer than their sources and every header). Needs g++
+# and node.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
 B=${EMU_BUILD:-/tmp/mveb-cuda-emu}
@@ -21,11 +22,13 @@ FLAGS=(-std=c++20 -O1 -g -fno-strict-aliasing $SAN -I"$ROOT/native/cuda/emu" -I"
 
 objs=()
 pending=()
-compile() {  # compile SRC OBJ [extra flags]: only when SRC (or an emu file) is newer than OBJ
+# The newest header of the tree: an object older than it is rebuilt (a changed op table in
+# core/backend.h would otherwise leave objects with the old virtual-call layout).
+NEWEST_H=$(ls -t $(find "$ROOT/native" "$ROOT/test/native" -name '*.h') | head -1)
+compile() {  # compile SRC OBJ [extra flags]: only when SRC or any header is newer than OBJ
   local src=$1 obj=$2; shift 2
   objs+=("$obj")
-  if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ "$ROOT/native/cuda/emu/cuda_runtime.h" -nt "$obj" ] ||
-     [ "$ROOT/native/cuda/cuda_backend.h" -nt "$obj" ]; then
+  if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ "$NEWEST_H" -nt "$obj" ]; then
     pending+=("g++ ${FLAGS[*]} $* -c $src -o $obj")
   fi
 }
