@@ -17,7 +17,9 @@
 // threads here), MVEB_MATMUL_PRECISION, MVEB_BENCH_NO_TORCH=1 to skip PyTorch. The header and every
 // row name the precision our side ran at (as the addon reports it) and whether AMX was used.
 // Napkin math (anchors.md): resnet50 224 forward is 4.1 GMAC = 8.2 GFLOP/image, a training step ~3x
-// that = 24.7 GFLOP/image; at the 2-core FP32 peak of ~400 GFLOP/s the floor is ~16 img/s.
+// that = 24.7 GFLOP/image; at the 2-core FP32 peak of ~400 GFLOP/s the floor is ~16 img/s. That peak
+// is anchors.md's (its Zen 5 VM); MVEB_FP32_PEAK_GFLOPS sets this CPU's 2-core figure (kernels_bench
+// 1 peak gives one core's FMA ceiling: 245 GFLOP/s on the Xeon VM of 2026-12-01, so 490).
 // resnet18-cifar 32x32: 0.56 GMAC = 1.11 GFLOP/image forward, ~3.3 GFLOP/image per step, floor ~120
 // img/s. (Winograd convolutions do fewer multiplications than these direct-convolution counts.)
 'use strict';
@@ -27,6 +29,8 @@ const { spawnSync } = require('child_process');
 
 if (!process.env.MVEB_NUM_THREADS) process.env.MVEB_NUM_THREADS = '2';
 const threads = Number(process.env.MVEB_NUM_THREADS);
+const PEAK_2CORE_GFLOPS = Number(process.env.MVEB_FP32_PEAK_GFLOPS) || 400;
+const PEAK_SOURCE = process.env.MVEB_FP32_PEAK_GFLOPS ? 'MVEB_FP32_PEAK_GFLOPS' : "anchors.md's Zen 5 figure; set MVEB_FP32_PEAK_GFLOPS for this CPU";
 const root = path.resolve(__dirname, '..');
 const addonPath = process.env.MVEB_ADDON_PATH || path.join(root, 'build', 'Release', 'mveb.node');
 if (!fs.existsSync(addonPath)) {
@@ -124,13 +128,13 @@ const mib = (b) => (b / 2 ** 20).toFixed(0) + ' MiB';
     const tc = why ? null : torchRun(c, 'channels_last');
     const bestTorch = Math.max(tn && tn.images_per_s ? tn.images_per_s : 0, tc && tc.images_per_s ? tc.images_per_s : 0);
     const bestTorchCpu = Math.max(tn && tn.images_per_cpu_s ? tn.images_per_cpu_s : 0, tc && tc.images_per_cpu_s ? tc.images_per_cpu_s : 0);
-    const floor = (threads / 2) * 400e9 / FLOP_PER_IMAGE[c.key];
+    const floor = (threads / 2) * PEAK_2CORE_GFLOPS * 1e9 / FLOP_PER_IMAGE[c.key];
     for (const { precision, o } of mine) rows.push({ c, o, precision, tn, tc, bestTorch, bestTorchCpu, floor });
     const fmt = (t) => (!t ? 'n/a' : t.error ? `error: ${t.error}` : `${t.images_per_s.toFixed(2)} img/s, ${t.images_per_cpu_s.toFixed(2)} img/CPU-s (peak RSS ${mib(t.max_rss_bytes)})`);
     console.log(`\n${c.name}`);
     for (const { precision, o } of mine)
       console.log(`  ours, ${precision.padEnd(7)}        ${o.imagesPerS.toFixed(2)} img/s, ${o.imagesPerCpuS.toFixed(2)} img/CPU-s (steps ${o.times.map((t) => t.toFixed(2)).join(', ')} s; ` +
-      `peak native memory ${mib(o.peak)}, activations arena ${mib(o.activationBytes)}; ${(100 * o.imagesPerS / floor).toFixed(0)}% of the 2-core FP32 peak in direct-convolution FLOP, which gives ${floor.toFixed(0)} img/s)`);
+      `peak native memory ${mib(o.peak)}, activations arena ${mib(o.activationBytes)}; ${(100 * o.imagesPerS / floor).toFixed(0)}% of a ${PEAK_2CORE_GFLOPS} GFLOP/s 2-core FP32 peak (${PEAK_SOURCE}) in direct-convolution FLOP, which gives ${floor.toFixed(0)} img/s)`);
     console.log(`  PyTorch NCHW         ${fmt(tn)}`);
     console.log(`  PyTorch channels_last ${fmt(tc)}`);
     if (bestTorch > 0)
