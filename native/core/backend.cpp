@@ -37,6 +37,15 @@ void Backend::conv2d_backward(float* dw, float* dx, const float* dy, const float
   else
     conv2d_backward_data(dx, dy, w, s);
 }
+void Backend::batchnorm_conv_backward(float* dresidual, float* dgamma, float* dbeta, const float* dy,
+                                      const uint8_t* relu_mask, const float* bn_x, const float* gamma,
+                                      const float* mean, const float* invstd, bool relu, bool train, float* dw,
+                                      float* dx, const float* x, const float* w, const ConvShape& s, bool add,
+                                      float* scratch) {
+  batchnorm_backward(scratch, dresidual, dgamma, dbeta, dy, relu_mask, bn_x, gamma, mean, invstd, relu, train,
+                     s.N * s.P() * s.Q(), s.K);
+  conv2d_backward(dw, dx, scratch, x, w, s, add);
+}
 bool Backend::conv2d_forward_stats(float* y, double*, const float* x, const float* w, const ConvShape& s) {
   conv2d_forward(y, x, w, s);
   return false;

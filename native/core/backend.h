@@ -122,6 +122,19 @@ class Backend {
   virtual void batchnorm_backward(float* dx, float* dresidual, float* dgamma, float* dbeta, const float* dy,
                                   const uint8_t* relu_mask, const float* x, const float* gamma, const float* mean,
                                   const float* invstd, bool relu, bool train, int M, int C);
+  // The backward of a batch norm and of the convolution that produced its input (forward: conv -> BN),
+  // in one call, so a backend can compute the norm's input gradient (the convolution's dy) inside the
+  // convolution's backward instead of writing it out and reading it back. The norm's arguments as
+  // batchnorm_backward (bn_x its input = the convolution's output, M = N P Q rows, C = s.K channels),
+  // the convolution's as conv2d_backward. scratch: M x s.K floats for the norm's input gradient where
+  // a backend writes it out (contents undefined after the call). dx may be dy's buffer (dy is then
+  // consumed before dx is written) but must not overlap dresidual or bn_x. Default:
+  // batchnorm_backward into scratch, then conv2d_backward from it.
+  virtual void batchnorm_conv_backward(float* dresidual, float* dgamma, float* dbeta, const float* dy,
+                                       const uint8_t* relu_mask, const float* bn_x, const float* gamma,
+                                       const float* mean, const float* invstd, bool relu, bool train, float* dw,
+                                       float* dx, const float* x, const float* w, const ConvShape& s, bool add,
+                                       float* scratch);
 
   // ---- elementwise / pooling / linear helpers ----
   virtual void relu_forward(float* y, const float* x, size_t n);                      // assigns

@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "cpu/batchnorm_kernels.h"
-#include "cpu/channel_moments.h"
+#include "cpu/batchnorm_fusion.h"
 #include "cpu/cpu_backend.h"
 #include "cpu/kernel_util.h"
 
@@ -175,43 +175,54 @@ void CpuBackend::batchnorm_forward_eval(float* y, uint8_t* relu_mask, const floa
   apply_affine(*this, kernels_for(isa()), y, relu_mask, x, scale.data(), shift.data(), residual, relu, M, C);
 }
 
+BatchnormBackward batchnorm_backward_sums(CpuBackend& be, float* dresidual, float* dgamma, float* dbeta,
+                                          const float* dy, const uint8_t* relu_mask, const float* x,
+                                          const float* gamma, const float* mean, const float* invstd, bool relu,
+                                          bool train, int M, int C) {
+  const BatchnormKernels k = kernels_for(be.isa());
+  // g = dy masked by the ReLU; sums of g and g * xhat per channel. With a residual gradient, g goes
+  // into dresidual on the way (it is that gradient) and the second pass reads it back.
+  const uint8_t* mask = relu ? relu_mask : nullptr;  // the ReLU mask (null without ReLU)
+  std::vector<double> sums;
+  channel_sums(be.pool(), M, C, sums, [&](int64_t m0, int64_t m1, float* acc) {
+    k.backward_sums(dy, mask, x, mean, dresidual, m0, m1, C, acc, acc + C);
+  });
+  // dgamma = sum g xhat = invstd * sum g (x - mean); dbeta = sum g.
+  BatchnormBackward bn{be.isa(), std::vector<float>(static_cast<size_t>(C)), std::vector<float>(static_cast<size_t>(C)),
+                       std::vector<float>(static_cast<size_t>(C)), dresidual ? dresidual : dy,
+                       dresidual ? nullptr : mask, x, mean, C};  // dresidual holds g (masked) already
+  for (int c = 0; c < C; ++c) {
+    const double sg = sums[c], sgx = sums[C + c];
+    dbeta[c] += static_cast<float>(sg);
+    dgamma[c] += static_cast<float>(sgx * invstd[c]);
+    // dx = a g + b (x - mean) + c0 (eval: an affine map, b = c0 = 0)
+    const double gk = static_cast<double>(gamma[c]) * invstd[c];
+    bn.a[c] = static_cast<float>(gk);
+    bn.b[c] = train ? static_cast<float>(-gk * invstd[c] * invstd[c] * sgx / M) : 0.f;
+    bn.c0[c] = train ? static_cast<float>(-gk * sg / M) : 0.f;
+  }
+  return bn;
+}
+
+void batchnorm_backward_rows(const BatchnormBackward& bn, float* out, int64_t r0, int64_t r1, bool stream) {
+  const int C = bn.C;
+  const size_t mask_row = relu_mask_row_bytes(C);
+  kernels_for(bn.isa).backward_apply(out, bn.g + r0 * C, bn.g_mask ? bn.g_mask + r0 * mask_row : nullptr,
+                                     bn.x + r0 * C, bn.mean, bn.a.data(), bn.b.data(), bn.c0.data(), 0, r1 - r0, C,
+                                     stream);
+}
+
 void CpuBackend::batchnorm_backward(float* dx, float* dresidual, float* dgamma, float* dbeta, const float* dy,
                                     const uint8_t* relu_mask, const float* x, const float* gamma, const float* mean,
                                     const float* invstd, bool relu, bool train, int M, int C) {
   check_bn("batchnorm_backward", M, C);
   check_relu_mask("batchnorm_backward", relu, relu_mask);
   if (M == 0) return;
-  const BatchnormKernels k = kernels_for(isa());
-  // g = dy masked by the ReLU; sums of g and g * xhat per channel. With a residual gradient, g goes
-  // into dresidual on the way (it is that gradient) and the second pass reads it back.
-  const uint8_t* mask = relu ? relu_mask : nullptr;  // the ReLU mask (null without ReLU)
-  std::vector<double> sums;
-  channel_sums(pool(), M, C, sums, [&](int64_t m0, int64_t m1, float* acc) {
-    k.backward_sums(dy, mask, x, mean, dresidual, m0, m1, C, acc, acc + C);
-  });
-  // dgamma = sum g xhat = invstd * sum g (x - mean); dbeta = sum g.
-  std::vector<float> a(static_cast<size_t>(C)), bcoef(static_cast<size_t>(C)), ccoef(static_cast<size_t>(C));
-  for (int c = 0; c < C; ++c) {
-    const double sg = sums[c], sgx = sums[C + c];
-    dbeta[c] += static_cast<float>(sg);
-    dgamma[c] += static_cast<float>(sgx * invstd[c]);
-    // dx = a g + b (x - mean) + c0
-    const double gk = static_cast<double>(gamma[c]) * invstd[c];
-    if (train) {
-      a[c] = static_cast<float>(gk);
-      bcoef[c] = static_cast<float>(-gk * invstd[c] * invstd[c] * sgx / M);
-      ccoef[c] = static_cast<float>(-gk * sg / M);
-    } else {
-      a[c] = static_cast<float>(gk);
-      bcoef[c] = 0.f;
-      ccoef[c] = 0.f;
-    }
-  }
-  const float* g = dresidual ? dresidual : dy;  // dresidual holds g (masked) already
-  const uint8_t* g_mask = dresidual ? nullptr : mask;
+  const BatchnormBackward bn =
+      batchnorm_backward_sums(*this, dresidual, dgamma, dbeta, dy, relu_mask, x, gamma, mean, invstd, relu, train, M, C);
   const bool stream = stream_rows(*this, M, C);
   pool().parallel_for(M, row_grain(C), [&](int64_t b, int64_t e, int) {
-    k.backward_apply(dx, g, g_mask, x, mean, a.data(), bcoef.data(), ccoef.data(), b, e, C, stream);
+    batchnorm_backward_rows(bn, dx + b * C, b, e, stream);
   });
 }
 

@@ -82,6 +82,10 @@ class CpuBackend final : public Backend {
   bool conv2d_forward_stats(float* y, double* stats, const float* x, const float* w, const ConvShape& s) override;
   void conv2d_backward(float* dw, float* dx, const float* dy, const float* x, const float* w, const ConvShape& s,
                        bool add) override;
+  void batchnorm_conv_backward(float* dresidual, float* dgamma, float* dbeta, const float* dy,
+                               const uint8_t* relu_mask, const float* bn_x, const float* gamma, const float* mean,
+                               const float* invstd, bool relu, bool train, float* dw, float* dx, const float* x,
+                               const float* w, const ConvShape& s, bool add, float* scratch) override;
   void batchnorm_forward_train(float* y, uint8_t* relu_mask, float* saved_mean, float* saved_invstd,
                                float* running_mean, float* running_var, const float* x, const float* gamma,
                                const float* beta, const float* residual, bool relu, int M, int C, float momentum,

@@ -547,6 +547,64 @@ TEST("kernels: conv2d_forward_stats gives y and its per-channel mean and varianc
     }
 }
 
+TEST("kernels: batchnorm_conv_backward equals batchnorm_backward then conv2d_backward") {
+  // Pointwise convs with enough rows take the fused pass (the norm's input gradient computed per
+  // chunk, never written); others (too few rows, 3x3, no input gradient) the two ops through scratch.
+  auto backends = isa_backends();
+  backends.emplace_back(new CpuBackend(3));
+  for (auto& b : amx_backends()) backends.push_back(std::move(b));
+  const ConvShape shapes[] = {{3, 12, 11, 40, 72, 1, 1, 1, 0}, {2, 13, 12, 70, 36, 1, 1, 1, 0},
+                              {2, 11, 12, 80, 96, 1, 1, 1, 0}, {1, 5, 6, 8, 9, 1, 1, 1, 0},
+                              {2, 9, 10, 12, 16, 3, 3, 1, 1}};
+  int seed = 800;
+  for (const ConvShape& s : shapes)
+    for (int variant = 0; variant < 16; ++variant) {
+      const bool residual = variant & 1, relu = variant & 2, train = variant & 4, add = variant & 8;
+      const int M = s.N * s.P() * s.Q(), C = s.K;
+      const size_t nx = static_cast<size_t>(s.N) * s.H * s.W * s.C, nw = static_cast<size_t>(s.K) * s.R * s.S * s.C,
+                   ny = static_cast<size_t>(M) * C;
+      const FVec x = rnd(nx, ++seed), w = rnd(nw, ++seed), bn_x = rnd(ny, ++seed, -1.f, 2.f), dy = rnd(ny, ++seed),
+                 gamma = rnd(C, ++seed, 0.5f, 1.5f), mean = rnd(C, ++seed, 0.f, 1.f), invstd = rnd(C, ++seed, 0.5f, 2.f),
+                 dx0 = rnd(nx, ++seed);
+      std::vector<uint8_t> mask(mveb::relu_mask_bytes(M, C));
+      for (size_t i = 0; i < mask.size(); ++i) mask[i] = static_cast<uint8_t>(i * 37 + 11);
+      const std::string what = "bn+conv backward " + str(s) + " variant " + std::to_string(variant);
+      for (auto& b : backends) {
+        const double tol = b->matmul_precision() == mveb::MatmulPrecision::High ? kAmxTol : kTol;
+        FVec out[2][5];  // dx, dw, dgamma, dbeta, dresidual
+        for (int fused = 0; fused < 2; ++fused) {
+          FVec dx = add ? dx0 : poison(nx), dw(nw, 0.5f), dg(C, 0.25f), db(C, -0.25f), dres = poison(ny),
+               scratch = poison(ny);
+          if (fused) {
+            b->batchnorm_conv_backward(residual ? dres.data() : nullptr, dg.data(), db.data(), dy.data(),
+                                       relu ? mask.data() : nullptr, bn_x.data(), gamma.data(), mean.data(),
+                                       invstd.data(), relu, train, dw.data(), dx.data(), x.data(), w.data(), s, add,
+                                       scratch.data());
+          } else {
+            b->batchnorm_backward(scratch.data(), residual ? dres.data() : nullptr, dg.data(), db.data(), dy.data(),
+                                  relu ? mask.data() : nullptr, bn_x.data(), gamma.data(), mean.data(), invstd.data(),
+                                  relu, train, M, C);
+            b->conv2d_backward(dw.data(), dx.data(), scratch.data(), x.data(), w.data(), s, add);
+          }
+          out[fused][0] = dx, out[fused][1] = dw, out[fused][2] = dg, out[fused][3] = db, out[fused][4] = dres;
+        }
+        const char* names[] = {"dx", "dw", "dgamma", "dbeta", "dresidual"};
+        for (int o = 0; o < (residual ? 5 : 4); ++o)
+          EXPECT_REL(mtest::rel_error(out[1][o].data(), out[0][o].data(), out[0][o].size()), tol,
+                     what << " " << names[o] << tag(*b));
+        if (add || residual) continue;
+        // dx in dy's own buffer (the model's trunk gradient): dy is consumed before dx is written
+        FVec both(std::max(nx, ny), 0.f), dw(nw, 0.5f), dg(C, 0.25f), db(C, -0.25f), scratch = poison(ny);
+        std::copy(dy.begin(), dy.end(), both.begin());
+        b->batchnorm_conv_backward(nullptr, dg.data(), db.data(), both.data(), relu ? mask.data() : nullptr,
+                                   bn_x.data(), gamma.data(), mean.data(), invstd.data(), relu, train, dw.data(),
+                                   both.data(), x.data(), w.data(), s, false, scratch.data());
+        EXPECT_REL(mtest::rel_error(both.data(), out[0][0].data(), nx), tol, what << " dx over dy" << tag(*b));
+        EXPECT_REL(err(dw, to_d(out[0][1])), tol, what << " dw (dx over dy)" << tag(*b));
+      }
+    }
+}
+
 TEST("kernels: conv2d refuses an empty output with E_SHAPE") {
   auto& b = mtest::runtime().cpu();
   float x[4] = {};
