@@ -230,6 +230,51 @@ TEST("cuda: conv2d forward, backward data, backward weight (accumulates)") {
   }
 }
 
+TEST("cuda: conv2d_forward_stats + batch norm, conv2d_backward, batchnorm_conv_backward (fused on the CPU)") {
+  // CUDA runs these through the op table's defaults (the separate ops); the CPU fuses them on the
+  // pointwise shape (statistics per output chunk, one pass over dy, the norm's input gradient per chunk).
+  const mveb::ConvShape shapes[] = {{3, 12, 11, 40, 72, 1, 1, 1, 0}, {2, 9, 10, 12, 16, 3, 3, 1, 1}};
+  for (const mveb::ConvShape& s : shapes)
+    for (int variant = 0; variant < 4; ++variant) {
+      const bool relu = variant & 1, res = variant & 2;
+      const int M = s.N * s.P() * s.Q(), C = s.K;
+      const size_t nx = static_cast<size_t>(s.N) * s.H * s.W * s.C, nw = static_cast<size_t>(s.K) * s.R * s.S * s.C,
+                   ny = static_cast<size_t>(M) * C;
+      std::ostringstream what;
+      what << "fused conv ops N=" << s.N << " H=" << s.H << " C=" << s.C << " K=" << s.K << " R=" << s.R
+           << " relu=" << relu << " residual=" << res;
+      compare(what.str(), [&](Backend& b) -> Outputs {
+        Tensor x = input(b, nx, 91), w = input(b, nw, 92, 0.f, 0.2f), gamma = input(b, C, 93, 0.5f, 1.5f),
+               beta = input(b, C, 94), rm = input(b, C, 95), rv = input(b, C, 96, 0.5f, 2.f);
+        Tensor y = poisoned(b, ny), stats = poisoned(b, 4 * static_cast<size_t>(C)), ybn = poisoned(b, ny),
+               mean = poisoned(b, C), invstd = poisoned(b, C);
+        const size_t mask_slots = (mveb::relu_mask_bytes(M, C) + 3) / 4;
+        Tensor mask = poisoned(b, mask_slots);
+        double* st = reinterpret_cast<double*>(stats.f32());
+        const bool fused = b.conv2d_forward_stats(y.f32(), st, x.f32(), w.f32(), s);
+        b.batchnorm_forward_train(ybn.f32(), reinterpret_cast<uint8_t*>(mask.f32()), mean.f32(), invstd.f32(),
+                                  rm.f32(), rv.f32(), y.f32(), gamma.f32(), beta.f32(), nullptr, relu, M, C, 0.1f,
+                                  1e-5f, fused ? st : nullptr);
+        // backward: both passes of the conv, then a batch norm and its conv together (the ReLU mask
+        // from the host, the same on both backends)
+        Tensor dy = input(b, ny, 97), dw = input(b, nw, 98), dx = poisoned(b, nx);
+        Tensor bmask = from_host(b, relu_mask_of(mtest::random_vector(ny, 102, -1.f, 1.f), M, C));
+        b.conv2d_backward(dw.f32(), dx.f32(), dy.f32(), x.f32(), w.f32(), s, false);
+        Tensor dw2 = input(b, nw, 98), dx2 = input(b, nx, 99), dg = input(b, C, 100), db = input(b, C, 101),
+               dres = poisoned(b, ny), scratch = poisoned(b, ny);
+        b.batchnorm_conv_backward(res ? dres.f32() : nullptr, dg.f32(), db.f32(), dy.f32(),
+                                  relu ? reinterpret_cast<const uint8_t*>(bmask.f32()) : nullptr, y.f32(), gamma.f32(),
+                                  mean.f32(), invstd.f32(), relu, true, dw2.f32(), dx2.f32(), x.f32(), w.f32(), s, true,
+                                  scratch.f32());
+        Outputs out{to_host(b, y),  to_host(b, ybn), to_host(b, mean), to_host(b, invstd), to_host(b, rv),
+                    to_host(b, dw), to_host(b, dx),  to_host(b, dw2),  to_host(b, dx2),    to_host(b, dg),
+                    to_host(b, db)};
+        if (res) out.push_back(to_host(b, dres));
+        return out;
+      }, 2e-5);
+    }
+}
+
 TEST("cuda: conv2d rejects a filter larger than the padded input with E_SHAPE") {
   Backend& gpu = cuda_or_skip();
   mveb::ConvShape s{1, 2, 2, 1, 1, 5, 5, 1, 0};
