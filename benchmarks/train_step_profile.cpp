@@ -11,7 +11,8 @@
 // MVEB_STREAM_BYTES=N sets the CPU backend's stream_bytes (A/B of the non-temporal output stores);
 // MVEB_MATMUL_PRECISION=high profiles the AMX bf16x3 path (read by the CPU backend itself).
 // Every op the model calls must be forwarded by the decorator below (an op it lacks falls back to the
-// Backend base class: conv2d_backward_data_add would then run as a temporary + axpy).
+// Backend base class: batchnorm_conv_backward would then run as the separate ops, conv2d_forward_stats
+// as a plain forward). The fused ops show as "bn+conv bwd" (a batch norm's backward with its conv's).
 #include "core/model.h"
 #include "cpu/cpu_backend.h"
 #include "core/runtime.h"
