@@ -60,9 +60,13 @@ const amx = addon.backends().cpu.amx;
 const labelOf = (p) => (p === 'high' ? (amx ? 'high (bf16x3 on AMX)' : 'high (no AMX: fp32)') : 'highest (fp32)');
 const steps = Number(opt('--steps', '2'));
 const only = opt('--only', null);
-const FLOP_PER_IMAGE = { r50: 3 * 2 * 4.11e9, r18: 3 * 2 * 0.556e9 }; // 3 x forward, 2 FLOP per MAC
+// 3 x forward, 2 FLOP per MAC (r18s: resnet18-cifar at width x0.125, 1 channel, 28x28: ~6.9 MMAC forward)
+const FLOP_PER_IMAGE = { r18s: 3 * 2 * 6.9e6, r50: 3 * 2 * 4.11e9, r18: 3 * 2 * 0.556e9 };
 const configs = [
   // smaller first: the native peak counter is process-wide, so each row's peak covers it and those before
+  // r18s: the default `mveb pretrain` encoder (2 views x 256 images of Fashion-MNIST per step)
+  { key: 'r18s', name: 'resnet18-cifar x0.125 1x28x28 batch 512 (the default pretrain encoder)', depth: 18,
+    stem: 'cifar', batch: 512, size: 28, width: 0.125, channels: 1 },
   { key: 'r18', name: 'resnet18-cifar 32x32 batch 128', depth: 18, stem: 'cifar', batch: 128, size: 32 },
   { key: 'r50', name: 'resnet50 224x224 batch 16', depth: 50, stem: 'imagenet', batch: 16, size: 224 },
 ].filter((c) => !only || c.key === only);
@@ -74,9 +78,10 @@ function torchAvailable() {
 }
 
 async function ours(c) {
-  const net = addon.modelResnet({ depth: c.depth, stem: c.stem, inChannels: 3, zeroInitResidual: true, seed: 0, device: 'cpu' });
+  const net = addon.modelResnet({ depth: c.depth, stem: c.stem, inChannels: c.channels || 3, widthMultiplier: c.width || 1,
+    zeroInitResidual: true, seed: 0, device: 'cpu' });
   const info = addon.modelInfo(net);
-  const x = addon.tensorRandn([c.batch, 3, c.size, c.size], 1, 'cpu');
+  const x = addon.tensorRandn([c.batch, c.channels || 3, c.size, c.size], 1, 'cpu');
   const g = addon.tensorRandn([c.batch, info.featureDim], 2, 'cpu');
   const times = [];
   const cpu = [];
@@ -105,7 +110,8 @@ async function ours(c) {
 
 function torchRun(c, fmt) {
   const r = spawnSync('/usr/bin/python3', [path.join(__dirname, 'train_step_torch.py'), String(c.depth), c.stem, String(c.batch),
-    String(c.size), String(steps), String(threads), fmt], { encoding: 'utf8', env: { ...process.env, OMP_NUM_THREADS: String(threads) } });
+    String(c.size), String(steps), String(threads), fmt, String(c.width || 1), String(c.channels || 3)],
+  { encoding: 'utf8', env: { ...process.env, OMP_NUM_THREADS: String(threads) } });
   if (r.status !== 0) return { error: (r.stderr || '').trim().split('\n').pop() };
   return JSON.parse(r.stdout.trim().split('\n').pop());
 }

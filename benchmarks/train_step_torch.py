@@ -4,9 +4,13 @@
 torch.set_num_threads(threads), NCHW or channels_last. Prints one JSON line:
     {"images_per_s": ..., "seconds_per_step": [...], "images_per_cpu_s": ..., "max_rss_bytes": ...}
 (images per CPU-second: less sensitive than wall time to other processes on a shared machine)
-Usage: /usr/bin/python3 benchmarks/train_step_torch.py DEPTH STEM BATCH SIZE STEPS THREADS nchw|channels_last
+Usage: /usr/bin/python3 benchmarks/train_step_torch.py DEPTH STEM BATCH SIZE STEPS THREADS nchw|channels_last [WIDTH IN_CHANNELS]
+(WIDTH != 1 or IN_CHANNELS != 3: scripts/make-fixtures.py's ScaledResNet, the fixtures' width-scaled
+torchvision ResNet, instead of torchvision's own.)
 """
+import importlib.util
 import json
+import os
 import resource
 import sys
 import time
@@ -18,20 +22,34 @@ import torchvision
 
 def main():
     depth, stem, batch, size, steps, threads, fmt = sys.argv[1:8]
+    width = float(sys.argv[8]) if len(sys.argv) > 8 else 1.0
+    in_channels = int(sys.argv[9]) if len(sys.argv) > 9 else 3
     depth, batch, size, steps, threads = int(depth), int(batch), int(size), int(steps), int(threads)
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    net = getattr(torchvision.models, f"resnet{depth}")(zero_init_residual=True)
-    net.fc = nn.Identity()
-    if stem == "cifar":
-        net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-        net.maxpool = nn.Identity()
+    if width != 1.0 or in_channels != 3:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts", "make-fixtures.py")
+        spec = importlib.util.spec_from_file_location("make_fixtures", path)
+        fixtures = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(fixtures)
+        net = fixtures.ScaledResNet(depth, round(64 * width), in_channels, stem == "cifar")
+        for m in net.modules():  # zero_init_residual, as torchvision's
+            if isinstance(m, torchvision.models.resnet.BasicBlock):
+                nn.init.zeros_(m.bn2.weight)
+            elif isinstance(m, torchvision.models.resnet.Bottleneck):
+                nn.init.zeros_(m.bn3.weight)
+    else:
+        net = getattr(torchvision.models, f"resnet{depth}")(zero_init_residual=True)
+        net.fc = nn.Identity()
+        if stem == "cifar":
+            net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+            net.maxpool = nn.Identity()
     net.train()
-    x = torch.randn(batch, 3, size, size)
+    x = torch.randn(batch, in_channels, size, size)
     if fmt == "channels_last":
         net = net.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    g = torch.randn(batch, 512 if depth < 50 else 2048)
+    g = torch.randn(batch, round(64 * width) * (8 if depth < 50 else 32))
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     times, cpu = [], []
     for i in range(steps + 1):  # the first step warms up

@@ -10,7 +10,7 @@
 //                    chunk of 4x4 output tiles). Otherwise
 //                    y[rows, K]      = col[rows, RSC] * w[K, RSC]^T
 //   backward weight  1x1 stride 1: dw += dy^T x on the GEMM (C <= 64 < K: dw^T = x^T dy, added
-//                    transposed). 3x3 stride 1 with C, K >= 8: Winograd F(2x2, 3x3) (winograd_weight: 16
+//                    transposed). 3x3 stride 1 with C, K >= 16: Winograd F(2x2, 3x3) (winograd_weight: 16
 //                    GEMMs over the transformed input and output-gradient tiles; on fp32 products only
 //                    where it halves the multiplications), F(4x4, 3x3) where the forward uses it (m = 4,
 //                    36 GEMMs). Otherwise
@@ -58,6 +58,10 @@ constexpr int64_t kWorkspaceFloats = int64_t(4) << 20;
 constexpr int64_t kChunkFloats = int64_t(192) << 10;  // 768 KB of patches per thread
 constexpr int64_t kWinogradSkew = 48;  // floats between Winograd's 16 matrices (3 cache lines)
 constexpr int kWinogradMinChannels = 8;  // 3x3 stride 1 with C, K >= this: Winograd
+// The weight gradient by Winograd only from this many channels: below, its two tile transforms per
+// tile and 8 x 8 products cost more than the direct path saves (N512 C8 K8 28x28, the default
+// pretrain's layer1: 13.0 -> 8.3 ms direct; C16 14x14 4.1 vs 4.3: even).
+constexpr int kWinogradWeightMinChannels = 16;
 // Winograd F(4x4, 3x3) instead of F(2x2, 3x3) for 64 <= C, K <= 256 with at least max(C, K) 4x4
 // output tiles (its 36 filter transforms and packings cost more than F(2x2, 3x3)'s 16, which pays
 // off only with enough tiles; one-thread N=128 forward: C64 32x32 36.8 -> 29 ms, C128 16x16 31.8 ->
@@ -843,8 +847,7 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
   }
   const int T = pool().size();
   const int64_t chunk = balanced_chunk(rows, kWeightDepth, T);
-  if (chunk > 0 && s.R == 3 && s.S == 3 && s.stride == 1 && s.C >= kWinogradMinChannels &&
-      s.K >= kWinogradMinChannels) {
+  if (chunk > 0 && s.R == 3 && s.S == 3 && s.stride == 1 && std::min(s.C, s.K) >= kWinogradWeightMinChannels) {
     const int64_t tiles4 = static_cast<int64_t>(s.N) * ((s.P() + 3) / 4) * ((s.Q() + 3) / 4);
     const int cmin = std::min(s.C, s.K), cmax = std::max(s.C, s.K);
     if (use_winograd4(gemm_kernel().amx, cmin, cmax, tiles4)) {
