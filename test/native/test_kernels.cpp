@@ -473,7 +473,7 @@ TEST("kernels: conv2d with matmul precision high (AMX) on every conv path, withi
 
 TEST("kernels: conv2d_forward_stats gives y and its per-channel mean and variance; batch norm takes them") {
   // Paths with per-task output chunks compute the statistics (pointwise, 1x1 / 3x3 / 7x7 strided im2col
-  // chunks); Winograd and too-few-rows shapes return false. Inputs offset by +40 make the outputs'
+  // chunks, the direct few-channel kernel at any size); Winograd and too-few-rows shapes return false. Inputs offset by +40 make the outputs'
   // means large against their spread (an unshifted E[y^2] - E[y]^2 would lose most digits).
   auto backends = isa_backends();
   backends.emplace_back(new CpuBackend(3));
@@ -484,7 +484,8 @@ TEST("kernels: conv2d_forward_stats gives y and its per-channel mean and varianc
   };
   const Case cases[] = {{{3, 11, 13, 19, 37, 1, 1, 1, 0}, true},  {{3, 26, 24, 70, 33, 1, 1, 2, 0}, true},
                         {{3, 25, 23, 9, 20, 3, 3, 2, 1}, true},   {{2, 23, 21, 3, 16, 7, 7, 2, 3}, true},
-                        {{2, 12, 11, 16, 24, 3, 3, 1, 1}, false}, {{1, 5, 6, 8, 9, 1, 1, 1, 0}, false}};
+                        {{2, 12, 11, 16, 24, 3, 3, 1, 1}, false}, {{1, 5, 6, 20, 24, 1, 1, 1, 0}, false},
+                        {{1, 5, 6, 8, 9, 1, 1, 1, 0}, true},      {{2, 14, 13, 8, 12, 3, 3, 1, 1}, true}};
   int seed = 700;
   for (const Case& cs : cases)
     for (float offset : {0.f, 40.f}) {
