@@ -526,6 +526,36 @@ namespace {
 // [tap, c][KP] rows (flipped as described below), output rows in tasks of kDirectRows, each task
 // also taking its chunk's channel moments when stats is wanted. Always computes stats when asked.
 constexpr int64_t kDirectRows = 512;
+DirectConv direct_conv(Isa isa) {
+  return isa == Isa::Avx512 ? direct_conv_avx512() : isa == Isa::Avx2 ? direct_conv_avx2() : direct_conv_scalar();
+}
+// Whether a convolution takes the direct kernels: few channels, except 3x3 stride 1 with 16 of both
+// (N512 16x16 channels at 14x14: Winograd 2.9 ms forward, direct 3.4; 8x8 at 28x28: Winograd 8.3,
+// direct 4.6; the 1-channel stem 5.0 -> 1.9).
+bool use_direct(const ConvShape& s) {
+  const bool winograd_shape = s.R == 3 && s.S == 3 && s.stride == 1 && std::min(s.C, s.K) >= kDirectMaxChannels;
+  return s.C <= kDirectMaxChannels && s.K <= kDirectMaxChannels && !winograd_shape;
+}
+
+// dw += the weight gradient by the direct kernel: per-thread [RS C][KP] partials over tasks of
+// kDirectRows output rows, added into dw (KRSC) at the end.
+void direct_weight(CpuBackend& be, float* dw, const float* dy, const float* x, const ConvShape& s) {
+  const int RS = s.R * s.S, C = s.C, K = s.K, KP = K <= 8 ? 8 : 16, T = be.pool().size();
+  const DirectWeightRows fn = KP == 8 ? direct_conv(be.isa()).weight8 : direct_conv(be.isa()).weight16;
+  const int64_t rows = static_cast<int64_t>(s.N) * s.P() * s.Q();
+  std::vector<std::vector<float>> partial(static_cast<size_t>(T));
+  be.pool().parallel_tasks((rows + kDirectRows - 1) / kDirectRows, [&](int64_t task, int t) {
+    auto& acc = partial[static_cast<size_t>(t)];
+    if (acc.empty()) acc.assign(static_cast<size_t>(RS) * C * KP, 0.f);
+    fn(acc.data(), dy, x, s, task * kDirectRows, std::min(rows, (task + 1) * kDirectRows));
+  });
+  for (const auto& acc : partial) {
+    if (acc.empty()) continue;
+    for (int k = 0; k < K; ++k)
+      for (int i = 0; i < RS * C; ++i) dw[static_cast<int64_t>(k) * RS * C + i] += acc[static_cast<size_t>(i) * KP + k];
+  }
+}
+
 bool direct_forward(CpuBackend& be, float* y, const float* x, const float* w, bool flipped, const ConvShape& s,
                     double* stats) {
   const int RS = s.R * s.S, C = s.C, K = s.K, KP = K <= 8 ? 8 : 16;
@@ -535,10 +565,7 @@ bool direct_forward(CpuBackend& be, float* y, const float* x, const float* w, bo
       for (int k = 0; k < K; ++k)  // flipped: w is the original [C][RS][K] filter of backward data
         wt[(static_cast<size_t>(tap) * C + c) * KP + k] =
             flipped ? w[(static_cast<int64_t>(c) * RS + (RS - 1 - tap)) * K + k] : w[(static_cast<int64_t>(k) * RS + tap) * C + c];
-  const DirectConv dc = be.isa() == Isa::Avx512 ? direct_conv_avx512()
-                        : be.isa() == Isa::Avx2 ? direct_conv_avx2()
-                                                : direct_conv_scalar();
-  const DirectConvRows fn = KP == 8 ? dc.rows8 : dc.rows16;
+  const DirectConvRows fn = KP == 8 ? direct_conv(be.isa()).rows8 : direct_conv(be.isa()).rows16;
   const int64_t rows = static_cast<int64_t>(s.N) * s.P() * s.Q();
   const int64_t tasks = (rows + kDirectRows - 1) / kDirectRows;
   std::vector<ChannelMoments> moments(stats ? static_cast<size_t>(tasks) : 0);
@@ -582,11 +609,7 @@ bool conv_forward_impl(CpuBackend& be, float* y, const float* x, const float* w,
       return true;
     }
   }
-  // Few channels: the direct kernel, except 3x3 stride 1 with 16 (N512 16x16 channels at 14x14: Winograd
-  // 2.9 ms, direct 3.4; 8x8 at 28x28: Winograd 8.3, direct 4.6; the 1-channel stem 5.0 -> 1.9).
-  const bool winograd_shape = s.R == 3 && s.S == 3 && s.stride == 1 && std::min(s.C, s.K) >= kDirectMaxChannels;
-  if (s.C <= kDirectMaxChannels && s.K <= kDirectMaxChannels && !winograd_shape)
-    return direct_forward(be, y, x, w, flipped, s, stats);
+  if (use_direct(s)) return direct_forward(be, y, x, w, flipped, s, stats);
   const int64_t chunk = is_pointwise(s) ? 0 : balanced_chunk(rows, std::max<int64_t>(16, kChunkFloats / rsc), T);
   if (chunk > 0 && s.R == 3 && s.S == 3 && s.stride == 1 && s.C >= kWinogradMinChannels &&
       s.K >= kWinogradMinChannels) {
@@ -879,6 +902,10 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
       return;
     }
     product(s.K, s.C, dy, s.K, x, s.C, 1.f, dw, s.C);
+    return;
+  }
+  if (use_direct(s)) {  // few channels
+    direct_weight(*this, dw, dy, x, s);
     return;
   }
   const int T = pool().size();

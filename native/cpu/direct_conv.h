@@ -8,6 +8,7 @@
 // a 14 x 32 micro-tile on such shapes (N512 C8 K8 28x28 3x3 forward: Winograd 7.8-8.3 ms, this 4.6).
 // Tested by test/native/test_kernels.cpp ("kernels: conv ...": the shapes with C, K <= 16).
 #pragma once
+#include <algorithm>
 #include <cstdint>
 
 #include "core/backend.h"  // ConvShape
@@ -21,8 +22,14 @@ constexpr int kDirectMaxChannels = 16;  // C and K up to this take the direct pa
 // zero past K. Runs on the calling thread.
 using DirectConvRows = void (*)(float* y, const float* x, const float* wt, const ConvShape& s, int64_t row0,
                                 int64_t row1);
+// The weight gradient's part from output rows [row0, row1): acc row (r S + s) C + c (KP floats, the K
+// output channels, zero past K) += sum over those rows of x at the tap times dy's row; along each
+// output line, tap by tap, 8 input channels' accumulators in registers at a time.
+using DirectWeightRows = void (*)(float* acc, const float* dy, const float* x, const ConvShape& s, int64_t row0,
+                                  int64_t row1);
 struct DirectConv {
   DirectConvRows rows8, rows16;
+  DirectWeightRows weight8, weight16;
 };
 DirectConv direct_conv_scalar();
 DirectConv direct_conv_avx2();
@@ -99,11 +106,60 @@ void rows(float* y, const float* x, const float* wt, const ConvShape& s, int64_t
   }
 }
 
+template <int KP>
+void weight(float* acc, const float* dy, const float* x, const ConvShape& s, int64_t row0, int64_t row1) {
+  typedef typename Vec<KP>::type vk;
+  const int P = s.P(), Q = s.Q(), C = s.C, K = s.K;
+  for (int64_t row = row0; row < row1;) {  // one output line (n, p), columns [q0, q1), at a time
+    const int64_t np = row / Q;
+    const int q0 = static_cast<int>(row % Q);
+    const int q1 = static_cast<int>(std::min<int64_t>(Q, q0 + (row1 - row)));
+    const int64_t n = np / P;
+    const int p = static_cast<int>(np % P);
+    const float* dline = dy + np * Q * static_cast<int64_t>(K);
+    for (int r = 0; r < s.R; ++r) {
+      const int h = p * s.stride - s.pad + r;
+      if (h < 0 || h >= s.H) continue;
+      const float* xline = x + (n * s.H + h) * static_cast<int64_t>(s.W) * C;
+      for (int ss = 0; ss < s.S; ++ss) {
+        int qlo = q0, qhi = q1;  // the columns whose tap lies inside the image
+        while (qlo < qhi && qlo * s.stride - s.pad + ss < 0) ++qlo;
+        while (qhi > qlo && (qhi - 1) * s.stride - s.pad + ss >= s.W) --qhi;
+        for (int c0 = 0; c0 < C; c0 += 8) {
+          const int nc = C - c0 < 8 ? C - c0 : 8;
+          vk a[8] = {};
+          for (int q = qlo; q < qhi; ++q) {
+            vk d;
+            if (K == KP) {
+              d = load<KP>(dline + static_cast<int64_t>(q) * K);
+            } else {
+              float t[KP] = {};
+              for (int k = 0; k < K; ++k) t[k] = dline[static_cast<int64_t>(q) * K + k];
+              __builtin_memcpy(&d, t, sizeof d);
+            }
+            const float* xp = xline + static_cast<int64_t>(q * s.stride - s.pad + ss) * C + c0;
+#pragma GCC unroll 8  // (unrolled, the accumulators stay in registers)
+            for (int j = 0; j < 8; ++j)
+              if (j < nc) a[j] += xp[j] * d;
+          }
+          float* out = acc + (static_cast<int64_t>(r * s.S + ss) * C + c0) * KP;
+          for (int j = 0; j < nc; ++j) {
+            float t[KP];
+            __builtin_memcpy(t, &a[j], sizeof t);
+            for (int k = 0; k < KP; ++k) out[j * KP + k] += t[k];
+          }
+        }
+      }
+    }
+    row += q1 - q0;
+  }
+}
+
 }  // namespace dck
 }  // namespace
 
 // Defines the function NAME returning this translation unit's direct convolution rows.
 #define MVEB_DEFINE_DIRECT_CONV(NAME) \
-  DirectConv NAME() { return {&dck::rows<8>, &dck::rows<16>}; }
+  DirectConv NAME() { return {&dck::rows<8>, &dck::rows<16>, &dck::weight<8>, &dck::weight<16>}; }
 
 }  // namespace mveb
