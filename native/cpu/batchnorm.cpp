@@ -65,9 +65,35 @@ bool stream_rows(const CpuBackend& be, int M, int C) {
   return static_cast<size_t>(M) * C * sizeof(float) >= be.stream_bytes;
 }
 
+// Rows of 8 channels on AVX-512 (16 lanes) are processed as rows of 16, two rows each, in the same
+// memory: every per-row pass vectorises (C = 8 is all scalar tail otherwise) and the ReLU mask has the
+// same bytes (one per original row); per-channel arrays are tiled twice and per-channel sums folded.
+// The fold factor (1: none) for M rows of C channels.
+int fold_factor(Isa isa, int64_t M, int C) { return isa == Isa::Avx512 && C == 8 && M % 2 == 0 ? 2 : 1; }
+std::vector<float> tiled(const float* v, int C, int f) {
+  std::vector<float> t(static_cast<size_t>(C) * f);
+  for (int j = 0; j < f; ++j) std::copy(v, v + C, t.begin() + static_cast<int64_t>(j) * C);
+  return t;
+}
+// sums (2 C f: f copies of C per half) -> 2 C
+void fold_sums(std::vector<double>& sums, int C, int f) {
+  std::vector<double> out(static_cast<size_t>(2) * C, 0.0);
+  for (int h = 0; h < 2; ++h)
+    for (int j = 0; j < f; ++j)
+      for (int c = 0; c < C; ++c) out[static_cast<size_t>(h) * C + c] += sums[(static_cast<size_t>(h) * f + j) * C + c];
+  sums.swap(out);
+}
+
 // y = act(x * scale + shift + residual) over rows (and the ReLU mask when relu and mask).
 void apply_affine(CpuBackend& be, const BatchnormKernels& k, float* y, uint8_t* mask, const float* x,
                   const float* scale, const float* shift, const float* residual, bool relu, int M, int C) {
+  const int f = fold_factor(be.isa(), M, C);
+  std::vector<float> scale_t, shift_t;
+  if (f > 1) {
+    scale_t = tiled(scale, C, f), shift_t = tiled(shift, C, f);
+    scale = scale_t.data(), shift = shift_t.data();
+    M /= f, C *= f;
+  }
   const bool stream = stream_rows(be, M, C);
   be.pool().parallel_for(M, row_grain(C), [&](int64_t b, int64_t e, int) {
     k.apply(y, mask, x, scale, shift, residual, relu, b, e, C, stream);
@@ -140,9 +166,13 @@ void CpuBackend::batchnorm_forward_train(float* y, uint8_t* relu_mask, float* sa
     // One pass for both moments, shifted by the first row (d = x - x[0]) so that the variance
     // E[d^2] - E[d]^2 does not cancel when the mean is large against the spread.
     const float* shift0 = x;
+    const int f = fold_factor(isa(), M, C), Cf = C * f;
+    const std::vector<float> shift_t = tiled(shift0, C, f);
     std::vector<double> sums;
-    channel_sums(pool(), M, C, sums,
-                 [&](int64_t m0, int64_t m1, float* acc) { k.forward_sums(x, shift0, m0, m1, C, acc, acc + C); });
+    channel_sums(pool(), M / f, Cf, sums, [&](int64_t m0, int64_t m1, float* acc) {
+      k.forward_sums(x, shift_t.data(), m0, m1, Cf, acc, acc + Cf);
+    });
+    fold_sums(sums, C, f);
     for (int c = 0; c < C; ++c) {
       const double md = sums[c] / M;
       mean[c] = static_cast<float>(shift0[c] + md);
@@ -178,19 +208,22 @@ void CpuBackend::batchnorm_forward_eval(float* y, uint8_t* relu_mask, const floa
 BatchnormBackward batchnorm_backward_sums(CpuBackend& be, float* dresidual, float* dgamma, float* dbeta,
                                           const float* dy, const uint8_t* relu_mask, const float* x,
                                           const float* gamma, const float* mean, const float* invstd, bool relu,
-                                          bool train, int M, int C) {
+                                          bool train, int M, int C, bool allow_fold) {
   const BatchnormKernels k = kernels_for(be.isa());
   // g = dy masked by the ReLU; sums of g and g * xhat per channel. With a residual gradient, g goes
   // into dresidual on the way (it is that gradient) and the second pass reads it back.
   const uint8_t* mask = relu ? relu_mask : nullptr;  // the ReLU mask (null without ReLU)
+  const int f = allow_fold ? fold_factor(be.isa(), M, C) : 1, Cf = C * f;
+  std::vector<float> mean_t = tiled(mean, C, f);
   std::vector<double> sums;
-  channel_sums(be.pool(), M, C, sums, [&](int64_t m0, int64_t m1, float* acc) {
-    k.backward_sums(dy, mask, x, mean, dresidual, m0, m1, C, acc, acc + C);
+  channel_sums(be.pool(), M / f, Cf, sums, [&](int64_t m0, int64_t m1, float* acc) {
+    k.backward_sums(dy, mask, x, mean_t.data(), dresidual, m0, m1, Cf, acc, acc + Cf);
   });
+  fold_sums(sums, C, f);
   // dgamma = sum g xhat = invstd * sum g (x - mean); dbeta = sum g.
   BatchnormBackward bn{be.isa(), std::vector<float>(static_cast<size_t>(C)), std::vector<float>(static_cast<size_t>(C)),
                        std::vector<float>(static_cast<size_t>(C)), dresidual ? dresidual : dy,
-                       dresidual ? nullptr : mask, x, mean, C};  // dresidual holds g (masked) already
+                       dresidual ? nullptr : mask, x, std::move(mean_t), C, f};  // dresidual holds g (masked) already
   for (int c = 0; c < C; ++c) {
     const double sg = sums[c], sgx = sums[C + c];
     dbeta[c] += static_cast<float>(sg);
@@ -201,15 +234,18 @@ BatchnormBackward batchnorm_backward_sums(CpuBackend& be, float* dresidual, floa
     bn.b[c] = train ? static_cast<float>(-gk * invstd[c] * invstd[c] * sgx / M) : 0.f;
     bn.c0[c] = train ? static_cast<float>(-gk * sg / M) : 0.f;
   }
+  if (f > 1) bn.a = tiled(bn.a.data(), C, f), bn.b = tiled(bn.b.data(), C, f), bn.c0 = tiled(bn.c0.data(), C, f);
+  bn.C = Cf;
   return bn;
 }
 
 void batchnorm_backward_rows(const BatchnormBackward& bn, float* out, int64_t r0, int64_t r1, bool stream) {
+  r0 /= bn.fold, r1 /= bn.fold;  // (folded: the caller's rows are pairs)
   const int C = bn.C;
   const size_t mask_row = relu_mask_row_bytes(C);
   kernels_for(bn.isa).backward_apply(out, bn.g + r0 * C, bn.g_mask ? bn.g_mask + r0 * mask_row : nullptr,
-                                     bn.x + r0 * C, bn.mean, bn.a.data(), bn.b.data(), bn.c0.data(), 0, r1 - r0, C,
-                                     stream);
+                                     bn.x + r0 * C, bn.mean.data(), bn.a.data(), bn.b.data(), bn.c0.data(), 0, r1 - r0,
+                                     C, stream);
 }
 
 void CpuBackend::batchnorm_backward(float* dx, float* dresidual, float* dgamma, float* dbeta, const float* dy,
@@ -218,11 +254,12 @@ void CpuBackend::batchnorm_backward(float* dx, float* dresidual, float* dgamma, 
   check_bn("batchnorm_backward", M, C);
   check_relu_mask("batchnorm_backward", relu, relu_mask);
   if (M == 0) return;
-  const BatchnormBackward bn =
-      batchnorm_backward_sums(*this, dresidual, dgamma, dbeta, dy, relu_mask, x, gamma, mean, invstd, relu, train, M, C);
-  const bool stream = stream_rows(*this, M, C);
-  pool().parallel_for(M, row_grain(C), [&](int64_t b, int64_t e, int) {
-    batchnorm_backward_rows(bn, dx + b * C, b, e, stream);
+  const BatchnormBackward bn = batchnorm_backward_sums(*this, dresidual, dgamma, dbeta, dy, relu_mask, x, gamma,
+                                                       mean, invstd, relu, train, M, C, true);
+  const int f = bn.fold, Cf = bn.C;  // rows of Cf channels, f original rows each
+  const bool stream = stream_rows(*this, M / f, Cf);
+  pool().parallel_for(M / f, row_grain(Cf), [&](int64_t b, int64_t e, int) {
+    batchnorm_backward_rows(bn, dx + b * Cf, b * f, e * f, stream);
   });
 }
 

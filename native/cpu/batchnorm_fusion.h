@@ -35,21 +35,25 @@ void finish_moments(const std::vector<ChannelMoments>& blocks, int C, double* st
 
 // batchnorm_backward after its sums pass: dx = a g + b (x - mean) + c0 per channel, g = dy masked by
 // g_mask (null: g is dy, or dresidual, which the sums pass filled with the masked gradient).
+// With fold 2 (allow_fold, 8 channels on AVX-512, even M) the rows are pairs of rows as rows of C = 16
+// (batchnorm.cpp: fold_factor) and a, b, c0, mean are tiled accordingly.
 struct BatchnormBackward {
   Isa isa;
   std::vector<float> a, b, c0;
   const float* g;
   const uint8_t* g_mask;
   const float* x;
-  const float* mean;
+  std::vector<float> mean;
   int C;
+  int fold;
 };
 // The sums pass of batchnorm_backward (same arguments): accumulates dgamma / dbeta, writes dresidual.
 BatchnormBackward batchnorm_backward_sums(CpuBackend& be, float* dresidual, float* dgamma, float* dbeta,
                                           const float* dy, const uint8_t* relu_mask, const float* x,
                                           const float* gamma, const float* mean, const float* invstd, bool relu,
-                                          bool train, int M, int C);
-// Rows [r0, r1) of dx into out (out's row 0 is row r0), on the calling thread.
+                                          bool train, int M, int C, bool allow_fold);
+// Rows [r0, r1) of dx into out (out's row 0 is row r0; with fold, r0 and r1 multiples of it), on the
+// calling thread.
 void batchnorm_backward_rows(const BatchnormBackward& bn, float* out, int64_t r0, int64_t r1, bool stream);
 
 }  // namespace mveb

@@ -860,7 +860,8 @@ void CpuBackend::batchnorm_conv_backward(float* dresidual, float* dgamma, float*
     return;
   }
   const BatchnormBackward bn =
-      batchnorm_backward_sums(*this, dresidual, dgamma, dbeta, dy, relu_mask, bn_x, gamma, mean, invstd, relu, train, M, K);
+      batchnorm_backward_sums(*this, dresidual, dgamma, dbeta, dy, relu_mask, bn_x, gamma, mean, invstd, relu, train, M, K,
+                              false);  // (no folding: the chunks' row bounds need not be even)
   std::vector<std::unique_ptr<ScratchBuffer>> rows_buf(static_cast<size_t>(pool().size()));
   pointwise_backward(*this, dw, dx,
                      [&](int64_t r0, int64_t r1, int t) {
