@@ -905,7 +905,9 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
     product(s.K, s.C, dy, s.K, x, s.C, 1.f, dw, s.C);
     return;
   }
-  if (use_direct(s)) {  // few channels
+  // Few channels: the direct kernel, here also for 3x3 stride 1 with 16 of both (N512 16x16 channels
+  // at 14x14: 4.2 ms by Winograd, 2.8 direct).
+  if (s.C <= kDirectMaxChannels && s.K <= kDirectMaxChannels) {
     direct_weight(*this, dw, dy, x, s);
     return;
   }

@@ -376,6 +376,8 @@ std::vector<ConvShape> conv_cases() {
   v.push_back(ConvShape{2, 13, 11, 8, 10, 3, 3, 1, 0});
   v.push_back(ConvShape{2, 9, 10, 9, 8, 3, 3, 1, 2});
   v.push_back(ConvShape{3, 12, 7, 33, 17, 3, 3, 1, 1});
+  // 16 channels each: Winograd forward / backward data, the direct kernel's weight gradient
+  v.push_back(ConvShape{2, 10, 9, 16, 16, 3, 3, 1, 1});
   // 64 <= C, K <= 256 with >= max(C, K) 4x4 output tiles: Winograd F(4x4, 3x3) (all three passes);
   // partial edge tiles (P, Q not multiples of 4), pads 1, 0, 2
   v.push_back(ConvShape{2, 22, 21, 64, 65, 3, 3, 1, 1});
