@@ -35,6 +35,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/batchnorm_fusion.h"
@@ -285,17 +286,26 @@ void im2col_packed(float* Ap, const float* x, const ConvShape& s, int64_t row0, 
   }
 }
 
+// fn(std::integral_constant<int, P>) for the micro-kernels' panel sizes P (their MR or NR), as
+// compile-time constants; another P is an internal error named by `what`.
+template <typename Fn>
+void with_panel_size(int P, const char* what, const Fn& fn) {
+  switch (P) {
+    case 32: return fn(std::integral_constant<int, 32>{});
+    case 16: return fn(std::integral_constant<int, 16>{});
+    case 14: return fn(std::integral_constant<int, 14>{});
+    case 8: return fn(std::integral_constant<int, 8>{});
+    case 6: return fn(std::integral_constant<int, 6>{});
+    case 4: return fn(std::integral_constant<int, 4>{});
+    default: MVEB_CHECK(false, "E_INTERNAL", what, " for panel size ", P);
+  }
+}
+
 // The same with the panel size P known at run time (the micro-kernel's MR or NR).
 void im2col_packed(int P, float* Ap, const float* x, const ConvShape& s, int64_t row0, int kc, int panels) {
-  switch (P) {  // the micro-kernels' panel sizes, as compile-time constants
-    case 32: return im2col_packed<32>(Ap, x, s, row0, kc, panels);
-    case 16: return im2col_packed<16>(Ap, x, s, row0, kc, panels);
-    case 14: return im2col_packed<14>(Ap, x, s, row0, kc, panels);
-    case 8: return im2col_packed<8>(Ap, x, s, row0, kc, panels);
-    case 6: return im2col_packed<6>(Ap, x, s, row0, kc, panels);
-    case 4: return im2col_packed<4>(Ap, x, s, row0, kc, panels);
-    default: MVEB_CHECK(false, "E_INTERNAL", "conv2d_backward_weight: no patch packing for panel size ", P);
-  }
+  with_panel_size(P, "conv2d_backward_weight: no patch packing", [&](auto p) {
+    im2col_packed<decltype(p)::value>(Ap, x, s, row0, kc, panels);
+  });
 }
 
 // rows rows of n floats (row k at src + k * ld) packed into W-wide panels (panel p at dst + p * pst,
@@ -318,15 +328,9 @@ void pack_rows(float* dst, int64_t pst, const float* src, int64_t ld, int rows, 
   }
 }
 void pack_rows(int W, float* dst, int64_t pst, const float* src, int64_t ld, int rows, int n) {
-  switch (W) {  // the micro-kernels' panel sizes, as compile-time constants
-    case 32: return pack_rows<32>(dst, pst, src, ld, rows, n);
-    case 16: return pack_rows<16>(dst, pst, src, ld, rows, n);
-    case 14: return pack_rows<14>(dst, pst, src, ld, rows, n);
-    case 8: return pack_rows<8>(dst, pst, src, ld, rows, n);
-    case 6: return pack_rows<6>(dst, pst, src, ld, rows, n);
-    case 4: return pack_rows<4>(dst, pst, src, ld, rows, n);
-    default: MVEB_CHECK(false, "E_INTERNAL", "conv2d_backward_weight: no packing for panel size ", W);
-  }
+  with_panel_size(W, "conv2d_backward_weight: no packing", [&](auto p) {
+    pack_rows<decltype(p)::value>(dst, pst, src, ld, rows, n);
+  });
 }
 
 // The flipped filter as a row-major [RSC, C] GEMM operand: row (tap, k) = w[k, flipped tap, :] with
