@@ -771,14 +771,38 @@ void CpuBackend::conv_backward_data(float* dx, const float* dy, const float* w, 
 }
 
 namespace {
+// How a pointwise convolution's weight gradient is computed (conv2d_backward_weight and the fused
+// pass below): with a narrow side (min(C, K) <= 64) on fp32 at matmul precision high too (the AMX
+// path's split packing of the deep, DRAM-resident operands costs more than it saves: resnet50 b16
+// step at high, C64 K256 56x56 33 -> 27 ms, C256 K64 16 -> 14), and with C <= 64 < K as dw^T = x^T dy
+// into a [C, K] temporary added transposed (the wide dy is then the B operand, read in place, instead
+// of the A operand packed from its columns: N16 C64 K256 56x56, 2 threads, 234-282 -> 292-334
+// GFLOP/s); otherwise dw [K, C] += dy^T x directly.
+struct PointwiseWeight {
+  gemm_detail::KernelInfo kern;
+  bool transposed;
+};
+PointwiseWeight pointwise_weight(const CpuBackend& be, const ConvShape& s) {
+  const bool narrow = std::min(s.C, s.K) <= kPointwiseNarrowC;
+  return {narrow ? gemm_detail::kernel_for(be.isa()) : be.gemm_kernel(), s.C <= kPointwiseNarrowC && s.C < s.K};
+}
+// dw [K, C] += the weight-gradient partials ([K, C], or [C, K] when transposed), on the pool.
+void add_pointwise_partials(ThreadPool& pool, float* dw, const std::vector<const float*>& parts, int C, int K,
+                            bool transposed) {
+  pool.parallel_for(K, 16, [&](int64_t b, int64_t e, int) {
+    for (const float* pp : parts)
+      for (int64_t k = b; k < e; ++k)
+        for (int c = 0; c < C; ++c) dw[k * C + c] += transposed ? pp[static_cast<int64_t>(c) * K + k] : pp[k * C + c];
+  });
+}
+
 // conv2d_backward's fused pointwise pass (below): the rows per task, 0 when the shape does not take it.
 // Only with an input gradient, a weight-gradient partial that stays in L2 (C K <= kFusedPartialFloats)
-// and, at matmul precision high, a narrow side (the weight product then runs on fp32 anyway; short
-// AMX products per chunk cost what the fusion saves).
+// and a weight product on fp32 (at matmul precision high only narrow layers: short AMX products per
+// chunk cost what the fusion saves).
 int64_t fused_pointwise_chunk(CpuBackend& be, const ConvShape& s, bool has_dx) {
-  const bool narrow = std::min(s.C, s.K) <= kPointwiseNarrowC;
   if (!has_dx || !is_pointwise(s) || static_cast<int64_t>(s.C) * s.K > kFusedPartialFloats ||
-      (!narrow && be.gemm_kernel().amx))
+      pointwise_weight(be, s).kern.amx)
     return 0;
   const int64_t rows = static_cast<int64_t>(s.N) * s.P() * s.Q();
   return balanced_chunk(rows, std::max<int64_t>(128, kStatsChunkFloats / (s.C + s.K)), be.pool().size());
@@ -794,9 +818,7 @@ void pointwise_backward(CpuBackend& be, float* dw, float* dx, const std::functio
   const int C = s.C, K = s.K, T = pool.size();
   const int64_t rows = static_cast<int64_t>(s.N) * s.P() * s.Q();
   const gemm_detail::KernelInfo kern = be.gemm_kernel();
-  // the weight product: fp32 with a narrow side, as dw^T = x^T dy when C <= 64 < K
-  const gemm_detail::KernelInfo wkern = std::min(C, K) <= kPointwiseNarrowC ? gemm_detail::kernel_for(be.isa()) : kern;
-  const bool transposed = C <= kPointwiseNarrowC && C < K;
+  const PointwiseWeight pw = pointwise_weight(be, s);
   const gemm_detail::PackedB wp(pool, kern, false, C, K, w, C);  // op(B) = w [K, C]
   std::vector<std::unique_ptr<ScratchBuffer>> partial(static_cast<size_t>(T));
   pool.parallel_tasks((rows + chunk - 1) / chunk, [&](int64_t task, int t) {
@@ -808,21 +830,17 @@ void pointwise_backward(CpuBackend& be, float* dw, float* dx, const std::functio
     auto& p = partial[static_cast<size_t>(t)];
     const bool first = !p;
     if (first) p.reset(new ScratchBuffer(static_cast<size_t>(C) * K));
-    if (transposed)
-      gemm_detail::gemm_run(pool, wkern, true, false, C, K, R, 1.f, x + r0 * C, C, d, K, first ? 0.f : 1.f, p->get(),
-                            K, nullptr, be.task_workspace(t));
+    if (pw.transposed)
+      gemm_detail::gemm_run(pool, pw.kern, true, false, C, K, R, 1.f, x + r0 * C, C, d, K, first ? 0.f : 1.f,
+                            p->get(), K, nullptr, be.task_workspace(t));
     else
-      gemm_detail::gemm_run(pool, wkern, true, false, K, C, R, 1.f, d, K, x + r0 * C, C, first ? 0.f : 1.f, p->get(),
-                            C, nullptr, be.task_workspace(t));
+      gemm_detail::gemm_run(pool, pw.kern, true, false, K, C, R, 1.f, d, K, x + r0 * C, C, first ? 0.f : 1.f,
+                            p->get(), C, nullptr, be.task_workspace(t));
   });
-  pool.parallel_for(K, 16, [&](int64_t b, int64_t e, int) {
-    for (const auto& p : partial) {
-      if (!p) continue;
-      const float* pp = p->get();
-      for (int64_t k = b; k < e; ++k)
-        for (int c = 0; c < C; ++c) dw[k * C + c] += transposed ? pp[static_cast<int64_t>(c) * K + k] : pp[k * C + c];
-    }
-  });
+  std::vector<const float*> parts;
+  for (const auto& p : partial)
+    if (p) parts.push_back(p->get());
+  add_pointwise_partials(pool, dw, parts, C, K, pw.transposed);
 }
 }  // namespace
 
@@ -882,31 +900,16 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
   const int64_t rows = static_cast<int64_t>(s.N) * s.P() * s.Q();
   const int rsc = s.R * s.S * s.C;
   if (rows == 0) return;
-  if (is_pointwise(s)) {
-    // With a narrow side (min(C, K) <= 64) the product stays fp32 at matmul precision high too: the
-    // AMX path's split packing of the deep, DRAM-resident operands costs more than it saves (resnet50
-    // b16 step at high: C64 K256 56x56 33 -> 27 ms, C256 K64 16 -> 14).
-    const bool narrow = std::min(s.C, s.K) <= kPointwiseNarrowC;
-    auto product = [&](int M, int N, const float* A, int lda, const float* B, int ldb, float beta, float* C, int ldc) {
-      if (narrow)
-        gemm_fp32(true, false, M, N, static_cast<int>(rows), 1.f, A, lda, B, ldb, beta, C, ldc);
-      else
-        gemm(true, false, M, N, static_cast<int>(rows), 1.f, A, lda, B, ldb, beta, C, ldc);
-    };
-    if (s.C <= kPointwiseNarrowC && s.C < s.K) {
-      // dw^T[C, K] = x^T dy into a temporary, added transposed: the wide dy is then the B operand,
-      // read in place, instead of the A operand packed from its columns (N16 C64 K256 56x56, 2
-      // threads: 234-282 -> 292-334 GFLOP/s; resnet50 b16 step 34 -> 27 ms for its four layers).
+  if (is_pointwise(s)) {  // one GEMM over all rows (pointwise_weight: its kernel and orientation)
+    const PointwiseWeight pw = pointwise_weight(*this, s);
+    const int depth = static_cast<int>(rows);
+    if (pw.transposed) {
       ScratchBuffer t(static_cast<size_t>(s.C) * s.K);
-      product(s.C, s.K, x, s.C, dy, s.K, 0.f, t.get(), s.K);
-      const float* tp = t.get();
-      pool().parallel_for(s.K, 16, [&](int64_t b, int64_t e, int) {
-        for (int64_t k = b; k < e; ++k)
-          for (int c = 0; c < s.C; ++c) dw[k * s.C + c] += tp[static_cast<int64_t>(c) * s.K + k];
-      });
+      gemm_with(pw.kern, true, false, s.C, s.K, depth, 1.f, x, s.C, dy, s.K, 0.f, t.get(), s.K);
+      add_pointwise_partials(pool(), dw, {t.get()}, s.C, s.K, true);
       return;
     }
-    product(s.K, s.C, dy, s.K, x, s.C, 1.f, dw, s.C);
+    gemm_with(pw.kern, true, false, s.K, s.C, depth, 1.f, dy, s.K, x, s.C, 1.f, dw, s.C);
     return;
   }
   // Few channels: the direct kernel, here also for 3x3 stride 1 with 16 of both (N512 16x16 channels
