@@ -10,6 +10,7 @@
 // Tested in test/cli.test.ts (help, validation, a tiny pretrain + eval + export round trip).
 import { Command, InvalidArgumentError, Option } from 'commander';
 import * as path from 'path';
+import { PRETRAIN_DEFAULTS } from './train/defaults';
 
 type Lib = {
   pretrain: typeof import('./train/pretrain');
@@ -40,19 +41,9 @@ function libWithPrecision(o: { threads?: number; matmulPrecision: 'highest' | 'h
   return l;
 }
 
-// The pretrain defaults (mirrors PRETRAIN_DEFAULTS in lib/train/pretrain.ts, which cannot be imported
-// before --threads is known; test/cli.test.ts checks that the two agree).
-export const DEFAULTS = {
-  width: 0.125,
-  projectorDim: 512,
-  epochs: 4,
-  batchSize: 64,
-  lr: 32,
-  lambda: 0.003,
-  trainImages: 10000,
-  globalScale: [0.4, 1] as [number, number],
-  localScale: [0.05, 0.4] as [number, number],
-};
+// The pretrain defaults for the options' defaults (lib/train/defaults.ts: no native dependency, so
+// reading them loads no addon before --threads is known).
+export const DEFAULTS = PRETRAIN_DEFAULTS;
 
 // ---- option parsers (commander calls them with the raw string; errors name the option) ----
 const int = (min: number, max = Number.MAX_SAFE_INTEGER) => (v: string) => {
