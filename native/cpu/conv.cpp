@@ -103,6 +103,10 @@ bool use_winograd4(bool amx, int cmin, int cmax, int64_t tiles4) {
 
 bool is_pointwise(const ConvShape& s) { return s.R == 1 && s.S == 1 && s.stride == 1 && s.pad == 0; }
 
+// Rows per task of the pointwise passes that work in chunks (forward with statistics, the fused
+// backward): input and output rows of about kStatsChunkFloats together, at least 128.
+int64_t pointwise_chunk_rows(const ConvShape& s) { return std::max<int64_t>(128, kStatsChunkFloats / (s.C + s.K)); }
+
 // Where output row `row` = (n * P + p) * Q + q reads x: image n, first input column w0, and the
 // filter taps [s_lo, s_hi) that fall inside the image (the others read the zero padding).
 struct PatchRow {
@@ -560,6 +564,22 @@ void direct_weight(CpuBackend& be, float* dw, const float* dy, const float* x, c
   }
 }
 
+// Tasks over the output rows in chunks of `chunk`: fn(r0, r1, t) writes y's rows [r0, r1) on pool
+// thread t; with stats each task then takes its chunk's channel moments while the chunk is in cache,
+// and stats receives y's per-channel mean and biased variance. Returns whether it did (stats given).
+template <typename RowsFn>
+bool output_chunks(CpuBackend& be, float* y, int K, int64_t rows, int64_t chunk, double* stats, const RowsFn& fn) {
+  const int64_t tasks = (rows + chunk - 1) / chunk;
+  std::vector<ChannelMoments> moments(stats ? static_cast<size_t>(tasks) : 0);
+  be.pool().parallel_tasks(tasks, [&](int64_t task, int t) {
+    const int64_t r0 = task * chunk, r1 = std::min(rows, r0 + chunk);
+    fn(r0, r1, t);
+    if (stats) block_moments(be.isa(), y + r0 * K, r1 - r0, K, moments[static_cast<size_t>(task)]);
+  });
+  if (stats) finish_moments(moments, K, stats);
+  return stats != nullptr;
+}
+
 bool direct_forward(CpuBackend& be, float* y, const float* x, const float* w, bool flipped, const ConvShape& s,
                     double* stats) {
   const int RS = s.R * s.S, C = s.C, K = s.K, KP = K <= 8 ? 8 : 16;
@@ -571,15 +591,8 @@ bool direct_forward(CpuBackend& be, float* y, const float* x, const float* w, bo
             flipped ? w[(static_cast<int64_t>(c) * RS + (RS - 1 - tap)) * K + k] : w[(static_cast<int64_t>(k) * RS + tap) * C + c];
   const DirectConvRows fn = KP == 8 ? direct_conv(be.isa()).rows8 : direct_conv(be.isa()).rows16;
   const int64_t rows = static_cast<int64_t>(s.N) * s.P() * s.Q();
-  const int64_t tasks = (rows + kDirectRows - 1) / kDirectRows;
-  std::vector<ChannelMoments> moments(stats ? static_cast<size_t>(tasks) : 0);
-  be.pool().parallel_tasks(tasks, [&](int64_t task, int) {
-    const int64_t r0 = task * kDirectRows, r1 = std::min(rows, r0 + kDirectRows);
-    fn(y, x, wt.data(), s, r0, r1);
-    if (stats) block_moments(be.isa(), y + r0 * K, r1 - r0, K, moments[static_cast<size_t>(task)]);
-  });
-  if (stats) finish_moments(moments, K, stats);
-  return stats != nullptr;
+  return output_chunks(be, y, K, rows, kDirectRows, stats,
+                       [&](int64_t r0, int64_t r1, int) { fn(y, x, wt.data(), s, r0, r1); });
 }
 
 // y = conv(x, filter). flipped = false: the filter is w in KRSC (the forward pass). flipped = true:
@@ -598,19 +611,13 @@ bool conv_forward_impl(CpuBackend& be, float* y, const float* x, const float* w,
   const gemm_detail::KernelInfo kern = be.gemm_kernel();
   const int T = pool.size();
   if (stats && !flipped && is_pointwise(s)) {
-    const int64_t pchunk = balanced_chunk(rows, std::max<int64_t>(128, kStatsChunkFloats / (s.C + s.K)), T);
+    const int64_t pchunk = balanced_chunk(rows, pointwise_chunk_rows(s), T);
     if (pchunk > 0) {
       const gemm_detail::PackedB wt(pool, kern, true, s.K, s.C, w, s.C);
-      const int64_t tasks = (rows + pchunk - 1) / pchunk;
-      std::vector<ChannelMoments> moments(static_cast<size_t>(tasks));
-      pool.parallel_tasks(tasks, [&](int64_t task, int t) {
-        const int64_t r0 = task * pchunk, r1 = std::min(rows, r0 + pchunk);
+      return output_chunks(be, y, s.K, rows, pchunk, stats, [&](int64_t r0, int64_t r1, int t) {
         gemm_detail::gemm_run(pool, kern, false, true, static_cast<int>(r1 - r0), s.K, s.C, 1.f, x + r0 * s.C, s.C,
                               nullptr, 0, 0.f, y + r0 * s.K, s.K, &wt, be.task_workspace(t));
-        block_moments(be.isa(), y + r0 * s.K, r1 - r0, s.K, moments[static_cast<size_t>(task)]);
       });
-      finish_moments(moments, s.K, stats);
-      return true;
     }
   }
   if (use_direct(s)) return direct_forward(be, y, x, w, flipped, s, stats);
@@ -635,19 +642,13 @@ bool conv_forward_impl(CpuBackend& be, float* y, const float* x, const float* w,
                                        })
                 : gemm_detail::PackedB(pool, kern, true, s.K, rsc, w, rsc);
     std::vector<std::unique_ptr<ScratchBuffer>> workspace(static_cast<size_t>(T));
-    const int64_t tasks = (rows + chunk - 1) / chunk;
-    std::vector<ChannelMoments> moments(stats ? static_cast<size_t>(tasks) : 0);
-    pool.parallel_tasks(tasks, [&](int64_t task, int t) {
+    return output_chunks(be, y, s.K, rows, chunk, stats, [&](int64_t r0, int64_t r1, int t) {
       auto& col = workspace[static_cast<size_t>(t)];
       if (!col) col.reset(new ScratchBuffer(static_cast<size_t>(chunk * rsc)));
-      const int64_t r0 = task * chunk, r1 = std::min(rows, r0 + chunk);
       im2col(pool, col->get(), x, s, r0, r1);
       gemm_detail::gemm_run(pool, kern, false, true, static_cast<int>(r1 - r0), s.K, rsc, 1.f, col->get(), rsc,
                             nullptr, 0, 0.f, y + r0 * s.K, s.K, &wt, be.task_workspace(t));
-      if (stats) block_moments(be.isa(), y + r0 * s.K, r1 - r0, s.K, moments[static_cast<size_t>(task)]);
     });
-    if (stats) finish_moments(moments, s.K, stats);
-    return stats != nullptr;
   }
   // Plain GEMMs: op(B) = w^T, or the flipped filter materialised as a row-major [RSC, K] matrix.
   std::unique_ptr<ScratchBuffer> wf;
@@ -805,7 +806,7 @@ int64_t fused_pointwise_chunk(CpuBackend& be, const ConvShape& s, bool has_dx) {
       pointwise_weight(be, s).kern.amx)
     return 0;
   const int64_t rows = static_cast<int64_t>(s.N) * s.P() * s.Q();
-  return balanced_chunk(rows, std::max<int64_t>(128, kStatsChunkFloats / (s.C + s.K)), be.pool().size());
+  return balanced_chunk(rows, pointwise_chunk_rows(s), be.pool().size());
 }
 
 // One pass over chunks of `chunk` rows: each task gets its chunk of dy from dy_rows(r0, r1, t) (rows K
