@@ -103,11 +103,28 @@ void apply_affine(CpuBackend& be, const BatchnormKernels& k, float* y, uint8_t* 
 
 MVEB_DEFINE_BATCHNORM_KERNELS(batchnorm_kernels_scalar)
 
-void block_moments(Isa isa, const float* y, int64_t rows, int C, ChannelMoments& out) {
-  out.n = rows;
+namespace {
+// out = the moments of n rows from their sums shifted by `shift` (sums[c] = sum of x - shift[c],
+// sums[C + c] = sum of its squares): mean = shift + the shifted mean, m2 = squared deviations.
+void moments_from_sums(const std::vector<double>& sums, const float* shift, int64_t n, int C, ChannelMoments& out) {
+  out.n = n;
   out.mean.assign(static_cast<size_t>(C), 0.0);
   out.m2.assign(static_cast<size_t>(C), 0.0);
-  if (rows == 0) return;
+  for (int c = 0; c < C; ++c) {
+    const double md = sums[static_cast<size_t>(c)] / static_cast<double>(n);
+    out.mean[static_cast<size_t>(c)] = shift[c] + md;
+    out.m2[static_cast<size_t>(c)] = std::max(0.0, sums[static_cast<size_t>(C + c)] - md * md * static_cast<double>(n));
+  }
+}
+}  // namespace
+
+void block_moments(Isa isa, const float* y, int64_t rows, int C, ChannelMoments& out) {
+  if (rows == 0) {
+    out.n = 0;
+    out.mean.assign(static_cast<size_t>(C), 0.0);
+    out.m2.assign(static_cast<size_t>(C), 0.0);
+    return;
+  }
   const BatchnormKernels k = kernels_for(isa);
   std::vector<float> block(static_cast<size_t>(2) * C);
   std::vector<double> sums(static_cast<size_t>(2) * C, 0.0);
@@ -116,11 +133,7 @@ void block_moments(Isa isa, const float* y, int64_t rows, int C, ChannelMoments&
     k.forward_sums(y, y, m0, std::min(rows, m0 + kRowBlock), C, block.data(), block.data() + C);
     for (size_t i = 0; i < block.size(); ++i) sums[i] += block[i];
   }
-  for (int c = 0; c < C; ++c) {  // shifted by the first row y[0, :]
-    const double md = sums[static_cast<size_t>(c)] / static_cast<double>(rows);
-    out.mean[static_cast<size_t>(c)] = y[c] + md;
-    out.m2[static_cast<size_t>(c)] = std::max(0.0, sums[static_cast<size_t>(C + c)] - md * md * static_cast<double>(rows));
-  }
+  moments_from_sums(sums, y, rows, C, out);  // shifted by the first row y[0, :]
 }
 
 void merge_moments(ChannelMoments& a, const ChannelMoments& b) {
@@ -173,10 +186,11 @@ void CpuBackend::batchnorm_forward_train(float* y, uint8_t* relu_mask, float* sa
       k.forward_sums(x, shift_t.data(), m0, m1, Cf, acc, acc + Cf);
     });
     fold_sums(sums, C, f);
+    ChannelMoments m;
+    moments_from_sums(sums, shift0, M, C, m);
     for (int c = 0; c < C; ++c) {
-      const double md = sums[c] / M;
-      mean[c] = static_cast<float>(shift0[c] + md);
-      var[c] = std::max(0.0, sums[C + c] - md * md * M) / M;  // biased: squared deviations / M
+      mean[c] = static_cast<float>(m.mean[c]);
+      var[c] = m.m2[c] / M;  // biased: squared deviations / M
     }
   }
   std::vector<float> scale(static_cast<size_t>(C)), shift(static_cast<size_t>(C));
