@@ -29,7 +29,11 @@ const { spawnSync } = require('child_process');
 
 if (!process.env.MVEB_NUM_THREADS) process.env.MVEB_NUM_THREADS = '2';
 const threads = Number(process.env.MVEB_NUM_THREADS);
-const PEAK_2CORE_GFLOPS = Number(process.env.MVEB_FP32_PEAK_GFLOPS) || 400;
+const PEAK_2CORE_GFLOPS = process.env.MVEB_FP32_PEAK_GFLOPS ? Number(process.env.MVEB_FP32_PEAK_GFLOPS) : 400;
+if (!(PEAK_2CORE_GFLOPS > 0)) {
+  console.error(`MVEB_FP32_PEAK_GFLOPS: expected a positive number of GFLOP/s, found '${process.env.MVEB_FP32_PEAK_GFLOPS}'`);
+  process.exit(1);
+}
 const PEAK_SOURCE = process.env.MVEB_FP32_PEAK_GFLOPS ? 'MVEB_FP32_PEAK_GFLOPS' : "anchors.md's Zen 5 figure; set MVEB_FP32_PEAK_GFLOPS for this CPU";
 const root = path.resolve(__dirname, '..');
 const addonPath = process.env.MVEB_ADDON_PATH || path.join(root, 'build', 'Release', 'mveb.node');
