@@ -2,7 +2,7 @@
 // combination, any size. GotoBLAS structure: blocks of NC columns and KC depth of op(B) are packed
 // into NR-wide panels (threads share the packing), blocks of MC rows of op(A) are packed (times
 // alpha) into MR-tall panels by each thread (or, when op(A) = A and the ISA has a direct kernel, read
-// in place with no packing), and an MR x NR micro-kernel (AVX-512 14x32, AVX2 6x16
+// in place with no packing, unless the rows are far apart in a wide product), and an MR x NR micro-kernel (AVX-512 14x32, AVX2 6x16
 // or portable 4x8, chosen by CpuBackend::isa()) runs over the panels. Products with few rows (M <= 128)
 // and op(B) = B skip the packing pass over B: the first row panel's kernel packs each B panel as it
 // reads it (AVX-512). Partial row tiles run the AVX-512 kernel for their row count; other edge tiles
@@ -35,6 +35,10 @@ constexpr int kScalarMR = 4, kScalarNR = 8;
 // Products with at most this many rows pack op(B) = B on the fly when the ISA has a rows kernel.
 // (256 rows: no gain.)
 constexpr int kBOnTheFlyMaxRows = 128;
+// op(A) = A is read in place by a direct kernel unless its rows are at least kDirectMaxLda floats apart
+// and the product has at least kPackAMinColumns columns (gemm_run).
+constexpr long kDirectMaxLda = 2560;
+constexpr int kPackAMinColumns = 1024;
 // Depth-split products (gemm_depth_split) from this many FLOP: below, a region and the partials cost
 // more than they save.
 constexpr double kDepthSplitMinFlop = 4e6;
@@ -115,8 +119,12 @@ void pack_b_panels(const KernelInfo& kern, const float* B, long ldb, bool transB
     pack_b_panel(kern, B, ldb, transB, k0, kc, jc + p * nr, std::min(nr, nc - p * nr), dst + static_cast<long>(p) * kc * nr);
 }
 
-// Packs alpha * A[i0:i0+rows, k0:k0+kc] (op(A) = A) into one MR-tall panel [k][MR], zero-padded.
-void pack_a_panel(const float* A, long lda, int i0, int rows, int k0, int kc, int mr, float alpha, float* dst) {
+// Packs alpha * A[i0:i0+rows, k0:k0+kc] (op(A) = A) into one MR-tall panel [k][MR], zero-padded
+// (with the ISA's packing routine when it has one).
+void pack_a_panel(const KernelInfo& kern, const float* A, long lda, int i0, int rows, int k0, int kc, float alpha,
+                  float* dst) {
+  if (kern.pack_a != nullptr) return kern.pack_a(A, lda, i0, rows, k0, kc, alpha, dst);
+  const int mr = kern.mr;
   for (int i = 0; i < rows; ++i) {
     const float* src = A + static_cast<long>(i0 + i) * lda + k0;
     for (int k = 0; k < kc; ++k) dst[static_cast<long>(k) * mr + i] = alpha * src[k];
@@ -128,12 +136,13 @@ void pack_a_panel(const float* A, long lda, int i0, int rows, int k0, int kc, in
 // Packs alpha * op(A)[i0:i0+mc, k0:k0+kc] into MR-tall panels [k][MR] (panel q at dst + q * kc * MR),
 // the last one zero-padded. op(A) = A^T (A stored [K, M]) goes one row of A at a time into every
 // panel: a panel at a time would walk kc rows of A (a page each at large lda) once per panel.
-void pack_a_block(const float* A, long lda, bool transA, int i0, int mc, int k0, int kc, int mr, float alpha,
-                  float* dst) {
+void pack_a_block(const KernelInfo& kern, const float* A, long lda, bool transA, int i0, int mc, int k0, int kc,
+                  float alpha, float* dst) {
+  const int mr = kern.mr;
   const int panels = (mc + mr - 1) / mr;
   if (!transA) {
     for (int q = 0; q < panels; ++q)
-      pack_a_panel(A, lda, i0 + q * mr, std::min(mr, mc - q * mr), k0, kc, mr, alpha, dst + static_cast<long>(q) * kc * mr);
+      pack_a_panel(kern, A, lda, i0 + q * mr, std::min(mr, mc - q * mr), k0, kc, alpha, dst + static_cast<long>(q) * kc * mr);
     return;
   }
   const int full = alpha == 1.f ? mc / mr : 0;  // panels copied as fixed-size rows (the micro-kernels' MR)
@@ -360,7 +369,15 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
   if (b_on_the_fly && (std::min(N, kern.nc) + NR - 1) / NR >= T) m_blocks = 1;
   // Block b holds panels [m_panels * b / m_blocks, m_panels * (b + 1) / m_blocks): equal within one panel.
   const int MC = (m_panels + m_blocks - 1) / m_blocks * MR;  // the largest block
-  const bool direct = !transA && kern.direct != nullptr && !(b_on_the_fly && !transB);
+  // The direct kernel reads MR rows of A lda apart in place. With rows far apart and many columns to
+  // amortise the packing, packed panels (packed with the ISA's vector transpose) measured faster
+  // (2 threads: 4096^3 379-383 -> 393-398 GFLOP/s, 3072^3 383 -> 388-391, 1024 x 1024 x 4096
+  // 378-381 -> 388-395); with few columns, or rows closer (ResNet-50's shapes), slower (1568 x 256 x
+  // 2560 (0,1) 410-415 -> 394, 784 x 512 x 4608 400-410 -> 395-403; 2048^3 and the pointwise shapes
+  // 1-20 %).
+  // (Measured with AVX-512's; an ISA without a vector packing routine stays direct.)
+  const bool direct = !transA && kern.direct != nullptr && !(b_on_the_fly && !transB) &&
+                      (lda < kDirectMaxLda || N < kPackAMinColumns || kern.pack_a == nullptr);
   // Scratch slots: 0 the packed B block; per thread t, allocated by it, 1 + 2t packed A (the block, or
   // the last partial panel for direct kernels) and 2 + 2t, with B packed on the fly, the current panel.
   WorkspaceLease lease(workspace);
@@ -378,23 +395,24 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
       const float beta_block = pc == 0 ? beta : 1.f;
       const float* b_block = packed ? packed->block(jc, pc) : packed_b;
       // One parallel region: the threads first pack the B block (groups of panels claimed from a
-      // counter), wait until every group is packed, then claim tasks. Tasks come from a counter too,
+      // counter), then claim tasks, each waiting only for the groups of the panels it reaches (a
+      // thread packs its task's A block while the others still pack B). Tasks come from a counter too,
       // not a fixed map: every C element is written by one task in a fixed order, so the result does
       // not depend on the map, and a thread the OS descheduled (the machine is often shared) does not
       // hold the others back.
       constexpr int kPackGroup = 4;  // panels
       const int pack_groups = packed_b ? (n_panels + kPackGroup - 1) / kPackGroup : 0;
       const int64_t tasks = static_cast<int64_t>(m_blocks) * n_splits;
-      std::atomic<int> next_group{0}, groups_packed{0};
+      std::atomic<int> next_group{0};
+      std::unique_ptr<std::atomic<bool>[]> group_ready(new std::atomic<bool>[static_cast<size_t>(pack_groups)]());
       std::atomic<int64_t> next_task{0};
       pool.parallel_for(std::min<int64_t>(T, std::max<int64_t>(tasks, pack_groups)), 1, [&](int64_t, int64_t, int thread) {
         if (pack_groups > 0) {
           for (int g; (g = next_group.fetch_add(1, std::memory_order_relaxed)) < pack_groups;) {
             pack_b_panels(kern, B, ldb, transB, pc, kc, jc, nc, g * kPackGroup,
                           std::min(n_panels, (g + 1) * kPackGroup), packed_b);
-            groups_packed.fetch_add(1, std::memory_order_release);
+            group_ready[static_cast<size_t>(g)].store(true, std::memory_order_release);
           }
-          while (groups_packed.load(std::memory_order_acquire) < pack_groups) std::this_thread::yield();
         }
         for (int64_t task; (task = next_task.fetch_add(1, std::memory_order_relaxed)) < tasks;) {
           const int mb = static_cast<int>(task / n_splits), ns = static_cast<int>(task % n_splits);
@@ -403,11 +421,14 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
           const int p_begin = n_panels * ns / n_splits, p_end = n_panels * (ns + 1) / n_splits;
           float* pa = ws.get(1 + 2 * thread, static_cast<size_t>(KC) * (direct ? MR : MC));
           // Direct kernels read full panels of A in place; only a last partial panel is packed (at pa).
-          if (!direct) pack_a_block(A, lda, transA, i0, mc, pc, kc, MR, alpha, pa);
-          else if (mc % MR) pack_a_panel(A, lda, i0 + mc / MR * MR, mc % MR, pc, kc, MR, alpha, pa);
+          if (!direct) pack_a_block(kern, A, lda, transA, i0, mc, pc, kc, alpha, pa);
+          else if (mc % MR) pack_a_panel(kern, A, lda, i0 + mc / MR * MR, mc % MR, pc, kc, alpha, pa);
           alignas(64) float tile[16 * 64];
           for (int p = p_begin; p < p_end; ++p) {
             const int j0 = p * NR, nr = std::min(NR, nc - j0);
+            if (pack_groups > 0)
+              while (!group_ready[static_cast<size_t>(p / kPackGroup)].load(std::memory_order_acquire))
+                std::this_thread::yield();
             const float* pb = b_block + static_cast<long>(p) * kc * NR;
             const float* first_b = pb;  // B as the first row panel reads it
             long first_ldb = NR;

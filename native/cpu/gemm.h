@@ -35,6 +35,10 @@ using RowsMicroKernel = void (*)(int rows, int kc, const float* Ap, const float*
 // for k < kc, j < NR.
 using PackBtPanel = void (*)(const float* B, long ldb, int k0, int kc, int j0, float* dst);
 
+// Packs alpha * A[i0:i0+rows, k0:k0+kc] (op(A) = A stored row-major, rows <= MR) into one MR-tall
+// panel: dst[k * MR + i], rows rows..MR-1 zero.
+using PackAPanel = void (*)(const float* A, long lda, int i0, int rows, int k0, int kc, float alpha, float* dst);
+
 struct KernelInfo {
   int mr, nr;
   MicroKernel fn;
@@ -42,6 +46,7 @@ struct KernelInfo {
   DirectMicroKernel direct = nullptr;  // optional: used when op(A) = A (no packing of A)
   RowsMicroKernel rows = nullptr;      // optional: partial row tiles, and B packed on the fly for few rows
   PackBtPanel pack_bt = nullptr;       // optional: packing of transposed B (else portable code)
+  PackAPanel pack_a = nullptr;         // optional: packing of op(A) = A (else portable code)
   // Matmul precision "high" on a CPU with AMX: gemm_run hands products without a PackedB that are
   // big enough (amx_pays) to gemm_amx.
   bool amx = false;

@@ -9,9 +9,10 @@ namespace {
 // out[j] = column j of the 16 x 16 block r (r[i] = row i): unpack pairs of rows, shuffle 4 x 4 blocks
 // within the 128-bit lanes, then gather the lanes.
 // (GCC 12 reports the intrinsics' internal undefined operand '__Y' of the unpack / shuffle builtins
-// as maybe-uninitialised here: a false positive of its headers, silenced for this function only.)
+// as (maybe-)uninitialised here: a false positive of its headers, silenced for this function only.)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 inline void transpose16(const __m512 r[16], __m512 out[16]) {
   __m512 t[16], u[16];
 #pragma GCC unroll 8

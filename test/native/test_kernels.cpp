@@ -159,6 +159,17 @@ TEST("kernels: gemm beyond one cache block (K > KC, N > NC), M > 128, K = 0 and 
   }
 }
 
+TEST("kernels: gemm with op(A) = A rows far apart (packed, not read in place), alpha, beta, partial panels") {
+  // lda >= 2560 floats and N >= 1024: op(A) = A is packed (the ISA's packing routine) instead of read
+  // in place by the direct kernel; several K blocks, a depth tail that is not a multiple of 16, partial
+  // row and column panels.
+  auto backends = isa_backends();
+  const int pad[3] = {5, 3, 2};
+  int case_index = 1;  // alpha -0.7, beta 0.5; then 1.3, 1
+  for (const auto& mk : {std::pair<int, int>{141, 2560}, {29, 2701}})
+    check_gemm_case(backends, mk.first, 1030, mk.second, false, false, case_index++, pad, 5000);
+}
+
 TEST("kernels: gemm few-row products (B packed on the fly), partial row/column tiles, K blocks, 1-3 threads") {
   // Shapes around the paths of gemm_run: M <= 128 with op(B) = B packs B as the first row panel reads
   // it (no copy for one panel), a last partial column panel, several K blocks (KC 1024 on AVX-512),
