@@ -8,6 +8,7 @@
 //   g++ -O2 -std=c++17 -Inative benchmarks/train_step_profile.cpp /tmp/build-x/libmveb_core.a -lpthread -o /tmp/tsprof
 //   MVEB_NUM_THREADS=2 /tmp/tsprof 18 cifar 128 32      (depth stem batch size)
 //   MVEB_NUM_THREADS=2 /tmp/tsprof 50 imagenet 16 224
+//   MVEB_NUM_THREADS=2 /tmp/tsprof 18 cifar 512 28 0.125 1   (the default pretrain encoder: width, in channels)
 // MVEB_STREAM_BYTES=N sets the CPU backend's stream_bytes (A/B of the non-temporal output stores);
 // MVEB_MATMUL_PRECISION=high profiles the AMX bf16x3 path (read by the CPU backend itself).
 // Every op the model calls must be forwarded by the decorator below (an op it lacks falls back to the
@@ -72,14 +73,16 @@ class Prof : public Backend {
   bool all_finite(const float* x,size_t n) override { T t{&m,"all_finite"}; return b.all_finite(x,n);}
 };
 int main(int argc, char** argv){
-  if (argc < 5) { fprintf(stderr, "usage: %s DEPTH cifar|imagenet BATCH SIZE\n", argv[0]); return 2; }
+  if (argc < 5) { fprintf(stderr, "usage: %s DEPTH cifar|imagenet BATCH SIZE [WIDTH [IN_CHANNELS]]\n", argv[0]); return 2; }
   Runtime rt; Prof p(rt.cpu());
   // MVEB_STREAM_BYTES: CpuBackend::stream_bytes (outputs at least this large are streamed past the caches)
   if (const char* sb = getenv("MVEB_STREAM_BYTES")) dynamic_cast<CpuBackend&>(rt.cpu()).stream_bytes = strtoull(sb, nullptr, 10);
   int depth = atoi(argv[1]); bool cifar = std::string(argv[2])=="cifar"; int N = atoi(argv[3]), S = atoi(argv[4]);
   ResnetConfig c; c.depth=depth; c.cifar_stem=cifar; c.zero_init_residual=true;
+  if (argc > 5) c.width_multiplier = atof(argv[5]);
+  if (argc > 6) c.in_channels = atoi(argv[6]);
   auto m = Model::resnet(p, c);
-  Tensor x = empty_tensor(p, {N,3,S,S}); for (int64_t i=0;i<x.numel();++i) x.f32()[i]=normal01(1,i);
+  Tensor x = empty_tensor(p, {N,c.in_channels,S,S}); for (int64_t i=0;i<x.numel();++i) x.f32()[i]=normal01(1,i);
   Tensor g = empty_tensor(p, {N,m->feature_dim()}); for (int64_t i=0;i<g.numel();++i) g.f32()[i]=normal01(2,i);
   OptimizerOptions o; o.lr=0.01f; o.weight_decay=1e-4f;
   for (int it=0; it<2; ++it){ if(it==1) p.m.clear(); auto t0=clk::now(); double c0=cpu_s(); long f0=minflt(); m->zero_grad(); m->forward(x,true); m->backward(g,false); m->optimizer_step(o);

@@ -10,6 +10,10 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <vector>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "core/backend.h"  // ConvShape
 
@@ -106,6 +110,240 @@ void rows(float* y, const float* x, const float* wt, const ConvShape& s, int64_t
   }
 }
 
+#if defined(__AVX512F__)
+// K <= 8 at stride 1 (AVX-512 build): two neighbouring output pixels per vector, lane 2k + j holding
+// pixel j's channel k, so every FMA uses all 16 lanes (rows<8> and weight<8> use half a vector per
+// pixel). Per input line a pair buffer holds, for each column w, the C pairs (x[w][c], x[w + 1][c]);
+// each (tap, input channel) then broadcasts one pair (a load) against a 16-float vector: the filter
+// row duplicated per pair (forward, backward data), or two pixels' dy rows interleaved (weight).
+constexpr int kPairGroup = 8;
+
+// The pair buffers of one task's input lines: entry i = w + pad of line (n, h) for the columns w in
+// [-pad, Q + S - 1 - pad), the pair (x[w], x[w + 1]) per channel (2 C floats), zero outside the image;
+// output pixel q's tap ss reads entry q + ss. R slots, line h in slot h % R, built when first needed
+// (consecutive output lines share R - 1 input lines).
+class PairLines {
+ public:
+  PairLines(const float* x, const ConvShape& s)
+      : x_(x), s_(s), entries_(s.Q() + s.S), slot_floats_(static_cast<int64_t>(entries_) * 2 * s.C),
+        buf_(static_cast<size_t>(s.R * slot_floats_)), held_(static_cast<size_t>(s.R), -1) {}
+  // Line h of image n (nullptr outside the image).
+  const float* line(int64_t n, int h) {
+    if (h < 0 || h >= s_.H) return nullptr;
+    const int slot = h % s_.R;
+    float* pb = buf_.data() + slot * slot_floats_;
+    const int64_t line = n * s_.H + h;
+    if (held_[static_cast<size_t>(slot)] != line) {
+      build(pb, x_ + line * s_.W * s_.C);
+      held_[static_cast<size_t>(slot)] = line;
+      if (h + 1 < s_.H) {  // the line the next output line will add, on its way while this one computes
+        const char* next = reinterpret_cast<const char*>(x_ + (line + 1) * s_.W * s_.C);
+        for (int64_t b = 0; b < static_cast<int64_t>(s_.W) * s_.C * 4; b += 64) _mm_prefetch(next + b, _MM_HINT_T0);
+      }
+    }
+    return pb;
+  }
+
+ private:
+  void build(float* pb, const float* xline) const {
+    const int C = s_.C;
+    const __m512i interleave = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i interleave8 = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+    for (int i = 0; i < entries_; ++i) {
+      const int w = i - s_.pad;
+      const bool in0 = w >= 0 && w < s_.W, in1 = w + 1 >= 0 && w + 1 < s_.W;
+      if (C == 8 && in0 && in1) {  // pixels w and w + 1: 16 contiguous floats
+        const __m512 ab = _mm512_loadu_ps(xline + static_cast<int64_t>(w) * 8);
+        _mm512_storeu_ps(pb + static_cast<int64_t>(i) * 16, _mm512_permutexvar_ps(interleave8, ab));
+        continue;
+      }
+      for (int c0 = 0; c0 < C; c0 += 8) {
+        const int nc = C - c0 < 8 ? C - c0 : 8;
+        const __mmask8 m = static_cast<__mmask8>((1u << nc) - 1);
+        const __m256 a = in0 ? _mm256_maskz_loadu_ps(m, xline + static_cast<int64_t>(w) * C + c0) : _mm256_setzero_ps();
+        const __m256 b = in1 ? _mm256_maskz_loadu_ps(m, xline + static_cast<int64_t>(w + 1) * C + c0) : _mm256_setzero_ps();
+        const __m512 ab = _mm512_permutex2var_ps(_mm512_castps256_ps512(a), interleave, _mm512_castps256_ps512(b));
+        _mm512_mask_storeu_ps(pb + static_cast<int64_t>(i) * 2 * C + 2 * c0, static_cast<__mmask16>((1u << (2 * nc)) - 1),
+                              ab);
+      }
+    }
+  }
+  const float* x_;
+  const ConvShape& s_;
+  int entries_;
+  int64_t slot_floats_;
+  std::vector<float> buf_;
+  std::vector<int64_t> held_;
+};
+
+// The broadcast pair of channel c at pair-buffer entry e.
+inline __m512 pair_at(const float* pb, int e, int C, int c) {
+  double pair;
+  __builtin_memcpy(&pair, pb + static_cast<int64_t>(e) * 2 * C + 2 * c, sizeof pair);
+  return _mm512_castpd_ps(_mm512_set1_pd(pair));
+}
+
+// acc[a] += the taps of filter row r for the G pairs whose first pixels are q + 2a.
+template <int G>
+inline void pair_taps(__m512* acc, const float* pb, int q, int C, int S, const float* wd_r) {
+  for (int ss = 0; ss < S; ++ss)
+    for (int c = 0; c < C; ++c) {
+      const __m512 wv = _mm512_loadu_ps(wd_r + (ss * C + c) * 16);
+#pragma GCC unroll 8
+      for (int a = 0; a < G; ++a) acc[a] = _mm512_fmadd_ps(pair_at(pb, q + 2 * a + ss, C, c), wv, acc[a]);
+    }
+}
+
+// Pixels [q, q + 2G) of output line np into y, `valid` of them (2G or 2G - 1; the last pair's second
+// pixel may lie past the segment).
+template <int G>
+inline void pair_group(float* y, const float* const* pbs, const float* wd, const ConvShape& s, int64_t np, int q,
+                       int valid) {
+  __m512 acc[G];
+#pragma GCC unroll 8
+  for (int a = 0; a < G; ++a) acc[a] = _mm512_setzero_ps();
+  for (int r = 0; r < s.R; ++r)
+    if (pbs[r]) pair_taps<G>(acc, pbs[r], q, s.C, s.S, wd + static_cast<int64_t>(r) * s.S * s.C * 16);
+  const __m512i deinterleave = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+  float* out = y + (np * s.Q() + q) * s.K;
+#pragma GCC unroll 8
+  for (int a = 0; a < G; ++a) {
+    const __m512 v = _mm512_permutexvar_ps(deinterleave, acc[a]);  // [pixel 2a: k 0..7 | pixel 2a + 1]
+    const int pixels = valid - 2 * a >= 2 ? 2 : 1;
+    if (s.K == 8) {
+      _mm512_mask_storeu_ps(out + 2 * a * 8, pixels == 2 ? 0xFFFF : 0x00FF, v);
+    } else {
+      float t[16];
+      _mm512_storeu_ps(t, v);
+      for (int j = 0; j < pixels; ++j)
+        for (int k = 0; k < s.K; ++k) out[(2 * a + j) * s.K + k] = t[8 * j + k];
+    }
+  }
+}
+
+// Calls fn(np, n, p, q0, q1) for each output line segment of rows [row0, row1).
+template <typename Fn>
+inline void line_segments(const ConvShape& s, int64_t row0, int64_t row1, const Fn& fn) {
+  const int P = s.P(), Q = s.Q();
+  for (int64_t row = row0; row < row1;) {
+    const int64_t np = row / Q;
+    const int q0 = static_cast<int>(row % Q);
+    const int q1 = static_cast<int>(std::min<int64_t>(Q, q0 + (row1 - row)));
+    fn(np, np / P, static_cast<int>(np % P), q0, q1);
+    row += q1 - q0;
+  }
+}
+
+void rows8_pairs(float* y, const float* x, const float* wt, const ConvShape& s, int64_t row0, int64_t row1) {
+  const int C = s.C, R = s.R, RS = R * s.S;
+  // The filter rows duplicated per pair: wd[(tap C + c) 16 + 2k + j] = wt[(tap C + c) 8 + k].
+  std::vector<float> wd(static_cast<size_t>(RS) * C * 16);
+  for (int i = 0; i < RS * C; ++i)
+    for (int k = 0; k < 8; ++k) wd[static_cast<size_t>(i) * 16 + 2 * k] = wd[static_cast<size_t>(i) * 16 + 2 * k + 1] = wt[i * 8 + k];
+  PairLines lines(x, s);
+  std::vector<const float*> pbs(static_cast<size_t>(R));
+  line_segments(s, row0, row1, [&](int64_t np, int64_t n, int p, int q0, int q1) {
+    for (int r = 0; r < R; ++r) pbs[static_cast<size_t>(r)] = lines.line(n, p - s.pad + r);
+    // groups of up to kPairGroup pairs, the segment's pairs split evenly between the groups
+    const int pairs = (q1 - q0 + 1) / 2;
+    const int groups = (pairs + kPairGroup - 1) / kPairGroup;
+    for (int g = 0, pair = 0; g < groups; ++g) {
+      const int np_g = (pairs - pair + (groups - g) - 1) / (groups - g);
+      const int q = q0 + 2 * pair, valid = std::min(2 * np_g, q1 - q);
+      switch (np_g) {
+        case 1: pair_group<1>(y, pbs.data(), wd.data(), s, np, q, valid); break;
+        case 2: pair_group<2>(y, pbs.data(), wd.data(), s, np, q, valid); break;
+        case 3: pair_group<3>(y, pbs.data(), wd.data(), s, np, q, valid); break;
+        case 4: pair_group<4>(y, pbs.data(), wd.data(), s, np, q, valid); break;
+        case 5: pair_group<5>(y, pbs.data(), wd.data(), s, np, q, valid); break;
+        case 6: pair_group<6>(y, pbs.data(), wd.data(), s, np, q, valid); break;
+        case 7: pair_group<7>(y, pbs.data(), wd.data(), s, np, q, valid); break;
+        default: pair_group<8>(y, pbs.data(), wd.data(), s, np, q, valid); break;
+      }
+      pair += np_g;
+    }
+  });
+}
+
+// The weight gradient with pairs: per output line segment its dy rows interleaved by pixel pair
+// (lane 2k + j: pixel j's dy[k], zero past the segment), then for each (tap, input channel) the sum
+// over pairs of the broadcast x pair times the dy pair, in 8 accumulators at a time; the two pixel
+// lanes of each channel are added into acc at the end of the segment.
+void weight8_pairs(float* acc, const float* dy, const float* x, const ConvShape& s, int64_t row0, int64_t row1) {
+  const int C = s.C, K = s.K, R = s.R, S = s.S, RSC = R * S * C;
+  PairLines lines(x, s);
+  std::vector<__m512> dyp(static_cast<size_t>((s.Q() + 1) / 2));
+  const std::vector<float> zeros(static_cast<size_t>(s.Q() + S) * 2 * C, 0.f);  // a pair line outside the image
+  std::vector<__m512> sums(static_cast<size_t>(RSC + 8), _mm512_setzero_ps());  // per (tap, c), over the rows
+  std::vector<int> row_of(static_cast<size_t>(RSC)), offset_of(static_cast<size_t>(RSC));  // i = (r S + ss) C + c:
+  for (int i = 0; i < RSC; ++i) {  // r, and the offset (ss 2 C + 2 c) of its pair from the pixel's entry
+    row_of[static_cast<size_t>(i)] = i / C / S;
+    offset_of[static_cast<size_t>(i)] = (i / C % S) * 2 * C + 2 * (i % C);
+  }
+  std::vector<const float*> pbs(static_cast<size_t>(R));
+  const __m512i interleave = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i deinterleave = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+  const __mmask8 km = static_cast<__mmask8>((1u << K) - 1);
+  line_segments(s, row0, row1, [&](int64_t np, int64_t n, int p, int q0, int q1) {
+    const int pairs = (q1 - q0 + 1) / 2;
+    const float* drow = dy + np * s.Q() * static_cast<int64_t>(K);
+    for (int a = 0; a < pairs; ++a) {
+      const int q = q0 + 2 * a;
+      const __m256 d0 = _mm256_maskz_loadu_ps(km, drow + static_cast<int64_t>(q) * K);
+      const __m256 d1 = q + 1 < q1 ? _mm256_maskz_loadu_ps(km, drow + static_cast<int64_t>(q + 1) * K) : _mm256_setzero_ps();
+      dyp[static_cast<size_t>(a)] = _mm512_permutex2var_ps(_mm512_castps256_ps512(d0), interleave, _mm512_castps256_ps512(d1));
+    }
+    for (int r = 0; r < R; ++r) pbs[static_cast<size_t>(r)] = lines.line(n, p - s.pad + r);
+    for (int i0 = 0; i0 < RSC; i0 += 8) {  // i = (r S + ss) C + c
+      const int ni = RSC - i0 < 8 ? RSC - i0 : 8;
+      __m512 v[8];
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j) v[j] = sums[static_cast<size_t>(i0 + j)];
+      const float* src[8];  // accumulator j's pair-buffer entries (zeros for rows outside the image, j >= ni)
+      for (int j = 0; j < 8; ++j) {
+        const int i = i0 + (j < ni ? j : 0);
+        const float* pb = j < ni && pbs[static_cast<size_t>(row_of[i])] ? pbs[static_cast<size_t>(row_of[i])] : zeros.data();
+        src[j] = pb + static_cast<int64_t>(q0) * 2 * C + offset_of[i];
+      }
+      for (int a = 0; a < pairs; ++a) {
+        const __m512 d = dyp[static_cast<size_t>(a)];
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; ++j) {
+          double pair;
+          __builtin_memcpy(&pair, src[j] + static_cast<int64_t>(a) * 4 * C, sizeof pair);
+          v[j] = _mm512_fmadd_ps(_mm512_castpd_ps(_mm512_set1_pd(pair)), d, v[j]);
+        }
+      }
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j) sums[static_cast<size_t>(i0 + j)] = v[j];
+    }
+  });
+  for (int i = 0; i < RSC; ++i) {  // the two pixel lanes of each output channel into acc
+    const __m512 u = _mm512_permutexvar_ps(deinterleave, sums[static_cast<size_t>(i)]);
+    const __m256 sum = _mm256_add_ps(_mm512_castps512_ps256(u), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(u), 1)));
+    _mm256_storeu_ps(acc + static_cast<int64_t>(i) * 8, _mm256_add_ps(_mm256_loadu_ps(acc + static_cast<int64_t>(i) * 8), sum));
+  }
+}
+#endif
+
+// rows<8>, or at stride 1 in the AVX-512 build rows8_pairs.
+void rows8(float* y, const float* x, const float* wt, const ConvShape& s, int64_t row0, int64_t row1) {
+#if defined(__AVX512F__)
+  if (s.stride == 1) return rows8_pairs(y, x, wt, s, row0, row1);
+#endif
+  rows<8>(y, x, wt, s, row0, row1);
+}
+
+// weight<8>, or at stride 1 in the AVX-512 build weight8_pairs.
+template <int KP>
+void weight(float* acc, const float* dy, const float* x, const ConvShape& s, int64_t row0, int64_t row1);
+void weight8(float* acc, const float* dy, const float* x, const ConvShape& s, int64_t row0, int64_t row1) {
+#if defined(__AVX512F__)
+  if (s.stride == 1) return weight8_pairs(acc, dy, x, s, row0, row1);
+#endif
+  weight<8>(acc, dy, x, s, row0, row1);
+}
+
 template <int KP>
 void weight(float* acc, const float* dy, const float* x, const ConvShape& s, int64_t row0, int64_t row1) {
   typedef typename Vec<KP>::type vk;
@@ -160,6 +398,6 @@ void weight(float* acc, const float* dy, const float* x, const ConvShape& s, int
 
 // Defines the function NAME returning this translation unit's direct convolution rows.
 #define MVEB_DEFINE_DIRECT_CONV(NAME) \
-  DirectConv NAME() { return {&dck::rows<8>, &dck::rows<16>, &dck::weight<8>, &dck::weight<16>}; }
+  DirectConv NAME() { return {&dck::rows8, &dck::rows<16>, &dck::weight8, &dck::weight<16>}; }
 
 }  // namespace mveb

@@ -380,6 +380,11 @@ std::vector<ConvShape> conv_cases() {
   // big enough for several cache-sized chunks per thread and several row bands per image
   v.push_back(ConvShape{3, 40, 37, 16, 9, 3, 3, 1, 1});
   v.push_back(ConvShape{2, 41, 39, 15, 7, 3, 3, 2, 1});
+  // K <= 8 at stride 1 (the AVX-512 pair kernel, forward and backward data): several chunks with
+  // line segments split between them (odd Q), 1-channel and odd-channel inputs, K < 8
+  v.push_back(ConvShape{3, 40, 37, 8, 8, 3, 3, 1, 1});
+  v.push_back(ConvShape{2, 29, 31, 1, 8, 3, 3, 1, 1});
+  v.push_back(ConvShape{2, 17, 20, 11, 6, 5, 3, 1, 2});
   // too few rows for chunks: stride-1 backward data through the plain-GEMM path with the flipped filter
   v.push_back(ConvShape{1, 5, 6, 3, 4, 3, 3, 1, 1});
   v.push_back(ConvShape{1, 4, 4, 6, 5, 3, 3, 1, 2});
