@@ -537,13 +537,11 @@ constexpr int64_t kDirectRows = 512;
 DirectConv direct_conv(Isa isa) {
   return isa == Isa::Avx512 ? direct_conv_avx512() : isa == Isa::Avx2 ? direct_conv_avx2() : direct_conv_scalar();
 }
-// Whether a convolution takes the direct kernels: few channels, except 3x3 stride 1 with 16 of both
-// (N512 16x16 channels at 14x14: Winograd 2.9 ms forward, direct 3.4; 8x8 at 28x28: Winograd 8.3,
-// direct 4.6; the 1-channel stem 5.0 -> 1.9).
-bool use_direct(const ConvShape& s) {
-  const bool winograd_shape = s.R == 3 && s.S == 3 && s.stride == 1 && std::min(s.C, s.K) >= kDirectMaxChannels;
-  return s.C <= kDirectMaxChannels && s.K <= kDirectMaxChannels && !winograd_shape;
-}
+// Whether a convolution takes the direct kernels (all three passes): few channels. N512 3x3 stride
+// 1, one thread: 16x16 channels at 14x14 Winograd 5.1 ms forward / 5.0 backward data, direct 3.5 /
+// 3.5 (3.4 ms at two threads before the kernel read padded lines: Winograd was kept for it then);
+// 8x8 at 28x28: Winograd 8.3, direct 4.6, the pair kernel 5.5 at one thread; the 1-channel stem 5.0 -> 1.9.
+bool use_direct(const ConvShape& s) { return s.C <= kDirectMaxChannels && s.K <= kDirectMaxChannels; }
 
 // dw += the weight gradient by the direct kernel: per-thread [RS C][KP] partials over tasks of
 // kDirectRows output rows, added into dw (KRSC) at the end.
@@ -913,9 +911,8 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
     gemm_with(pw.kern, true, false, s.K, s.C, depth, 1.f, dy, s.K, x, s.C, 1.f, dw, s.C);
     return;
   }
-  // Few channels: the direct kernel, here also for 3x3 stride 1 with 16 of both (N512 16x16 channels
-  // at 14x14: 4.2 ms by Winograd, 2.8 direct).
-  if (s.C <= kDirectMaxChannels && s.K <= kDirectMaxChannels) {
+  // Few channels: the direct kernel (N512 16x16 channels at 14x14: 4.2 ms by Winograd, 2.8 direct).
+  if (use_direct(s)) {
     direct_weight(*this, dw, dy, x, s);
     return;
   }

@@ -1,11 +1,12 @@
-// direct_conv.h: direct convolution for few channels (C, K <= 16, except 3x3 stride-1 layers with 16
-// of both, where Winograd is faster: the default pretrain encoder's stem, 8-channel layers and strided
-// layers), compiled once per ISA like winograd_transforms.h (conv.cpp baseline,
-// conv_avx2.cpp, conv_avx512.cpp; internal linkage per copy). Each output pixel's K channels are one
-// accumulator row of KP (8 or 16) floats; every (tap, input channel) pair broadcasts one input value
-// against a KP-wide filter row, for four neighbouring output pixels at once where all their taps lie
-// inside the image (one filter load per kGroup FMAs), else pixel by pixel. The GEMM paths waste most of
-// a 14 x 32 micro-tile on such shapes (N512 C8 K8 28x28 3x3 forward: Winograd 7.8-8.3 ms, this 4.6).
+// direct_conv.h: direct convolution for few channels (C, K <= 16: the default pretrain encoder's stem,
+// 8- and 16-channel layers and strided layers), compiled once per ISA like winograd_transforms.h
+// (conv.cpp baseline, conv_avx2.cpp, conv_avx512.cpp; internal linkage per copy). Each output pixel's
+// K channels are one accumulator row of KP (8 or 16) floats; every (tap, input channel) pair
+// broadcasts one input value against a KP-wide filter row, for up to eight neighbouring output pixels
+// at once, reading the task's input lines copied with their zero padding (no bounds checks; before,
+// edge pixels went one at a time, latency-bound: N512 C16 K16 14x14 forward 5.1 -> 3.5 ms one thread,
+// below Winograd's 5.1). The GEMM paths waste most of a 14 x 32 micro-tile on such shapes (N512 C8 K8
+// 28x28 3x3 forward: Winograd 7.8-8.3 ms, this 4.6).
 // With K <= 8 at stride 1 the AVX-512 build uses whole vectors instead: two output pixels per vector
 // (rows8_pairs, weight8_pairs; N512 C8 K8 28x28, one thread: 9.1 -> 5.5 ms forward).
 // Tested by test/native/test_kernels.cpp ("kernels: conv ...": the shapes with C, K <= 16).
@@ -67,49 +68,102 @@ inline void taps(typename Vec<KP>::type* acc, const float* xrow, int w, int stri
   }
 }
 
-template <int KP, int G>
-inline void pixels(float* y, const float* x, const float* wt, const ConvShape& s, int64_t n, int p, int q,
-                   int64_t row) {
-  typename Vec<KP>::type acc[G] = {};
-  const int h0 = p * s.stride - s.pad, w0 = q * s.stride - s.pad;
-  for (int r = 0; r < s.R; ++r) {
-    const int h = h0 + r;
-    if (h < 0 || h >= s.H) continue;
-    const float* xrow = x + (n * s.H + h) * static_cast<int64_t>(s.W) * s.C;
-    for (int ss = 0; ss < s.S; ++ss) {
-      const int w = w0 + ss;
-      if (G == 1 && (w < 0 || w >= s.W)) continue;  // (G = 4: all taps inside, checked by the caller)
-      taps<KP, G>(acc, xrow, w, s.stride, s.C, wt + static_cast<int64_t>(r * s.S + ss) * s.C * KP);
-    }
-  }
-  for (int g = 0; g < G; ++g) {
-    float out[KP];
-    __builtin_memcpy(out, &acc[g], sizeof out);
-    for (int k = 0; k < s.K; ++k) y[(row + g) * s.K + k] = out[k];
+// Calls fn(np, n, p, q0, q1) for each output line segment of rows [row0, row1).
+template <typename Fn>
+inline void line_segments(const ConvShape& s, int64_t row0, int64_t row1, const Fn& fn) {
+  const int P = s.P(), Q = s.Q();
+  for (int64_t row = row0; row < row1;) {
+    const int64_t np = row / Q;
+    const int q0 = static_cast<int>(row % Q);
+    const int q1 = static_cast<int>(std::min<int64_t>(Q, q0 + (row1 - row)));
+    fn(np, np / P, static_cast<int>(np % P), q0, q1);
+    row += q1 - q0;
   }
 }
+
+// The input lines of one task with their zero padding (columns [-pad, (Q - 1) stride + S - pad)
+// stored from index 0), R slots, line h in slot h % R, copied when first needed (consecutive output
+// lines share most of theirs): every tap of every output pixel then reads inside the buffer.
+class PaddedLines {
+ public:
+  PaddedLines(const float* x, const ConvShape& s)
+      : x_(x), s_(s), width_((s.Q() - 1) * s.stride + s.S), slot_floats_(static_cast<int64_t>(width_) * s.C),
+        buf_(static_cast<size_t>(s.R * slot_floats_), 0.f), held_(static_cast<size_t>(s.R), -1) {}
+  // Line h of image n (nullptr outside the image).
+  const float* line(int64_t n, int h) {
+    if (h < 0 || h >= s_.H) return nullptr;
+    const int slot = h % s_.R;
+    float* d = buf_.data() + slot * slot_floats_;
+    const int64_t line = n * s_.H + h;
+    if (held_[static_cast<size_t>(slot)] != line) {
+      const int C = s_.C, lo = std::min(s_.pad, width_), hi = std::min(width_, s_.pad + s_.W);  // [lo, hi) from x
+      std::fill(d, d + static_cast<int64_t>(lo) * C, 0.f);
+      if (hi > lo) std::copy(x_ + line * s_.W * C, x_ + line * s_.W * C + static_cast<int64_t>(hi - lo) * C, d + static_cast<int64_t>(lo) * C);
+      std::fill(d + static_cast<int64_t>(std::max(lo, hi)) * C, d + slot_floats_, 0.f);
+      held_[static_cast<size_t>(slot)] = line;
+    }
+    return d;
+  }
+
+ private:
+  const float* x_;
+  const ConvShape& s_;
+  int width_;
+  int64_t slot_floats_;
+  std::vector<float> buf_;
+  std::vector<int64_t> held_;
+};
 
 // Pixels per group: each an independent chain of FMAs, their accumulators in registers (N512 C8 K8
 // 28x28 3x3 forward: 4.6 ms; groups of 4: latency-bound; accumulators in memory: 8.4-9.7 ms).
 constexpr int kGroup = 8;
 
+// Output pixels [q, q + G) of output line np from the padded input lines (lines[r]: filter row r's
+// line, nullptr outside the image).
+// (Not inlined, like pair_group below: its accumulators must stay in registers.)
+template <int KP, int G>
+__attribute__((noinline)) void pixels(float* y, const float* const* lines, const float* wt, const ConvShape& s, int64_t np, int q) {
+  typename Vec<KP>::type acc[G] = {};
+  for (int r = 0; r < s.R; ++r) {
+    if (!lines[r]) continue;
+    for (int ss = 0; ss < s.S; ++ss)
+      taps<KP, G>(acc, lines[r], q * s.stride + ss, s.stride, s.C, wt + static_cast<int64_t>(r * s.S + ss) * s.C * KP);
+  }
+  float* out = y + (np * s.Q() + q) * s.K;
+  for (int g = 0; g < G; ++g) {
+    if (s.K == KP) {
+      __builtin_memcpy(out + g * KP, &acc[g], sizeof acc[g]);
+      continue;
+    }
+    float t[KP];
+    __builtin_memcpy(t, &acc[g], sizeof t);
+    for (int k = 0; k < s.K; ++k) out[g * s.K + k] = t[k];
+  }
+}
+
 template <int KP>
 void rows(float* y, const float* x, const float* wt, const ConvShape& s, int64_t row0, int64_t row1) {
-  const int P = s.P(), Q = s.Q();
-  for (int64_t row = row0; row < row1;) {
-    const int q = static_cast<int>(row % Q);
-    const int64_t np = row / Q;
-    const int p = static_cast<int>(np % P);
-    const int64_t n = np / P;
-    const int w_first = q * s.stride - s.pad, w_last = (q + kGroup - 1) * s.stride - s.pad + s.S - 1;
-    if (q + kGroup - 1 < Q && row + kGroup - 1 < row1 && w_first >= 0 && w_last < s.W) {
-      pixels<KP, kGroup>(y, x, wt, s, n, p, q, row);
-      row += kGroup;
-    } else {
-      pixels<KP, 1>(y, x, wt, s, n, p, q, row);
-      row += 1;
+  PaddedLines padded(x, s);
+  std::vector<const float*> lines(static_cast<size_t>(s.R));
+  line_segments(s, row0, row1, [&](int64_t np, int64_t n, int p, int q0, int q1) {
+    for (int r = 0; r < s.R; ++r) lines[static_cast<size_t>(r)] = padded.line(n, p * s.stride - s.pad + r);
+    // groups of up to kGroup pixels, the segment split evenly between the groups
+    const int count = q1 - q0, groups = (count + kGroup - 1) / kGroup;
+    for (int g = 0, done = 0; g < groups; ++g) {
+      const int G = (count - done + (groups - g) - 1) / (groups - g), q = q0 + done;
+      switch (G) {
+        case 1: pixels<KP, 1>(y, lines.data(), wt, s, np, q); break;
+        case 2: pixels<KP, 2>(y, lines.data(), wt, s, np, q); break;
+        case 3: pixels<KP, 3>(y, lines.data(), wt, s, np, q); break;
+        case 4: pixels<KP, 4>(y, lines.data(), wt, s, np, q); break;
+        case 5: pixels<KP, 5>(y, lines.data(), wt, s, np, q); break;
+        case 6: pixels<KP, 6>(y, lines.data(), wt, s, np, q); break;
+        case 7: pixels<KP, 7>(y, lines.data(), wt, s, np, q); break;
+        default: pixels<KP, 8>(y, lines.data(), wt, s, np, q); break;
+      }
+      done += G;
     }
-  }
+  });
 }
 
 #if defined(__AVX512F__)
@@ -198,8 +252,9 @@ inline void pair_taps(__m512* acc, const float* pb, int q, int C, int S, const f
 
 // Pixels [q, q + 2G) of output line np into y, `valid` of them (2G or 2G - 1; the last pair's second
 // pixel may lie past the segment).
+// (Not inlined: inlined into the line loop, GCC 12 spilled the accumulators to the stack, 5.1 -> 8.2 ms.)
 template <int G>
-inline void pair_group(float* y, const float* const* pbs, const float* wd, const ConvShape& s, int64_t np, int q,
+__attribute__((noinline)) void pair_group(float* y, const float* const* pbs, const float* wd, const ConvShape& s, int64_t np, int q,
                        int valid) {
   __m512 acc[G];
 #pragma GCC unroll 8
@@ -220,19 +275,6 @@ inline void pair_group(float* y, const float* const* pbs, const float* wd, const
       for (int j = 0; j < pixels; ++j)
         for (int k = 0; k < s.K; ++k) out[(2 * a + j) * s.K + k] = t[8 * j + k];
     }
-  }
-}
-
-// Calls fn(np, n, p, q0, q1) for each output line segment of rows [row0, row1).
-template <typename Fn>
-inline void line_segments(const ConvShape& s, int64_t row0, int64_t row1, const Fn& fn) {
-  const int P = s.P(), Q = s.Q();
-  for (int64_t row = row0; row < row1;) {
-    const int64_t np = row / Q;
-    const int q0 = static_cast<int>(row % Q);
-    const int q1 = static_cast<int>(std::min<int64_t>(Q, q0 + (row1 - row)));
-    fn(np, np / P, static_cast<int>(np % P), q0, q1);
-    row += q1 - q0;
   }
 }
 
@@ -336,63 +378,73 @@ void rows8(float* y, const float* x, const float* wt, const ConvShape& s, int64_
   rows<8>(y, x, wt, s, row0, row1);
 }
 
-// weight<8>, or at stride 1 in the AVX-512 build weight8_pairs.
+// out[j] (KP floats each, j < NC) += sum over `count` output pixels of x[j] at the pixel's tap
+// (xp, advancing xstep floats per pixel) times the pixel's dy row (d, advancing dstep floats).
+// (Not inlined, like pixels: its accumulators must stay in registers.)
+template <int KP, int NC>
+__attribute__((noinline)) void weight_taps(float* out, const float* xp, int64_t xstep, const float* d, int64_t dstep,
+                                           int count) {
+  typename Vec<KP>::type a[NC];
+#pragma GCC unroll 8
+  for (int j = 0; j < NC; ++j) a[j] = typename Vec<KP>::type{};
+  for (int q = 0; q < count; ++q, xp += xstep, d += dstep) {
+    const typename Vec<KP>::type dv = load<KP>(d);
+#pragma GCC unroll 8
+    for (int j = 0; j < NC; ++j) a[j] += xp[j] * dv;
+  }
+#pragma GCC unroll 8
+  for (int j = 0; j < NC; ++j) {
+    const typename Vec<KP>::type sum = load<KP>(out + j * KP) + a[j];
+    __builtin_memcpy(out + j * KP, &sum, sizeof sum);
+  }
+}
+
+// The weight gradient's part from output rows [row0, row1) (DirectWeightRows): per output line
+// segment, for each tap and group of up to 8 input channels, the channels' accumulators over the
+// segment's pixels in registers, reading the padded input lines (no bounds checks) and dy's rows in
+// place (K == KP) or widened to KP with zeros.
 template <int KP>
-void weight(float* acc, const float* dy, const float* x, const ConvShape& s, int64_t row0, int64_t row1);
+void weight(float* acc, const float* dy, const float* x, const ConvShape& s, int64_t row0, int64_t row1) {
+  const int C = s.C, K = s.K, Q = s.Q();
+  PaddedLines padded(x, s);
+  std::vector<float> dwide(K == KP ? 0 : static_cast<size_t>(Q) * KP, 0.f);
+  line_segments(s, row0, row1, [&](int64_t np, int64_t n, int p, int q0, int q1) {
+    const int count = q1 - q0;
+    const float* d = dy + (np * Q + q0) * K;
+    if (K != KP) {
+      for (int q = 0; q < count; ++q)
+        for (int k = 0; k < K; ++k) dwide[static_cast<size_t>(q) * KP + k] = d[static_cast<int64_t>(q) * K + k];
+      d = dwide.data();
+    }
+    for (int r = 0; r < s.R; ++r) {
+      const float* line = padded.line(n, p * s.stride - s.pad + r);
+      if (!line) continue;
+      for (int ss = 0; ss < s.S; ++ss)
+        for (int c0 = 0; c0 < C; c0 += 8) {
+          float* out = acc + (static_cast<int64_t>(r * s.S + ss) * C + c0) * KP;
+          const float* xp = line + static_cast<int64_t>(q0 * s.stride + ss) * C + c0;
+          const int64_t xstep = static_cast<int64_t>(s.stride) * C;
+          switch (C - c0 < 8 ? C - c0 : 8) {
+            case 1: weight_taps<KP, 1>(out, xp, xstep, d, KP, count); break;
+            case 2: weight_taps<KP, 2>(out, xp, xstep, d, KP, count); break;
+            case 3: weight_taps<KP, 3>(out, xp, xstep, d, KP, count); break;
+            case 4: weight_taps<KP, 4>(out, xp, xstep, d, KP, count); break;
+            case 5: weight_taps<KP, 5>(out, xp, xstep, d, KP, count); break;
+            case 6: weight_taps<KP, 6>(out, xp, xstep, d, KP, count); break;
+            case 7: weight_taps<KP, 7>(out, xp, xstep, d, KP, count); break;
+            default: weight_taps<KP, 8>(out, xp, xstep, d, KP, count); break;
+          }
+        }
+    }
+  });
+}
+
+// weight<8>, or at stride 1 in the AVX-512 build weight8_pairs.
 void weight8(float* acc, const float* dy, const float* x, const ConvShape& s, int64_t row0, int64_t row1) {
 #if defined(__AVX512F__)
   if (s.stride == 1) return weight8_pairs(acc, dy, x, s, row0, row1);
 #endif
   weight<8>(acc, dy, x, s, row0, row1);
-}
-
-template <int KP>
-void weight(float* acc, const float* dy, const float* x, const ConvShape& s, int64_t row0, int64_t row1) {
-  typedef typename Vec<KP>::type vk;
-  const int P = s.P(), Q = s.Q(), C = s.C, K = s.K;
-  for (int64_t row = row0; row < row1;) {  // one output line (n, p), columns [q0, q1), at a time
-    const int64_t np = row / Q;
-    const int q0 = static_cast<int>(row % Q);
-    const int q1 = static_cast<int>(std::min<int64_t>(Q, q0 + (row1 - row)));
-    const int64_t n = np / P;
-    const int p = static_cast<int>(np % P);
-    const float* dline = dy + np * Q * static_cast<int64_t>(K);
-    for (int r = 0; r < s.R; ++r) {
-      const int h = p * s.stride - s.pad + r;
-      if (h < 0 || h >= s.H) continue;
-      const float* xline = x + (n * s.H + h) * static_cast<int64_t>(s.W) * C;
-      for (int ss = 0; ss < s.S; ++ss) {
-        int qlo = q0, qhi = q1;  // the columns whose tap lies inside the image
-        while (qlo < qhi && qlo * s.stride - s.pad + ss < 0) ++qlo;
-        while (qhi > qlo && (qhi - 1) * s.stride - s.pad + ss >= s.W) --qhi;
-        for (int c0 = 0; c0 < C; c0 += 8) {
-          const int nc = C - c0 < 8 ? C - c0 : 8;
-          vk a[8] = {};
-          for (int q = qlo; q < qhi; ++q) {
-            vk d;
-            if (K == KP) {
-              d = load<KP>(dline + static_cast<int64_t>(q) * K);
-            } else {
-              float t[KP] = {};
-              for (int k = 0; k < K; ++k) t[k] = dline[static_cast<int64_t>(q) * K + k];
-              __builtin_memcpy(&d, t, sizeof d);
-            }
-            const float* xp = xline + static_cast<int64_t>(q * s.stride - s.pad + ss) * C + c0;
-#pragma GCC unroll 8  // (unrolled, the accumulators stay in registers)
-            for (int j = 0; j < 8; ++j)
-              if (j < nc) a[j] += xp[j] * d;
-          }
-          float* out = acc + (static_cast<int64_t>(r * s.S + ss) * C + c0) * KP;
-          for (int j = 0; j < nc; ++j) {
-            float t[KP];
-            __builtin_memcpy(t, &a[j], sizeof t);
-            for (int k = 0; k < KP; ++k) out[j * KP + k] += t[k];
-          }
-        }
-      }
-    }
-    row += q1 - q0;
-  }
 }
 
 }  // namespace dck
