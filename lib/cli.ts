@@ -123,7 +123,7 @@ export function buildProgram(configure?: (program: Command) => void): Command {
     .description(
       'pretrain a ResNet with MVEB on unlabelled images. With no arguments: the built-in Fashion-MNIST, ' +
         'ResNet-18 (CIFAR stem) at width x0.125, 10,000 images, 4 epochs, batch 64, LARS lr 32, lambda 0.003 ' +
-        '(about five minutes on 2 CPU cores); prints kNN top-1 of the learned backbone next to the same network ' +
+        '(about a minute on 2 CPU cores); prints kNN top-1 of the learned backbone next to the same network ' +
         'at random initialisation. Official ImageNet recipe: --arch resnet50 --stem imagenet --batch-size 4096 ' +
         '--lr 0.3 --lambda 0.01 --epochs 800 --local-crops 6.',
     )

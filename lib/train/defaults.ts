@@ -4,8 +4,9 @@
 import * as path from 'path';
 
 /**
- * Defaults: the small recipe behind `npx mveb pretrain` with no arguments, sized to finish in about
- * five minutes on a 2-core CPU (ten at most on a busy one) (benchmarks/RESULTS.md, "Pretraining", has the sweep that chose it).
+ * Defaults: the small recipe behind `npx mveb pretrain` with no arguments, sized to finish in a few
+ * minutes on a 2-core CPU (about one minute with the current kernels) (benchmarks/RESULTS.md,
+ * "Pretraining", has the sweep that chose it).
  * It differs from the official ImageNet recipe (ResNet-50, batch 4096, base lr 0.3, lambda 0.01,
  * 800 epochs, 6 local crops) where a few hundred steps need it: a small batch (more steps per
  * image), a high LARS lr (trust 0.001 makes the step relative to the weight norm) and lambda 0.003
