@@ -264,11 +264,59 @@ inline void apply_row(float* yr, uint8_t* mr, const float* xr, const float* scal
   }
 }
 
+// apply for C a multiple of kLanes up to kFlatMaxChannels, rows [0, rows) as one stream of vectors
+// with the C / kLanes scale and shift vectors in registers; with the mask (C also a multiple of 8) the
+// rows' bits are one contiguous bit string, gathered across rows into 64-bit words. (apply_row's
+// per-row overhead dominated 16-channel rows, e.g. the folded 8-channel batch norms of the default
+// pretrain encoder: one thread, 12544 x 16 forward with statistics 0.091 -> 0.070 ms.)
+constexpr int kFlatMaxChannels = 64;
+template <bool kMask>
+void apply_flat(float* y, uint8_t* mask, const float* x, const float* scale, const float* shift, const float* residual,
+                bool relu_, int64_t rows, int C, bool stream) {
+  const int nv = C / kLanes;
+  vf sc[kFlatMaxChannels / kLanes], sh[kFlatMaxChannels / kLanes];
+  for (int j = 0; j < nv; ++j) sc[j] = ld(scale + j * kLanes), sh[j] = ld(shift + j * kLanes);
+  uint64_t word = 0;
+  int nbits = 0;
+  const int64_t n = rows * C;
+  for (int64_t i = 0; i < n; i += C)
+    for (int j = 0; j < nv; ++j) {
+      const int64_t e = i + j * kLanes;
+      vf v = ld(x + e) * sc[j] + sh[j];
+      if (residual) v += ld(residual + e);
+      if (kMask) {
+        const unsigned bits = positive_bits(v);
+        v = select_bits(v, bits);
+        word |= static_cast<uint64_t>(bits) << nbits;
+        nbits += kLanes;
+        if (nbits == 64) {
+          __builtin_memcpy(mask, &word, sizeof word);
+          mask += sizeof word;
+          word = 0;
+          nbits = 0;
+        }
+      } else if (relu_) {
+        v = relu(v);
+      }
+      st_out(y + e, v, stream);
+    }
+  if (kMask) __builtin_memcpy(mask, &word, static_cast<size_t>(nbits) / 8);  // (C, so nbits, a multiple of 8)
+}
+
 void apply(float* y, uint8_t* mask, const float* x, const float* scale, const float* shift, const float* residual,
            bool relu_, int64_t m0, int64_t m1, int C, bool stream) {
   const int cv = C / kLanes * kLanes;
   const size_t mask_row = relu_mask_row_bytes(C);
   stream = can_stream_rows(stream, y, C);
+  if (cv == C && C <= kFlatMaxChannels && !(relu_ && mask && C % 8)) {  // (with the mask: rows of whole bytes)
+    const float* r0 = residual ? residual + m0 * C : nullptr;
+    if (relu_ && mask)
+      apply_flat<true>(y + m0 * C, mask + m0 * mask_row, x + m0 * C, scale, shift, r0, true, m1 - m0, C, stream);
+    else
+      apply_flat<false>(y + m0 * C, nullptr, x + m0 * C, scale, shift, r0, relu_, m1 - m0, C, stream);
+    end_stream(stream);
+    return;
+  }
   for (int64_t m = m0; m < m1; ++m) {
     const float* rr = residual ? residual + m * C : nullptr;
     if (relu_ && mask)

@@ -697,6 +697,10 @@ TEST("kernels: batchnorm train/eval forward and backward, with and without resid
           } else {
             b->batchnorm_forward_eval(y.data(), mask.data(), x.data(), gamma.data(), beta.data(), rm.data(), rv.data(),
                                       residual ? res.data() : nullptr, relu, M, C, eps);
+            FVec y_nomask = poison(n);  // inference: no mask (the model's eval forward)
+            b->batchnorm_forward_eval(y_nomask.data(), nullptr, x.data(), gamma.data(), beta.data(), rm.data(), rv.data(),
+                                      residual ? res.data() : nullptr, relu, M, C, eps);
+            EXPECT_REL(err(y_nomask, y_ref), kTol, what << " y without mask" << tag(*b));
             for (int c = 0; c < C; ++c) {
               mean[c] = rm[c];
               invstd[c] = static_cast<float>(invstd_ref[c]);
