@@ -11,6 +11,7 @@
 //   MVEB_NUM_THREADS=2 /tmp/tsprof 18 cifar 512 28 0.125 1   (the default pretrain encoder: width, in channels)
 // MVEB_STREAM_BYTES=N sets the CPU backend's stream_bytes (A/B of the non-temporal output stores);
 // MVEB_MATMUL_PRECISION=high profiles the AMX bf16x3 path (read by the CPU backend itself).
+// MVEB_PROFILE_SPLIT=1 shows the non-pointwise convolutions' backward as BN / data / weight parts.
 // Every op the model calls must be forwarded by the decorator below (an op it lacks falls back to the
 // Backend base class: batchnorm_conv_backward would then run as the separate ops, conv2d_forward_stats
 // as a plain forward). The fused ops show as "bn+conv bwd" (a batch norm's backward with its conv's).
@@ -51,8 +52,16 @@ class Prof : public Backend {
   void nhwc_to_nchw(float* d,const float* s,int N,int C,int H,int W) override { T t{&m,"layout"}; b.nhwc_to_nchw(d,s,N,C,H,W);}
   std::string ck(const char* w, const ConvShape& s){ char buf[128]; snprintf(buf,sizeof buf,"%s %dx%d/%d C%d K%d HW%d",w,s.R,s.S,s.stride,s.C,s.K,s.H); return buf; }
   void conv2d_forward(float* y,const float* x,const float* w,const ConvShape& s) override { T t{&m,ck("conv fwd ",s)}; T t2{&m,"conv fwd"}; b.conv2d_forward(y,x,w,s);}
-  void conv2d_backward(float* dw,float* dx,const float* dy,const float* x,const float* w,const ConvShape& s,bool add) override { T t{&m,ck("conv bwd ",s)}; T t2{&m,"conv bwd"}; b.conv2d_backward(dw,dx,dy,x,w,s,add);}
-  void batchnorm_conv_backward(float* dr,float* dg,float* db,const float* dy,const uint8_t* mk,const float* bx,const float* g,const float* mean,const float* is,bool relu,bool train,float* dw,float* dx,const float* x,const float* w,const ConvShape& s,bool add,float* scr) override { T t{&m,ck("bn+conv bwd ",s)}; T t2{&m,"bn+conv bwd"}; b.batchnorm_conv_backward(dr,dg,db,dy,mk,bx,g,mean,is,relu,train,dw,dx,x,w,s,add,scr);}
+  void conv2d_backward(float* dw,float* dx,const float* dy,const float* x,const float* w,const ConvShape& s,bool add) override {
+    if (getenv("MVEB_PROFILE_SPLIT") && !(s.R == 1 && s.S == 1 && s.stride == 1)) { Backend::conv2d_backward(dw,dx,dy,x,w,s,add); return; }
+    T t{&m,ck("conv bwd ",s)}; T t2{&m,"conv bwd"}; b.conv2d_backward(dw,dx,dy,x,w,s,add);}
+  // MVEB_PROFILE_SPLIT=1: for non-pointwise convolutions (where the CPU backend runs the composition
+  // anyway) the composition runs on this decorator, so its BN backward, backward data and backward
+  // weight show separately.
+  const bool split = getenv("MVEB_PROFILE_SPLIT") != nullptr;
+  void batchnorm_conv_backward(float* dr,float* dg,float* db,const float* dy,const uint8_t* mk,const float* bx,const float* g,const float* mean,const float* is,bool relu,bool train,float* dw,float* dx,const float* x,const float* w,const ConvShape& s,bool add,float* scr) override {
+    if (split && !(s.R == 1 && s.S == 1 && s.stride == 1)) { Backend::batchnorm_conv_backward(dr,dg,db,dy,mk,bx,g,mean,is,relu,train,dw,dx,x,w,s,add,scr); return; }
+    T t{&m,ck("bn+conv bwd ",s)}; T t2{&m,"bn+conv bwd"}; b.batchnorm_conv_backward(dr,dg,db,dy,mk,bx,g,mean,is,relu,train,dw,dx,x,w,s,add,scr);}
   bool conv2d_forward_stats(float* y,double* st,const float* x,const float* w,const ConvShape& s) override { T t{&m,ck("conv fwd ",s)}; T t2{&m,"conv fwd"}; return b.conv2d_forward_stats(y,st,x,w,s);}
   void conv2d_backward_data(float* dx,const float* dy,const float* w,const ConvShape& s) override { T t{&m,ck("conv bwdD",s)}; T t2{&m,"conv bwd data"}; b.conv2d_backward_data(dx,dy,w,s);}
   void conv2d_backward_data_add(float* dx,const float* dy,const float* w,const ConvShape& s) override { T t{&m,ck("conv bwdD",s)}; T t2{&m,"conv bwd data"}; b.conv2d_backward_data_add(dx,dy,w,s);}
