@@ -98,7 +98,8 @@ class PaddedLines {
     if (held_[static_cast<size_t>(slot)] != line) {
       const int C = s_.C, lo = std::min(s_.pad, width_), hi = std::min(width_, s_.pad + s_.W);  // [lo, hi) from x
       std::fill(d, d + static_cast<int64_t>(lo) * C, 0.f);
-      if (hi > lo) std::copy(x_ + line * s_.W * C, x_ + line * s_.W * C + static_cast<int64_t>(hi - lo) * C, d + static_cast<int64_t>(lo) * C);
+      const float* src = x_ + line * s_.W * C;
+      if (hi > lo) std::copy(src, src + static_cast<int64_t>(hi - lo) * C, d + static_cast<int64_t>(lo) * C);
       std::fill(d + static_cast<int64_t>(std::max(lo, hi)) * C, d + slot_floats_, 0.f);
       held_[static_cast<size_t>(slot)] = line;
     }
@@ -122,7 +123,8 @@ constexpr int kGroup = 8;
 // line, nullptr outside the image).
 // (Not inlined, like pair_group below: its accumulators must stay in registers.)
 template <int KP, int G>
-__attribute__((noinline)) void pixels(float* y, const float* const* lines, const float* wt, const ConvShape& s, int64_t np, int q) {
+__attribute__((noinline)) void pixels(float* y, const float* const* lines, const float* wt, const ConvShape& s,
+                                      int64_t np, int q) {
   typename Vec<KP>::type acc[G] = {};
   for (int r = 0; r < s.R; ++r) {
     if (!lines[r]) continue;
@@ -167,6 +169,11 @@ void rows(float* y, const float* x, const float* wt, const ConvShape& s, int64_t
 }
 
 #if defined(__AVX512F__)
+// (GCC 12's AVX-512 headers report the undefined upper half of _mm512_castps256_ps512 and the
+// intrinsics' internal operand '__Y' as (maybe-)uninitialised: false positives, silenced here.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 // K <= 8 at stride 1 (AVX-512 build): two neighbouring output pixels per vector, lane 2k + j holding
 // pixel j's channel k, so every FMA uses all 16 lanes (rows<8> and weight<8> use half a vector per
 // pixel). Per input line a pair buffer holds, for each column w, the C pairs (x[w][c], x[w + 1][c]);
@@ -217,10 +224,11 @@ class PairLines {
         const int nc = C - c0 < 8 ? C - c0 : 8;
         const __mmask8 m = static_cast<__mmask8>((1u << nc) - 1);
         const __m256 a = in0 ? _mm256_maskz_loadu_ps(m, xline + static_cast<int64_t>(w) * C + c0) : _mm256_setzero_ps();
-        const __m256 b = in1 ? _mm256_maskz_loadu_ps(m, xline + static_cast<int64_t>(w + 1) * C + c0) : _mm256_setzero_ps();
+        const __m256 b =
+            in1 ? _mm256_maskz_loadu_ps(m, xline + static_cast<int64_t>(w + 1) * C + c0) : _mm256_setzero_ps();
         const __m512 ab = _mm512_permutex2var_ps(_mm512_castps256_ps512(a), interleave, _mm512_castps256_ps512(b));
-        _mm512_mask_storeu_ps(pb + static_cast<int64_t>(i) * 2 * C + 2 * c0, static_cast<__mmask16>((1u << (2 * nc)) - 1),
-                              ab);
+        const __mmask16 m2 = static_cast<__mmask16>((1u << (2 * nc)) - 1);
+        _mm512_mask_storeu_ps(pb + static_cast<int64_t>(i) * 2 * C + 2 * c0, m2, ab);
       }
     }
   }
@@ -231,6 +239,11 @@ class PairLines {
   std::vector<float> buf_;
   std::vector<int64_t> held_;
 };
+
+// The first 64-byte aligned address at or after p (buffers allocated 16 floats longer).
+inline float* aligned64(float* p) {
+  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(p) + 63) & ~static_cast<uintptr_t>(63));
+}
 
 // The broadcast pair of channel c at pair-buffer entry e.
 inline __m512 pair_at(const float* pb, int e, int C, int c) {
@@ -254,8 +267,8 @@ inline void pair_taps(__m512* acc, const float* pb, int q, int C, int S, const f
 // pixel may lie past the segment).
 // (Not inlined: inlined into the line loop, GCC 12 spilled the accumulators to the stack, 5.1 -> 8.2 ms.)
 template <int G>
-__attribute__((noinline)) void pair_group(float* y, const float* const* pbs, const float* wd, const ConvShape& s, int64_t np, int q,
-                       int valid) {
+__attribute__((noinline)) void pair_group(float* y, const float* const* pbs, const float* wd, const ConvShape& s,
+                                          int64_t np, int q, int valid) {
   __m512 acc[G];
 #pragma GCC unroll 8
   for (int a = 0; a < G; ++a) acc[a] = _mm512_setzero_ps();
@@ -283,7 +296,10 @@ void rows8_pairs(float* y, const float* x, const float* wt, const ConvShape& s, 
   // The filter rows duplicated per pair: wd[(tap C + c) 16 + 2k + j] = wt[(tap C + c) 8 + k].
   std::vector<float> wd(static_cast<size_t>(RS) * C * 16);
   for (int i = 0; i < RS * C; ++i)
-    for (int k = 0; k < 8; ++k) wd[static_cast<size_t>(i) * 16 + 2 * k] = wd[static_cast<size_t>(i) * 16 + 2 * k + 1] = wt[i * 8 + k];
+    for (int k = 0; k < 8; ++k) {
+      float* d = wd.data() + static_cast<size_t>(i) * 16 + 2 * k;
+      d[0] = d[1] = wt[i * 8 + k];
+    }
   PairLines lines(x, s);
   std::vector<const float*> pbs(static_cast<size_t>(R));
   line_segments(s, row0, row1, [&](int64_t np, int64_t n, int p, int q0, int q1) {
@@ -312,13 +328,16 @@ void rows8_pairs(float* y, const float* x, const float* wt, const ConvShape& s, 
 // The weight gradient with pairs: per output line segment its dy rows interleaved by pixel pair
 // (lane 2k + j: pixel j's dy[k], zero past the segment), then for each (tap, input channel) the sum
 // over pairs of the broadcast x pair times the dy pair, in 8 accumulators at a time; the two pixel
-// lanes of each channel are added into acc at the end of the segment.
+// lanes of each channel are added into acc once, at the end of the task (dyp, sums: 16 floats per
+// vector).
 void weight8_pairs(float* acc, const float* dy, const float* x, const ConvShape& s, int64_t row0, int64_t row1) {
   const int C = s.C, K = s.K, R = s.R, S = s.S, RSC = R * S * C;
   PairLines lines(x, s);
-  std::vector<__m512> dyp(static_cast<size_t>((s.Q() + 1) / 2));
+  std::vector<float> dyp_buf(static_cast<size_t>((s.Q() + 1) / 2) * 16 + 16);
+  float* const dyp = aligned64(dyp_buf.data());
   const std::vector<float> zeros(static_cast<size_t>(s.Q() + S) * 2 * C, 0.f);  // a pair line outside the image
-  std::vector<__m512> sums(static_cast<size_t>(RSC + 8), _mm512_setzero_ps());  // per (tap, c), over the rows
+  std::vector<float> sums_buf(static_cast<size_t>(RSC + 8) * 16 + 16, 0.f);  // per (tap, c), over the rows
+  float* const sums = aligned64(sums_buf.data());
   std::vector<int> row_of(static_cast<size_t>(RSC)), offset_of(static_cast<size_t>(RSC));  // i = (r S + ss) C + c:
   for (int i = 0; i < RSC; ++i) {  // r, and the offset (ss 2 C + 2 c) of its pair from the pixel's entry
     row_of[static_cast<size_t>(i)] = i / C / S;
@@ -334,23 +353,26 @@ void weight8_pairs(float* acc, const float* dy, const float* x, const ConvShape&
     for (int a = 0; a < pairs; ++a) {
       const int q = q0 + 2 * a;
       const __m256 d0 = _mm256_maskz_loadu_ps(km, drow + static_cast<int64_t>(q) * K);
-      const __m256 d1 = q + 1 < q1 ? _mm256_maskz_loadu_ps(km, drow + static_cast<int64_t>(q + 1) * K) : _mm256_setzero_ps();
-      dyp[static_cast<size_t>(a)] = _mm512_permutex2var_ps(_mm512_castps256_ps512(d0), interleave, _mm512_castps256_ps512(d1));
+      const __m256 d1 =
+          q + 1 < q1 ? _mm256_maskz_loadu_ps(km, drow + static_cast<int64_t>(q + 1) * K) : _mm256_setzero_ps();
+      _mm512_store_ps(dyp + static_cast<size_t>(a) * 16,
+                       _mm512_permutex2var_ps(_mm512_castps256_ps512(d0), interleave, _mm512_castps256_ps512(d1)));
     }
     for (int r = 0; r < R; ++r) pbs[static_cast<size_t>(r)] = lines.line(n, p - s.pad + r);
     for (int i0 = 0; i0 < RSC; i0 += 8) {  // i = (r S + ss) C + c
       const int ni = RSC - i0 < 8 ? RSC - i0 : 8;
       __m512 v[8];
 #pragma GCC unroll 8
-      for (int j = 0; j < 8; ++j) v[j] = sums[static_cast<size_t>(i0 + j)];
+      for (int j = 0; j < 8; ++j) v[j] = _mm512_load_ps(sums + static_cast<size_t>(i0 + j) * 16);
       const float* src[8];  // accumulator j's pair-buffer entries (zeros for rows outside the image, j >= ni)
       for (int j = 0; j < 8; ++j) {
         const int i = i0 + (j < ni ? j : 0);
-        const float* pb = j < ni && pbs[static_cast<size_t>(row_of[i])] ? pbs[static_cast<size_t>(row_of[i])] : zeros.data();
+        const float* line = pbs[static_cast<size_t>(row_of[i])];
+        const float* pb = j < ni && line ? line : zeros.data();
         src[j] = pb + static_cast<int64_t>(q0) * 2 * C + offset_of[i];
       }
       for (int a = 0; a < pairs; ++a) {
-        const __m512 d = dyp[static_cast<size_t>(a)];
+        const __m512 d = _mm512_load_ps(dyp + static_cast<size_t>(a) * 16);
 #pragma GCC unroll 8
         for (int j = 0; j < 8; ++j) {
           double pair;
@@ -359,15 +381,17 @@ void weight8_pairs(float* acc, const float* dy, const float* x, const ConvShape&
         }
       }
 #pragma GCC unroll 8
-      for (int j = 0; j < 8; ++j) sums[static_cast<size_t>(i0 + j)] = v[j];
+      for (int j = 0; j < 8; ++j) _mm512_store_ps(sums + static_cast<size_t>(i0 + j) * 16, v[j]);
     }
   });
   for (int i = 0; i < RSC; ++i) {  // the two pixel lanes of each output channel into acc
-    const __m512 u = _mm512_permutexvar_ps(deinterleave, sums[static_cast<size_t>(i)]);
-    const __m256 sum = _mm256_add_ps(_mm512_castps512_ps256(u), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(u), 1)));
-    _mm256_storeu_ps(acc + static_cast<int64_t>(i) * 8, _mm256_add_ps(_mm256_loadu_ps(acc + static_cast<int64_t>(i) * 8), sum));
+    const __m512 u = _mm512_permutexvar_ps(deinterleave, _mm512_load_ps(sums + static_cast<size_t>(i) * 16));
+    const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(u), 1));
+    float* out = acc + static_cast<int64_t>(i) * 8;
+    _mm256_storeu_ps(out, _mm256_add_ps(_mm256_loadu_ps(out), _mm256_add_ps(_mm512_castps512_ps256(u), hi)));
   }
 }
+#pragma GCC diagnostic pop
 #endif
 
 // rows<8>, or at stride 1 in the AVX-512 build rows8_pairs.

@@ -1,7 +1,7 @@
 // gemm_avx512.cpp: the AVX-512 SGEMM micro-kernels, 14 x 32 (28 zmm accumulators, two B vectors and a
 // broadcast per row), on packed A or reading row-major A in place; the packed-A kernel also for 1-13
-// row tiles and for B read in place (rows ldb apart); vector packing of op(A) = A and of B^T. Compiled with -mavx512f...; only
-// called when CPUID reports AVX-512 F/BW/VL/DQ (CpuBackend::isa()). Tested by
+// row tiles and for B read in place (rows ldb apart); vector packing of op(A) = A and of B^T.
+// Compiled with -mavx512f...; only called when CPUID reports AVX-512 F/BW/VL/DQ (CpuBackend::isa()). Tested by
 // test/native/test_kernels.cpp ("kernels: gemm ...", Isa::Avx512).
 #include <immintrin.h>
 
