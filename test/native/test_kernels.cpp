@@ -388,11 +388,13 @@ std::vector<ConvShape> conv_cases() {
   // too few rows for chunks: stride-1 backward data through the plain-GEMM path with the flipped filter
   v.push_back(ConvShape{1, 5, 6, 3, 4, 3, 3, 1, 1});
   v.push_back(ConvShape{1, 4, 4, 6, 5, 3, 3, 1, 2});
-  // 3x3 stride 1 with >= 8 channels (Winograd F(2x2, 3x3)): odd and even outputs, pads 0, 1, 2
-  v.push_back(ConvShape{2, 13, 11, 8, 10, 3, 3, 1, 0});
-  v.push_back(ConvShape{2, 9, 10, 9, 8, 3, 3, 1, 2});
+  // 3x3 stride 1 with >= 8 channels and more than 16 on one side (Winograd F(2x2, 3x3); up to 16 of
+  // both take the direct kernels): odd and even outputs, pads 0, 1, 2
+  v.push_back(ConvShape{2, 13, 11, 16, 17, 3, 3, 1, 0});
+  v.push_back(ConvShape{2, 9, 10, 18, 16, 3, 3, 1, 2});
   v.push_back(ConvShape{3, 12, 7, 33, 17, 3, 3, 1, 1});
-  // 16 channels each: Winograd forward / backward data, the direct kernel's weight gradient
+  v.push_back(ConvShape{2, 9, 8, 8, 20, 3, 3, 1, 1});
+  // 16 channels each: the direct kernels (all three passes)
   v.push_back(ConvShape{2, 10, 9, 16, 16, 3, 3, 1, 1});
   // 64 <= C, K <= 256 with >= max(C, K) 4x4 output tiles: Winograd F(4x4, 3x3) (all three passes);
   // partial edge tiles (P, Q not multiples of 4), pads 1, 0, 2
