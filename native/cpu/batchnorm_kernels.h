@@ -217,6 +217,23 @@ void forward_sums(const float* x, const float* x0, int64_t m0, int64_t m1, int C
   });
 }
 
+// One vector of apply's output from v (affine, residual added): the ReLU, with kMask through its
+// bits, which are appended to the 64-bit word (nbits of it used), stored at out when full.
+template <bool kMask>
+inline vf relu_out(vf v, bool relu_, uint64_t& word, int& nbits, uint8_t*& out) {
+  if (!kMask) return relu_ ? relu(v) : v;
+  const unsigned bits = positive_bits(v);
+  word |= static_cast<uint64_t>(bits) << nbits;
+  nbits += kLanes;
+  if (nbits == 64) {
+    __builtin_memcpy(out, &word, sizeof word);
+    out += sizeof word;
+    word = 0;
+    nbits = 0;
+  }
+  return select_bits(v, bits);
+}
+
 // One row of apply; kMask: relu with the mask (the mask bits also select the ReLU's output).
 template <bool kMask>
 inline void apply_row(float* yr, uint8_t* mr, const float* xr, const float* scale, const float* shift,
@@ -227,21 +244,7 @@ inline void apply_row(float* yr, uint8_t* mr, const float* xr, const float* scal
   for (int c = 0; c < cv; c += kLanes) {
     vf v = ld(xr + c) * ld(scale + c) + ld(shift + c);
     if (rr) v += ld(rr + c);
-    if (kMask) {
-      const unsigned bits = positive_bits(v);
-      v = select_bits(v, bits);
-      word |= static_cast<uint64_t>(bits) << nbits;
-      nbits += kLanes;
-      if (nbits == 64) {
-        __builtin_memcpy(out, &word, sizeof word);
-        out += sizeof word;
-        word = 0;
-        nbits = 0;
-      }
-    } else if (relu_) {
-      v = relu(v);
-    }
-    st_out(yr + c, v, stream);
+    st_out(yr + c, relu_out<kMask>(v, relu_, word, nbits, out), stream);
   }
   uint64_t tbits = 0;  // the scalar tail's mask bits (C - cv < kLanes <= 16 of them)
   for (int c = cv; c < C; ++c) {
@@ -284,21 +287,7 @@ void apply_flat(float* y, uint8_t* mask, const float* x, const float* scale, con
       const int64_t e = i + j * kLanes;
       vf v = ld(x + e) * sc[j] + sh[j];
       if (residual) v += ld(residual + e);
-      if (kMask) {
-        const unsigned bits = positive_bits(v);
-        v = select_bits(v, bits);
-        word |= static_cast<uint64_t>(bits) << nbits;
-        nbits += kLanes;
-        if (nbits == 64) {
-          __builtin_memcpy(mask, &word, sizeof word);
-          mask += sizeof word;
-          word = 0;
-          nbits = 0;
-        }
-      } else if (relu_) {
-        v = relu(v);
-      }
-      st_out(y + e, v, stream);
+      st_out(y + e, relu_out<kMask>(v, relu_, word, nbits, mask), stream);
     }
   if (kMask) __builtin_memcpy(mask, &word, static_cast<size_t>(nbits) / 8);  // (C, so nbits, a multiple of 8)
 }
