@@ -13,6 +13,7 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -81,27 +82,48 @@ inline void line_segments(const ConvShape& s, int64_t row0, int64_t row1, const 
   }
 }
 
+// R buffers of slot_floats floats for the input lines of one task, line h in slot h % R: slot(n, h)
+// says whether the slot already holds line h of image n (consecutive output lines share most of
+// their input lines, so each line is prepared once per task).
+class LineSlots {
+ public:
+  LineSlots(const ConvShape& s, int64_t slot_floats)
+      : s_(s), slot_floats_(slot_floats), buf_(static_cast<size_t>(s.R * slot_floats), 0.f),
+        held_(static_cast<size_t>(s.R), -1) {}
+  // The slot of line h of image n (nullptr outside the image); fresh: it must be filled now.
+  float* slot(int64_t n, int h, bool& fresh) {
+    if (h < 0 || h >= s_.H) return nullptr;
+    const int slot = h % s_.R;
+    const int64_t line = n * s_.H + h;
+    fresh = held_[static_cast<size_t>(slot)] != line;
+    held_[static_cast<size_t>(slot)] = line;
+    return buf_.data() + slot * slot_floats_;
+  }
+  int64_t slot_floats() const { return slot_floats_; }
+
+ private:
+  const ConvShape& s_;
+  int64_t slot_floats_;
+  std::vector<float> buf_;
+  std::vector<int64_t> held_;
+};
+
 // The input lines of one task with their zero padding (columns [-pad, (Q - 1) stride + S - pad)
-// stored from index 0), R slots, line h in slot h % R, copied when first needed (consecutive output
-// lines share most of theirs): every tap of every output pixel then reads inside the buffer.
+// stored from index 0): every tap of every output pixel then reads inside the buffer.
 class PaddedLines {
  public:
   PaddedLines(const float* x, const ConvShape& s)
-      : x_(x), s_(s), width_((s.Q() - 1) * s.stride + s.S), slot_floats_(static_cast<int64_t>(width_) * s.C),
-        buf_(static_cast<size_t>(s.R * slot_floats_), 0.f), held_(static_cast<size_t>(s.R), -1) {}
+      : x_(x), s_(s), width_((s.Q() - 1) * s.stride + s.S), slots_(s, static_cast<int64_t>(width_) * s.C) {}
   // Line h of image n (nullptr outside the image).
   const float* line(int64_t n, int h) {
-    if (h < 0 || h >= s_.H) return nullptr;
-    const int slot = h % s_.R;
-    float* d = buf_.data() + slot * slot_floats_;
-    const int64_t line = n * s_.H + h;
-    if (held_[static_cast<size_t>(slot)] != line) {
+    bool fresh = false;
+    float* d = slots_.slot(n, h, fresh);
+    if (d && fresh) {
       const int C = s_.C, lo = std::min(s_.pad, width_), hi = std::min(width_, s_.pad + s_.W);  // [lo, hi) from x
       std::fill(d, d + static_cast<int64_t>(lo) * C, 0.f);
-      const float* src = x_ + line * s_.W * C;
+      const float* src = x_ + (n * s_.H + h) * s_.W * C;
       if (hi > lo) std::copy(src, src + static_cast<int64_t>(hi - lo) * C, d + static_cast<int64_t>(lo) * C);
-      std::fill(d + static_cast<int64_t>(std::max(lo, hi)) * C, d + slot_floats_, 0.f);
-      held_[static_cast<size_t>(slot)] = line;
+      std::fill(d + static_cast<int64_t>(std::max(lo, hi)) * C, d + slots_.slot_floats(), 0.f);
     }
     return d;
   }
@@ -110,10 +132,24 @@ class PaddedLines {
   const float* x_;
   const ConvShape& s_;
   int width_;
-  int64_t slot_floats_;
-  std::vector<float> buf_;
-  std::vector<int64_t> held_;
+  LineSlots slots_;
 };
+
+// fn(std::integral_constant<int, G>) for a group of G = 1..8 pixels, pixel pairs or channels (the
+// kernels' register tiles; above 8 is 8).
+template <typename Fn>
+inline void with_group_size(int g, const Fn& fn) {
+  switch (g) {
+    case 1: return fn(std::integral_constant<int, 1>{});
+    case 2: return fn(std::integral_constant<int, 2>{});
+    case 3: return fn(std::integral_constant<int, 3>{});
+    case 4: return fn(std::integral_constant<int, 4>{});
+    case 5: return fn(std::integral_constant<int, 5>{});
+    case 6: return fn(std::integral_constant<int, 6>{});
+    case 7: return fn(std::integral_constant<int, 7>{});
+    default: return fn(std::integral_constant<int, 8>{});
+  }
+}
 
 // Pixels per group: each an independent chain of FMAs, their accumulators in registers (N512 C8 K8
 // 28x28 3x3 forward: 4.6 ms; groups of 4: latency-bound; accumulators in memory: 8.4-9.7 ms).
@@ -153,16 +189,7 @@ void rows(float* y, const float* x, const float* wt, const ConvShape& s, int64_t
     const int count = q1 - q0, groups = (count + kGroup - 1) / kGroup;
     for (int g = 0, done = 0; g < groups; ++g) {
       const int G = (count - done + (groups - g) - 1) / (groups - g), q = q0 + done;
-      switch (G) {
-        case 1: pixels<KP, 1>(y, lines.data(), wt, s, np, q); break;
-        case 2: pixels<KP, 2>(y, lines.data(), wt, s, np, q); break;
-        case 3: pixels<KP, 3>(y, lines.data(), wt, s, np, q); break;
-        case 4: pixels<KP, 4>(y, lines.data(), wt, s, np, q); break;
-        case 5: pixels<KP, 5>(y, lines.data(), wt, s, np, q); break;
-        case 6: pixels<KP, 6>(y, lines.data(), wt, s, np, q); break;
-        case 7: pixels<KP, 7>(y, lines.data(), wt, s, np, q); break;
-        default: pixels<KP, 8>(y, lines.data(), wt, s, np, q); break;
-      }
+      with_group_size(G, [&](auto g_) { pixels<KP, decltype(g_)::value>(y, lines.data(), wt, s, np, q); });
       done += G;
     }
   });
@@ -183,22 +210,18 @@ constexpr int kPairGroup = 8;
 
 // The pair buffers of one task's input lines: entry i = w + pad of line (n, h) for the columns w in
 // [-pad, Q + S - 1 - pad), the pair (x[w], x[w + 1]) per channel (2 C floats), zero outside the image;
-// output pixel q's tap ss reads entry q + ss. R slots, line h in slot h % R, built when first needed
-// (consecutive output lines share R - 1 input lines).
+// output pixel q's tap ss reads entry q + ss. Built once per task (LineSlots).
 class PairLines {
  public:
   PairLines(const float* x, const ConvShape& s)
-      : x_(x), s_(s), entries_(s.Q() + s.S), slot_floats_(static_cast<int64_t>(entries_) * 2 * s.C),
-        buf_(static_cast<size_t>(s.R * slot_floats_)), held_(static_cast<size_t>(s.R), -1) {}
+      : x_(x), s_(s), entries_(s.Q() + s.S), slots_(s, static_cast<int64_t>(entries_) * 2 * s.C) {}
   // Line h of image n (nullptr outside the image).
   const float* line(int64_t n, int h) {
-    if (h < 0 || h >= s_.H) return nullptr;
-    const int slot = h % s_.R;
-    float* pb = buf_.data() + slot * slot_floats_;
-    const int64_t line = n * s_.H + h;
-    if (held_[static_cast<size_t>(slot)] != line) {
+    bool fresh = false;
+    float* pb = slots_.slot(n, h, fresh);
+    if (pb && fresh) {
+      const int64_t line = n * s_.H + h;
       build(pb, x_ + line * s_.W * s_.C);
-      held_[static_cast<size_t>(slot)] = line;
       if (h + 1 < s_.H) {  // the line the next output line will add, on its way while this one computes
         const char* next = reinterpret_cast<const char*>(x_ + (line + 1) * s_.W * s_.C);
         for (int64_t b = 0; b < static_cast<int64_t>(s_.W) * s_.C * 4; b += 64) _mm_prefetch(next + b, _MM_HINT_T0);
@@ -235,9 +258,7 @@ class PairLines {
   const float* x_;
   const ConvShape& s_;
   int entries_;
-  int64_t slot_floats_;
-  std::vector<float> buf_;
-  std::vector<int64_t> held_;
+  LineSlots slots_;
 };
 
 // The first 64-byte aligned address at or after p (buffers allocated 16 floats longer).
@@ -310,16 +331,9 @@ void rows8_pairs(float* y, const float* x, const float* wt, const ConvShape& s, 
     for (int g = 0, pair = 0; g < groups; ++g) {
       const int np_g = (pairs - pair + (groups - g) - 1) / (groups - g);
       const int q = q0 + 2 * pair, valid = std::min(2 * np_g, q1 - q);
-      switch (np_g) {
-        case 1: pair_group<1>(y, pbs.data(), wd.data(), s, np, q, valid); break;
-        case 2: pair_group<2>(y, pbs.data(), wd.data(), s, np, q, valid); break;
-        case 3: pair_group<3>(y, pbs.data(), wd.data(), s, np, q, valid); break;
-        case 4: pair_group<4>(y, pbs.data(), wd.data(), s, np, q, valid); break;
-        case 5: pair_group<5>(y, pbs.data(), wd.data(), s, np, q, valid); break;
-        case 6: pair_group<6>(y, pbs.data(), wd.data(), s, np, q, valid); break;
-        case 7: pair_group<7>(y, pbs.data(), wd.data(), s, np, q, valid); break;
-        default: pair_group<8>(y, pbs.data(), wd.data(), s, np, q, valid); break;
-      }
+      with_group_size(np_g, [&](auto g_) {
+        pair_group<decltype(g_)::value>(y, pbs.data(), wd.data(), s, np, q, valid);
+      });
       pair += np_g;
     }
   });
@@ -448,16 +462,7 @@ void weight(float* acc, const float* dy, const float* x, const ConvShape& s, int
           float* out = acc + (static_cast<int64_t>(r * s.S + ss) * C + c0) * KP;
           const float* xp = line + static_cast<int64_t>(q0 * s.stride + ss) * C + c0;
           const int64_t xstep = static_cast<int64_t>(s.stride) * C;
-          switch (C - c0 < 8 ? C - c0 : 8) {
-            case 1: weight_taps<KP, 1>(out, xp, xstep, d, KP, count); break;
-            case 2: weight_taps<KP, 2>(out, xp, xstep, d, KP, count); break;
-            case 3: weight_taps<KP, 3>(out, xp, xstep, d, KP, count); break;
-            case 4: weight_taps<KP, 4>(out, xp, xstep, d, KP, count); break;
-            case 5: weight_taps<KP, 5>(out, xp, xstep, d, KP, count); break;
-            case 6: weight_taps<KP, 6>(out, xp, xstep, d, KP, count); break;
-            case 7: weight_taps<KP, 7>(out, xp, xstep, d, KP, count); break;
-            default: weight_taps<KP, 8>(out, xp, xstep, d, KP, count); break;
-          }
+          with_group_size(C - c0, [&](auto nc) { weight_taps<KP, decltype(nc)::value>(out, xp, xstep, d, KP, count); });
         }
     }
   });
