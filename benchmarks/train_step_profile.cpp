@@ -38,6 +38,10 @@ class Prof : public Backend {
  public:
   Backend& b; std::map<std::string,Acc> m;
   explicit Prof(Backend& x):b(x){}
+  // MVEB_PROFILE_SPLIT=1: for non-pointwise convolutions (where the CPU backend runs the composition
+  // anyway) the composition runs on this decorator, so its BN backward, backward data and backward
+  // weight show separately.
+  const bool split = getenv("MVEB_PROFILE_SPLIT") != nullptr;
   Device device() const override { return b.device(); }
   std::string name() const override { return b.name(); }
   void* allocate(size_t n) override { return b.allocate(n); }
@@ -53,12 +57,8 @@ class Prof : public Backend {
   std::string ck(const char* w, const ConvShape& s){ char buf[128]; snprintf(buf,sizeof buf,"%s %dx%d/%d C%d K%d HW%d",w,s.R,s.S,s.stride,s.C,s.K,s.H); return buf; }
   void conv2d_forward(float* y,const float* x,const float* w,const ConvShape& s) override { T t{&m,ck("conv fwd ",s)}; T t2{&m,"conv fwd"}; b.conv2d_forward(y,x,w,s);}
   void conv2d_backward(float* dw,float* dx,const float* dy,const float* x,const float* w,const ConvShape& s,bool add) override {
-    if (getenv("MVEB_PROFILE_SPLIT") && !(s.R == 1 && s.S == 1 && s.stride == 1)) { Backend::conv2d_backward(dw,dx,dy,x,w,s,add); return; }
+    if (split && !(s.R == 1 && s.S == 1 && s.stride == 1)) { Backend::conv2d_backward(dw,dx,dy,x,w,s,add); return; }
     T t{&m,ck("conv bwd ",s)}; T t2{&m,"conv bwd"}; b.conv2d_backward(dw,dx,dy,x,w,s,add);}
-  // MVEB_PROFILE_SPLIT=1: for non-pointwise convolutions (where the CPU backend runs the composition
-  // anyway) the composition runs on this decorator, so its BN backward, backward data and backward
-  // weight show separately.
-  const bool split = getenv("MVEB_PROFILE_SPLIT") != nullptr;
   void batchnorm_conv_backward(float* dr,float* dg,float* db,const float* dy,const uint8_t* mk,const float* bx,const float* g,const float* mean,const float* is,bool relu,bool train,float* dw,float* dx,const float* x,const float* w,const ConvShape& s,bool add,float* scr) override {
     if (split && !(s.R == 1 && s.S == 1 && s.stride == 1)) { Backend::batchnorm_conv_backward(dr,dg,db,dy,mk,bx,g,mean,is,relu,train,dw,dx,x,w,s,add,scr); return; }
     T t{&m,ck("bn+conv bwd ",s)}; T t2{&m,"bn+conv bwd"}; b.batchnorm_conv_backward(dr,dg,db,dy,mk,bx,g,mean,is,relu,train,dw,dx,x,w,s,add,scr);}
