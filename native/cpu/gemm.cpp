@@ -455,7 +455,8 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
               const long ldo = in_place ? ldc : NR;
               const float beta_out = in_place ? beta_block : 0.f;
               if (direct && mr == MR) {
-                kern.direct(kc, A + static_cast<long>(i0 + ir) * lda + pc, lda, pb, out, ldo, alpha, beta_out);
+                const DirectMicroKernel fn = p == p_begin && kern.direct_prefetch ? kern.direct_prefetch : kern.direct;
+                fn(kc, A + static_cast<long>(i0 + ir) * lda + pc, lda, pb, out, ldo, alpha, beta_out);
               } else if (kern.rows != nullptr) {
                 if (ir == 0) kern.rows(mr, kc, pa_panel, first_b, first_ldb, copy_b, out, ldo, beta_out);
                 else kern.rows(mr, kc, pa_panel, pb, NR, nullptr, out, ldo, beta_out);

@@ -47,6 +47,9 @@ struct KernelInfo {
   RowsMicroKernel rows = nullptr;      // optional: partial row tiles, and B packed on the fly for few rows
   PackBtPanel pack_bt = nullptr;       // optional: packing of transposed B (else portable code)
   PackAPanel pack_a = nullptr;         // optional: packing of op(A) = A (else portable code)
+  // optional: `direct` that also prefetches A ahead of use, for the first column panel of each row
+  // block (the one that reads A from memory; else `direct`)
+  DirectMicroKernel direct_prefetch = nullptr;
   // Matmul precision "high" on a CPU with AMX: gemm_run hands products without a PackedB that are
   // big enough (amx_pays) to gemm_amx.
   bool amx = false;
