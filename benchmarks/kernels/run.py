@@ -7,7 +7,8 @@ with torch.nn.functional.conv2d (channels_last, forward + input/weight gradients
 norms (train mode, + residual + ReLU), both with 2 threads, alternating shape by shape, and prints
 markdown tables with GFLOP/s, the fraction of the measured FP32 peak and the ratios.
 Usage: /usr/bin/python3 benchmarks/kernels/run.py BINARY [THREADS] [PARTS]
-PARTS: comma-separated subset of gemm,conv,bn (default all), e.g. `gemm` for the SGEMM tables only.
+PARTS: comma-separated subset of gemm,conv,bn (default all), e.g. `gemm` for the SGEMM tables only
+(build-and-run-kernels.sh, i.e. npm run bench:cpu, adds the training-step part `step` after these).
 On a CPU with AMX the GEMM and conv tables get extra columns for mveb at matmul precision "high"
 (MVEB_MATMUL_PRECISION=high: bf16x3 on the AMX tiles, ~4e-6 relative error; the plain columns are
 IEEE fp32, the default).
