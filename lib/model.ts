@@ -226,6 +226,27 @@ export class Model {
     native.modelCopyFrom(this.h(), source.h(), opts.parameters ?? true, opts.buffers ?? true);
   }
 
+  /** Adds `source`'s gradients into this model's (same architecture, same device): the gradients of
+   * a pass run on a copy of this model (a clone() holds its own activations, so two passes can be
+   * kept for backward at once) accumulated as if this model had run it. One native axpy. */
+  addGradientsFrom(source: Model): void {
+    check(source instanceof Model, 'E_ARG', 'addGradientsFrom: source must be a Model');
+    native.modelAddGradients(this.h(), source.h());
+  }
+
+  /** Bytes of activation memory this model holds (planned for the last input shape; 0 before the
+   * first forward). */
+  get activationBytes(): number {
+    return native.modelInfo(this.h()).activationBytes;
+  }
+
+  /** Bytes of activation memory a training forward of an input of this shape would hold (kept for
+   * backward), computed without running or allocating anything; E_SHAPE as forward() would. */
+  activationBytesFor(shape: readonly number[]): number {
+    check(Array.isArray(shape), 'E_SHAPE', 'activationBytesFor: shape must be an array of integers');
+    return native.modelActivationBytesFor(this.h(), shape);
+  }
+
   /** this = m * this + (1 - m) * online, over the parameters (not the buffers). */
   async emaUpdate(online: Model, m: number): Promise<void> {
     check(online instanceof Model, 'E_ARG', 'emaUpdate: online must be a Model');

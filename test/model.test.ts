@@ -162,6 +162,40 @@ test('clone, emaUpdate and SGD optimizerStep follow their formulas; NaN gradient
   target.dispose();
 });
 
+test('addGradientsFrom adds a copy\'s gradients; activationBytesFor predicts the arena of a forward', async () => {
+  const net = Model.projector({ inDim: 6, hiddenDim: 8, outDim: 4, seed: 3 });
+  const copy = net.clone();
+  expect(net.activationBytes).toBe(0);
+  const predicted = net.activationBytesFor([5, 6]);
+  expect(predicted).toBeGreaterThan(0);
+  const x = Tensor.randn([5, 6], { seed: 1 }), g = Tensor.randn([5, 4], { seed: 2 });
+  const y = Tensor.randn([7, 6], { seed: 3 }), h = Tensor.randn([7, 4], { seed: 4 });
+  (await net.forward(x)).dispose();
+  expect(net.activationBytes).toBe(predicted);
+  (await net.backward(g, { inputGrad: false }));
+  (await copy.forward(y)).dispose();
+  (await copy.backward(h, { inputGrad: false }));
+  const a = net.gradients(), b = copy.gradients();
+  net.addGradientsFrom(copy);
+  const sum = net.gradients();
+  for (const [k, v] of a) {
+    const bv = b.get(k)!.dataSync();
+    const want = Array.from(v.dataSync(), (av, i) => av + bv[i]);
+    expect(relError(sum.get(k)!.dataSync(), want)).toBeLessThan(1e-7);
+  }
+  expect(() => net.addGradientsFrom(net)).toThrow(expect.objectContaining({ code: 'E_ARG' }));
+  expect(() => net.addGradientsFrom({} as Model)).toThrow(expect.objectContaining({ code: 'E_ARG' }));
+  const other = Model.projector({ inDim: 6, hiddenDim: 9, outDim: 4 });
+  expect(() => net.addGradientsFrom(other)).toThrow(expect.objectContaining({ code: 'E_SHAPE' }));
+  expect(() => net.activationBytesFor([5, 7])).toThrow(expect.objectContaining({ code: 'E_SHAPE' }));
+  expect(() => net.activationBytesFor([5, -6])).toThrow(expect.objectContaining({ code: 'E_SHAPE' }));
+  copy.dispose();
+  expect(() => net.addGradientsFrom(copy)).toThrow(expect.objectContaining({ code: 'E_DISPOSED' }));
+  [x, g, y, h, ...a.values(), ...b.values(), ...sum.values()].forEach((t) => t.dispose());
+  other.dispose();
+  net.dispose();
+});
+
 test('argument validation gives stable codes', async () => {
   await expectReject(() => Model.resnet({ depth: 20 as 18 }), 'E_ARG');
   await expectReject(() => Model.resnet({ depth: 18, stem: 'tiny' as 'cifar' }), 'E_ARG');

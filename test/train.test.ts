@@ -9,7 +9,10 @@ import * as path from 'path';
 import { spawnSync } from 'child_process';
 import { learningRateAt, momentumAt, maxLearningRate } from '../lib/train/schedule';
 import { renderReport, lineChart } from '../lib/train/report';
-import { pretrain, PretrainOptions, trainingViews } from '../lib/train/pretrain';
+import { pretrain, PretrainOptions, trainingViews, trainStep, makeStepScratch, disposeStepScratch, Net } from '../lib/train/pretrain';
+import { Model } from '../lib/model';
+import { Tensor } from '../lib/tensor';
+import { MVEBLoss } from '../lib/loss';
 import { loadCheckpoint, checksumTensors } from '../lib/train/checkpoint';
 import { builtinFashionMnist } from '../lib/data';
 import type { Dataset } from '../lib/data';
@@ -48,6 +51,69 @@ function pretrainInChild(opts: Record<string, unknown>, threads: number): { loss
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mveb-train-'));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+describe('train: one MVEB step', () => {
+  const net = (seed: number): Net => ({
+    backbone: Model.resnet({ depth: 18, stem: 'cifar', inChannels: 1, widthMultiplier: 0.0625, seed }),
+    projector: Model.projector({ inDim: 32, hiddenDim: 48, outDim: 40, seed: seed + 1 }),
+  });
+  const values = (m: Map<string, Tensor>): [string, number[]][] =>
+    [...m].map(([k, t]) => {
+      const v = Array.from(t.dataSync() as Float32Array);
+      t.dispose();
+      return [k, v];
+    });
+  const relError = (a: number[], b: number[]) => {
+    let d = 0, n = 0;
+    for (let i = 0; i < a.length; i++) d += (a[i] - b[i]) ** 2, n += b[i] ** 2;
+    return Math.sqrt(d / Math.max(n, 1e-30));
+  };
+
+  test.each([2, 3])('%i views: kept in copies of the online networks or recomputed, the same step', async (V) => {
+    // two global views and (V = 3) one smaller local crop
+    const views = [Tensor.randn([12, 1, 16, 16], { seed: 1 }), Tensor.randn([12, 1, 16, 16], { seed: 2 }), Tensor.randn([12, 1, 10, 10], { seed: 3 })].slice(0, V);
+    const loss = new MVEBLoss({ lambda: 0.01 });
+    const run = async (budget: number) => {
+      const online = net(5), target = net(5);
+      const scratch = makeStepScratch(online, target, budget);
+      const state = () => ({
+        grads: [...values(online.backbone.gradients()), ...values(online.projector.gradients())],
+        buffers: [...values(online.backbone.buffers()), ...values(online.projector.buffers())],
+        target: [...values(target.backbone.parameters()), ...values(target.backbone.buffers())],
+      });
+      // two steps with an optimiser step between: the copies must follow the online parameters
+      const r1 = await trainStep(online, target, loss, views, 0.99, scratch);
+      const s1 = state();
+      for (const m of [online.backbone, online.projector]) await m.optimizerStep({ kind: 'sgd', lr: 0.05, momentum: 0.9 });
+      const r2 = await trainStep(online, target, loss, views, 0.99, scratch);
+      const out = { r1, s1, r2, s2: state(), kept: scratch.viewNets !== null };
+      disposeStepScratch(scratch);
+      for (const m of [online.backbone, online.projector, target.backbone, target.projector]) m.dispose();
+      return out;
+    };
+    const recomputed = await run(0), kept = await run(1 << 30);
+    expect(recomputed.kept).toBe(false);
+    expect(kept.kept).toBe(true);
+    const close = (a: [string, number[]][], b: [string, number[]][], tol: number) =>
+      a.forEach(([name, v], i) => expect({ name, close: relError(v, b[i][1]) <= tol }).toEqual({ name, close: true }));
+    // step 1: the same forwards (loss, BN running statistics counting every view once, in order, the
+    // target's EMA); the gradients summed in another order
+    expect(kept.r1.loss).toBe(recomputed.r1.loss);
+    expect(kept.r1.widths).toEqual(recomputed.r1.widths);
+    expect(kept.s1.buffers).toEqual(recomputed.s1.buffers);
+    expect(kept.s1.target).toEqual(recomputed.s1.target);
+    close(kept.s1.grads, recomputed.s1.grads, 1e-5);
+    // step 2, after the optimiser: equal up to that rounding
+    expect(Math.abs(kept.r2.loss - recomputed.r2.loss)).toBeLessThan(1e-6 * Math.abs(recomputed.r2.loss));
+    close(kept.s2.grads, recomputed.s2.grads, 1e-4);
+    close(kept.s2.buffers, recomputed.s2.buffers, 1e-6);
+    close(kept.s2.target, recomputed.s2.target, 1e-6);
+  });
+
+  test('viewActivationBudget is validated', async () => {
+    await expect(pretrain({ viewActivationBudget: -1 })).rejects.toMatchObject({ code: 'E_ARG' });
+  });
+});
 
 describe('train: schedules (mveb-spec.md section 4 numbers)', () => {
   const o = { baseLr: 0.3, batchSize: 4096, warmupSteps: 3120, totalSteps: 249600 };

@@ -96,6 +96,11 @@ export interface PretrainOptions {
   logEvery?: number;
   /** on SIGINT / SIGTERM finish the current step, write a resumable checkpoint and resolve (the CLI sets this) */
   handleSignals?: boolean;
+  /** activation memory (bytes) the views other than the last may keep for backward, in copies of the
+   * online networks, instead of being run forward a second time (default 2 GiB; 0: always recompute).
+   * Keeping saves one forward per such view and step; the step is the same up to the rounding of the
+   * gradient sum (so a resumed run reproduces its losses exactly only with the same budget decision). */
+  viewActivationBudget?: number;
   onProgress?: (e: ProgressEvent) => void;
 }
 
@@ -172,7 +177,8 @@ function validate(o: PretrainOptions): void {
   for (const k of ['projectorDim', 'epochs', 'batchSize'] as const) if (o[k] !== undefined && !isInt(o[k], 1)) throw bad(k, 'a positive integer', o[k]);
   if (o.batchSize !== undefined && o.batchSize < 2) throw bad('batchSize', 'at least 2 (the entropy estimator needs several samples)', o.batchSize);
   for (const k of ['lr', 'eta', 'minWidth'] as const) if (o[k] !== undefined && !isNum(o[k], 0, true)) throw bad(k, 'a positive number', o[k]);
-  for (const k of ['weightDecay', 'lambda', 'warmupEpochs'] as const) if (o[k] !== undefined && !isNum(o[k], 0)) throw bad(k, 'a number >= 0', o[k]);
+  for (const k of ['weightDecay', 'lambda', 'warmupEpochs', 'viewActivationBudget'] as const)
+    if (o[k] !== undefined && !isNum(o[k], 0)) throw bad(k, 'a number >= 0', o[k]);
   if (o.baseMomentum !== undefined && !(isNum(o.baseMomentum, 0) && o.baseMomentum <= 1)) throw bad('baseMomentum', 'a number in [0, 1]', o.baseMomentum);
   if (o.optimizer !== undefined && !['lars', 'sgd'].includes(o.optimizer)) throw bad('optimizer', "'lars' or 'sgd'", o.optimizer);
   for (const k of ['localCrops', 'trainImages', 'seed', 'knnEvery', 'knnBank', 'knnMonitorBank', 'knnMonitorQueries'] as const)
@@ -487,7 +493,7 @@ export async function pretrain(options: PretrainOptions = {}): Promise<PretrainS
   let lastLoss: number | null = null, lastAlignment: number | null = null;
   const runStart = Date.now();
   let stoppedEarly = false;
-  const scratch = makeStepScratch(online, target);
+  const scratch = makeStepScratch(online, target, options.viewActivationBudget ?? VIEW_ACTIVATION_BUDGET);
   let signalled: string | null = null;
   const onSignal = (sig: string) => {
     if (signalled) process.exit(130); // a second Ctrl-C: give up at once (the last checkpoint stays)
@@ -642,7 +648,12 @@ export interface StepResult {
   widths: number[];
 }
 
-/** Scratch copies of the four networks for cheap device-side snapshots (Model.copyFrom: one memcpy). */
+/** The default PretrainOptions.viewActivationBudget. */
+export const VIEW_ACTIVATION_BUDGET = 2 * 2 ** 30;
+
+/** Scratch copies of the four networks for cheap device-side snapshots (Model.copyFrom: one memcpy),
+ * and the copies of the online networks that run the views other than the last when their
+ * activations fit the budget (`viewNets`, one per such view; made at the first step). */
 export interface StepScratch {
   onlineBackbone: Model;
   onlineProjector: Model;
@@ -650,9 +661,11 @@ export interface StepScratch {
   targetProjector: Model;
   passBackbone: Model;
   passProjector: Model;
+  viewActivationBudget: number;
+  viewNets: Net[] | null;
 }
 
-export function makeStepScratch(online: Net, target: Net): StepScratch {
+export function makeStepScratch(online: Net, target: Net, viewActivationBudget = VIEW_ACTIVATION_BUDGET): StepScratch {
   return {
     onlineBackbone: online.backbone.clone(),
     onlineProjector: online.projector.clone(),
@@ -660,11 +673,38 @@ export function makeStepScratch(online: Net, target: Net): StepScratch {
     targetProjector: target.projector.clone(),
     passBackbone: online.backbone.clone(),
     passProjector: online.projector.clone(),
+    viewActivationBudget,
+    viewNets: null,
   };
 }
 
 export function disposeStepScratch(s: StepScratch): void {
-  for (const m of Object.values(s)) m.dispose();
+  for (const m of [s.onlineBackbone, s.onlineProjector, s.targetBackbone, s.targetProjector, s.passBackbone, s.passProjector]) m.dispose();
+  for (const n of s.viewNets ?? []) {
+    n.backbone.dispose();
+    n.projector.dispose();
+  }
+}
+
+// The networks that run views 0 .. V-2 forward for the loss: copies of the online networks with
+// their own activations when those fit scratch.viewActivationBudget (decided from the views' shapes
+// alone, so every step of a run, resumed or not, takes the same path), else the online networks
+// themselves (those views are then recomputed before their backward).
+function viewNetsFor(online: Net, views: Tensor[], scratch: StepScratch): Net[] {
+  const kept = views.length - 1;
+  if (scratch.viewNets && scratch.viewNets.length === kept) return scratch.viewNets;
+  let bytes = 0;
+  for (let v = 0; v < kept; v++) {
+    bytes += online.backbone.activationBytesFor(views[v].shape);
+    bytes += online.projector.activationBytesFor([views[v].shape[0], online.backbone.featureDim]);
+  }
+  if (kept === 0 || bytes > scratch.viewActivationBudget) return Array.from({ length: kept }, () => online);
+  for (const n of scratch.viewNets ?? []) {
+    n.backbone.dispose();
+    n.projector.dispose();
+  }
+  scratch.viewNets = Array.from({ length: kept }, () => ({ backbone: online.backbone.clone(), projector: online.projector.clone() }));
+  return scratch.viewNets;
 }
 
 /**
@@ -683,11 +723,24 @@ export async function trainStep(online: Net, target: Net, loss: MVEBLoss, views:
   scratch.targetProjector.copyFrom(target.projector);
   const z: Tensor[] = [];
   const targets: Tensor[] = [];
+  // view v < V - 1 runs on nets[v]: a copy of the online networks (parameters and BN buffers copied
+  // in, the updated buffers copied back, so the running statistics count each view once, in order),
+  // or the online networks themselves (recomputed below)
+  const nets = [...viewNetsFor(online, views, scratch), online];
   try {
     for (let v = 0; v < V; v++) {
-      const h = await online.backbone.forward(views[v], { train: true });
-      z.push(await online.projector.forward(h, { train: true }));
+      const net = nets[v];
+      if (net !== online) {
+        net.backbone.copyFrom(online.backbone);
+        net.projector.copyFrom(online.projector);
+      }
+      const h = await net.backbone.forward(views[v], { train: true });
+      z.push(await net.projector.forward(h, { train: true }));
       h.dispose();
+      if (net !== online) {
+        online.backbone.copyFrom(net.backbone, buffersOnly);
+        online.projector.copyFrom(net.projector, buffersOnly);
+      }
     }
     if (V > 1) {
       scratch.passBackbone.copyFrom(online.backbone, buffersOnly);
@@ -719,21 +772,31 @@ export async function trainStep(online: Net, target: Net, loss: MVEBLoss, views:
     }
     online.backbone.zeroGrad();
     online.projector.zeroGrad();
-    const backward = async (v: number) => {
-      const gh = await online.projector.backward(r.grads[v]);
-      const gx = await online.backbone.backward(gh!, { inputGrad: false });
+    const backward = async (net: Net, v: number) => {
+      const gh = await net.projector.backward(r.grads[v]);
+      const gx = await net.backbone.backward(gh!, { inputGrad: false });
       gh!.dispose();
       gx?.dispose();
     };
-    // the last view's activations are still live; the others are recomputed (same input, same batch
-    // statistics, so the same activations)
-    await backward(V - 1);
+    // the last view's activations are still live in the online networks; each copy holds its view's
+    // (its gradients go into the online networks'); views run on the online networks are recomputed
+    // (same input, same batch statistics, so the same activations)
+    await backward(online, V - 1);
     for (let v = 0; v < V - 1; v++) {
+      const net = nets[v];
+      if (net !== online) {
+        net.backbone.zeroGrad();
+        net.projector.zeroGrad();
+        await backward(net, v);
+        online.backbone.addGradientsFrom(net.backbone);
+        online.projector.addGradientsFrom(net.projector);
+        continue;
+      }
       const h = await online.backbone.forward(views[v], { train: true });
       const zz = await online.projector.forward(h, { train: true });
       h.dispose();
       zz.dispose();
-      await backward(v);
+      await backward(online, v);
     }
     if (V > 1) {
       // BN running statistics as after the first pass: each view counted once

@@ -63,6 +63,8 @@ double get_number(Napi::Env env, const Napi::Object& o, const char* key);  // re
 bool get_bool(Napi::Env env, const Napi::Object& o, const char* key, bool fallback);
 std::string get_string(Napi::Env env, const Napi::Object& o, const char* key, const std::string& fallback);
 mveb::Device parse_device(Napi::Env env, const std::string& s);
+// A JS array of non-negative integers (E_SHAPE otherwise).
+mveb::Shape parse_shape(Napi::Env env, const Napi::Value& v);
 
 // ---- async work ----
 // Runs compute() on a libuv worker thread; then finish(env, result) on the JS thread resolves the

@@ -142,6 +142,16 @@ Napi::Value model_info(const Napi::CallbackInfo& info) {
   });
 }
 
+// modelActivationBytesFor(model, shape): the activation bytes a training forward of that input shape
+// would plan (nothing planned or allocated)
+Napi::Value model_activation_bytes_for(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    Locked m(unwrap_box(env, info[0]));
+    return Napi::Number::New(env, static_cast<double>(m->activation_bytes_for(parse_shape(env, info[1]))));
+  });
+}
+
 Napi::Value model_dispose(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&]() -> Napi::Value {
@@ -245,6 +255,20 @@ Napi::Value model_copy_from(const Napi::CallbackInfo& info) {
     std::scoped_lock lock(dst->mutex, src->mutex);
     MVEB_CHECK(dst->model && src->model, "E_DISPOSED", "copyFrom: a model was used after dispose()");
     dst->model->copy_from(*src->model, params, buffers);
+    return env.Undefined();
+  });
+}
+
+// modelAddGradients(dst, src): dst's gradients += src's; synchronous (one axpy over the gradient arena)
+Napi::Value model_add_gradients(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    BoxPtr dst = unwrap_box(env, info[0]);
+    BoxPtr src = unwrap_box(env, info[1]);
+    if (dst == src) throw_js(env, "E_ARG", "addGradientsFrom: the source is this model");
+    std::scoped_lock lock(dst->mutex, src->mutex);
+    MVEB_CHECK(dst->model && src->model, "E_DISPOSED", "addGradientsFrom: a model was used after dispose()");
+    dst->model->add_gradients(*src->model);
     return env.Undefined();
   });
 }
@@ -365,6 +389,7 @@ void register_model(Napi::Env env, Napi::Object exports) {
   exports.Set("modelResnet", Napi::Function::New(env, model_resnet, "modelResnet"));
   exports.Set("modelProjector", Napi::Function::New(env, model_projector, "modelProjector"));
   exports.Set("modelInfo", Napi::Function::New(env, model_info, "modelInfo"));
+  exports.Set("modelActivationBytesFor", Napi::Function::New(env, model_activation_bytes_for, "modelActivationBytesFor"));
   exports.Set("modelDispose", Napi::Function::New(env, model_dispose, "modelDispose"));
   exports.Set("modelForward", Napi::Function::New(env, model_forward, "modelForward"));
   exports.Set("modelBackward", Napi::Function::New(env, model_backward, "modelBackward"));
@@ -375,6 +400,7 @@ void register_model(Napi::Env env, Napi::Object exports) {
   exports.Set("modelClone", Napi::Function::New(env, model_clone, "modelClone"));
   exports.Set("modelCopyFrom", Napi::Function::New(env, model_copy_from, "modelCopyFrom"));
   exports.Set("modelEmaUpdate", Napi::Function::New(env, model_ema_update, "modelEmaUpdate"));
+  exports.Set("modelAddGradients", Napi::Function::New(env, model_add_gradients, "modelAddGradients"));
   exports.Set("modelOptimizerStep", Napi::Function::New(env, model_optimizer_step, "modelOptimizerStep"));
   exports.Set("safetensorsEncode", Napi::Function::New(env, safetensors_encode, "safetensorsEncode"));
   exports.Set("safetensorsDecode", Napi::Function::New(env, safetensors_decode, "safetensorsDecode"));

@@ -47,7 +47,7 @@ std::vector<mveb::Tensor> unwrap_tensor_array(Napi::Env env, const Napi::Value& 
 }
 
 // ---- argument parsing ----
-static mveb::Shape parse_shape(Napi::Env env, const Napi::Value& v) {
+mveb::Shape parse_shape(Napi::Env env, const Napi::Value& v) {
   if (!v.IsArray()) throw_js(env, "E_SHAPE", "shape must be an array of non-negative integers");
   Napi::Array a = v.As<Napi::Array>();
   mveb::Shape s;

@@ -97,7 +97,7 @@ struct Model::Impl {
   LinearLayer lin[3];
   BnLayer pbn[2];
   // gradient scratch
-  size_t scratch[4] = {0, 0, 0, 0};
+  size_t scratch[kGradScratch] = {0, 0, 0, 0};
   size_t scratch_size = 0;
 };
 
@@ -308,17 +308,17 @@ void Model::plan(const Shape& shape, bool inference) {
   inference = inference && is_resnet_;  // the projector's activations are small: one plan for both
   if (shape == planned_shape_ && inference == planned_inference_ && act_arena_.defined()) return;
   Planner sizing;  // a training-layout pass gives the largest activation (the slot size)
-  plan_into(shape, sizing);
+  plan_into(shape, sizing, *impl_);
   Planner p;
   if (inference) {
     p.inference = true;
     p.slot_size = (sizing.max_tensor + 15) / 16 * 16;
     p.top = Planner::kSlots * p.slot_size;
-    plan_into(shape, p);
+    plan_into(shape, p, *impl_);
   } else {
     p = sizing;
     impl_->scratch_size = p.max_tensor;
-    for (int i = 0; i < 4; ++i) impl_->scratch[i] = p.alloc(p.max_tensor);
+    for (int i = 0; i < kGradScratch; ++i) impl_->scratch[i] = p.alloc(p.max_tensor);
   }
   act_arena_ = Tensor();  // free the old one first (peak memory)
   act_arena_ = empty_tensor(*backend_, {static_cast<int64_t>(p.top)});
@@ -327,8 +327,16 @@ void Model::plan(const Shape& shape, bool inference) {
   forward_done_ = false;
 }
 
-void Model::plan_into(const Shape& shape, Planner& p) {
-  Impl& I = *impl_;
+size_t Model::activation_bytes_for(const Shape& shape) const {
+  check_input_shape(shape);
+  Impl layers = *impl_;  // planning writes the layer tables: plan a copy, the live plan stays
+  Planner p;
+  plan_into(shape, p, layers);
+  for (int i = 0; i < kGradScratch; ++i) p.alloc(p.max_tensor);
+  return p.top * sizeof(float);
+}
+
+void Model::plan_into(const Shape& shape, Planner& p, Impl& I) const {
   size_t live_a = NONE, live_b = NONE;  // a block's input and residual (inference slots)
   auto plan_conv = [&](ConvLayer& c, size_t in, int N, int H, int W) {
     c.in = in;
@@ -413,17 +421,21 @@ void Model::plan_into(const Shape& shape, Planner& p) {
 // ---------------------------------------------------------------------------------------------
 // forward
 
+void Model::check_input_shape(const Shape& shape) const {
+  if (is_resnet_) {
+    MVEB_CHECK(shape.size() == 4 && shape[1] == in_channels_ && shape[0] >= 1, "E_SHAPE",
+               "forward input: expected shape [N, ", in_channels_, ", H, W], found ", shape_string(shape));
+  } else {
+    MVEB_CHECK(shape.size() == 2 && shape[1] == in_channels_ && shape[0] >= 1, "E_SHAPE",
+               "forward input: expected shape [N, ", in_channels_, "], found ", shape_string(shape));
+  }
+}
+
 Tensor Model::forward(const Tensor& x, bool train, bool save_for_backward) {
   check_float(x, "forward input");
   MVEB_CHECK(x.storage->backend == backend_, "E_DEVICE", "forward input is on ", device_name(x.device()),
              ", the model on ", device_name(backend_->device()));
-  if (is_resnet_) {
-    MVEB_CHECK(x.shape.size() == 4 && x.shape[1] == in_channels_ && x.shape[0] >= 1, "E_SHAPE",
-               "forward input: expected shape [N, ", in_channels_, ", H, W], found ", shape_string(x.shape));
-  } else {
-    MVEB_CHECK(x.shape.size() == 2 && x.shape[1] == in_channels_ && x.shape[0] >= 1, "E_SHAPE",
-               "forward input: expected shape [N, ", in_channels_, "], found ", shape_string(x.shape));
-  }
+  check_input_shape(x.shape);
   plan(x.shape, !train || !save_for_backward);
   Impl& I = *impl_;
   Backend& be = *backend_;
@@ -741,13 +753,19 @@ std::unique_ptr<Model> Model::clone() const {
   return m;
 }
 
-void Model::copy_from(const Model& src, bool parameters, bool buffers) {
+// E_SHAPE unless src has this model's architecture (parameter and buffer layout), E_DEVICE unless
+// it lives on the same backend; `what` names the calling method.
+void Model::check_same_architecture(const Model& src, const char* what) const {
   bool same = src.is_resnet_ == is_resnet_ && src.param_count_ == param_count_ && src.buffer_count_ == buffer_count_ &&
               src.params_.size() == params_.size();
   for (size_t i = 0; same && i < params_.size(); ++i) same = src.params_[i].shape == params_[i].shape;
-  MVEB_CHECK(same, "E_SHAPE", "copyFrom: the models differ in architecture (", src.param_count_, " vs ", param_count_,
+  MVEB_CHECK(same, "E_SHAPE", what, ": the models differ in architecture (", src.param_count_, " vs ", param_count_,
              " parameters)");
-  MVEB_CHECK(src.backend_ == backend_, "E_DEVICE", "copyFrom: models are on different devices");
+  MVEB_CHECK(src.backend_ == backend_, "E_DEVICE", what, ": models are on different devices");
+}
+
+void Model::copy_from(const Model& src, bool parameters, bool buffers) {
+  check_same_architecture(src, "copyFrom");
   if (&src == this) return;
   if (parameters) backend_->copy(param_arena_.f32(), src.param_arena_.f32(), param_count_ * sizeof(float));
   if (buffers) {
@@ -764,6 +782,12 @@ void Model::ema_update(const Model& online, float m) {
   MVEB_CHECK(online.backend_ == backend_, "E_DEVICE", "emaUpdate: models are on different devices");
   MVEB_CHECK(std::isfinite(m) && m >= 0 && m <= 1, "E_ARG", "emaUpdate: momentum must be in [0, 1], found ", m);
   backend_->ema_update(param_arena_.f32(), online.param_arena_.f32(), param_count_, m);
+}
+
+void Model::add_gradients(const Model& src) {
+  check_same_architecture(src, "addGradientsFrom");
+  MVEB_CHECK(&src != this, "E_ARG", "addGradientsFrom: the source is this model");
+  backend_->axpy(grad_arena_.f32(), 1.f, src.grad_arena_.f32(), param_count_);
 }
 
 bool Model::optimizer_step(const OptimizerOptions& o) {

@@ -103,6 +103,9 @@ class Model {
   void copy_from(const Model& src, bool parameters, bool buffers);
   // this = m * this + (1 - m) * online, parameters only.
   void ema_update(const Model& online, float m);
+  // this model's gradients += src's (E_SHAPE unless same architecture): the gradients of a pass run
+  // on a copy of this model (a second set of activations) added to this model's.
+  void add_gradients(const Model& src);
   // Skips the update and returns false when any gradient is non-finite.
   bool optimizer_step(const OptimizerOptions& options);
   std::vector<std::pair<std::string, Tensor>> optimizer_state() const;  // momentum per parameter (empty before a step)
@@ -113,15 +116,21 @@ class Model {
   float* grad_arena() const { return grad_arena_.f32(); }
   float* buffer_arena() const { return buffer_arena_.f32(); }
   size_t activation_bytes() const { return act_arena_.defined() ? act_arena_.bytes() : 0; }
+  // The activation memory a training forward of this input shape would plan (saved for backward),
+  // without planning or allocating it (E_SHAPE as forward for a bad shape).
+  size_t activation_bytes_for(const Shape& input_shape) const;
 
   struct Impl;  // layer tables (model.cpp)
 
  private:
   Model(Backend& backend);
   void allocate_arenas();
+  void check_same_architecture(const Model& src, const char* what) const;
   void upload_initial_state(const std::vector<float>& host_params);
   void plan(const Shape& input_shape, bool inference);
-  void plan_into(const Shape& input_shape, Planner& p);
+  void plan_into(const Shape& input_shape, Planner& p, Impl& layers) const;
+  void check_input_shape(const Shape& input_shape) const;  // E_SHAPE unless a valid forward input
+  static constexpr int kGradScratch = 4;  // gradient scratch tensors in a training plan
   Tensor to_pytorch_layout(const ArenaEntry& e, const float* arena) const;
   void from_pytorch_layout(const ArenaEntry& e, float* arena, const Tensor& t) const;
 

@@ -471,6 +471,53 @@ TEST("model: backward accumulates parameter gradients; bad inputs give E_SHAPE/E
   EXPECT_THROWS_CODE(twin->backward(g), "E_ARG");
 }
 
+TEST("model: add_gradients sums a copy's gradients; activation_bytes_for predicts the training arena") {
+  Backend& be = mtest::runtime().cpu();
+  ResnetConfig c;
+  c.depth = 18, c.cifar_stem = true, c.width_multiplier = 0.0625, c.in_channels = 2;
+  auto m = Model::resnet(be, c);
+  auto copy = m->clone();
+  auto upload_random = [&](const Shape& shape, uint64_t seed) {
+    Tensor t = empty_tensor(be, shape);
+    auto v = mtest::random_vector(t.numel(), seed);
+    be.upload(t.f32(), v.data(), v.size() * 4);
+    return t;
+  };
+  const Shape xa_shape{3, 2, 9, 9}, xb_shape{4, 2, 11, 7};
+  Tensor xa = upload_random(xa_shape, 41), ga = upload_random({3, m->feature_dim()}, 42);
+  Tensor xb = upload_random(xb_shape, 43), gb = upload_random({4, m->feature_dim()}, 44);
+  // predicted before any forward, and for a shape other than the planned one: the plan is untouched
+  const size_t bytes_a = m->activation_bytes_for(xa_shape), bytes_b = m->activation_bytes_for(xb_shape);
+  m->forward(xa, true);
+  EXPECT_TRUE(m->activation_bytes() == bytes_a, "arena " << m->activation_bytes() << " vs predicted " << bytes_a);
+  EXPECT_TRUE(m->activation_bytes_for(xb_shape) == bytes_b, "prediction depends on the live plan");
+  m->backward(ga, false);  // still the xa plan's activations
+  std::vector<double> sum(m->grad_arena(), m->grad_arena() + m->parameter_count());
+  copy->forward(xb, true);
+  EXPECT_TRUE(copy->activation_bytes() == bytes_b, "arena " << copy->activation_bytes() << " vs predicted " << bytes_b);
+  copy->backward(gb, false);
+  for (size_t i = 0; i < sum.size(); ++i) sum[i] += copy->grad_arena()[i];
+  // the reference: xa's then xb's backward on one model, accumulated
+  auto ref = m->clone();
+  ref->forward(xa, true);
+  ref->backward(ga, false);
+  ref->forward(xb, true);
+  ref->backward(gb, false);
+  m->add_gradients(*copy);
+  EXPECT_REL(mtest::rel_error(m->grad_arena(), sum.data(), sum.size()), 1e-7, "add_gradients = the sum");
+  std::vector<double> ref_grads(ref->grad_arena(), ref->grad_arena() + ref->parameter_count());
+  EXPECT_REL(mtest::rel_error(m->grad_arena(), ref_grads.data(), ref_grads.size()), 1e-6,
+             "two models' passes = the same passes accumulated in one model");
+  EXPECT_THROWS_CODE(m->add_gradients(*m), "E_ARG");
+  ResnetConfig c34 = c;
+  c34.depth = 34;
+  auto other_arch = Model::resnet(be, c34);
+  EXPECT_THROWS_CODE(m->add_gradients(*other_arch), "E_SHAPE");
+  EXPECT_THROWS_CODE(m->activation_bytes_for({3, 3, 9, 9}), "E_SHAPE");
+  EXPECT_THROWS_CODE(m->activation_bytes_for({0, 2, 9, 9}), "E_SHAPE");
+  EXPECT_THROWS_CODE(m->activation_bytes_for({3, 2, 0, 5}), "E_SHAPE");
+}
+
 TEST("model: three SGD and three LARS training steps vs torch.optim.SGD and the official LARS") {
   Fixture f = load_fixture("projector_optimizer.safetensors");
   Backend& be = mtest::runtime().cpu();
