@@ -396,11 +396,12 @@ std::vector<ConvShape> conv_cases() {
   v.push_back(ConvShape{2, 9, 8, 8, 20, 3, 3, 1, 1});
   // 16 channels each: the direct kernels (all three passes)
   v.push_back(ConvShape{2, 10, 9, 16, 16, 3, 3, 1, 1});
-  // 64 <= C, K <= 256 with >= max(C, K) 4x4 output tiles: Winograd F(4x4, 3x3) (all three passes);
+  // 64 <= C, K <= 256 with >= max(C, K) 4x4 output tiles: Winograd F(4x4, 3x3) forward and backward
+  // data, and with >= 3 max(C, K) tiles the weight gradient too (else F(2x2, 3x3), the first shape);
   // partial edge tiles (P, Q not multiples of 4), pads 1, 0, 2
   v.push_back(ConvShape{2, 22, 21, 64, 65, 3, 3, 1, 1});
-  v.push_back(ConvShape{2, 26, 23, 66, 64, 3, 3, 1, 0});
-  v.push_back(ConvShape{2, 25, 26, 64, 64, 3, 3, 1, 2});
+  v.push_back(ConvShape{6, 26, 23, 66, 64, 3, 3, 1, 0});
+  v.push_back(ConvShape{4, 25, 26, 64, 64, 3, 3, 1, 2});
   // strided backward data with several images per GEMM (and a partial last group)
   v.push_back(ConvShape{5, 8, 8, 12, 20, 3, 3, 2, 1});
   // K > 128: backward weight in the col^T * dy orientation
