@@ -59,6 +59,10 @@ WinogradTransforms winograd_transforms(Isa isa) {
 
 constexpr int64_t kWorkspaceFloats = int64_t(4) << 20;
 constexpr int64_t kChunkFloats = int64_t(192) << 10;  // 768 KB of patches per thread
+// Strided backward data (the scatter path): with a filter of at least kScatterBigFilterFloats (4 MB,
+// twice L2) its GEMMs get at least kScatterMinRows rows (see there).
+constexpr int64_t kScatterBigFilterFloats = int64_t(1) << 20;
+constexpr int64_t kScatterMinRows = 128;
 constexpr int64_t kWinogradSkew = 48;  // floats between Winograd's 16 matrices (3 cache lines)
 constexpr int kWinogradMinChannels = 8;  // 3x3 stride 1 with C, K >= this: Winograd
 // The weight gradient by Winograd only from this many channels: below, its two tile transforms per
@@ -742,7 +746,11 @@ void CpuBackend::conv_backward_data(float* dx, const float* dy, const float* w, 
     // the whole packed filter for 16 rows at a time).
     const gemm_detail::KernelInfo kern = gemm_kernel();
     const gemm_detail::PackedB wt(pool(), kern, false, rsc, s.K, w, rsc);
-    const int64_t fit = kChunkFloats / (Q * static_cast<int64_t>(rsc));  // output rows p per band
+    // output rows p per band: dcol in L2, except that a filter too big for L2 (streamed from L3 by every
+    // GEMM) gets at least kScatterMinRows rows per GEMM (3x3/2 C512 K512 14x14, N16, one thread: GEMMs
+    // of 42 and 7 rows per image, 27-29 ms; several whole images per GEMM, 22-24 ms)
+    const bool big_filter = static_cast<int64_t>(rsc) * s.K >= kScatterBigFilterFloats;
+    const int64_t fit = std::max<int64_t>(kChunkFloats, big_filter ? kScatterMinRows * rsc : 0) / (Q * static_cast<int64_t>(rsc));
     const int band = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(P, fit)));
     const int group = static_cast<int>(std::max<int64_t>(
         1, std::min<int64_t>(fit / P, (s.N + T - 1) / T)));  // images per task (when whole images fit)
