@@ -559,6 +559,12 @@ DirectConv direct_conv(Isa isa) {
 // 3.5 (3.4 ms at two threads before the kernel read padded lines: Winograd was kept for it then);
 // 8x8 at 28x28: Winograd 8.3, direct 4.6, the pair kernel 5.5 at one thread; the 1-channel stem 5.0 -> 1.9.
 bool use_direct(const ConvShape& s) { return s.C <= kDirectMaxChannels && s.K <= kDirectMaxChannels; }
+// The forward of a stem (few input channels, 16 < K <= 64) by the wide direct kernel, where the ISA has
+// it (AVX-512). One thread: N16 7x7/2 C3 K64 224x224 35-36 -> 24 ms (im2col of 147-float patch rows +
+// GEMM before), N128 3x3 C3 K64 32x32 6.5 -> 3.7, N512 3x3 C1 K32 28x28 11.8 -> 4.3.
+bool use_direct_wide(Isa isa, const ConvShape& s) {
+  return s.C <= kDirectWideMaxC && s.K > kDirectMaxChannels && s.K <= kDirectWideMaxK && direct_conv(isa).wide_rows;
+}
 
 // dw += the weight gradient by the direct kernel: per-thread [RS C][KP] partials over tasks of
 // kDirectRows output rows, added into dw (KRSC) at the end.
@@ -597,14 +603,15 @@ bool output_chunks(CpuBackend& be, float* y, int K, int64_t rows, int64_t chunk,
 
 bool direct_forward(CpuBackend& be, float* y, const float* x, const float* w, bool flipped, const ConvShape& s,
                     double* stats) {
-  const int RS = s.R * s.S, C = s.C, K = s.K, KP = K <= 8 ? 8 : 16;
+  const int RS = s.R * s.S, C = s.C, K = s.K, KP = K <= 8 ? 8 : (K + 15) / 16 * 16;
   std::vector<float> wt(static_cast<size_t>(RS) * C * KP, 0.f);
   for (int tap = 0; tap < RS; ++tap)
     for (int c = 0; c < C; ++c)
       for (int k = 0; k < K; ++k)  // flipped: w is the original [C][RS][K] filter of backward data
         wt[(static_cast<size_t>(tap) * C + c) * KP + k] =
             flipped ? w[(static_cast<int64_t>(c) * RS + (RS - 1 - tap)) * K + k] : w[(static_cast<int64_t>(k) * RS + tap) * C + c];
-  const DirectConvRows fn = KP == 8 ? direct_conv(be.isa()).rows8 : direct_conv(be.isa()).rows16;
+  const DirectConv dc = direct_conv(be.isa());
+  const DirectConvRows fn = KP == 8 ? dc.rows8 : KP == 16 ? dc.rows16 : dc.wide_rows;
   const int64_t rows = static_cast<int64_t>(s.N) * s.P() * s.Q();
   return output_chunks(be, y, K, rows, kDirectRows, stats,
                        [&](int64_t r0, int64_t r1, int) { fn(y, x, wt.data(), s, r0, r1); });
@@ -635,7 +642,7 @@ bool conv_forward_impl(CpuBackend& be, float* y, const float* x, const float* w,
       });
     }
   }
-  if (use_direct(s)) return direct_forward(be, y, x, w, flipped, s, stats);
+  if (use_direct(s) || use_direct_wide(be.isa(), s)) return direct_forward(be, y, x, w, flipped, s, stats);
   // im2col chunks of patches in L2, except with a big filter (3x3/2 C512 K512 14x14 N16, one thread:
   // 42-row chunks 20.2-20.7 ms, 128 rows 19.0)
   const int64_t min_rows = static_cast<int64_t>(rsc) * s.K >= kBigFilterFloats ? kBigFilterMinRows : 16;

@@ -24,6 +24,7 @@
 namespace mveb {
 
 constexpr int kDirectMaxChannels = 16;  // C and K up to this take the direct path
+constexpr int kDirectWideMaxC = 4, kDirectWideMaxK = 64;  // the wide forward kernel (stems): C, K up to these
 
 // Output rows [row0, row1) (row = (n P + p) Q + q) of y [rows, K] from x (NHWC) and the filter wt:
 // row (r S + s) C + c of KP floats (KP = 8 for K <= 8, else 16) holds the taps' K output channels,
@@ -38,6 +39,8 @@ using DirectWeightRows = void (*)(float* acc, const float* dy, const float* x, c
 struct DirectConv {
   DirectConvRows rows8, rows16;
   DirectWeightRows weight8, weight16;
+  // forward for 16 < K <= 64 with filter rows of 16 ceil(K / 16) floats (AVX-512 build only; else null)
+  DirectConvRows wide_rows;
 };
 DirectConv direct_conv_scalar();
 DirectConv direct_conv_avx2();
@@ -416,6 +419,81 @@ void rows8(float* y, const float* x, const float* wt, const ConvShape& s, int64_
   rows<8>(y, x, wt, s, row0, row1);
 }
 
+#if defined(__AVX512F__)
+// 16 < K <= 64 with few input channels (the stems at width >= 0.5: ImageNet 7x7/2 and CIFAR 3x3/1
+// with C = 1..4), AVX-512 only: each output pixel's channels are V = ceil(K / 16) vectors (filter rows
+// of 16 V floats, zero past K), groups of up to 24 / V pixels (8 at most: 24 accumulators at V = 4);
+// every (tap, input channel) loads its V filter vectors once for the group and broadcasts one input
+// value per pixel. (GCC's generic 64-float vectors spilled: 84 ms for the N16 7x7/2 stem this does in
+// ~21 ms, one thread; im2col + GEMM 35.)
+template <int V>
+constexpr int wide_group() { return 24 / V < 8 ? 24 / V : 8; }
+
+template <int V, int G>
+__attribute__((noinline)) void wide_pixels(float* y, const float* const* lines, const float* wt, const ConvShape& s,
+                                           int64_t np, int q) {
+  __m512 acc[G][V];
+#pragma GCC unroll 8
+  for (int g = 0; g < G; ++g)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) acc[g][v] = _mm512_setzero_ps();
+  const int SC = s.S * s.C;
+  const int64_t step = static_cast<int64_t>(s.stride) * s.C;  // floats from one pixel's taps to the next's
+  for (int r = 0; r < s.R; ++r) {
+    if (!lines[r]) continue;
+    const float* xb = lines[r] + q * step;  // pixel q's first tap in the padded line
+    const float* wr = wt + static_cast<int64_t>(r) * SC * 16 * V;
+    for (int j = 0; j < SC; ++j, wr += 16 * V) {  // j = tap column * C + input channel
+      __m512 w[V];
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) w[v] = _mm512_loadu_ps(wr + 16 * v);
+#pragma GCC unroll 8
+      for (int g = 0; g < G; ++g) {
+        const __m512 xv = _mm512_set1_ps(xb[g * step + j]);
+#pragma GCC unroll 4
+        for (int v = 0; v < V; ++v) acc[g][v] = _mm512_fmadd_ps(xv, w[v], acc[g][v]);
+      }
+    }
+  }
+  const int K = s.K;
+  const __mmask16 last = static_cast<__mmask16>(K % 16 ? (1u << (K % 16)) - 1 : 0xFFFF);
+  float* out = y + (np * s.Q() + q) * K;
+#pragma GCC unroll 8
+  for (int g = 0; g < G; ++g)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v)
+      _mm512_mask_storeu_ps(out + g * K + v * 16, v == V - 1 ? last : static_cast<__mmask16>(0xFFFF), acc[g][v]);
+}
+
+template <int V>
+void wide_rows_v(float* y, const float* x, const float* wt, const ConvShape& s, int64_t row0, int64_t row1) {
+  PaddedLines padded(x, s);
+  std::vector<const float*> lines(static_cast<size_t>(s.R));
+  line_segments(s, row0, row1, [&](int64_t np, int64_t n, int p, int q0, int q1) {
+    for (int r = 0; r < s.R; ++r) lines[static_cast<size_t>(r)] = padded.line(n, p * s.stride - s.pad + r);
+    // groups of up to wide_group<V>() pixels, the segment split evenly between the groups
+    const int count = q1 - q0, groups = (count + wide_group<V>() - 1) / wide_group<V>();
+    for (int g = 0, done = 0; g < groups; ++g) {
+      const int G = (count - done + (groups - g) - 1) / (groups - g), q = q0 + done;
+      with_group_size(G, [&](auto g_) {
+        constexpr int GG = decltype(g_)::value < wide_group<V>() ? decltype(g_)::value : wide_group<V>();
+        wide_pixels<V, GG>(y, lines.data(), wt, s, np, q);
+      });
+      done += G;
+    }
+  });
+}
+
+// The filter rows for K in (16, 64]: 16 ceil(K / 16) floats each.
+void wide_rows(float* y, const float* x, const float* wt, const ConvShape& s, int64_t row0, int64_t row1) {
+  switch ((s.K + 15) / 16) {
+    case 2: return wide_rows_v<2>(y, x, wt, s, row0, row1);
+    case 3: return wide_rows_v<3>(y, x, wt, s, row0, row1);
+    default: return wide_rows_v<4>(y, x, wt, s, row0, row1);
+  }
+}
+#endif
+
 // out[j] (KP floats each, j < NC) += sum over `count` output pixels of x[j] at the pixel's tap
 // (xp, advancing xstep floats per pixel) times the pixel's dy row (d, advancing dstep floats).
 // (Not inlined, like pixels: its accumulators must stay in registers.)
@@ -480,7 +558,12 @@ void weight8(float* acc, const float* dy, const float* x, const ConvShape& s, in
 }  // namespace
 
 // Defines the function NAME returning this translation unit's direct convolution rows.
+#if defined(__AVX512F__)
+#define MVEB_DIRECT_WIDE_ROWS &dck::wide_rows
+#else
+#define MVEB_DIRECT_WIDE_ROWS nullptr
+#endif
 #define MVEB_DEFINE_DIRECT_CONV(NAME) \
-  DirectConv NAME() { return {&dck::rows8, &dck::rows<16>, &dck::weight8, &dck::weight<16>}; }
+  DirectConv NAME() { return {&dck::rows8, &dck::rows<16>, &dck::weight8, &dck::weight<16>, MVEB_DIRECT_WIDE_ROWS}; }
 
 }  // namespace mveb

@@ -396,6 +396,11 @@ std::vector<ConvShape> conv_cases() {
   v.push_back(ConvShape{2, 9, 8, 8, 20, 3, 3, 1, 1});
   // 16 channels each: the direct kernels (all three passes)
   v.push_back(ConvShape{2, 10, 9, 16, 16, 3, 3, 1, 1});
+  // stems, C <= 4 and 16 < K <= 64: the wide direct forward on AVX-512 (K 64, and 40 / 17 with a
+  // partial last vector), the GEMM paths elsewhere and for the backward passes
+  v.push_back(ConvShape{2, 29, 31, 3, 64, 7, 7, 2, 3});
+  v.push_back(ConvShape{3, 11, 13, 1, 40, 3, 3, 1, 1});
+  v.push_back(ConvShape{2, 9, 10, 4, 17, 5, 3, 2, 2});
   // 64 <= C, K <= 256 with >= max(C, K) 4x4 output tiles: Winograd F(4x4, 3x3) forward and backward
   // data, and with >= 3 max(C, K) tiles the weight gradient too (else F(2x2, 3x3), the first shape);
   // partial edge tiles (P, Q not multiples of 4), pads 1, 0, 2
@@ -433,10 +438,18 @@ void check_conv_case(Backends& backends, const ConvShape& s, int seed, double to
   ref::conv2d_backward_weight(dw_ref.data(), dyd.data(), xd.data(), s);
   for (size_t i = 0; i < nw; ++i) dw_ref[i] += dw0[i];  // backward weight accumulates
   for (auto& b : backends) {
-    FVec y = poison(ny), dx = poison(nx), dw = dw0;
+    // y and dx with a poisoned guard zone past their end: nothing may be written there
+    constexpr size_t kGuard = 64;
+    FVec y = poison(ny + kGuard), dx = poison(nx + kGuard), dw = dw0;
     b->conv2d_forward(y.data(), x.data(), w.data(), s);
     b->conv2d_backward_data(dx.data(), dy.data(), w.data(), s);
     b->conv2d_backward_weight(dw.data(), dy.data(), x.data(), s);
+    for (size_t i = 0; i < kGuard; ++i) {
+      EXPECT_TRUE(std::isnan(y[ny + i]), "conv forward wrote past y's end " << str(s) << tag(*b));
+      EXPECT_TRUE(std::isnan(dx[nx + i]), "conv backward data wrote past dx's end " << str(s) << tag(*b));
+    }
+    y.resize(ny);
+    dx.resize(nx);
     EXPECT_REL(err(y, y_ref), tol, "conv forward " << str(s) << tag(*b));
     EXPECT_REL(err(dx, dx_ref), tol, "conv backward data " << str(s) << tag(*b));
     EXPECT_REL(err(dw, dw_ref), tol, "conv backward weight " << str(s) << tag(*b));
