@@ -559,9 +559,10 @@ DirectConv direct_conv(Isa isa) {
 // 3.5 (3.4 ms at two threads before the kernel read padded lines: Winograd was kept for it then);
 // 8x8 at 28x28: Winograd 8.3, direct 4.6, the pair kernel 5.5 at one thread; the 1-channel stem 5.0 -> 1.9.
 bool use_direct(const ConvShape& s) { return s.C <= kDirectMaxChannels && s.K <= kDirectMaxChannels; }
-// The forward of a stem (few input channels, 16 < K <= 64) by the wide direct kernel, where the ISA has
-// it (AVX-512). One thread: N16 7x7/2 C3 K64 224x224 35-36 -> 24 ms (im2col of 147-float patch rows +
-// GEMM before), N128 3x3 C3 K64 32x32 6.5 -> 3.7, N512 3x3 C1 K32 28x28 11.8 -> 4.3.
+// The forward and weight gradient of a stem (few input channels, 16 < K <= 64) by the wide direct
+// kernels, where the ISA has them (AVX-512). One thread, forward / weight gradient: N16 7x7/2 C3 K64
+// 224x224 35-36 / 37-38 -> 24 / 27-29 ms (im2col of 147-float patch rows + GEMM before), N128 3x3 C3
+// K64 32x32 6.5 / 7.5-7.9 -> 3.7 / 3.8-4.0, N512 3x3 C1 K32 28x28 11.8 / 18-20 -> 4.3 / 3.9.
 bool use_direct_wide(Isa isa, const ConvShape& s) {
   return s.C <= kDirectWideMaxC && s.K > kDirectMaxChannels && s.K <= kDirectWideMaxK && direct_conv(isa).wide_rows;
 }
@@ -569,8 +570,9 @@ bool use_direct_wide(Isa isa, const ConvShape& s) {
 // dw += the weight gradient by the direct kernel: per-thread [RS C][KP] partials over tasks of
 // kDirectRows output rows, added into dw (KRSC) at the end.
 void direct_weight(CpuBackend& be, float* dw, const float* dy, const float* x, const ConvShape& s) {
-  const int RS = s.R * s.S, C = s.C, K = s.K, KP = K <= 8 ? 8 : 16, T = be.pool().size();
-  const DirectWeightRows fn = KP == 8 ? direct_conv(be.isa()).weight8 : direct_conv(be.isa()).weight16;
+  const int RS = s.R * s.S, C = s.C, K = s.K, KP = K <= 8 ? 8 : (K + 15) / 16 * 16, T = be.pool().size();
+  const DirectConv dc = direct_conv(be.isa());
+  const DirectWeightRows fn = KP == 8 ? dc.weight8 : KP == 16 ? dc.weight16 : dc.wide_weight;
   const int64_t rows = static_cast<int64_t>(s.N) * s.P() * s.Q();
   std::vector<std::vector<float>> partial(static_cast<size_t>(T));
   be.pool().parallel_tasks((rows + kDirectRows - 1) / kDirectRows, [&](int64_t task, int t) {
@@ -943,7 +945,7 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
     return;
   }
   // Few channels: the direct kernel (N512 16x16 channels at 14x14: 4.2 ms by Winograd, 2.8 direct).
-  if (use_direct(s)) {
+  if (use_direct(s) || use_direct_wide(isa(), s)) {
     direct_weight(*this, dw, dy, x, s);
     return;
   }

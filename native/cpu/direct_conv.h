@@ -8,7 +8,9 @@
 // below Winograd's 5.1). The GEMM paths waste most of a 14 x 32 micro-tile on such shapes (N512 C8 K8
 // 28x28 3x3 forward: Winograd 7.8-8.3 ms, this 4.6).
 // With K <= 8 at stride 1 the AVX-512 build uses whole vectors instead: two output pixels per vector
-// (rows8_pairs, weight8_pairs; N512 C8 K8 28x28, one thread: 9.1 -> 5.5 ms forward).
+// (rows8_pairs, weight8_pairs; N512 C8 K8 28x28, one thread: 9.1 -> 5.5 ms forward). The AVX-512 build
+// also has wide kernels for the stems, C <= 4 with 16 < K <= 64 (wide_rows, wide_weight: up to four
+// vectors per pixel, intrinsics; the ImageNet 7x7/2 stem and the CIFAR 3x3 stem at width >= 0.5).
 // Tested by test/native/test_kernels.cpp ("kernels: conv ...": the shapes with C, K <= 16).
 #pragma once
 #include <algorithm>
@@ -39,8 +41,10 @@ using DirectWeightRows = void (*)(float* acc, const float* dy, const float* x, c
 struct DirectConv {
   DirectConvRows rows8, rows16;
   DirectWeightRows weight8, weight16;
-  // forward for 16 < K <= 64 with filter rows of 16 ceil(K / 16) floats (AVX-512 build only; else null)
+  // forward and weight gradient for 16 < K <= 64 with filter (gradient) rows of 16 ceil(K / 16) floats
+  // (AVX-512 build only; else null)
   DirectConvRows wide_rows;
+  DirectWeightRows wide_weight;
 };
 DirectConv direct_conv_scalar();
 DirectConv direct_conv_avx2();
@@ -492,6 +496,73 @@ void wide_rows(float* y, const float* x, const float* wt, const ConvShape& s, in
     default: return wide_rows_v<4>(y, x, wt, s, row0, row1);
   }
 }
+
+// out[j] (16 V floats each, j < NJ) += sum over `count` output pixels of xp[j] (advancing xstep floats
+// per pixel) times the pixel's dy row (K floats at d, advancing K; the last vector masked to K).
+// (Not inlined: its accumulators must stay in registers.)
+template <int V, int NJ>
+__attribute__((noinline)) void wide_weight_taps(float* out, const float* xp, int64_t xstep, const float* d, int K,
+                                                int count) {
+  __m512 a[NJ][V];
+#pragma GCC unroll 8
+  for (int j = 0; j < NJ; ++j)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) a[j][v] = _mm512_setzero_ps();
+  const __mmask16 last = static_cast<__mmask16>(K % 16 ? (1u << (K % 16)) - 1 : 0xFFFF);
+  for (int q = 0; q < count; ++q, xp += xstep, d += K) {
+    __m512 dv[V];
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) dv[v] = _mm512_maskz_loadu_ps(v == V - 1 ? last : static_cast<__mmask16>(0xFFFF), d + 16 * v);
+#pragma GCC unroll 8
+    for (int j = 0; j < NJ; ++j) {
+      const __m512 xv = _mm512_set1_ps(xp[j]);
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) a[j][v] = _mm512_fmadd_ps(xv, dv[v], a[j][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int j = 0; j < NJ; ++j)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) {
+      float* o = out + j * 16 * V + 16 * v;
+      _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), a[j][v]));
+    }
+}
+
+// The weight gradient's part from output rows [row0, row1) for 16 < K <= 64 (acc rows of 16 V floats,
+// V = ceil(K / 16), zero past K): per output line segment and filter row, the S C taps of a pixel are
+// contiguous in the padded input line, so they go in groups of up to 24 / V taps (8 at most) with
+// their accumulators in registers over the segment's pixels.
+template <int V>
+void wide_weight_v(float* acc, const float* dy, const float* x, const ConvShape& s, int64_t row0, int64_t row1) {
+  const int K = s.K, Q = s.Q(), SC = s.S * s.C;
+  constexpr int kTaps = wide_group<V>();
+  PaddedLines padded(x, s);
+  line_segments(s, row0, row1, [&](int64_t np, int64_t n, int p, int q0, int q1) {
+    const float* d = dy + (np * Q + q0) * K;
+    const int64_t xstep = static_cast<int64_t>(s.stride) * s.C;
+    for (int r = 0; r < s.R; ++r) {
+      const float* line = padded.line(n, p * s.stride - s.pad + r);
+      if (!line) continue;
+      for (int j0 = 0; j0 < SC; j0 += kTaps) {
+        float* out = acc + (static_cast<int64_t>(r) * SC + j0) * 16 * V;
+        const float* xp = line + q0 * xstep + j0;
+        with_group_size(std::min(kTaps, SC - j0), [&](auto nj) {
+          constexpr int NJ = decltype(nj)::value < kTaps ? decltype(nj)::value : kTaps;
+          wide_weight_taps<V, NJ>(out, xp, xstep, d, K, q1 - q0);
+        });
+      }
+    }
+  });
+}
+
+void wide_weight(float* acc, const float* dy, const float* x, const ConvShape& s, int64_t row0, int64_t row1) {
+  switch ((s.K + 15) / 16) {
+    case 2: return wide_weight_v<2>(acc, dy, x, s, row0, row1);
+    case 3: return wide_weight_v<3>(acc, dy, x, s, row0, row1);
+    default: return wide_weight_v<4>(acc, dy, x, s, row0, row1);
+  }
+}
 #endif
 
 // out[j] (KP floats each, j < NC) += sum over `count` output pixels of x[j] at the pixel's tap
@@ -559,11 +630,11 @@ void weight8(float* acc, const float* dy, const float* x, const ConvShape& s, in
 
 // Defines the function NAME returning this translation unit's direct convolution rows.
 #if defined(__AVX512F__)
-#define MVEB_DIRECT_WIDE_ROWS &dck::wide_rows
+#define MVEB_DIRECT_WIDE &dck::wide_rows, &dck::wide_weight
 #else
-#define MVEB_DIRECT_WIDE_ROWS nullptr
+#define MVEB_DIRECT_WIDE nullptr, nullptr
 #endif
 #define MVEB_DEFINE_DIRECT_CONV(NAME) \
-  DirectConv NAME() { return {&dck::rows8, &dck::rows<16>, &dck::weight8, &dck::weight<16>, MVEB_DIRECT_WIDE_ROWS}; }
+  DirectConv NAME() { return {&dck::rows8, &dck::rows<16>, &dck::weight8, &dck::weight<16>, MVEB_DIRECT_WIDE}; }
 
 }  // namespace mveb
