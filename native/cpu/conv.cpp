@@ -539,9 +539,12 @@ void winograd_conv(CpuBackend& be, int m, float* y, const float* x, const ConvSh
   // The matrices lie kWinogradSkew floats further apart than their size (C * K is often a multiple
   // of 4 KB: the transform's 16 or 36 store streams would share L1 sets).
   const int64_t ust = static_cast<int64_t>(C) * K + kWinogradSkew;
-  ScratchBuffer u(static_cast<size_t>(v.matrices * ust));
-  be.pool().parallel_for(outer, 1, [&](int64_t b, int64_t e, int) { v.filter(u.get(), ust, w, flipped, C, K, b, e); });
-  winograd_forward_tiles(be, v, y, x, s, u.get(), ust, flipped);
+  gemm_detail::WorkspaceLease lease(be.winograd_workspace());  // (a call that finds it busy: its own)
+  gemm_detail::Workspace& ws = lease.get();
+  ws.reserve(1);
+  float* u = ws.get(0, static_cast<size_t>(v.matrices * ust));
+  be.pool().parallel_for(outer, 1, [&](int64_t b, int64_t e, int) { v.filter(u, ust, w, flipped, C, K, b, e); });
+  winograd_forward_tiles(be, v, y, x, s, u, ust, flipped);
 }
 
 }  // namespace
