@@ -371,11 +371,8 @@ namespace {
 // dw += G^T dU G from the threads' partial sums dU (null entries: threads without a task), in blocks
 // of kFinishC x kFinishK (c, k) on the pool, by this ISA's finish (finish2 or finish4); consecutive
 // blocks continue along the same rows of dw.
-void add_weight_blocks(ThreadPool& pool, float* dw, int C, int K, const std::vector<std::unique_ptr<ScratchBuffer>>& partial,
+void add_weight_blocks(ThreadPool& pool, float* dw, int C, int K, const std::vector<const float*>& parts,
                        int64_t pst, decltype(WinogradTransforms::finish2) finish) {
-  std::vector<const float*> parts;
-  for (const auto& p : partial)
-    if (p) parts.push_back(p->get());
   constexpr int BC = wt::kFinishC, BK = wt::kFinishK;
   const int cb = (C + BC - 1) / BC, kb = (K + BK - 1) / BK;
   pool.parallel_for(static_cast<int64_t>(cb) * kb, 1, [&](int64_t b, int64_t e, int) {
@@ -418,8 +415,9 @@ gemm_detail::KernelInfo winograd_kernel(const CpuBackend& be, const WinogradVari
 
 // y from the transformed filter u (v.matrices matrices ust floats apart, rows as described at
 // winograd_conv), over chunks of output tiles: input transform, v.matrices GEMMs, output transform.
+// Each pool thread's tile buffers are ws.child(thread)'s (CpuBackend::conv_task_workspace).
 void winograd_forward_tiles(CpuBackend& be, const WinogradVariant& v, float* y, const float* x, const ConvShape& s,
-                            const float* u, int64_t ust, bool flipped) {
+                            const float* u, int64_t ust, bool flipped, gemm_detail::Workspace& ws) {
   ThreadPool& pool = be.pool();
   const gemm_detail::KernelInfo kern = winograd_kernel(be, v);
   const int C = s.C, K = s.K, P = s.P(), Q = s.Q();
@@ -432,21 +430,17 @@ void winograd_forward_tiles(CpuBackend& be, const WinogradVariant& v, float* y, 
   const int T = pool.size();
   int64_t chunk = balanced_chunk(tiles, std::max<int64_t>(v.min_chunk, v.chunk_floats / (C + K)), T);
   chunk = chunk == 0 ? tiles : whole_panels(chunk, tiles, kern.mr);  // 0: too few tiles to split, one task
-  std::vector<std::unique_ptr<ScratchBuffer>> vbuf(static_cast<size_t>(T)), mbuf(static_cast<size_t>(T));
   std::vector<float> zeros(static_cast<size_t>(C), 0.f);
   // A large y is streamed past the caches (the AVX-512 output transforms; see CpuBackend::stream_bytes).
   const bool stream = static_cast<size_t>(s.N) * P * Q * K * sizeof(float) >= be.stream_bytes;
+  ws.children(T);
   pool.parallel_tasks((tiles + chunk - 1) / chunk, [&](int64_t task, int t) {
-    auto& vb = vbuf[static_cast<size_t>(t)];
-    auto& mb = mbuf[static_cast<size_t>(t)];
-    if (!vb) {
-      vb.reset(new ScratchBuffer(static_cast<size_t>(v.matrices * (chunk * C + kWinogradSkew))));
-      mb.reset(new ScratchBuffer(static_cast<size_t>(v.matrices * (chunk * K + kWinogradSkew) + K)));  // + a spare row
-    }
+    gemm_detail::Workspace& tw = *ws.child(t);
+    tw.reserve(2);
+    float* V = tw.get(0, static_cast<size_t>(v.matrices * (chunk * C + kWinogradSkew)));
+    float* M = tw.get(1, static_cast<size_t>(v.matrices * (chunk * K + kWinogradSkew) + K));  // + a spare row
     const int64_t t0 = task * chunk;
     const int nt = static_cast<int>(std::min(tiles, t0 + chunk) - t0);
-    float* V = vb->get();
-    float* M = mb->get();
     // The matrices of a chunk lie kWinogradSkew floats further apart than their size, so the
     // transforms' store streams do not all map to the same L1 sets (sizes are often multiples of 4 KB).
     const int64_t vst = static_cast<int64_t>(nt) * C + kWinogradSkew;
@@ -461,10 +455,10 @@ void winograd_forward_tiles(CpuBackend& be, const WinogradVariant& v, float* y, 
 
 // Backward weight's tile sums: per thread t, dU_e[C, K] = sum over its tiles of V_e^T Z_e (matrix e
 // at e * (C * K + kWinogradSkew)), V the input transform and Z = A dY A^T the output-gradient
-// transform; a thread that got no task keeps a null entry. The caller adds them up and applies G^T . G.
-std::vector<std::unique_ptr<ScratchBuffer>> winograd_weight_partials(CpuBackend& be, const WinogradVariant& v,
-                                                                     const float* dy, const float* x,
-                                                                     const ConvShape& s) {
+// transform, in ws.child(t) (with its tile buffers; kept between calls); threads that got no task
+// have no entry. The caller adds them up and applies G^T . G.
+std::vector<const float*> winograd_weight_partials(CpuBackend& be, const WinogradVariant& v, const float* dy,
+                                                   const float* x, const ConvShape& s, gemm_detail::Workspace& ws) {
   ThreadPool& pool = be.pool();
   const gemm_detail::KernelInfo kern = winograd_kernel(be, v);
   const int C = s.C, K = s.K, P = s.P(), Q = s.Q();
@@ -474,31 +468,32 @@ std::vector<std::unique_ptr<ScratchBuffer>> winograd_weight_partials(CpuBackend&
   int64_t chunk = balanced_chunk(tiles, std::max<int64_t>(v.weight_chunk, v.chunk_floats / (C + K)), T);
   if (chunk == 0) chunk = tiles;
   const int64_t est = static_cast<int64_t>(C) * K;
-  std::vector<std::unique_ptr<ScratchBuffer>> vbuf(static_cast<size_t>(T)), zbuf(static_cast<size_t>(T)),
-      partial(static_cast<size_t>(T));
+  std::vector<float*> partial(static_cast<size_t>(T), nullptr);
   std::vector<float> zeros(static_cast<size_t>(std::max(C, K)), 0.f);  // padding of x and of dy
+  ws.children(T);
   pool.parallel_tasks((tiles + chunk - 1) / chunk, [&](int64_t task, int t) {
-    auto& acc = partial[static_cast<size_t>(t)];
+    gemm_detail::Workspace& tw = *ws.child(t);
+    tw.reserve(3);
+    float* V = tw.get(0, static_cast<size_t>(v.matrices * (chunk * C + kWinogradSkew)));
+    float* Z = tw.get(1, static_cast<size_t>(v.matrices * (chunk * K + kWinogradSkew)));
+    float*& acc = partial[static_cast<size_t>(t)];
     const bool first = !acc;
-    if (first) {
-      vbuf[static_cast<size_t>(t)].reset(new ScratchBuffer(static_cast<size_t>(v.matrices * (chunk * C + kWinogradSkew))));
-      zbuf[static_cast<size_t>(t)].reset(new ScratchBuffer(static_cast<size_t>(v.matrices * (chunk * K + kWinogradSkew))));
-      acc.reset(new ScratchBuffer(static_cast<size_t>(v.matrices * (est + kWinogradSkew))));
-    }
+    if (first) acc = tw.get(2, static_cast<size_t>(v.matrices * (est + kWinogradSkew)));
     const int64_t t0 = task * chunk;
     const int nt = static_cast<int>(std::min(tiles, t0 + chunk) - t0);
-    float* V = vbuf[static_cast<size_t>(t)]->get();
-    float* Z = zbuf[static_cast<size_t>(t)]->get();
     const int64_t vst = static_cast<int64_t>(nt) * C + kWinogradSkew;
     const int64_t zst = static_cast<int64_t>(nt) * K + kWinogradSkew;
     v.input(V, vst, x, s, TP, TQ, t0, nt, zeros.data());
     v.zt(Z, zst, dy, P, Q, K, TP, TQ, t0, nt, zeros.data());
-    float* S = acc->get();
+    float* S = acc;
     for (int e = 0; e < v.matrices; ++e)  // S_e[C, K] (+)= V_e^T Z_e
       gemm_detail::gemm_run(pool, kern, true, false, C, K, nt, 1.f, V + e * vst, C, Z + e * zst, K, first ? 0.f : 1.f,
                             S + e * (est + kWinogradSkew), K, nullptr, be.task_workspace(t));
   });
-  return partial;
+  std::vector<const float*> parts;
+  for (float* p : partial)
+    if (p) parts.push_back(p);
+  return parts;
 }
 
 // Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions (Lavin & Gray 2015): each 2x2 output tile is
@@ -523,7 +518,8 @@ std::vector<std::unique_ptr<ScratchBuffer>> winograd_weight_partials(CpuBackend&
 void winograd_weight(CpuBackend& be, int m, float* dw, const float* dy, const float* x, const ConvShape& s) {
   const WinogradVariant v = winograd_variant(be.isa(), m);
   const int64_t est = static_cast<int64_t>(s.C) * s.K;
-  const auto partial = winograd_weight_partials(be, v, dy, x, s);
+  gemm_detail::WorkspaceLease lease(be.conv_task_workspace());  // (a call that finds it busy: its own)
+  const std::vector<const float*> partial = winograd_weight_partials(be, v, dy, x, s, lease.get());
   // dw[k, r, s, c] += (G^T S G)[r, s] for S[u][v] = sum over threads of S_(u*(m+2)+v)[c, k] (F(4x4): in double).
   add_weight_blocks(be.pool(), dw, s.C, s.K, partial, est + kWinogradSkew, v.finish);
 }
@@ -539,12 +535,12 @@ void winograd_conv(CpuBackend& be, int m, float* y, const float* x, const ConvSh
   // The matrices lie kWinogradSkew floats further apart than their size (C * K is often a multiple
   // of 4 KB: the transform's 16 or 36 store streams would share L1 sets).
   const int64_t ust = static_cast<int64_t>(C) * K + kWinogradSkew;
-  gemm_detail::WorkspaceLease lease(be.winograd_workspace());  // (a call that finds it busy: its own)
+  gemm_detail::WorkspaceLease lease(be.conv_task_workspace());  // (a call that finds it busy: its own)
   gemm_detail::Workspace& ws = lease.get();
   ws.reserve(1);
   float* u = ws.get(0, static_cast<size_t>(v.matrices * ust));
   be.pool().parallel_for(outer, 1, [&](int64_t b, int64_t e, int) { v.filter(u, ust, w, flipped, C, K, b, e); });
-  winograd_forward_tiles(be, v, y, x, s, u, ust, flipped);
+  winograd_forward_tiles(be, v, y, x, s, u, ust, flipped, ws);
 }
 
 }  // namespace
@@ -671,12 +667,15 @@ bool conv_forward_impl(CpuBackend& be, float* y, const float* x, const float* w,
                                          return w + (static_cast<int64_t>(ko) * RS + (RS - 1 - tap)) * s.K;
                                        })
                 : gemm_detail::PackedB(pool, kern, true, s.K, rsc, w, rsc);
-    std::vector<std::unique_ptr<ScratchBuffer>> workspace(static_cast<size_t>(T));
+    gemm_detail::WorkspaceLease lease(be.conv_task_workspace());  // each thread's patch chunk: child(t)
+    gemm_detail::Workspace& ws = lease.get();
+    ws.children(T);
     return output_chunks(be, y, s.K, rows, chunk, stats, [&](int64_t r0, int64_t r1, int t) {
-      auto& col = workspace[static_cast<size_t>(t)];
-      if (!col) col.reset(new ScratchBuffer(static_cast<size_t>(chunk * rsc)));
-      im2col(pool, col->get(), x, s, r0, r1);
-      gemm_detail::gemm_run(pool, kern, false, true, static_cast<int>(r1 - r0), s.K, rsc, 1.f, col->get(), rsc,
+      gemm_detail::Workspace& tw = *ws.child(t);
+      tw.reserve(1);
+      float* col = tw.get(0, static_cast<size_t>(chunk * rsc));
+      im2col(pool, col, x, s, r0, r1);
+      gemm_detail::gemm_run(pool, kern, false, true, static_cast<int>(r1 - r0), s.K, rsc, 1.f, col, rsc,
                             nullptr, 0, 0.f, y + r0 * s.K, s.K, &wt, be.task_workspace(t));
     });
   }
@@ -771,26 +770,29 @@ void CpuBackend::conv_backward_data(float* dx, const float* dy, const float* w, 
     const int group = static_cast<int>(std::max<int64_t>(
         1, std::min<int64_t>(fit / P, (s.N + T - 1) / T)));  // images per task (when whole images fit)
     const int64_t dcol_rows = std::max<int64_t>(static_cast<int64_t>(band) * Q, group * pq);
-    std::vector<std::unique_ptr<ScratchBuffer>> workspace(static_cast<size_t>(T));
+    gemm_detail::WorkspaceLease lease(conv_task_workspace());  // each thread's dcol: child(t)
+    gemm_detail::Workspace& ws = lease.get();
+    ws.children(T);
     pool().parallel_tasks((s.N + group - 1) / group, [&](int64_t task, int t) {
-      auto& dcol = workspace[static_cast<size_t>(t)];
-      if (!dcol) dcol.reset(new ScratchBuffer(static_cast<size_t>(dcol_rows * rsc)));
+      gemm_detail::Workspace& tw = *ws.child(t);
+      tw.reserve(1);
+      float* const dcol = tw.get(0, static_cast<size_t>(dcol_rows * rsc));
       const int64_t n0 = task * group, n1 = std::min<int64_t>(s.N, n0 + group);
       if (!add) std::memset(dx + n0 * image, 0, sizeof(float) * static_cast<size_t>((n1 - n0) * image));
       if (group > 1) {
         gemm_detail::gemm_run(pool(), kern, false, false, static_cast<int>((n1 - n0) * pq), rsc, s.K, 1.f,
-                              dy + n0 * pq * s.K, s.K, nullptr, 0, 0.f, dcol->get(), rsc, &wt,
+                              dy + n0 * pq * s.K, s.K, nullptr, 0, 0.f, dcol, rsc, &wt,
                               task_workspace(t));
-        for (int64_t n = n0; n < n1; ++n) col2im_scatter(dx + n * image, dcol->get() + (n - n0) * pq * rsc, s, 0, P);
+        for (int64_t n = n0; n < n1; ++n) col2im_scatter(dx + n * image, dcol + (n - n0) * pq * rsc, s, 0, P);
         return;
       }
       float* dx_img = dx + n0 * image;
       for (int p0 = 0; p0 < P; p0 += band) {
         const int p1 = std::min(P, p0 + band);
         gemm_detail::gemm_run(pool(), kern, false, false, (p1 - p0) * Q, rsc, s.K, 1.f,
-                              dy + (n0 * pq + static_cast<int64_t>(p0) * Q) * s.K, s.K, nullptr, 0, 0.f, dcol->get(),
+                              dy + (n0 * pq + static_cast<int64_t>(p0) * Q) * s.K, s.K, nullptr, 0, 0.f, dcol,
                               rsc, &wt, task_workspace(t));
-        col2im_scatter(dx_img, dcol->get(), s, p0, p1);
+        col2im_scatter(dx_img, dcol, s, p0, p1);
       }
     });
     return;
@@ -988,22 +990,21 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
     const int m_panels = ((col_is_a ? rsc : s.K) + MR - 1) / MR, n_panels = ((col_is_a ? s.K : rsc) + NR - 1) / NR;
     const int64_t ldc = static_cast<int64_t>(n_panels) * NR;
     const int64_t part_floats = static_cast<int64_t>(m_panels) * MR * ldc;
-    std::vector<std::unique_ptr<ScratchBuffer>> apack(static_cast<size_t>(T)), bpack(static_cast<size_t>(T)),
-        partial(static_cast<size_t>(T));
+    // each pool thread's panels and partial in the kept workspace's child(t) (CpuBackend::conv_task_workspace)
+    gemm_detail::WorkspaceLease lease(conv_task_workspace());
+    gemm_detail::Workspace& ws = lease.get();
+    ws.children(T);
+    std::vector<float*> partial(static_cast<size_t>(T), nullptr);
     pool().parallel_tasks((rows + chunk - 1) / chunk, [&](int64_t task, int t) {
-      auto& acc = partial[static_cast<size_t>(t)];
+      gemm_detail::Workspace& tw = *ws.child(t);
+      tw.reserve(3);
+      float* Ap = tw.get(0, static_cast<size_t>((chunk * MR + kPanelSkew) * m_panels));
+      float* Bp = tw.get(1, static_cast<size_t>((chunk * NR + kPanelSkew) * n_panels));
+      float*& acc = partial[static_cast<size_t>(t)];
       const bool first = !acc;
-      if (first) {
-        apack[static_cast<size_t>(t)].reset(
-            new ScratchBuffer(static_cast<size_t>((chunk * MR + kPanelSkew) * m_panels)));
-        bpack[static_cast<size_t>(t)].reset(
-            new ScratchBuffer(static_cast<size_t>((chunk * NR + kPanelSkew) * n_panels)));
-        acc.reset(new ScratchBuffer(static_cast<size_t>(part_floats)));
-      }
+      if (first) acc = tw.get(2, static_cast<size_t>(part_floats));
       const int64_t r0 = task * chunk;
       const int kc = static_cast<int>(std::min(rows, r0 + chunk) - r0);
-      float* Ap = apack[static_cast<size_t>(t)]->get();
-      float* Bp = bpack[static_cast<size_t>(t)]->get();
       if (col_is_a) {
         im2col_packed(MR, Ap, x, s, r0, kc, m_panels);
         pack_rows(NR, Bp, kc * NR + kPanelSkew, dy + r0 * s.K, s.K, kc, s.K);
@@ -1011,7 +1012,7 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
         im2col_packed(NR, Bp, x, s, r0, kc, n_panels);
         pack_rows(MR, Ap, kc * MR + kPanelSkew, dy + r0 * s.K, s.K, kc, s.K);  // A panel ip: dy^T rows [ip * MR, +MR)
       }
-      float* c = acc->get();
+      float* c = acc;
       const float beta = first ? 0.f : 1.f;
       auto tile = [&](int ip, int jp) {
         kern.fn(kc, Ap + static_cast<int64_t>(ip) * (kc * MR + kPanelSkew), Bp + static_cast<int64_t>(jp) * (kc * NR + kPanelSkew),
@@ -1032,9 +1033,9 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
           const int i0 = static_cast<int>(blk * 16), i1 = std::min(rsc, i0 + 16);
           for (int k = 0; k < s.K; ++k) {
             float* d = dw + static_cast<int64_t>(k) * rsc;
-            for (const auto& acc : partial) {
+            for (const float* acc : partial) {
               if (!acc) continue;
-              const float* a = acc->get() + k;
+              const float* a = acc + k;
               for (int i = i0; i < i1; ++i) d[i] += a[i * ldc];
             }
           }
@@ -1044,9 +1045,9 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
       pool().parallel_for(s.K, 1, [&](int64_t b, int64_t e, int) {
         for (int64_t k = b; k < e; ++k) {
           float* d = dw + k * rsc;
-          for (const auto& acc : partial) {
+          for (const float* acc : partial) {
             if (!acc) continue;
-            const float* a = acc->get() + k * ldc;
+            const float* a = acc + k * ldc;
             for (int i = 0; i < rsc; ++i) d[i] += a[i];
           }
         }

@@ -38,9 +38,11 @@ class CpuBackend final : public Backend {
   // GEMM scratch of pool thread t for the single-threaded products inside a parallel region (the
   // convolutions' chunks): kept between calls like the top-level GEMM's.
   gemm_detail::Workspace* task_workspace(int t) { return task_workspaces_[static_cast<size_t>(t)].get(); }
-  // The Winograd filter transform's buffer (conv.cpp), kept between calls like the GEMM's: fresh, the
-  // 16.8 MB of C512 K512 filters page-faulted ~3000 times per resnet50 b16 step.
-  gemm_detail::Workspace* winograd_workspace() { return winograd_workspace_.get(); }
+  // Buffers of the convolution paths that work in tasks (conv.cpp: the Winograd filter transform, each
+  // pool thread's tile buffers and weight-gradient partials in child(t)), kept between calls like the
+  // GEMM's: fresh, they page-faulted thousands of times per step (the 16.8 MB transformed C512 K512
+  // filter ~3000 times per resnet50 b16 step, the default pretrain encoder's tile buffers ~400 per b64 step).
+  gemm_detail::Workspace* conv_task_workspace() { return conv_task_workspace_.get(); }
   void set_matmul_precision(MatmulPrecision p) { precision_.store(p, std::memory_order_relaxed); }
   // The SGEMM micro-kernel of isa(), with the AMX path when the precision is High and amx() holds.
   gemm_detail::KernelInfo gemm_kernel() const {
@@ -140,7 +142,7 @@ class CpuBackend final : public Backend {
   // Patch matrix of the backward-weight GEMM path and conv2d_backward_data_add's temporary (conv.cpp),
   // kept between calls like the GEMM's.
   std::unique_ptr<gemm_detail::Workspace> conv_workspace_{new gemm_detail::Workspace};
-  std::unique_ptr<gemm_detail::Workspace> winograd_workspace_{new gemm_detail::Workspace};
+  std::unique_ptr<gemm_detail::Workspace> conv_task_workspace_{new gemm_detail::Workspace};
   void gemm_with(const gemm_detail::KernelInfo& kernel, bool transA, bool transB, int M, int N, int K, float alpha,
                  const float* A, int lda, const float* B, int ldb, float beta, float* C, int ldc);
 };
