@@ -9,7 +9,9 @@ import * as path from 'path';
 import { spawnSync } from 'child_process';
 import { learningRateAt, momentumAt, maxLearningRate } from '../lib/train/schedule';
 import { renderReport, lineChart } from '../lib/train/report';
-import { pretrain, PretrainOptions, trainingViews, trainStep, makeStepScratch, disposeStepScratch, Net } from '../lib/train/pretrain';
+import { pretrain, PretrainOptions, trainingViews } from '../lib/train/pretrain';
+// trainStep and its scratch through the package's public surface
+import { trainStep, makeStepScratch, disposeStepScratch, Net } from '../lib';
 import { Model } from '../lib/model';
 import { Tensor } from '../lib/tensor';
 import { MVEBLoss } from '../lib/loss';

@@ -712,6 +712,8 @@ function viewNetsFor(online: Net, views: Tensor[], scratch: StepScratch): Net[] 
  * forward of the two global views, loss, backward. Gradients are left in the online models. With a
  * non-finite loss nothing is back-propagated and the models' state before the step is restored
  * (snapshots are device-side arena copies into `scratch`, so the guard costs a few memcpys a step).
+ * `scratch` comes from makeStepScratch(online, target[, viewActivationBudget]) (dispose it with
+ * disposeStepScratch); views[0] and views[1] are the global views.
  */
 export async function trainStep(online: Net, target: Net, loss: MVEBLoss, views: Tensor[], m: number, scratch: StepScratch): Promise<StepResult> {
   const V = views.length;
