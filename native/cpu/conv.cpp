@@ -105,17 +105,24 @@ bool use_winograd4(bool amx, int cmin, int cmax, int64_t tiles4) {
   return cmin >= kWinograd4MinChannels && cmax <= (amx ? kWinograd4MaxChannelsAmx : kWinograd4MaxChannels) &&
          tiles4 >= cmax;
 }
-// The weight gradient by F(4x4, 3x3) only with at least this many 4x4 tiles per channel of max(C, K):
-// its 36 [C, K] partial sums per thread (2.25x F(2x2)'s 16) are read and written once per chunk of
-// tiles and transformed back in double, which pays off only over a deep tile sum. Two threads, N
-// 16: C256 14x14 (256 tiles, 1 per channel) 11.3-12.3 ms F(4x4) vs 7.5-8.1 F(2x2); N32 (2 per
-// channel) 15.5-16.9 vs 13.6-13.8; N64 (4) 23.0-23.3 vs 23.7-23.8; C128 28x28 N4 (1.5) 2.5 vs
-// 2.0-2.2, N8 (3.1) 3.2-3.3 vs 3.4-3.5, N16 (6.1) 5.0-5.1 vs 6.6-6.7; C64 4x4, one thread, N64 (1)
-// 0.63 vs 0.47-0.49, N512 (8) 2.0 vs 2.3. (Forward and backward data keep F(4x4): C256 14x14 N16 one
-// thread 9.1-9.5 / 8.9-9.4 ms vs F(2x2) 10.6-11.3 / 10.7-10.8.)
-constexpr int kWinograd4WeightTilesPerChannel = 3;
-bool use_winograd4_weight(bool amx, int cmin, int cmax, int64_t tiles4) {
-  return use_winograd4(amx, cmin, cmax, tiles4) && tiles4 >= int64_t(kWinograd4WeightTilesPerChannel) * cmax;
+// The weight gradient by F(4x4, 3x3) (its 36 [C, K] partial sums per thread, 2.25x F(2x2)'s 16, are
+// read and written once per chunk of tiles and transformed back in double) only where it saves enough
+// multiplications over enough tiles: with P and Q multiples of 4 (F(4x4) does 0.56x F(2x2)'s
+// multiplications) from kWinograd4WeightMinTiles tiles, otherwise (14x14: 16 tiles of 16 for 49 of 4,
+// 0.73x) from 4 tiles per channel of max(C, K). Two threads, F(4x4) vs F(2x2) ms: C256 8x8 N64 (256
+// tiles) 5.3-5.7 vs 7.3-7.5, N128 9.4-11.5 vs 14.2-15.9; C128 28x28 N4 (196) 2.5 vs 2.0-2.2, N8 (392)
+// 3.2-3.3 vs 3.4-3.5, N16 5.0 vs 6.6; C64 4x4 N64 (64, one thread) 0.63 vs 0.47-0.49, N512 2.0 vs 2.3;
+// C256 14x14 N16 (1 tile per channel) 11.3-12.3 vs 7.5-8.1, N32 (2) 15.5-16.9 vs 13.6-13.8, N64 (4)
+// 23.0-23.3 vs 23.7-23.8. (Forward and backward data keep F(4x4): C256 14x14 N16 one thread 9.1-9.5 /
+// 8.9-9.4 ms vs F(2x2) 10.6-11.3 / 10.7-10.8.)
+constexpr int64_t kWinograd4WeightMinTiles = 256;
+constexpr int kWinograd4WeightTilesPerChannel = 4;
+bool use_winograd4_weight(bool amx, const ConvShape& s) {
+  const int64_t tiles4 = static_cast<int64_t>(s.N) * ((s.P() + 3) / 4) * ((s.Q() + 3) / 4);
+  const int cmin = std::min(s.C, s.K), cmax = std::max(s.C, s.K);
+  const bool exact = s.P() % 4 == 0 && s.Q() % 4 == 0;
+  return use_winograd4(amx, cmin, cmax, tiles4) &&
+         ((exact && tiles4 >= kWinograd4WeightMinTiles) || tiles4 >= int64_t(kWinograd4WeightTilesPerChannel) * cmax);
 }
 
 bool is_pointwise(const ConvShape& s) { return s.R == 1 && s.S == 1 && s.stride == 1 && s.pad == 0; }
@@ -957,9 +964,7 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
   const int T = pool().size();
   const int64_t chunk = balanced_chunk(rows, kWeightDepth, T);
   if (chunk > 0 && s.R == 3 && s.S == 3 && s.stride == 1 && std::min(s.C, s.K) >= kWinogradWeightMinChannels) {
-    const int64_t tiles4 = static_cast<int64_t>(s.N) * ((s.P() + 3) / 4) * ((s.Q() + 3) / 4);
-    const int cmin = std::min(s.C, s.K), cmax = std::max(s.C, s.K);
-    if (use_winograd4_weight(gemm_kernel().amx, cmin, cmax, tiles4)) {
+    if (use_winograd4_weight(gemm_kernel().amx, s)) {
       winograd_weight(*this, 4, dw, dy, x, s);
       return;
     }
