@@ -3,7 +3,10 @@
 // shapes work on chunks of output rows (row = (n * P + p) * Q + q) small enough to stay in the L2
 // cache (kChunkFloats per thread): each pool thread gathers its chunk's patches (im2col) into its own
 // workspace and runs a single-threaded GEMM on it, so the patch matrix is never written to memory
-// in full:
+// in full (with a filter of 4 MB or more, chunks of at least 128 rows: kBigFilterFloats). Few channels
+// (C, K <= 16; and the stems, C <= 4 with K <= 64, on AVX-512) take the direct kernels of
+// direct_conv.h in the forward and weight gradient instead. Per-thread buffers of these task-based
+// paths live in CpuBackend::conv_task_workspace (kept between calls: no page faults per call):
 //   forward          3x3 stride 1 with C, K >= 8: Winograd F(2x2, 3x3) (winograd_conv: input, filter
 //                    and output transforms around 16 GEMMs per chunk of 2x2 output tiles); with
 //                    64 <= C, K <= 256 and enough tiles F(4x4, 3x3) (winograd_conv m = 4: 36 GEMMs per
@@ -12,8 +15,8 @@
 //   backward weight  1x1 stride 1: dw += dy^T x on the GEMM (C <= 64 < K: dw^T = x^T dy, added
 //                    transposed). 3x3 stride 1 with C, K >= 16: Winograd F(2x2, 3x3) (winograd_weight: 16
 //                    GEMMs over the transformed input and output-gradient tiles; on fp32 products only
-//                    where it halves the multiplications), F(4x4, 3x3) where the forward uses it and
-//                    the tiles are many (use_winograd4_weight; m = 4, 36 GEMMs). Otherwise
+//                    where it halves the multiplications), F(4x4, 3x3) where the forward uses it and it
+//                    pays (use_winograd4_weight; m = 4, 36 GEMMs). Otherwise
 //                    dw[K, RSC]     += dy[rows, K]^T * col[rows, RSC] (K > 128: dw^T += col^T * dy)
 //                                      on the micro-kernel, the patches gathered straight into
 //                                      packed panels (per-thread
