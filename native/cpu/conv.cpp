@@ -575,11 +575,14 @@ bool use_direct(const ConvShape& s) { return s.C <= kDirectMaxChannels && s.K <=
 bool use_direct_wide(Isa isa, const ConvShape& s) {
   return s.C <= kDirectWideMaxC && s.K > kDirectMaxChannels && s.K <= kDirectWideMaxK && direct_conv(isa).wide_rows;
 }
+// Floats per filter (and weight-gradient) row of the direct kernels for K output channels: 8, 16, or
+// whole vectors of 16 for the wide kernels.
+int direct_row_floats(int K) { return K <= 8 ? 8 : (K + 15) / 16 * 16; }
 
 // dw += the weight gradient by the direct kernel: per-thread [RS C][KP] partials over tasks of
 // kDirectRows output rows, added into dw (KRSC) at the end.
 void direct_weight(CpuBackend& be, float* dw, const float* dy, const float* x, const ConvShape& s) {
-  const int RS = s.R * s.S, C = s.C, K = s.K, KP = K <= 8 ? 8 : (K + 15) / 16 * 16, T = be.pool().size();
+  const int RS = s.R * s.S, C = s.C, K = s.K, KP = direct_row_floats(K), T = be.pool().size();
   const DirectConv dc = direct_conv(be.isa());
   const DirectWeightRows fn = KP == 8 ? dc.weight8 : KP == 16 ? dc.weight16 : dc.wide_weight;
   const int64_t rows = static_cast<int64_t>(s.N) * s.P() * s.Q();
@@ -614,7 +617,7 @@ bool output_chunks(CpuBackend& be, float* y, int K, int64_t rows, int64_t chunk,
 
 bool direct_forward(CpuBackend& be, float* y, const float* x, const float* w, bool flipped, const ConvShape& s,
                     double* stats) {
-  const int RS = s.R * s.S, C = s.C, K = s.K, KP = K <= 8 ? 8 : (K + 15) / 16 * 16;
+  const int RS = s.R * s.S, C = s.C, K = s.K, KP = direct_row_floats(K);
   std::vector<float> wt(static_cast<size_t>(RS) * C * KP, 0.f);
   for (int tap = 0; tap < RS; ++tap)
     for (int c = 0; c < C; ++c)

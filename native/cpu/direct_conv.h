@@ -186,19 +186,32 @@ __attribute__((noinline)) void pixels(float* y, const float* const* lines, const
   }
 }
 
-template <int KP>
-void rows(float* y, const float* x, const float* wt, const ConvShape& s, int64_t row0, int64_t row1) {
+// The forward's driver over output rows [row0, row1): per output line segment, the task's padded
+// input lines of the filter rows (lines[r], nullptr outside the image), and fn(G, lines, np, q) for
+// groups of up to MaxGroup pixels from q (G a std::integral_constant), the segment split evenly
+// between the groups.
+template <int MaxGroup, typename Fn>
+void pixel_groups(const float* x, const ConvShape& s, int64_t row0, int64_t row1, const Fn& fn) {
   PaddedLines padded(x, s);
   std::vector<const float*> lines(static_cast<size_t>(s.R));
   line_segments(s, row0, row1, [&](int64_t np, int64_t n, int p, int q0, int q1) {
     for (int r = 0; r < s.R; ++r) lines[static_cast<size_t>(r)] = padded.line(n, p * s.stride - s.pad + r);
-    // groups of up to kGroup pixels, the segment split evenly between the groups
-    const int count = q1 - q0, groups = (count + kGroup - 1) / kGroup;
+    const int count = q1 - q0, groups = (count + MaxGroup - 1) / MaxGroup;
     for (int g = 0, done = 0; g < groups; ++g) {
       const int G = (count - done + (groups - g) - 1) / (groups - g), q = q0 + done;
-      with_group_size(G, [&](auto g_) { pixels<KP, decltype(g_)::value>(y, lines.data(), wt, s, np, q); });
+      with_group_size(G, [&](auto g_) {  // (G <= MaxGroup: the cap only bounds the instantiations)
+        fn(std::integral_constant<int, (decltype(g_)::value < MaxGroup ? decltype(g_)::value : MaxGroup)>{},
+           static_cast<const float* const*>(lines.data()), np, q);
+      });
       done += G;
     }
+  });
+}
+
+template <int KP>
+void rows(float* y, const float* x, const float* wt, const ConvShape& s, int64_t row0, int64_t row1) {
+  pixel_groups<kGroup>(x, s, row0, row1, [&](auto g, const float* const* lines, int64_t np, int q) {
+    pixels<KP, decltype(g)::value>(y, lines, wt, s, np, q);
   });
 }
 
@@ -471,20 +484,8 @@ __attribute__((noinline)) void wide_pixels(float* y, const float* const* lines, 
 
 template <int V>
 void wide_rows_v(float* y, const float* x, const float* wt, const ConvShape& s, int64_t row0, int64_t row1) {
-  PaddedLines padded(x, s);
-  std::vector<const float*> lines(static_cast<size_t>(s.R));
-  line_segments(s, row0, row1, [&](int64_t np, int64_t n, int p, int q0, int q1) {
-    for (int r = 0; r < s.R; ++r) lines[static_cast<size_t>(r)] = padded.line(n, p * s.stride - s.pad + r);
-    // groups of up to wide_group<V>() pixels, the segment split evenly between the groups
-    const int count = q1 - q0, groups = (count + wide_group<V>() - 1) / wide_group<V>();
-    for (int g = 0, done = 0; g < groups; ++g) {
-      const int G = (count - done + (groups - g) - 1) / (groups - g), q = q0 + done;
-      with_group_size(G, [&](auto g_) {
-        constexpr int GG = decltype(g_)::value < wide_group<V>() ? decltype(g_)::value : wide_group<V>();
-        wide_pixels<V, GG>(y, lines.data(), wt, s, np, q);
-      });
-      done += G;
-    }
+  pixel_groups<wide_group<V>()>(x, s, row0, row1, [&](auto g, const float* const* lines, int64_t np, int q) {
+    wide_pixels<V, decltype(g)::value>(y, lines, wt, s, np, q);
   });
 }
 
