@@ -50,6 +50,21 @@ struct Locked {
   mveb::Model* operator->() { return box->model.get(); }
 };
 
+// Locks two different boxes together (std::scoped_lock's deadlock avoidance: two calls on the same
+// pair in either order never deadlock) and checks both models are alive; what: the JS method's name.
+struct LockedPair {
+  std::scoped_lock<std::mutex, std::mutex> lock;
+  mveb::Model &first, &second;
+  LockedPair(const BoxPtr& a, const BoxPtr& b, const char* what)
+      : lock(a->mutex, b->mutex), first(alive(a, what)), second(alive(b, what)) {}
+
+ private:
+  static mveb::Model& alive(const BoxPtr& box, const char* what) {
+    MVEB_CHECK(box->model != nullptr, "E_DISPOSED", what, ": a model was used after dispose()");
+    return *box->model;
+  }
+};
+
 Napi::Object named_to_js(Napi::Env env, const std::vector<std::pair<std::string, mveb::Tensor>>& v) {
   Napi::Array names = Napi::Array::New(env, v.size());
   Napi::Array tensors = Napi::Array::New(env, v.size());
@@ -252,9 +267,8 @@ Napi::Value model_copy_from(const Napi::CallbackInfo& info) {
     BoxPtr src = unwrap_box(env, info[1]);
     const bool params = info[2].ToBoolean().Value(), buffers = info[3].ToBoolean().Value();
     if (dst == src) return env.Undefined();
-    std::scoped_lock lock(dst->mutex, src->mutex);
-    MVEB_CHECK(dst->model && src->model, "E_DISPOSED", "copyFrom: a model was used after dispose()");
-    dst->model->copy_from(*src->model, params, buffers);
+    LockedPair models(dst, src, "copyFrom");
+    models.first.copy_from(models.second, params, buffers);
     return env.Undefined();
   });
 }
@@ -266,9 +280,8 @@ Napi::Value model_add_gradients(const Napi::CallbackInfo& info) {
     BoxPtr dst = unwrap_box(env, info[0]);
     BoxPtr src = unwrap_box(env, info[1]);
     if (dst == src) throw_js(env, "E_ARG", "addGradientsFrom: the source is this model");
-    std::scoped_lock lock(dst->mutex, src->mutex);
-    MVEB_CHECK(dst->model && src->model, "E_DISPOSED", "addGradientsFrom: a model was used after dispose()");
-    dst->model->add_gradients(*src->model);
+    LockedPair models(dst, src, "addGradientsFrom");
+    models.first.add_gradients(models.second);
     return env.Undefined();
   });
 }
@@ -285,12 +298,8 @@ Napi::Value model_ema_update(const Napi::CallbackInfo& info) {
     return run_async<bool>(
         env,
         [target, online, mom]() {
-          // lock in address order: two models updated concurrently never deadlock
-          ModelBox* a = target.get() < online.get() ? target.get() : online.get();
-          ModelBox* b = a == target.get() ? online.get() : target.get();
-          std::scoped_lock lock(a->mutex, b->mutex);
-          MVEB_CHECK(target->model && online->model, "E_DISPOSED", "emaUpdate: a model was used after dispose()");
-          target->model->ema_update(*online->model, mom);
+          LockedPair models(target, online, "emaUpdate");
+          models.first.ema_update(models.second, mom);
           return true;
         },
         [](Napi::Env e, bool&) -> Napi::Value { return e.Undefined(); });
