@@ -653,7 +653,8 @@ export const VIEW_ACTIVATION_BUDGET = 2 * 2 ** 30;
 
 /** Scratch copies of the four networks for cheap device-side snapshots (Model.copyFrom: one memcpy),
  * and the copies of the online networks that run the views other than the last when their
- * activations fit the budget (`viewNets`, one per such view; made at the first step). */
+ * activations fit the budget (`viewNets`, one per such view, or null: recompute them), decided at the
+ * first step for the views' shapes (`viewShapes`). */
 export interface StepScratch {
   onlineBackbone: Model;
   onlineProjector: Model;
@@ -662,6 +663,7 @@ export interface StepScratch {
   passBackbone: Model;
   passProjector: Model;
   viewActivationBudget: number;
+  viewShapes: string | null;
   viewNets: Net[] | null;
 }
 
@@ -674,16 +676,21 @@ export function makeStepScratch(online: Net, target: Net, viewActivationBudget =
     passBackbone: online.backbone.clone(),
     passProjector: online.projector.clone(),
     viewActivationBudget,
+    viewShapes: null,
     viewNets: null,
   };
 }
 
-export function disposeStepScratch(s: StepScratch): void {
-  for (const m of [s.onlineBackbone, s.onlineProjector, s.targetBackbone, s.targetProjector, s.passBackbone, s.passProjector]) m.dispose();
-  for (const n of s.viewNets ?? []) {
+function disposeNets(nets: Net[] | null): void {
+  for (const n of nets ?? []) {
     n.backbone.dispose();
     n.projector.dispose();
   }
+}
+
+export function disposeStepScratch(s: StepScratch): void {
+  for (const m of [s.onlineBackbone, s.onlineProjector, s.targetBackbone, s.targetProjector, s.passBackbone, s.passProjector]) m.dispose();
+  disposeNets(s.viewNets);
 }
 
 // The networks that run views 0 .. V-2 forward for the loss: copies of the online networks with
@@ -692,19 +699,20 @@ export function disposeStepScratch(s: StepScratch): void {
 // themselves (those views are then recomputed before their backward).
 function viewNetsFor(online: Net, views: Tensor[], scratch: StepScratch): Net[] {
   const kept = views.length - 1;
-  if (scratch.viewNets && scratch.viewNets.length === kept) return scratch.viewNets;
-  let bytes = 0;
-  for (let v = 0; v < kept; v++) {
-    bytes += online.backbone.activationBytesFor(views[v].shape);
-    bytes += online.projector.activationBytesFor([views[v].shape[0], online.backbone.featureDim]);
+  const shapes = views.map((v) => v.shape.join('x')).join(',');
+  if (scratch.viewShapes !== shapes) {
+    let bytes = 0;
+    for (let v = 0; v < kept; v++) {
+      bytes += online.backbone.activationBytesFor(views[v].shape);
+      bytes += online.projector.activationBytesFor([views[v].shape[0], online.backbone.featureDim]);
+    }
+    disposeNets(scratch.viewNets);
+    scratch.viewNets = kept > 0 && bytes <= scratch.viewActivationBudget
+      ? Array.from({ length: kept }, () => ({ backbone: online.backbone.clone(), projector: online.projector.clone() }))
+      : null;
+    scratch.viewShapes = shapes;
   }
-  if (kept === 0 || bytes > scratch.viewActivationBudget) return Array.from({ length: kept }, () => online);
-  for (const n of scratch.viewNets ?? []) {
-    n.backbone.dispose();
-    n.projector.dispose();
-  }
-  scratch.viewNets = Array.from({ length: kept }, () => ({ backbone: online.backbone.clone(), projector: online.projector.clone() }));
-  return scratch.viewNets;
+  return scratch.viewNets ?? Array.from({ length: kept }, () => online);
 }
 
 /**
