@@ -119,28 +119,13 @@ inline vf select_bits(vf d, unsigned bits) {
 // whole row is the tail: backward sums 10 -> ~5 ms for 401408 rows).
 template <typename Fn>
 inline void with_tail_width(int n, const Fn& fn) {
-  switch (n) {
-    case 1: return fn(std::integral_constant<int, 1>{});
-    case 2: return fn(std::integral_constant<int, 2>{});
-    case 3: return fn(std::integral_constant<int, 3>{});
-#if defined(__AVX2__)
-    case 4: return fn(std::integral_constant<int, 4>{});
-    case 5: return fn(std::integral_constant<int, 5>{});
-    case 6: return fn(std::integral_constant<int, 6>{});
-    case 7: return fn(std::integral_constant<int, 7>{});
-#endif
 #if defined(__AVX512F__)
-    case 8: return fn(std::integral_constant<int, 8>{});
-    case 9: return fn(std::integral_constant<int, 9>{});
-    case 10: return fn(std::integral_constant<int, 10>{});
-    case 11: return fn(std::integral_constant<int, 11>{});
-    case 12: return fn(std::integral_constant<int, 12>{});
-    case 13: return fn(std::integral_constant<int, 13>{});
-    case 14: return fn(std::integral_constant<int, 14>{});
-    case 15: return fn(std::integral_constant<int, 15>{});
+  with_constant<1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15>(n, fn);
+#elif defined(__AVX2__)
+  with_constant<1, 2, 3, 4, 5, 6, 7>(n, fn);
+#else
+  with_constant<1, 2, 3>(n, fn);
 #endif
-    default: return;
-  }
 }
 
 // g where bit is 1, else +0: on the float's bits, so no branch (ReLU masks are close to random: a

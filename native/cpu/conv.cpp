@@ -321,15 +321,7 @@ void im2col_packed(float* Ap, const float* x, const ConvShape& s, int64_t row0, 
 // compile-time constants; another P is an internal error named by `what`.
 template <typename Fn>
 void with_panel_size(int P, const char* what, const Fn& fn) {
-  switch (P) {
-    case 32: return fn(std::integral_constant<int, 32>{});
-    case 16: return fn(std::integral_constant<int, 16>{});
-    case 14: return fn(std::integral_constant<int, 14>{});
-    case 8: return fn(std::integral_constant<int, 8>{});
-    case 6: return fn(std::integral_constant<int, 6>{});
-    case 4: return fn(std::integral_constant<int, 4>{});
-    default: MVEB_CHECK(false, "E_INTERNAL", what, " for panel size ", P);
-  }
+  MVEB_CHECK((with_constant<32, 16, 14, 8, 6, 4>(P, fn)), "E_INTERNAL", what, " for panel size ", P);
 }
 
 // The same with the panel size P known at run time (the micro-kernel's MR or NR).

@@ -22,6 +22,7 @@
 #endif
 
 #include "core/backend.h"  // ConvShape
+#include "cpu/kernel_util.h"  // with_constant
 
 namespace mveb {
 
@@ -146,16 +147,7 @@ class PaddedLines {
 // kernels' register tiles; above 8 is 8).
 template <typename Fn>
 inline void with_group_size(int g, const Fn& fn) {
-  switch (g) {
-    case 1: return fn(std::integral_constant<int, 1>{});
-    case 2: return fn(std::integral_constant<int, 2>{});
-    case 3: return fn(std::integral_constant<int, 3>{});
-    case 4: return fn(std::integral_constant<int, 4>{});
-    case 5: return fn(std::integral_constant<int, 5>{});
-    case 6: return fn(std::integral_constant<int, 6>{});
-    case 7: return fn(std::integral_constant<int, 7>{});
-    default: return fn(std::integral_constant<int, 8>{});
-  }
+  if (!with_constant<1, 2, 3, 4, 5, 6, 7>(g, fn)) fn(std::integral_constant<int, 8>{});
 }
 
 // Pixels per group: each an independent chain of FMAs, their accumulators in registers (N512 C8 K8

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <new>
+#include <type_traits>
 
 #include "core/error.h"
 #include "core/op_checks.h"  // check_positive, check_nonnegative, the op-table shape checks
@@ -25,6 +26,13 @@ inline bool can_stream_rows(bool stream, const float* out, int n) {
 #endif
 }
 }  // namespace
+
+// fn(std::integral_constant<int, v>) for the v among Values equal to n, so that a kernel gets a run-time
+// size as a compile-time constant (register tiles, unrolled widths); returns whether n was among them.
+template <int... Values, typename Fn>
+inline bool with_constant(int n, const Fn& fn) {
+  return ((n == Values ? (fn(std::integral_constant<int, Values>{}), true) : false) || ...);
+}
 
 // Scratch memory for one kernel call; freed when it goes out of scope.
 class ScratchBuffer {
