@@ -425,10 +425,12 @@ void winograd_forward_tiles(CpuBackend& be, const WinogradVariant& v, float* y, 
   const int C = s.C, K = s.K, P = s.P(), Q = s.Q();
   const int TP = (P + v.m - 1) / v.m, TQ = (Q + v.m - 1) / v.m;
   const int64_t tiles = static_cast<int64_t>(s.N) * TP * TQ;
+  gemm_detail::WorkspaceLease filters(be.filter_workspace());
+  filters.get().reserve(v.matrices);
   std::vector<std::unique_ptr<gemm_detail::PackedB>> packed(static_cast<size_t>(v.matrices));
   for (int e = 0; e < v.matrices; ++e)
     packed[static_cast<size_t>(e)].reset(new gemm_detail::PackedB(pool, kern, !flipped, K, C, u + e * ust,
-                                                                  flipped ? K : C));
+                                                                  flipped ? K : C, &filters.get(), e));
   const int T = pool.size();
   int64_t chunk = balanced_chunk(tiles, std::max<int64_t>(v.min_chunk, v.chunk_floats / (C + K)), T);
   chunk = chunk == 0 ? tiles : whole_panels(chunk, tiles, kern.mr);  // 0: too few tiles to split, one task
@@ -641,7 +643,9 @@ bool conv_forward_impl(CpuBackend& be, float* y, const float* x, const float* w,
   if (stats && !flipped && is_pointwise(s)) {
     const int64_t pchunk = balanced_chunk(rows, pointwise_chunk_rows(s), T);
     if (pchunk > 0) {
-      const gemm_detail::PackedB wt(pool, kern, true, s.K, s.C, w, s.C);
+      gemm_detail::WorkspaceLease filter(be.filter_workspace());
+      filter.get().reserve(1);
+      const gemm_detail::PackedB wt(pool, kern, true, s.K, s.C, w, s.C, &filter.get());
       return output_chunks(be, y, s.K, rows, pchunk, stats, [&](int64_t r0, int64_t r1, int t) {
         gemm_detail::gemm_run(pool, kern, false, true, static_cast<int>(r1 - r0), s.K, s.C, 1.f, x + r0 * s.C, s.C,
                               nullptr, 0, 0.f, y + r0 * s.K, s.K, &wt, be.task_workspace(t));
@@ -665,13 +669,16 @@ bool conv_forward_impl(CpuBackend& be, float* y, const float* x, const float* w,
   }
   if (chunk > 0) {
     const int RS = s.R * s.S;
+    gemm_detail::WorkspaceLease filter(be.filter_workspace());
+    filter.get().reserve(1);
     const gemm_detail::PackedB wt =
         flipped ? gemm_detail::PackedB(pool, kern, s.K, rsc,
                                        [&](int k) {
                                          const int tap = k / s.C, ko = k % s.C;
                                          return w + (static_cast<int64_t>(ko) * RS + (RS - 1 - tap)) * s.K;
-                                       })
-                : gemm_detail::PackedB(pool, kern, true, s.K, rsc, w, rsc);
+                                       },
+                                       &filter.get())
+                : gemm_detail::PackedB(pool, kern, true, s.K, rsc, w, rsc, &filter.get());
     gemm_detail::WorkspaceLease lease(be.conv_task_workspace());  // each thread's patch chunk: child(t)
     gemm_detail::Workspace& ws = lease.get();
     ws.children(T);
@@ -765,7 +772,9 @@ void CpuBackend::conv_backward_data(float* dx, const float* dy, const float* w, 
     // several images into one GEMM (with one image of 4x4 outputs per task, C256 K512 8x8 streamed
     // the whole packed filter for 16 rows at a time).
     const gemm_detail::KernelInfo kern = gemm_kernel();
-    const gemm_detail::PackedB wt(pool(), kern, false, rsc, s.K, w, rsc);
+    gemm_detail::WorkspaceLease filter(filter_workspace());
+    filter.get().reserve(1);
+    const gemm_detail::PackedB wt(pool(), kern, false, rsc, s.K, w, rsc, &filter.get());
     // output rows p per band: dcol in L2, except that a filter too big for L2 (streamed from L3 by every
     // GEMM) gets at least kBigFilterMinRows rows per GEMM (3x3/2 C512 K512 14x14, N16, one thread: GEMMs
     // of 42 and 7 rows per image, 27-29 ms; several whole images per GEMM, 22-24 ms)
@@ -861,7 +870,9 @@ void pointwise_backward(CpuBackend& be, float* dw, float* dx, const std::functio
   const int64_t rows = static_cast<int64_t>(s.N) * s.P() * s.Q();
   const gemm_detail::KernelInfo kern = be.gemm_kernel();
   const PointwiseWeight pw = pointwise_weight(be, s);
-  const gemm_detail::PackedB wp(pool, kern, false, C, K, w, C);  // op(B) = w [K, C]
+  gemm_detail::WorkspaceLease filter(be.filter_workspace());
+  filter.get().reserve(1);
+  const gemm_detail::PackedB wp(pool, kern, false, C, K, w, C, &filter.get());  // op(B) = w [K, C]
   std::vector<std::unique_ptr<ScratchBuffer>> partial(static_cast<size_t>(T));
   pool.parallel_tasks((rows + chunk - 1) / chunk, [&](int64_t task, int t) {
     const int64_t r0 = task * chunk, r1 = std::min(rows, r0 + chunk);

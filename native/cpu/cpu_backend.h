@@ -43,6 +43,10 @@ class CpuBackend final : public Backend {
   // GEMM's: fresh, they page-faulted thousands of times per step (the 16.8 MB transformed C512 K512
   // filter ~3000 times per resnet50 b16 step, the default pretrain encoder's tile buffers ~400 per b64 step).
   gemm_detail::Workspace* conv_task_workspace() { return conv_task_workspace_.get(); }
+  // The convolutions' packed filters (gemm_detail::PackedB's kept storage; a Winograd convolution's
+  // transformed filter matrices in slots 0..35): packed in every call, fresh they page-faulted ~600
+  // times per resnet50 b16 step, more after a change of the heap's history.
+  gemm_detail::Workspace* filter_workspace() { return filter_workspace_.get(); }
   void set_matmul_precision(MatmulPrecision p) { precision_.store(p, std::memory_order_relaxed); }
   // The SGEMM micro-kernel of isa(), with the AMX path when the precision is High and amx() holds.
   gemm_detail::KernelInfo gemm_kernel() const {
@@ -143,6 +147,7 @@ class CpuBackend final : public Backend {
   // kept between calls like the GEMM's.
   std::unique_ptr<gemm_detail::Workspace> conv_workspace_{new gemm_detail::Workspace};
   std::unique_ptr<gemm_detail::Workspace> conv_task_workspace_{new gemm_detail::Workspace};
+  std::unique_ptr<gemm_detail::Workspace> filter_workspace_{new gemm_detail::Workspace};
   void gemm_with(const gemm_detail::KernelInfo& kernel, bool transA, bool transB, int M, int N, int K, float alpha,
                  const float* A, int lda, const float* B, int ldb, float beta, float* C, int ldc);
 };

@@ -193,9 +193,10 @@ KernelInfo kernel_for(Isa isa) {
   return isa == Isa::Avx512 ? kernel_avx512() : isa == Isa::Avx2 ? kernel_avx2() : kernel_scalar();
 }
 
-PackedB::PackedB(ThreadPool& pool, const KernelInfo& kern, bool transB, int N_, int K_, const float* B, long ldb)
+PackedB::PackedB(ThreadPool& pool, const KernelInfo& kern, bool transB, int N_, int K_, const float* B, long ldb,
+                 Workspace* keep, int slot)
     : N(N_), K(K_), KC(balanced_depth(K_, kern.kc)), NC(std::min((N_ + kern.nr - 1) / kern.nr * kern.nr, kern.nc)),
-      NR(kern.nr), amx(kern.amx && N_ >= 16 && K_ >= 32) {
+      NR(kern.nr), amx(kern.amx && N_ >= 16 && K_ >= 32), keep_(keep), slot_(slot) {
   if (amx) {
     pack_amx(pool, [&](int r) { return B + static_cast<long>(r) * ldb; }, !transB);
     return;
@@ -205,9 +206,10 @@ PackedB::PackedB(ThreadPool& pool, const KernelInfo& kern, bool transB, int N_, 
   });
 }
 
-PackedB::PackedB(ThreadPool& pool, const KernelInfo& kern, int N_, int K_, const std::function<const float*(int)>& row)
+PackedB::PackedB(ThreadPool& pool, const KernelInfo& kern, int N_, int K_, const std::function<const float*(int)>& row,
+                 Workspace* keep, int slot)
     : N(N_), K(K_), KC(balanced_depth(K_, kern.kc)), NC(std::min((N_ + kern.nr - 1) / kern.nr * kern.nr, kern.nc)),
-      NR(kern.nr), amx(kern.amx && N_ >= 16 && K_ >= 32) {
+      NR(kern.nr), amx(kern.amx && N_ >= 16 && K_ >= 32), keep_(keep), slot_(slot) {
   if (amx) {
     pack_amx(pool, row, true);
     return;
@@ -229,7 +231,7 @@ PackedB::PackedB(ThreadPool& pool, const KernelInfo& kern, int N_, int K_, const
 
 void PackedB::pack_all(ThreadPool& pool, const std::function<void(float*, int, int, int, int)>& pack) {
   const long padded_n = (static_cast<long>(N) + NR - 1) / NR * NR;
-  data_.reset(new ScratchBuffer(static_cast<size_t>(padded_n) * std::max(1, K)));
+  data_ = storage(static_cast<size_t>(padded_n) * std::max(1, K));
   // tasks: (jc block, pc block, panel)
   std::vector<int> jcs, pcs;
   for (int jc = 0; jc < N; jc += NC) jcs.push_back(jc);
@@ -251,17 +253,23 @@ void PackedB::pack_all(ThreadPool& pool, const std::function<void(float*, int, i
 }
 
 void PackedB::pack_amx(ThreadPool& pool, const std::function<const float*(int)>& row, bool depth_major) {
-  data_.reset(new ScratchBuffer((amx_packed_b_elems(N, K) + 1) / 2));
-  amx_pack_b(pool, N, K, row, depth_major, reinterpret_cast<uint16_t*>(data_->get()));
+  data_ = storage((amx_packed_b_elems(N, K) + 1) / 2);
+  amx_pack_b(pool, N, K, row, depth_major, reinterpret_cast<uint16_t*>(data_));
+}
+
+float* PackedB::storage(size_t floats) {
+  if (keep_) return keep_->get(slot_, floats);
+  own_.reset(new ScratchBuffer(floats));
+  return own_->get();
 }
 
 const uint16_t* PackedB::amx_block(int jc, int pc) const {
-  return reinterpret_cast<const uint16_t*>(data_->get()) + amx_block_offset(N, K, jc, pc);
+  return reinterpret_cast<const uint16_t*>(data_) + amx_block_offset(N, K, jc, pc);
 }
 
 const float* PackedB::block(int jc, int pc) const {
   const int ncp = (std::min(NC, N - jc) + NR - 1) / NR * NR;
-  return data_->get() + static_cast<long>(jc) * K + static_cast<long>(pc) * ncp;
+  return data_ + static_cast<long>(jc) * K + static_cast<long>(pc) * ncp;
 }
 
 void Workspace::reserve(int slots) {

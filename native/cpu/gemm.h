@@ -69,12 +69,18 @@ KernelInfo kernel_for(Isa isa);
 // (the chunks of a convolution). Block (jc, pc) of NC columns and KC depth starts at jc * K + pc * ncp
 // (ncp: the block's width rounded up to NR). With an AMX kernel (kern.amx, N >= 16, K >= 32) it holds
 // gemm_amx's split-bf16 panels instead (amx = true, amx_block), and gemm_run multiplies on AMX.
+// keep (optional): the panels live in slot `slot` of this kept workspace (reserved by the caller, which
+// holds it while the PackedB is in use) instead of a buffer of their own: a convolution packs its
+// filter in every call, and a fresh multi-MiB buffer page-faults each time.
+class Workspace;
 class PackedB {
  public:
-  PackedB(ThreadPool& pool, const KernelInfo& kernel, bool transB, int N, int K, const float* B, long ldb);
+  PackedB(ThreadPool& pool, const KernelInfo& kernel, bool transB, int N, int K, const float* B, long ldb,
+          Workspace* keep = nullptr, int slot = 0);
   // op(B) given by its rows: row(k) points at the N contiguous floats of row k (any row order in
   // memory, e.g. a convolution filter flipped in space).
-  PackedB(ThreadPool& pool, const KernelInfo& kernel, int N, int K, const std::function<const float*(int)>& row);
+  PackedB(ThreadPool& pool, const KernelInfo& kernel, int N, int K, const std::function<const float*(int)>& row,
+          Workspace* keep = nullptr, int slot = 0);
   const float* block(int jc, int pc) const;
   const uint16_t* amx_block(int jc, int pc) const;
   int N, K, KC, NC, NR;
@@ -85,7 +91,12 @@ class PackedB {
   void pack_all(ThreadPool& pool, const std::function<void(float*, int, int, int, int)>& pack);
   // The AMX panels (amx_pack_b) into data_.
   void pack_amx(ThreadPool& pool, const std::function<const float*(int)>& row, bool depth_major);
-  std::unique_ptr<ScratchBuffer> data_;
+  // Room for `floats` floats: own_, or the kept workspace's slot.
+  float* storage(size_t floats);
+  Workspace* keep_;
+  int slot_;
+  std::unique_ptr<ScratchBuffer> own_;
+  float* data_ = nullptr;
 };
 
 // Scratch memory that gemm_run keeps between calls (a CpuBackend owns one): a fresh multi-MiB buffer

@@ -628,15 +628,19 @@ TEST("kernels: batchnorm_conv_backward equals batchnorm_backward then conv2d_bac
         for (int o = 0; o < (residual ? 5 : 4); ++o)
           EXPECT_REL(mtest::rel_error(out[1][o].data(), out[0][o].data(), out[0][o].size()), tol,
                      what << " " << names[o] << tag(*b));
-        if (add || residual) continue;
-        // dx in dy's own buffer (the model's trunk gradient): dy is consumed before dx is written
-        FVec both(std::max(nx, ny), 0.f), dw(nw, 0.5f), dg(C, 0.25f), db(C, -0.25f), scratch = poison(ny);
+        if (add) continue;
+        // dx in dy's own buffer (the model's trunk gradient; with a residual gradient, the last pair of a
+        // block): dy is consumed before dx is written
+        FVec both(std::max(nx, ny), 0.f), dw(nw, 0.5f), dg(C, 0.25f), db(C, -0.25f), scratch = poison(ny),
+            dres = poison(ny);
         std::copy(dy.begin(), dy.end(), both.begin());
-        b->batchnorm_conv_backward(nullptr, dg.data(), db.data(), both.data(), relu ? mask.data() : nullptr,
-                                   bn_x.data(), gamma.data(), mean.data(), invstd.data(), relu, train, dw.data(),
-                                   both.data(), x.data(), w.data(), s, false, scratch.data());
+        b->batchnorm_conv_backward(residual ? dres.data() : nullptr, dg.data(), db.data(), both.data(),
+                                   relu ? mask.data() : nullptr, bn_x.data(), gamma.data(), mean.data(), invstd.data(),
+                                   relu, train, dw.data(), both.data(), x.data(), w.data(), s, false, scratch.data());
         EXPECT_REL(mtest::rel_error(both.data(), out[0][0].data(), nx), tol, what << " dx over dy" << tag(*b));
         EXPECT_REL(err(dw, to_d(out[0][1])), tol, what << " dw (dx over dy)" << tag(*b));
+        if (residual)
+          EXPECT_REL(mtest::rel_error(dres.data(), out[0][4].data(), ny), tol, what << " dresidual (dx over dy)" << tag(*b));
       }
     }
 }
