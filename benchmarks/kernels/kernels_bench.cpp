@@ -5,6 +5,9 @@
 //   kernels_bench THREADS gemm M N K tA tB           -> "gemm M N K tA tB <GFLOP/s> <max rel err>"
 //   kernels_bench THREADS conv N H W C K R S st pad  -> "conv ... <fwd ms> <bwd data ms> <bwd weight ms>"
 //   kernels_bench THREADS bn M C                     -> "bn M C <fwd ms> <bwd ms>" (train, residual + ReLU)
+//   kernels_bench 1 ukernel KC                       -> "ukernel KC <GFLOP/s> <% of peak1>": the ISA's packed
+//     micro-kernel alone on panels that stay in L1/L2 (9 A panels against each of 8 B panels, as
+//     gemm_run orders them): the ceiling of every product on this core, before packing and memory
 // MVEB_MATMUL_PRECISION=high runs the AMX bf16x3 path where the CPU has it (run.py adds those columns).
 // The GEMM result is checked against float64 dot products on sampled entries. THREADS = 1 times with
 // the thread's CPU time (robust on a shared machine), otherwise wall time.
@@ -23,7 +26,6 @@
 using Clock = std::chrono::steady_clock;
 
 namespace {
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 std::vector<float> random_floats(size_t n, unsigned seed) {
   std::vector<float> v(n);
@@ -35,27 +37,6 @@ std::vector<float> random_floats(size_t n, unsigned seed) {
   return v;
 }
 
-// Measured FP32 FMA ceiling of one core: independent 512-bit FMA chains.
-__attribute__((target("avx512f"))) double fma_peak_one_core() {
-  __m512 acc[16];
-  for (int i = 0; i < 16; ++i) acc[i] = _mm512_set1_ps(0.001f * i);
-  const __m512 a = _mm512_set1_ps(0.999f), b = _mm512_set1_ps(0.0001f);
-  const long iters = 2000000;
-  double dt = 1e30;
-  for (int rep = 0; rep < 10; ++rep) {  // best of 10: the machine is shared
-    auto t0 = Clock::now();
-    for (long it = 0; it < iters; ++it) {
-#pragma GCC unroll 16
-      for (int i = 0; i < 16; ++i) acc[i] = _mm512_fmadd_ps(acc[i], a, b);
-    }
-    dt = std::min(dt, seconds_since(t0));
-  }
-  float sink = 0;
-  for (int i = 0; i < 16; ++i) sink += _mm512_reduce_add_ps(acc[i]);
-  if (sink == 12345.f) std::printf("#\n");
-  return iters * 16.0 * 16 * 2 / dt / 1e9;
-}
-
 // With one thread the kernels run on the calling thread, so its CPU time (CLOCK_THREAD_CPUTIME_ID)
 // measures them without the time other jobs on the shared machine take; with more, wall time.
 bool g_thread_cpu_time = false;
@@ -64,6 +45,28 @@ double now_seconds() {
   timespec t;
   clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
   return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+// Measured FP32 FMA ceiling of one core: independent 512-bit FMA chains (timed like the kernels:
+// thread CPU time with THREADS = 1).
+__attribute__((target("avx512f"))) double fma_peak_one_core() {
+  __m512 acc[16];
+  for (int i = 0; i < 16; ++i) acc[i] = _mm512_set1_ps(0.001f * i);
+  const __m512 a = _mm512_set1_ps(0.999f), b = _mm512_set1_ps(0.0001f);
+  const long iters = 2000000;
+  double dt = 1e30;
+  for (int rep = 0; rep < 10; ++rep) {  // best of 10: the machine is shared
+    const double t0 = now_seconds();
+    for (long it = 0; it < iters; ++it) {
+#pragma GCC unroll 16
+      for (int i = 0; i < 16; ++i) acc[i] = _mm512_fmadd_ps(acc[i], a, b);
+    }
+    dt = std::min(dt, now_seconds() - t0);
+  }
+  float sink = 0;
+  for (int i = 0; i < 16; ++i) sink += _mm512_reduce_add_ps(acc[i]);
+  if (sink == 12345.f) std::printf("#\n");
+  return iters * 16.0 * 16 * 2 / dt / 1e9;
 }
 
 template <typename F>
@@ -131,12 +134,36 @@ void bench_bn(mveb::CpuBackend& b, int M, int C) {
   std::printf("bn %d %d %.3f %.3f\n", M, C, tf * 1e3, tb * 1e3);
   std::fflush(stdout);
 }
+
+// The micro-kernel of b's ISA alone: kc deep, 9 MR-tall A panels against each of 8 NR-wide B panels
+// (B panel in L1, A panels from L2), C tiles in L1.
+void bench_ukernel(mveb::CpuBackend& b, int kc) {
+  const mveb::gemm_detail::KernelInfo k = mveb::gemm_detail::kernel_for(b.isa());
+  const int a_panels = 9, b_panels = 8;
+  mveb::ScratchBuffer A(static_cast<size_t>(a_panels) * k.mr * kc), B(static_cast<size_t>(b_panels) * kc * k.nr),
+      C(static_cast<size_t>(a_panels) * k.mr * k.nr);
+  const auto a = random_floats(static_cast<size_t>(a_panels) * k.mr * kc, 9), bv = random_floats(static_cast<size_t>(b_panels) * kc * k.nr, 10);
+  std::copy(a.begin(), a.end(), A.get());
+  std::copy(bv.begin(), bv.end(), B.get());
+  const int reps = std::max(1, (1 << 20) / kc);
+  const double t = best_time([&] {
+    for (int r = 0; r < reps; ++r)
+      for (int jp = 0; jp < b_panels; ++jp)
+        for (int ip = 0; ip < a_panels; ++ip)
+          k.fn(kc, A.get() + static_cast<size_t>(ip) * k.mr * kc, B.get() + static_cast<size_t>(jp) * kc * k.nr,
+               C.get() + static_cast<size_t>(ip) * k.mr * k.nr, k.nr, 0.f);
+  });
+  const double gflops = 2.0 * k.mr * k.nr * kc * a_panels * b_panels * reps / t / 1e9;
+  const double peak = b.features().avx512f ? fma_peak_one_core() : 0;
+  std::printf("ukernel %d %.1f %.0f\n", kc, gflops, peak > 0 ? 100 * gflops / peak : 0.0);
+  std::fflush(stdout);
+}
 }  // namespace
 
 int main(int argc, char** argv) {
-  // kernels_bench THREADS peak | gemm M N K tA tB | conv N H W C K R S stride pad
+  // kernels_bench THREADS peak | gemm M N K tA tB | conv N H W C K R S stride pad | bn M C | ukernel KC
   if (argc < 3) {
-    std::fprintf(stderr, "usage: kernels_bench THREADS peak | gemm M N K tA tB | conv N H W C K R S stride pad | bn M C\n");
+    std::fprintf(stderr, "usage: kernels_bench THREADS peak | gemm M N K tA tB | conv N H W C K R S stride pad | bn M C | ukernel KC\n");
     return 2;
   }
   const int threads = std::atoi(argv[1]);
@@ -157,6 +184,8 @@ int main(int argc, char** argv) {
     bench_conv(b, mveb::ConvShape{v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]});
   } else if (what == "bn" && v.size() == 2) {
     bench_bn(b, v[0], v[1]);
+  } else if (what == "ukernel" && v.size() == 1 && v[0] > 0) {
+    bench_ukernel(b, v[0]);
   } else {
     std::fprintf(stderr, "bad arguments\n");
     return 2;
