@@ -426,7 +426,6 @@ void winograd_forward_tiles(CpuBackend& be, const WinogradVariant& v, float* y, 
   const int TP = (P + v.m - 1) / v.m, TQ = (Q + v.m - 1) / v.m;
   const int64_t tiles = static_cast<int64_t>(s.N) * TP * TQ;
   gemm_detail::WorkspaceLease filters(be.filter_workspace());
-  filters.get().reserve(v.matrices);
   std::vector<std::unique_ptr<gemm_detail::PackedB>> packed(static_cast<size_t>(v.matrices));
   for (int e = 0; e < v.matrices; ++e)
     packed[static_cast<size_t>(e)].reset(new gemm_detail::PackedB(pool, kern, !flipped, K, C, u + e * ust,
@@ -644,7 +643,6 @@ bool conv_forward_impl(CpuBackend& be, float* y, const float* x, const float* w,
     const int64_t pchunk = balanced_chunk(rows, pointwise_chunk_rows(s), T);
     if (pchunk > 0) {
       gemm_detail::WorkspaceLease filter(be.filter_workspace());
-      filter.get().reserve(1);
       const gemm_detail::PackedB wt(pool, kern, true, s.K, s.C, w, s.C, &filter.get());
       return output_chunks(be, y, s.K, rows, pchunk, stats, [&](int64_t r0, int64_t r1, int t) {
         gemm_detail::gemm_run(pool, kern, false, true, static_cast<int>(r1 - r0), s.K, s.C, 1.f, x + r0 * s.C, s.C,
@@ -670,7 +668,6 @@ bool conv_forward_impl(CpuBackend& be, float* y, const float* x, const float* w,
   if (chunk > 0) {
     const int RS = s.R * s.S;
     gemm_detail::WorkspaceLease filter(be.filter_workspace());
-    filter.get().reserve(1);
     const gemm_detail::PackedB wt =
         flipped ? gemm_detail::PackedB(pool, kern, s.K, rsc,
                                        [&](int k) {
@@ -773,7 +770,6 @@ void CpuBackend::conv_backward_data(float* dx, const float* dy, const float* w, 
     // the whole packed filter for 16 rows at a time).
     const gemm_detail::KernelInfo kern = gemm_kernel();
     gemm_detail::WorkspaceLease filter(filter_workspace());
-    filter.get().reserve(1);
     const gemm_detail::PackedB wt(pool(), kern, false, rsc, s.K, w, rsc, &filter.get());
     // output rows p per band: dcol in L2, except that a filter too big for L2 (streamed from L3 by every
     // GEMM) gets at least kBigFilterMinRows rows per GEMM (3x3/2 C512 K512 14x14, N16, one thread: GEMMs
@@ -871,7 +867,6 @@ void pointwise_backward(CpuBackend& be, float* dw, float* dx, const std::functio
   const gemm_detail::KernelInfo kern = be.gemm_kernel();
   const PointwiseWeight pw = pointwise_weight(be, s);
   gemm_detail::WorkspaceLease filter(be.filter_workspace());
-  filter.get().reserve(1);
   const gemm_detail::PackedB wp(pool, kern, false, C, K, w, C, &filter.get());  // op(B) = w [K, C]
   std::vector<std::unique_ptr<ScratchBuffer>> partial(static_cast<size_t>(T));
   pool.parallel_tasks((rows + chunk - 1) / chunk, [&](int64_t task, int t) {

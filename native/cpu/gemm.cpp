@@ -258,7 +258,10 @@ void PackedB::pack_amx(ThreadPool& pool, const std::function<const float*(int)>&
 }
 
 float* PackedB::storage(size_t floats) {
-  if (keep_) return keep_->get(slot_, floats);
+  if (keep_) {
+    keep_->reserve(slot_ + 1);  // (outside any parallel region: the constructor's caller's thread)
+    return keep_->get(slot_, floats);
+  }
   own_.reset(new ScratchBuffer(floats));
   return own_->get();
 }

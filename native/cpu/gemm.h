@@ -69,9 +69,9 @@ KernelInfo kernel_for(Isa isa);
 // (the chunks of a convolution). Block (jc, pc) of NC columns and KC depth starts at jc * K + pc * ncp
 // (ncp: the block's width rounded up to NR). With an AMX kernel (kern.amx, N >= 16, K >= 32) it holds
 // gemm_amx's split-bf16 panels instead (amx = true, amx_block), and gemm_run multiplies on AMX.
-// keep (optional): the panels live in slot `slot` of this kept workspace (reserved by the caller, which
-// holds it while the PackedB is in use) instead of a buffer of their own: a convolution packs its
-// filter in every call, and a fresh multi-MiB buffer page-faults each time.
+// keep (optional): the panels live in slot `slot` of this kept workspace (the caller holds it, e.g. by
+// a WorkspaceLease, while the PackedB is in use) instead of a buffer of their own: a convolution packs
+// its filter in every call, and a fresh multi-MiB buffer page-faults each time.
 class Workspace;
 class PackedB {
  public:
