@@ -217,11 +217,25 @@ int64_t balanced_chunk(int64_t rows, int64_t max_rows, int threads) {
   return (rows + chunks - 1) / chunks;
 }
 
-// A Winograd chunk of tiles (the M of its GEMMs) rounded to a whole number of the micro-kernel's
-// MR-row panels: a partial last panel goes through packing and a bounce tile.
-int64_t whole_panels(int64_t chunk, int64_t tiles, int mr) {
-  if (chunk >= tiles) return chunk;
-  return std::max<int64_t>(mr, (chunk + mr / 2) / mr * mr);
+// Winograd's forward tasks over `tiles` output tiles (the M of their GEMMs): about `chunk` tiles each
+// (0: one task), cut at whole MR-row panels of the micro-kernel (a partial panel goes through packing
+// and a bounce tile; only the last task has one), the task count a multiple of the thread count and
+// the panels spread evenly over the tasks, so that the threads (task i on thread i % threads) get
+// equal work. (Equal chunks rounded to whole panels had left C256 14x14 N16, 256 tiles of F(4x4),
+// as 70 + 70 | 70 + 46 tiles per thread.)
+struct TileTasks {
+  int64_t tiles, panels, tasks;
+  int mr;
+  int64_t begin(int64_t task) const { return std::min(tiles, task * panels / tasks * mr); }
+  int64_t end(int64_t task) const { return begin(task + 1); }
+  int64_t max_tiles() const { return (panels + tasks - 1) / tasks * mr; }
+};
+TileTasks tile_tasks(int64_t tiles, int64_t chunk, int mr, int threads) {
+  const int64_t panels = (tiles + mr - 1) / mr;
+  if (chunk == 0 || chunk >= tiles) return {tiles, panels, 1, mr};
+  int64_t tasks = std::min(panels, (tiles + chunk - 1) / chunk);
+  if (tasks >= threads) tasks = std::min(panels, (tasks + threads - 1) / threads * threads);
+  return {tiles, panels, tasks, mr};
 }
 
 // dx_img (one image, zeroed by the caller) += the patch gradients dcol of output rows [p0, p1).
@@ -431,19 +445,20 @@ void winograd_forward_tiles(CpuBackend& be, const WinogradVariant& v, float* y, 
     packed[static_cast<size_t>(e)].reset(new gemm_detail::PackedB(pool, kern, !flipped, K, C, u + e * ust,
                                                                   flipped ? K : C, &filters.get(), e));
   const int T = pool.size();
-  int64_t chunk = balanced_chunk(tiles, std::max<int64_t>(v.min_chunk, v.chunk_floats / (C + K)), T);
-  chunk = chunk == 0 ? tiles : whole_panels(chunk, tiles, kern.mr);  // 0: too few tiles to split, one task
+  const TileTasks split =
+      tile_tasks(tiles, balanced_chunk(tiles, std::max<int64_t>(v.min_chunk, v.chunk_floats / (C + K)), T), kern.mr, T);
+  const int64_t chunk = split.max_tiles();
   std::vector<float> zeros(static_cast<size_t>(C), 0.f);
   // A large y is streamed past the caches (the AVX-512 output transforms; see CpuBackend::stream_bytes).
   const bool stream = static_cast<size_t>(s.N) * P * Q * K * sizeof(float) >= be.stream_bytes;
   ws.children(T);
-  pool.parallel_tasks((tiles + chunk - 1) / chunk, [&](int64_t task, int t) {
+  pool.parallel_tasks(split.tasks, [&](int64_t task, int t) {
     gemm_detail::Workspace& tw = *ws.child(t);
     tw.reserve(2);
     float* V = tw.get(0, static_cast<size_t>(v.matrices * (chunk * C + kWinogradSkew)));
     float* M = tw.get(1, static_cast<size_t>(v.matrices * (chunk * K + kWinogradSkew) + K));  // + a spare row
-    const int64_t t0 = task * chunk;
-    const int nt = static_cast<int>(std::min(tiles, t0 + chunk) - t0);
+    const int64_t t0 = split.begin(task);
+    const int nt = static_cast<int>(split.end(task) - t0);
     // The matrices of a chunk lie kWinogradSkew floats further apart than their size, so the
     // transforms' store streams do not all map to the same L1 sets (sizes are often multiples of 4 KB).
     const int64_t vst = static_cast<int64_t>(nt) * C + kWinogradSkew;
