@@ -229,6 +229,24 @@ PackedB::PackedB(ThreadPool& pool, const KernelInfo& kern, int N_, int K_, const
   });
 }
 
+PackedB::PackedB(const KernelInfo& kern, int N_, int K_, Workspace* keep, int slot)
+    : N(N_), K(K_), KC(balanced_depth(K_, kern.kc)), NC(std::min((N_ + kern.nr - 1) / kern.nr * kern.nr, kern.nc)),
+      NR(kern.nr), keep_(keep), slot_(slot) {
+  data_ = storage(static_cast<size_t>((static_cast<long>(N) + NR - 1) / NR * NR) * std::max(1, K));
+}
+
+void PackedB::pack_part(const KernelInfo& kern, const float* B, long ldb, bool transB, int k0, int k1, int j0, int j1) {
+  for (int pc = k0 / KC * KC; pc < k1; pc += KC) {  // the depth blocks the part meets
+    const int kc = std::min(KC, K - pc), r0 = std::max(k0, pc), r1 = std::min(k1, pc + kc);
+    for (int j = j0; j < j1; j += NR) {  // its panels
+      const int jc = j / NC * NC;
+      float* dst = const_cast<float*>(block(jc, pc)) + static_cast<long>(j - jc) * kc + static_cast<long>(r0 - pc) * NR;
+      const float* src = transB ? B + static_cast<long>(j - j0) * ldb + (r0 - k0) : B + static_cast<long>(r0 - k0) * ldb + (j - j0);
+      pack_b_panel(kern, src, ldb, transB, 0, r1 - r0, 0, std::min(NR, j1 - j), dst);
+    }
+  }
+}
+
 void PackedB::pack_all(ThreadPool& pool, const std::function<void(float*, int, int, int, int)>& pack) {
   const long padded_n = (static_cast<long>(N) + NR - 1) / NR * NR;
   data_ = storage(static_cast<size_t>(padded_n) * std::max(1, K));

@@ -81,6 +81,12 @@ class PackedB {
   // memory, e.g. a convolution filter flipped in space).
   PackedB(ThreadPool& pool, const KernelInfo& kernel, int N, int K, const std::function<const float*(int)>& row,
           Workspace* keep = nullptr, int slot = 0);
+  // Room for the panels, which the caller fills with pack_part (fp32 kernels; never AMX panels).
+  PackedB(const KernelInfo& kernel, int N, int K, Workspace* keep = nullptr, int slot = 0);
+  // Packs the part rows [k0, k1) x columns [j0, j1) of op(B) from B, which holds that part alone:
+  // op(B)[k][j] = B[(j - j0) * ldb + k - k0] (transB) or B[(k - k0) * ldb + j - j0]. j0 a multiple of
+  // NR, j1 one too or N. Parts that do not overlap may be packed on different threads.
+  void pack_part(const KernelInfo& kernel, const float* B, long ldb, bool transB, int k0, int k1, int j0, int j1);
   const float* block(int jc, int pc) const;
   const uint16_t* amx_block(int jc, int pc) const;
   int N, K, KC, NC, NR;
