@@ -5,6 +5,7 @@
 //   kernels_bench THREADS gemm M N K tA tB           -> "gemm M N K tA tB <GFLOP/s> <max rel err>"
 //   kernels_bench THREADS conv N H W C K R S st pad  -> "conv ... <fwd ms> <bwd data ms> <bwd weight ms>"
 //   kernels_bench THREADS bn M C                     -> "bn M C <fwd ms> <bwd ms>" (train, residual + ReLU)
+//   kernels_bench THREADS pool N H W C               -> "pool N H W C <fwd ms> <bwd ms>" (max pool 3x3 /2 pad 1)
 //   kernels_bench 1 ukernel KC                       -> "ukernel KC <GFLOP/s> <% of peak1>": the ISA's packed
 //     micro-kernel alone on panels that stay in L1/L2 (9 A panels against each of 8 B panels, as
 //     gemm_run orders them): the ceiling of every product on this core, before packing and memory
@@ -135,6 +136,18 @@ void bench_bn(mveb::CpuBackend& b, int M, int C) {
   std::fflush(stdout);
 }
 
+void bench_pool(mveb::CpuBackend& b, int N, int H, int W, int C) {
+  const mveb::PoolShape s{N, H, W, C, 3, 2, 1};
+  const size_t in = static_cast<size_t>(N) * H * W * C, out = static_cast<size_t>(N) * s.P() * s.Q() * C;
+  auto x = random_floats(in, 9), dy = random_floats(out, 10);
+  std::vector<float> y(out), dx(in);
+  std::vector<int32_t> arg(out);
+  const double tf = best_time([&] { b.maxpool2d_forward(y.data(), arg.data(), x.data(), s); }, 0.5, 10);
+  const double tb = best_time([&] { b.maxpool2d_backward(dx.data(), dy.data(), arg.data(), s); }, 0.5, 10);
+  std::printf("pool %d %d %d %d %.3f %.3f\n", N, H, W, C, tf * 1e3, tb * 1e3);
+  std::fflush(stdout);
+}
+
 // The micro-kernel of b's ISA alone: kc deep, 9 MR-tall A panels against each of 8 NR-wide B panels
 // (B panel in L1, A panels from L2), C tiles in L1.
 void bench_ukernel(mveb::CpuBackend& b, int kc) {
@@ -161,9 +174,9 @@ void bench_ukernel(mveb::CpuBackend& b, int kc) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // kernels_bench THREADS peak | gemm M N K tA tB | conv N H W C K R S stride pad | bn M C | ukernel KC
+  // kernels_bench THREADS peak | gemm M N K tA tB | conv N H W C K R S stride pad | bn M C | pool N H W C | ukernel KC
   if (argc < 3) {
-    std::fprintf(stderr, "usage: kernels_bench THREADS peak | gemm M N K tA tB | conv N H W C K R S stride pad | bn M C | ukernel KC\n");
+    std::fprintf(stderr, "usage: kernels_bench THREADS peak | gemm M N K tA tB | conv N H W C K R S stride pad | bn M C | pool N H W C | ukernel KC\n");
     return 2;
   }
   const int threads = std::atoi(argv[1]);
@@ -184,6 +197,8 @@ int main(int argc, char** argv) {
     bench_conv(b, mveb::ConvShape{v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]});
   } else if (what == "bn" && v.size() == 2) {
     bench_bn(b, v[0], v[1]);
+  } else if (what == "pool" && v.size() == 4) {
+    bench_pool(b, v[0], v[1], v[2], v[3]);
   } else if (what == "ukernel" && v.size() == 1 && v[0] > 0) {
     bench_ukernel(b, v[0]);
   } else {

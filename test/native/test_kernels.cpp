@@ -969,6 +969,31 @@ TEST("kernels: maxpool2d and global avgpool forward/backward match the reference
   }
 }
 
+// Ties (values from a set of three) and NaNs: the first maximum in window order wins, a NaN wins over
+// numbers; channel counts with whole vectors of every ISA and a tail.
+TEST("kernels: maxpool2d ties and NaN follow PyTorch's order") {
+  auto backends = isa_backends();
+  for (const PoolShape& s : {PoolShape{2, 12, 11, 40, 3, 2, 1}, PoolShape{1, 9, 9, 64, 3, 2, 1}, PoolShape{2, 7, 8, 19, 2, 1, 1}}) {
+    const size_t nx = static_cast<size_t>(s.N) * s.H * s.W * s.C, ny = static_cast<size_t>(s.N) * s.P() * s.Q() * s.C;
+    FVec x = rnd(nx, 991);
+    for (size_t i = 0; i < nx; ++i) x[i] = std::floor(x[i] * 1.5f);  // -2, -1, 0, 1: many ties
+    for (size_t i = 5; i < nx; i += 97) x[i] = kNaN;
+    Vec y_ref(ny);
+    std::vector<int32_t> arg_ref(ny);
+    ref::maxpool2d_forward(y_ref.data(), arg_ref.data(), to_d(x).data(), s);
+    for (auto& b : backends) {
+      FVec y = poison(ny);
+      std::vector<int32_t> arg(ny, -7);
+      b->maxpool2d_forward(y.data(), arg.data(), x.data(), s);
+      EXPECT_TRUE(arg == arg_ref, "maxpool argmax with ties and NaN, C" << s.C << tag(*b));
+      bool same = true;
+      for (size_t i = 0; i < ny; ++i)
+        same = same && (std::isnan(y_ref[i]) ? std::isnan(y[i]) : static_cast<double>(y[i]) == y_ref[i]);
+      EXPECT_TRUE(same, "maxpool values with ties and NaN, C" << s.C << tag(*b));
+    }
+  }
+}
+
 TEST("kernels: pooling reference backward passes match finite differences") {
   const PoolShape s{2, 5, 6, 3, 3, 2, 1};
   const size_t nx = static_cast<size_t>(s.N) * s.H * s.W * s.C, ny = static_cast<size_t>(s.N) * s.P() * s.Q() * s.C;

@@ -1,0 +1,8 @@
+// pool_avx2.cpp: the max-pooling forward row loop of pool.cpp (pool_kernels.h) compiled with the
+// AVX2 flags (the build gives *_avx2.cpp files those flags); pool.cpp calls it when the backend's
+// ISA is avx2. Tested by test/native/test_kernels.cpp ("kernels: maxpool ...").
+#include "cpu/pool_kernels.h"
+
+namespace mveb {
+MVEB_DEFINE_MAXPOOL_ROWS(maxpool_rows_avx2)
+}  // namespace mveb
