@@ -4,8 +4,8 @@
 // flags never mix). pool.cpp picks one by the backend's ISA. Each output pixel's channel vector stays
 // in registers, with its argmax, across the window's taps (the baseline loop read and wrote both
 // per tap: resnet50's 3x3/2 pool over N16 112x112x64, two threads, 5.6-5.8 -> 1.9 ms; kernels_bench pool).
-// Semantics as PyTorch: padding never wins, the first maximum in window order wins ties, NaN wins and
-// propagates; argmax is the flat input index ((n * H + h) * W + w) * C + c.
+// Semantics as PyTorch: padding never wins, the first maximum in window order wins ties, a NaN wins
+// (the last one in window order); argmax is the flat input index ((n * H + h) * W + w) * C + c.
 // Tested by test/native/test_kernels.cpp ("kernels: maxpool ...") under every ISA.
 #pragma once
 #include <algorithm>
@@ -44,9 +44,10 @@ inline void st(void* p, V v) {
   __builtin_memcpy(p, &v, sizeof v);
 }
 
-// Whether v replaces the current maximum: greater, or a NaN over a number.
-inline vi takes(vf v, vf cur) { return (v > cur) | ((v != v) & (cur == cur)); }
-inline bool takes(float v, float cur) { return (v > cur) | ((v != v) & (cur == cur)); }
+// Whether v replaces the current maximum: greater, or a NaN (PyTorch's rule: the last NaN of a window
+// is its argmax).
+inline vi takes(vf v, vf cur) { return (v > cur) | (v != v); }
+inline bool takes(float v, float cur) { return (v > cur) | (v != v); }
 
 void maxpool_rows(float* y, int32_t* argmax, const float* x, const PoolShape& s, int64_t np0, int64_t np1) {
   const int P = s.P(), Q = s.Q(), C = s.C;

@@ -163,7 +163,7 @@ void maxpool2d_forward(double* y, int32_t* argmax, const double* x, const mveb::
               const int h = p * s.stride - s.pad + r, w = q * s.stride - s.pad + t;
               if (h < 0 || h >= s.H || w < 0 || w >= s.W) continue;
               const int32_t idx = static_cast<int32_t>(((static_cast<int64_t>(n) * s.H + h) * s.W + w) * s.C + c);
-              if (arg < 0 || x[idx] > best || (std::isnan(x[idx]) && !std::isnan(best))) {  // a NaN wins
+              if (arg < 0 || x[idx] > best || std::isnan(x[idx])) {  // a NaN wins (PyTorch: the last one)
                 best = x[idx];
                 arg = idx;
               }

@@ -969,15 +969,17 @@ TEST("kernels: maxpool2d and global avgpool forward/backward match the reference
   }
 }
 
-// Ties (values from a set of three) and NaNs: the first maximum in window order wins, a NaN wins over
-// numbers; channel counts with whole vectors of every ISA and a tail.
+// Ties (values from a set of four) and NaNs: the first maximum in window order wins, a NaN wins (the
+// last one in window order, as PyTorch's kernels); channel counts with whole vectors of every ISA and
+// a tail.
 TEST("kernels: maxpool2d ties and NaN follow PyTorch's order") {
   auto backends = isa_backends();
   for (const PoolShape& s : {PoolShape{2, 12, 11, 40, 3, 2, 1}, PoolShape{1, 9, 9, 64, 3, 2, 1}, PoolShape{2, 7, 8, 19, 2, 1, 1}}) {
     const size_t nx = static_cast<size_t>(s.N) * s.H * s.W * s.C, ny = static_cast<size_t>(s.N) * s.P() * s.Q() * s.C;
     FVec x = rnd(nx, 991);
     for (size_t i = 0; i < nx; ++i) x[i] = std::floor(x[i] * 1.5f);  // -2, -1, 0, 1: many ties
-    for (size_t i = 5; i < nx; i += 97) x[i] = kNaN;
+    for (size_t i = 5; i < nx; i += 97) x[i] = kNaN;  // windows with one NaN
+    for (int w = 1; w <= 2; ++w) x[(static_cast<size_t>(s.W) + w) * s.C + 3] = kNaN;  // and windows with two
     Vec y_ref(ny);
     std::vector<int32_t> arg_ref(ny);
     ref::maxpool2d_forward(y_ref.data(), arg_ref.data(), to_d(x).data(), s);
