@@ -37,7 +37,8 @@ __global__ void axpy_kernel(float* y, float alpha, const float* x, size_t n) {
 }
 
 // One thread per output (n, p, q, c); argmax = flat index into x [N, H, W, C]. Padding never wins
-// (PyTorch pads with -inf); the first maximum in window order wins ties; NaN propagates.
+// (PyTorch pads with -inf); the first maximum in window order wins ties; a NaN wins (the last one in
+// window order, as PyTorch's kernels).
 __global__ void maxpool_forward_kernel(float* __restrict__ y, int32_t* __restrict__ argmax, const float* __restrict__ x,
                                        PoolShape s, int P, int Q, size_t total) {
   MVEB_GRID_STRIDE(i, total) {
@@ -57,7 +58,7 @@ __global__ void maxpool_forward_kernel(float* __restrict__ y, int32_t* __restric
         if (w < 0 || w >= s.W) continue;
         long long idx = ((static_cast<long long>(n) * s.H + h) * s.W + w) * s.C + c;
         float v = x[idx];
-        if (best_idx < 0 || v > best || (v != v && best == best)) {
+        if (best_idx < 0 || v > best || v != v) {
           best = v;
           best_idx = idx;
         }

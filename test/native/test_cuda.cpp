@@ -361,6 +361,22 @@ TEST("cuda: maxpool2d forward (values and argmax) and backward") {
   }
 }
 
+// Ties and NaNs (values from {-2..1}, NaNs, windows with two NaNs in a channel): the argmax the same
+// on both backends (first maximum in window order; a NaN wins, the last one, as PyTorch).
+TEST("cuda: maxpool2d argmax with ties and NaN") {
+  const mveb::PoolShape s{2, 9, 8, 6, 3, 2, 1};
+  const size_t nx = static_cast<size_t>(s.N) * s.H * s.W * s.C, ny = static_cast<size_t>(s.N) * s.P() * s.Q() * s.C;
+  std::vector<float> xs = mtest::random_vector(nx, 73, -1.f, 1.f);
+  for (size_t i = 0; i < nx; ++i) xs[i] = i % 23 == 5 ? std::numeric_limits<float>::quiet_NaN() : std::floor(xs[i] * 1.5f);
+  for (int w = 1; w <= 2; ++w) xs[(static_cast<size_t>(s.W) + w) * s.C + 3] = std::numeric_limits<float>::quiet_NaN();
+  compare("maxpool argmax, ties and NaN", [&](Backend& b) -> Outputs {
+    Tensor x = from_host(b, xs), y = poisoned(b, ny);
+    Tensor argmax = mveb::empty_tensor(b, {static_cast<int64_t>(ny)}, mveb::DType::Int32);
+    b.maxpool2d_forward(y.f32(), argmax.i32(), x.f32(), s);
+    return {int_to_host(b, argmax)};
+  }, {0.0});
+}
+
 TEST("cuda: global average pool forward and backward") {
   const int N = 3, HW = 49, C = 37;
   compare("global avgpool", [&](Backend& b) -> Outputs {
