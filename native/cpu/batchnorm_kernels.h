@@ -20,6 +20,7 @@
 
 #include "core/backend.h"     // relu_mask_row_bytes
 #include "cpu/kernel_util.h"  // can_stream_rows
+#include "cpu/simd_lanes.h"   // kLanes, vf, ld, st
 
 namespace mveb {
 
@@ -45,20 +46,10 @@ BatchnormKernels batchnorm_kernels_avx512();
 
 namespace {
 namespace bnk {
-#if defined(__AVX512F__)
-constexpr int kLanes = 16;
-#elif defined(__AVX2__)
-constexpr int kLanes = 8;
-#else
-constexpr int kLanes = 4;
-#endif
-typedef float vf __attribute__((vector_size(kLanes * sizeof(float))));
-inline vf ld(const float* p) {
-  vf v;
-  __builtin_memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void st(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
+using simd::kLanes;
+using simd::ld;
+using simd::st;
+using simd::vf;
 inline void st_out(float* p, vf v, bool stream) {
 #if defined(__AVX512F__)
   if (stream) {
@@ -103,7 +94,7 @@ inline vf select_bits(vf d, unsigned bits) {
 #if defined(__AVX512F__)
   return _mm512_maskz_mov_ps(static_cast<__mmask16>(bits), d);
 #else
-  typedef int32_t vi __attribute__((vector_size(kLanes * sizeof(float))));
+  using simd::vi;
   vi lane_bit;
   for (int j = 0; j < kLanes; ++j) lane_bit[j] = 1 << j;
   const vi keep = ((vi{} + static_cast<int32_t>(bits)) & lane_bit) != 0;

@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "core/backend.h"  // PoolShape
+#include "cpu/simd_lanes.h"  // kLanes, vf, vi, ld, st
 
 namespace mveb {
 
@@ -23,26 +24,11 @@ MaxpoolRows maxpool_rows_avx512();
 
 namespace {
 namespace pk {
-#if defined(__AVX512F__)
-constexpr int kLanes = 16;
-#elif defined(__AVX2__)
-constexpr int kLanes = 8;
-#else
-constexpr int kLanes = 4;
-#endif
-typedef float vf __attribute__((vector_size(kLanes * sizeof(float))));
-typedef int32_t vi __attribute__((vector_size(kLanes * sizeof(float))));
-
-template <typename V>
-inline V ld(const void* p) {
-  V v;
-  __builtin_memcpy(&v, p, sizeof v);
-  return v;
-}
-template <typename V>
-inline void st(void* p, V v) {
-  __builtin_memcpy(p, &v, sizeof v);
-}
+using simd::kLanes;
+using simd::ld;
+using simd::st;
+using simd::vf;
+using simd::vi;
 
 // Whether v replaces the current maximum: greater, or a NaN (PyTorch's rule: the last NaN of a window
 // is its argmax).
@@ -66,12 +52,12 @@ void maxpool_rows(float* y, int32_t* argmax, const float* x, const PoolShape& s,
       const int32_t first = tap(h_lo, w_lo);
       int c = 0;
       for (; c + kLanes <= C; c += kLanes) {
-        vf best = ld<vf>(x + first + c);
+        vf best = ld(x + first + c);
         vi arg = lane + (first + c);
         for (int h = h_lo; h < h_hi; ++h)
           for (int w = w_lo + (h == h_lo ? 1 : 0); w < w_hi; ++w) {
             const int32_t b = tap(h, w) + c;
-            const vf v = ld<vf>(x + b);
+            const vf v = ld(x + b);
             const vi take = takes(v, best);
             best = take ? v : best;
             arg = take ? lane + b : arg;
