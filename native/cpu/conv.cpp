@@ -489,6 +489,7 @@ void winograd_forward_tiles(CpuBackend& be, const WinogradVariant& v, const gemm
   const int TP = (P + v.m - 1) / v.m, TQ = (Q + v.m - 1) / v.m;
   const int64_t tiles = static_cast<int64_t>(s.N) * TP * TQ;
   const int T = pool.size();
+  const gemm_detail::KernelInfo cached = gemm_detail::with_cached_a(kern);  // A: the task's V
   const TileTasks split =
       tile_tasks(tiles, balanced_chunk(tiles, std::max<int64_t>(v.min_chunk, v.chunk_floats / (C + K)), T), kern.mr, T);
   const int64_t chunk = split.max_tiles();
@@ -509,7 +510,7 @@ void winograd_forward_tiles(CpuBackend& be, const WinogradVariant& v, const gemm
     const int64_t mst = static_cast<int64_t>(nt) * K + kWinogradSkew;
     v.input(V, vst, x, s, TP, TQ, t0, nt, zeros.data());
     for (int e = 0; e < v.matrices; ++e)
-      gemm_detail::gemm_run(pool, kern, false, false, nt, K, C, 1.f, V + e * vst, C, nullptr, 0, 0.f, M + e * mst, K,
+      gemm_detail::gemm_run(pool, cached, false, false, nt, K, C, 1.f, V + e * vst, C, nullptr, 0, 0.f, M + e * mst, K,
                             packed[static_cast<size_t>(e)].get(), be.task_workspace(t));
     v.out(y, M, mst, P, Q, K, TP, TQ, t0, nt, M + v.matrices * mst, stream);  // edge outputs to the spare row
   });
@@ -734,7 +735,7 @@ bool conv_forward_impl(CpuBackend& be, float* y, const float* x, const float* w,
       tw.reserve(1);
       float* col = tw.get(0, static_cast<size_t>(chunk * rsc));
       im2col(pool, col, x, s, r0, r1);
-      gemm_detail::gemm_run(pool, kern, false, true, static_cast<int>(r1 - r0), s.K, rsc, 1.f, col, rsc,
+      gemm_detail::gemm_run(pool, gemm_detail::with_cached_a(kern), false, true, static_cast<int>(r1 - r0), s.K, rsc, 1.f, col, rsc,
                             nullptr, 0, 0.f, y + r0 * s.K, s.K, &wt, be.task_workspace(t));
     });
   }
@@ -906,11 +907,11 @@ int64_t fused_pointwise_chunk(CpuBackend& be, const ConvShape& s, bool has_dx) {
 }
 
 // One pass over chunks of `chunk` rows: each task gets its chunk of dy from dy_rows(r0, r1, t) (rows K
-// floats apart), computes dx = dy w (assign, or add) on the pre-packed filter and adds the chunk's
+// floats apart; rows_in_cache: the task has just written them), computes dx = dy w (assign, or add) on the pre-packed filter and adds the chunk's
 // weight-gradient product into its thread's partial while the chunk is in L2; the partials go into dw
 // at the end. The weight product's orientation and precision as in conv2d_backward_weight.
 void pointwise_backward(CpuBackend& be, float* dw, float* dx, const std::function<const float*(int64_t, int64_t, int)>& dy_rows,
-                        const float* x, const float* w, const ConvShape& s, bool add, int64_t chunk) {
+                        bool rows_in_cache, const float* x, const float* w, const ConvShape& s, bool add, int64_t chunk) {
   ThreadPool& pool = be.pool();
   const int C = s.C, K = s.K, T = pool.size();
   const int64_t rows = static_cast<int64_t>(s.N) * s.P() * s.Q();
@@ -923,7 +924,8 @@ void pointwise_backward(CpuBackend& be, float* dw, float* dx, const std::functio
     const int64_t r0 = task * chunk, r1 = std::min(rows, r0 + chunk);
     const int R = static_cast<int>(r1 - r0);
     const float* d = dy_rows(r0, r1, t);
-    gemm_detail::gemm_run(pool, kern, false, false, R, C, K, 1.f, d, K, nullptr, 0, add ? 1.f : 0.f, dx + r0 * C, C,
+    gemm_detail::gemm_run(pool, rows_in_cache ? gemm_detail::with_cached_a(kern) : kern, false, false, R, C, K, 1.f, d, K,
+                          nullptr, 0, add ? 1.f : 0.f, dx + r0 * C, C,
                           &wp, be.task_workspace(t));
     auto& p = partial[static_cast<size_t>(t)];
     const bool first = !p;
@@ -954,7 +956,7 @@ void CpuBackend::conv2d_backward(float* dw, float* dx, const float* dy, const fl
     Backend::conv2d_backward(dw, dx, dy, x, w, s, add);
     return;
   }
-  pointwise_backward(*this, dw, dx, [&](int64_t r0, int64_t, int) { return dy + r0 * s.K; }, x, w, s, add, chunk);
+  pointwise_backward(*this, dw, dx, [&](int64_t r0, int64_t, int) { return dy + r0 * s.K; }, false, x, w, s, add, chunk);
 }
 
 // Where the convolution takes the fused pointwise pass, the norm's input gradient (its dx, the
@@ -990,7 +992,7 @@ void CpuBackend::batchnorm_conv_backward(float* dresidual, float* dgamma, float*
                        batchnorm_backward_rows(bn, b->get(), r0, r1, false);
                        return static_cast<const float*>(b->get());
                      },
-                     x, w, s, add, chunk);
+                     true, x, w, s, add, chunk);
 }
 
 void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float* x, const ConvShape& s) {
