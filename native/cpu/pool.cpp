@@ -1,7 +1,8 @@
 // pool.cpp: 2-D max pooling on NHWC with PyTorch semantics (padding never wins, the first maximum in
-// window order wins ties, a NaN wins: the last one in window order). argmax holds the flat index into x of the chosen input
-// ((n * H + h) * W + w) * C + c; backward scatters dy there (assigns dx). The forward's row loop is
-// pool_kernels.h, compiled per ISA (this file's baseline copy, pool_avx2.cpp, pool_avx512.cpp).
+// window order wins ties, a NaN wins: the last one in window order). argmax holds the flat index
+// into x of the chosen input ((n * H + h) * W + w) * C + c; backward scatters dy there (assigns dx).
+// The forward's row loop is pool_kernels.h, compiled per ISA (this file's baseline copy,
+// pool_avx2.cpp, pool_avx512.cpp).
 // Tested by test/native/test_kernels.cpp ("kernels: maxpool ...").
 #include <cstring>
 
