@@ -73,15 +73,22 @@ constexpr int kWinogradMinChannels = 8;  // 3x3 stride 1 with C, K >= this: Wino
 // tile and 8 x 8 products cost more than the direct path saves (N512 C8 K8 28x28, the default
 // pretrain's layer1: 13.0 -> 8.3 ms direct; C16 14x14 4.1 vs 4.3: even).
 constexpr int kWinogradWeightMinChannels = 16;
-// Winograd F(4x4, 3x3) instead of F(2x2, 3x3) for 64 <= C, K <= 256 with at least max(C, K) 4x4
-// output tiles (its 36 filter transforms and packings cost more than F(2x2, 3x3)'s 16, which pays
-// off only with enough tiles; one-thread N=128 forward: C64 32x32 36.8 -> 29 ms, C128 16x16 31.8 ->
-// 25, C256 8x8 30.5 -> 22; C512 4x4 (128 tiles) would go 32 -> 47). Its relative error vs float64 is
-// about 6x F(2x2, 3x3)'s and grows with C (1.5e-6 at C64, 3e-6 at C256, 4.3e-6 at C512 with unit
-// normal inputs; backward weight 2e-6 against F(2x2, 3x3)'s 3e-7): hence the upper bound on C and K.
-// Backward weight, one-thread N=128: C64 32x32 44 -> 33 ms, C128 16x16 36 -> 25, C256 8x8 30 -> 23.
+// Winograd F(4x4, 3x3) instead of F(2x2, 3x3) for 64 <= C, K <= 512 with at least min(max(C, K),
+// 128) 4x4 output tiles (its 36 filter transforms and packings cost more than F(2x2, 3x3)'s 16, which
+// pays off only with enough tiles; one-thread N=128 forward: C64 32x32 36.8 -> 29 ms, C128 16x16 31.8
+// -> 25, C256 8x8 30.5 -> 22). Since the filter is packed as it is transformed (winograd_filter),
+// 128 tiles are enough at 256 and 512 channels too (two threads, forward / backward data ms, F(2x2)
+// -> F(4x4): C512 4x4 N128 16.5-20 / 16.5-17 -> 14.2-14.9 / 13.6-14.3, N256 31 -> 21-23; C256 8x8
+// N32 4.2-4.4 -> 3.5; with 64 tiles F(2x2) stays as fast or faster: C512 4x4 N64 8.6-8.8 vs 9.2, C512
+// 7x7 N16 even, C256 14x14 N4 1.8 vs 2.3). Its relative error vs float64 is about 6x F(2x2, 3x3)'s
+// and grows with C (1.5e-6 at C64, 3e-6 at C256, 3.2e-6 to 4.9e-6 at C512 against F(2x2)'s 5.5e-7 to
+// 7.6e-7: the sampled test at 512 channels; backward weight 2e-6 against 3e-7): hence the upper
+// bound on C and K. Backward weight, one-thread N=128: C64 32x32 44 -> 33 ms, C128 16x16 36 -> 25,
+// C256 8x8 30 -> 23 (C512 4x4 N128, two threads: 21-23 by F(2x2), 27-29 by F(4x4): see
+// use_winograd4_weight).
 constexpr int kWinograd4MinChannels = 64;
-constexpr int kWinograd4MaxChannels = 256;
+constexpr int kWinograd4MaxChannels = 512;
+constexpr int64_t kWinograd4MinTiles = 128;
 // At matmul precision "high" on AMX, F(4x4)'s products stay fp32 (winograd_kernel) while F(2x2)'s run
 // on AMX: F(2x2) wins from 256 channels (N16 C256 14x14 fwd + bwd data + bwd weight, 2 threads:
 // 20.4 ms F(4x4) -> 12.6 ms F(2x2) on AMX; C128 28x28 15.4 vs 14.9, C64 56x56 15.1 vs 19.1 ms).
@@ -106,7 +113,7 @@ constexpr int64_t kFusedPartialFloats = int64_t(1) << 18;  // pointwise backward
 // Whether a 3x3 stride-1 convolution takes F(4x4, 3x3) rather than F(2x2, 3x3) (see the constants).
 bool use_winograd4(bool amx, int cmin, int cmax, int64_t tiles4) {
   return cmin >= kWinograd4MinChannels && cmax <= (amx ? kWinograd4MaxChannelsAmx : kWinograd4MaxChannels) &&
-         tiles4 >= cmax;
+         tiles4 >= std::min<int64_t>(cmax, kWinograd4MinTiles);
 }
 // The weight gradient by F(4x4, 3x3) (its 36 [C, K] partial sums per thread, 2.25x F(2x2)'s 16, are
 // read and written once per chunk of tiles and transformed back in double) only where it saves enough

@@ -5,6 +5,7 @@
 // Run: mveb_native_tests "kernels:"
 #include <algorithm>
 #include <cmath>
+#include <random>
 #include <cstdlib>
 #include <limits>
 #include <memory>
@@ -482,6 +483,55 @@ TEST("kernels: conv2d forward / backward data (assign and add) / backward weight
   for (const ConvShape& s : conv_cases()) {
     check_conv_case(backends, s, seed, kTol, true);
     seed += 4;
+  }
+}
+
+// Winograd F(4x4)'s error grows with the channel count (its transforms' coefficients up to 8 are summed
+// over C): a shape that takes it at 512 channels (enough tiles), forward and backward data against
+// float64 sums at 400 sampled outputs each (the full float64 reference would take ~10 s here).
+TEST("kernels: conv2d by Winograd F(4x4) at 512 channels, sampled outputs against float64") {
+  const ConvShape s{128, 4, 4, 512, 512, 3, 3, 1, 1};
+  const size_t nx = static_cast<size_t>(s.N) * s.H * s.W * s.C, nw = static_cast<size_t>(s.K) * 9 * s.C;
+  const FVec x = rnd(nx, 951), w = rnd(nw, 952), dy = rnd(nx / s.C * s.K, 953);
+  // sampled (n, h, w, channel) positions; y[n, p, q, k] = sum over taps and c of x * w[k, tap, c], and
+  // dx[n, h, w, c] = sum over taps and k of dy at (h + 1 - r, w + 1 - t) * w[k, tap, c]
+  std::mt19937 rng(954);
+  std::vector<size_t> picks(400);
+  for (auto& i : picks) i = rng() % nx;  // (x and y have the same size here)
+  auto at = [&](size_t i, int& n, int& h, int& ww, int& ch) {
+    ch = static_cast<int>(i % s.C);
+    const size_t pix = i / s.C;
+    ww = static_cast<int>(pix % s.W), h = static_cast<int>(pix / s.W % s.H), n = static_cast<int>(pix / s.W / s.H);
+  };
+  Vec y_ref, dx_ref;
+  for (size_t i : picks) {
+    int n, h, ww, ch;
+    at(i, n, h, ww, ch);
+    double y = 0, dx = 0;
+    for (int r = 0; r < 3; ++r)
+      for (int t = 0; t < 3; ++t) {
+        const int hy = h + r - 1, wy = ww + t - 1;  // forward: input pixel of tap (r, t)
+        if (hy >= 0 && hy < s.H && wy >= 0 && wy < s.W)
+          for (int c = 0; c < s.C; ++c)
+            y += static_cast<double>(x[((static_cast<size_t>(n) * s.H + hy) * s.W + wy) * s.C + c]) *
+                 w[((static_cast<size_t>(ch) * 9) + r * 3 + t) * s.C + c];
+        const int hd = h + 1 - r, wd = ww + 1 - t;  // backward data: the output pixel that tap reads from
+        if (hd >= 0 && hd < s.H && wd >= 0 && wd < s.W)
+          for (int k = 0; k < s.K; ++k)
+            dx += static_cast<double>(dy[((static_cast<size_t>(n) * s.H + hd) * s.W + wd) * s.K + k]) *
+                  w[((static_cast<size_t>(k) * 9) + r * 3 + t) * s.C + ch];
+      }
+    y_ref.push_back(y);
+    dx_ref.push_back(dx);
+  }
+  for (auto& b : isa_backends()) {
+    FVec y(nx), dx(nx);
+    b->conv2d_forward(y.data(), x.data(), w.data(), s);
+    b->conv2d_backward_data(dx.data(), dy.data(), w.data(), s);
+    FVec ys, dxs;
+    for (size_t i : picks) ys.push_back(y[i]), dxs.push_back(dx[i]);
+    EXPECT_REL(err(ys, y_ref), kTol, "F(4x4) C512 forward, sampled" << tag(*b));
+    EXPECT_REL(err(dxs, dx_ref), kTol, "F(4x4) C512 backward data, sampled" << tag(*b));
   }
 }
 
