@@ -73,7 +73,7 @@ constexpr int kWinogradMinChannels = 8;  // 3x3 stride 1 with C, K >= this: Wino
 // tile and 8 x 8 products cost more than the direct path saves (N512 C8 K8 28x28, the default
 // pretrain's layer1: 13.0 -> 8.3 ms direct; C16 14x14 4.1 vs 4.3: even).
 constexpr int kWinogradWeightMinChannels = 16;
-// Winograd F(4x4, 3x3) instead of F(2x2, 3x3) for 64 <= C, K <= 512 with at least min(max(C, K),
+// Winograd F(4x4, 3x3) instead of F(2x2, 3x3) for 32 <= C, K <= 512 with at least min(max(C, K),
 // 128) 4x4 output tiles (its 36 filter transforms and packings cost more than F(2x2, 3x3)'s 16, which
 // pays off only with enough tiles; one-thread N=128 forward: C64 32x32 36.8 -> 29 ms, C128 16x16 31.8
 // -> 25, C256 8x8 30.5 -> 22). Since the filter is packed as it is transformed (winograd_filter),
@@ -85,8 +85,12 @@ constexpr int kWinogradWeightMinChannels = 16;
 // 7.6e-7: the sampled test at 512 channels; backward weight 2e-6 against 3e-7): hence the upper
 // bound on C and K. Backward weight, one-thread N=128: C64 32x32 44 -> 33 ms, C128 16x16 36 -> 25,
 // C256 8x8 30 -> 23 (C512 4x4 N128, two threads: 21-23 by F(2x2), 27-29 by F(4x4): see
-// use_winograd4_weight).
-constexpr int kWinograd4MinChannels = 64;
+// use_winograd4_weight). From 32 channels (was 64) since the filter packing: the default pretrain
+// encoder's layer3, C32 K32 7x7 N512, two threads, forward / backward data / weight 1.5-1.6 / 1.5-1.6
+// / 2.9 -> 1.1 / 1.1 / 1.4 ms (its b512 step 0.164-0.175 -> 0.155-0.168 s); C32 32x32 N64 3.1-4.0 /
+// 3.2 / 4.3-4.6 -> 2.2 / 2.2-2.4 / 2.8-2.9. At 16 and 8 channels the direct kernels stay ahead (N512
+// C16 14x14 forward 2.2 ms direct, 2.5 F(4x4), 2.9 F(2x2); C8 28x28 3.0 / 5.5-6.0 / 8.6-9.2).
+constexpr int kWinograd4MinChannels = 32;
 constexpr int kWinograd4MaxChannels = 512;
 constexpr int64_t kWinograd4MinTiles = 128;
 // At matmul precision "high" on AMX, F(4x4)'s products stay fp32 (winograd_kernel) while F(2x2)'s run

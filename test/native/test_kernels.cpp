@@ -402,13 +402,17 @@ std::vector<ConvShape> conv_cases() {
   v.push_back(ConvShape{2, 29, 31, 3, 64, 7, 7, 2, 3});
   v.push_back(ConvShape{3, 11, 13, 1, 40, 3, 3, 1, 1});
   v.push_back(ConvShape{2, 9, 10, 4, 17, 5, 3, 2, 2});
-  // 64 <= C, K <= 256 with >= max(C, K) 4x4 output tiles: Winograd F(4x4, 3x3) forward and backward
-  // data, the weight gradient by F(2x2, 3x3) (too few tiles: use_winograd4_weight); partial edge
-  // tiles (P, Q not multiples of 4), pads 1, 0, 2; then 256 whole tiles: the weight gradient by F(4x4)
+  // 32 <= C, K <= 512 with >= min(max(C, K), 128) 4x4 output tiles: Winograd F(4x4, 3x3) forward
+  // and backward data, the weight gradient by F(2x2, 3x3) (too few tiles: use_winograd4_weight);
+  // partial edge tiles (P, Q not multiples of 4), pads 1, 0, 2; then 256 whole tiles: the weight
+  // gradient by F(4x4)
   v.push_back(ConvShape{2, 22, 21, 64, 65, 3, 3, 1, 1});
   v.push_back(ConvShape{6, 26, 23, 66, 64, 3, 3, 1, 0});
   v.push_back(ConvShape{4, 25, 26, 64, 64, 3, 3, 1, 2});
   v.push_back(ConvShape{16, 16, 16, 64, 64, 3, 3, 1, 1});
+  // the same at 32-40 channels
+  v.push_back(ConvShape{4, 14, 13, 33, 40, 3, 3, 1, 1});
+  v.push_back(ConvShape{16, 16, 16, 32, 32, 3, 3, 1, 1});
   // strided backward data with several images per GEMM (and a partial last group)
   v.push_back(ConvShape{5, 8, 8, 12, 20, 3, 3, 2, 1});
   // K > 128: backward weight in the col^T * dy orientation
