@@ -128,15 +128,20 @@ bool use_winograd4(bool amx, int cmin, int cmax, int64_t tiles4) {
 // 3.2-3.3 vs 3.4-3.5, N16 5.0 vs 6.6; C64 4x4 N64 (64, one thread) 0.63 vs 0.47-0.49, N512 2.0 vs 2.3;
 // C256 14x14 N16 (1 tile per channel) 11.3-12.3 vs 7.5-8.1, N32 (2) 15.5-16.9 vs 13.6-13.8, N64 (4)
 // 23.0-23.3 vs 23.7-23.8. (Forward and backward data keep F(4x4): C256 14x14 N16 one thread 9.1-9.5 /
-// 8.9-9.4 ms vs F(2x2) 10.6-11.3 / 10.7-10.8.)
-constexpr int64_t kWinograd4WeightMinTiles = 256;
+// 8.9-9.4 ms vs F(2x2) 10.6-11.3 / 10.7-10.8.) With P and Q multiples of 4, 128 tiles are enough up to
+// 256 channels (one thread, thread CPU time, F(2x2) -> F(4x4): C256 8x8 N32 8.2-8.7 -> 5.6-6.2 ms,
+// C128 16x16 N8 2.2 -> 1.5-1.6, C64 32x32 N2 0.59 -> 0.44, C32 16x16 N8 0.23 -> 0.15; 64 tiles, C128
+// 8x8 N16: even); at 512 channels 256 (C512 4x4 N128, two threads: 21-23 ms F(2x2), 27-29 F(4x4),
+// whose 36 partial matrices are 1 MB each per thread there; N256 even).
+constexpr int64_t kWinograd4WeightMinTiles = 128;
 constexpr int kWinograd4WeightTilesPerChannel = 4;
 bool use_winograd4_weight(bool amx, const ConvShape& s) {
   const int64_t tiles4 = static_cast<int64_t>(s.N) * ((s.P() + 3) / 4) * ((s.Q() + 3) / 4);
   const int cmin = std::min(s.C, s.K), cmax = std::max(s.C, s.K);
   const bool exact = s.P() % 4 == 0 && s.Q() % 4 == 0;
   return use_winograd4(amx, cmin, cmax, tiles4) &&
-         ((exact && tiles4 >= kWinograd4WeightMinTiles) || tiles4 >= int64_t(kWinograd4WeightTilesPerChannel) * cmax);
+         ((exact && tiles4 >= (cmax <= 256 ? 1 : 2) * kWinograd4WeightMinTiles) ||
+          tiles4 >= int64_t(kWinograd4WeightTilesPerChannel) * cmax);
 }
 
 bool is_pointwise(const ConvShape& s) { return s.R == 1 && s.S == 1 && s.stride == 1 && s.pad == 0; }

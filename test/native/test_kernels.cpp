@@ -410,9 +410,10 @@ std::vector<ConvShape> conv_cases() {
   v.push_back(ConvShape{6, 26, 23, 66, 64, 3, 3, 1, 0});
   v.push_back(ConvShape{4, 25, 26, 64, 64, 3, 3, 1, 2});
   v.push_back(ConvShape{16, 16, 16, 64, 64, 3, 3, 1, 1});
-  // the same at 32-40 channels
+  // the same at 32-40 channels, and 128 whole tiles: the weight gradient by F(4x4) up to 256 channels
   v.push_back(ConvShape{4, 14, 13, 33, 40, 3, 3, 1, 1});
   v.push_back(ConvShape{16, 16, 16, 32, 32, 3, 3, 1, 1});
+  v.push_back(ConvShape{8, 16, 16, 40, 33, 3, 3, 1, 1});
   // strided backward data with several images per GEMM (and a partial last group)
   v.push_back(ConvShape{5, 8, 8, 12, 20, 3, 3, 2, 1});
   // K > 128: backward weight in the col^T * dy orientation
