@@ -9,7 +9,7 @@
 // paths live in CpuBackend::conv_task_workspace (kept between calls: no page faults per call):
 //   forward          3x3 stride 1 with C, K >= 8: Winograd F(2x2, 3x3) (winograd_conv: input, filter
 //                    and output transforms around 16 GEMMs per chunk of 2x2 output tiles); with
-//                    64 <= C, K <= 256 and enough tiles F(4x4, 3x3) (winograd_conv m = 4: 36 GEMMs per
+//                    32 <= C, K <= 512 and enough tiles F(4x4, 3x3) (winograd_conv m = 4: 36 GEMMs per
 //                    chunk of 4x4 output tiles). Otherwise
 //                    y[rows, K]      = col[rows, RSC] * w[K, RSC]^T
 //   backward weight  1x1 stride 1: dw += dy^T x on the GEMM (C <= 64 < K: dw^T = x^T dy, added
