@@ -131,17 +131,26 @@ bool use_winograd4(bool amx, int cmin, int cmax, int64_t tiles4) {
 // 8.9-9.4 ms vs F(2x2) 10.6-11.3 / 10.7-10.8.) With P and Q multiples of 4, 128 tiles are enough up to
 // 256 channels (one thread, thread CPU time, F(2x2) -> F(4x4): C256 8x8 N32 8.2-8.7 -> 5.6-6.2 ms,
 // C128 16x16 N8 2.2 -> 1.5-1.6, C64 32x32 N2 0.59 -> 0.44, C32 16x16 N8 0.23 -> 0.15; 64 tiles, C128
-// 8x8 N16: even); at 512 channels 256 (C512 4x4 N128, two threads: 21-23 ms F(2x2), 27-29 F(4x4),
-// whose 36 partial matrices are 1 MB each per thread there; N256 even).
+// 8x8 N16: even). (At 512 channels, with per-thread partials, F(2x2) had been faster: C512 4x4 N128
+// 21-23 ms vs 27-29; those sizes now take the sums one matrix per task, below.)
 constexpr int64_t kWinograd4WeightMinTiles = 128;
 constexpr int kWinograd4WeightTilesPerChannel = 4;
+// From C K = 2^18 (512 x 512) the weight gradient's tile sums are taken one matrix per task over all
+// tiles at once, instead of per-thread partials over chunks of tiles (winograd_weight_partials): the
+// partials were 16 or 36 MB per thread, read and written by every chunk and added up at the end. Two
+// threads, backward weight ms, chunked -> one matrix per task: C512 4x4 N128 F(2x2) 18.5-23.7 ->
+// 17.4-20.1, and by F(4x4) (which then pays from 128 tiles, edge tiles or not) 15.4-16.2; N256 F(4x4)
+// 33-36 -> 26-27; C512 7x7 N32 22 (direct) -> 15.3-15.5 by F(4x4). Below, no gain (C256 14x14 N16,
+// C256 8x8 N128: even) or a loss (C128 16x16 N128: 12.2 -> 15-16). The price: the transformed tiles
+// and the sums of all tiles in the kept workspace (C512 4x4 N128 F(4x4): 2 x 9.4 + 38 MB).
+constexpr int64_t kWinogradWeightWholeCK = int64_t(1) << 18;
 bool use_winograd4_weight(bool amx, const ConvShape& s) {
   const int64_t tiles4 = static_cast<int64_t>(s.N) * ((s.P() + 3) / 4) * ((s.Q() + 3) / 4);
   const int cmin = std::min(s.C, s.K), cmax = std::max(s.C, s.K);
   const bool exact = s.P() % 4 == 0 && s.Q() % 4 == 0;
-  return use_winograd4(amx, cmin, cmax, tiles4) &&
-         ((exact && tiles4 >= (cmax <= 256 ? 1 : 2) * kWinograd4WeightMinTiles) ||
-          tiles4 >= int64_t(kWinograd4WeightTilesPerChannel) * cmax);
+  if (!use_winograd4(amx, cmin, cmax, tiles4)) return false;
+  if (static_cast<int64_t>(s.C) * s.K >= kWinogradWeightWholeCK) return true;  // tiles >= 128 (use_winograd4)
+  return (exact && tiles4 >= kWinograd4WeightMinTiles) || tiles4 >= int64_t(kWinograd4WeightTilesPerChannel) * cmax;
 }
 
 bool is_pointwise(const ConvShape& s) { return s.R == 1 && s.S == 1 && s.stride == 1 && s.pad == 0; }
@@ -535,7 +544,8 @@ void winograd_forward_tiles(CpuBackend& be, const WinogradVariant& v, const gemm
 // Backward weight's tile sums: per thread t, dU_e[C, K] = sum over its tiles of V_e^T Z_e (matrix e
 // at e * (C * K + kWinogradSkew)), V the input transform and Z = A dY A^T the output-gradient
 // transform, in ws.child(t) (with its tile buffers; kept between calls); threads that got no task
-// have no entry. The caller adds them up and applies G^T . G.
+// have no entry. From C K = kWinogradWeightWholeCK one part holds the sums over all tiles (one task
+// per matrix, in ws itself). The caller adds the parts up and applies G^T . G.
 std::vector<const float*> winograd_weight_partials(CpuBackend& be, const WinogradVariant& v, const float* dy,
                                                    const float* x, const ConvShape& s, gemm_detail::Workspace& ws) {
   ThreadPool& pool = be.pool();
@@ -547,8 +557,29 @@ std::vector<const float*> winograd_weight_partials(CpuBackend& be, const Winogra
   int64_t chunk = balanced_chunk(tiles, std::max<int64_t>(v.weight_chunk, v.chunk_floats / (C + K)), T);
   if (chunk == 0) chunk = tiles;
   const int64_t est = static_cast<int64_t>(C) * K;
-  std::vector<float*> partial(static_cast<size_t>(T), nullptr);
   std::vector<float> zeros(static_cast<size_t>(std::max(C, K)), 0.f);  // padding of x and of dy
+  if (est >= kWinogradWeightWholeCK) {
+    // V and Z of all tiles (tasks of tile chunks, into ws slots 0 and 1), then one task per matrix:
+    // S_e = V_e^T Z_e over all tiles, written once (slot 2): a single part, no partials to add up.
+    const int64_t vst = tiles * C + kWinogradSkew, zst = tiles * K + kWinogradSkew, sst = est + kWinogradSkew;
+    ws.reserve(3);
+    float* V = ws.get(0, static_cast<size_t>(v.matrices * vst));
+    float* Z = ws.get(1, static_cast<size_t>(v.matrices * zst));
+    float* S = ws.get(2, static_cast<size_t>(v.matrices * sst));
+    const int64_t tchunk = std::max<int64_t>(1, balanced_chunk(tiles, v.weight_chunk, T));
+    pool.parallel_tasks((tiles + tchunk - 1) / tchunk, [&](int64_t task, int) {
+      const int64_t t0 = task * tchunk;
+      const int nt = static_cast<int>(std::min(tiles, t0 + tchunk) - t0);
+      v.input(V + t0 * C, vst, x, s, TP, TQ, t0, nt, zeros.data());  // tile rows t0.. of every matrix
+      v.zt(Z + t0 * K, zst, dy, P, Q, K, TP, TQ, t0, nt, zeros.data());
+    });
+    pool.parallel_tasks(v.matrices, [&](int64_t e, int t) {
+      gemm_detail::gemm_run(pool, kern, true, false, C, K, static_cast<int>(tiles), 1.f, V + e * vst, C, Z + e * zst, K,
+                            0.f, S + e * sst, K, nullptr, be.task_workspace(t));
+    });
+    return {S};
+  }
+  std::vector<float*> partial(static_cast<size_t>(T), nullptr);
   ws.children(T);
   pool.parallel_tasks((tiles + chunk - 1) / chunk, [&](int64_t task, int t) {
     gemm_detail::Workspace& tw = *ws.child(t);

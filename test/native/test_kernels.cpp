@@ -491,52 +491,61 @@ TEST("kernels: conv2d forward / backward data (assign and add) / backward weight
   }
 }
 
-// Winograd F(4x4)'s error grows with the channel count (its transforms' coefficients up to 8 are summed
-// over C): a shape that takes it at 512 channels (enough tiles), forward and backward data against
-// float64 sums at 400 sampled outputs each (the full float64 reference would take ~10 s here).
-TEST("kernels: conv2d by Winograd F(4x4) at 512 channels, sampled outputs against float64") {
-  const ConvShape s{128, 4, 4, 512, 512, 3, 3, 1, 1};
-  const size_t nx = static_cast<size_t>(s.N) * s.H * s.W * s.C, nw = static_cast<size_t>(s.K) * 9 * s.C;
-  const FVec x = rnd(nx, 951), w = rnd(nw, 952), dy = rnd(nx / s.C * s.K, 953);
-  // sampled (n, h, w, channel) positions; y[n, p, q, k] = sum over taps and c of x * w[k, tap, c], and
-  // dx[n, h, w, c] = sum over taps and k of dy at (h + 1 - r, w + 1 - t) * w[k, tap, c]
-  std::mt19937 rng(954);
-  std::vector<size_t> picks(400);
-  for (auto& i : picks) i = rng() % nx;  // (x and y have the same size here)
-  auto at = [&](size_t i, int& n, int& h, int& ww, int& ch) {
-    ch = static_cast<int>(i % s.C);
-    const size_t pix = i / s.C;
-    ww = static_cast<int>(pix % s.W), h = static_cast<int>(pix / s.W % s.H), n = static_cast<int>(pix / s.W / s.H);
-  };
-  Vec y_ref, dx_ref;
-  for (size_t i : picks) {
-    int n, h, ww, ch;
-    at(i, n, h, ww, ch);
-    double y = 0, dx = 0;
-    for (int r = 0; r < 3; ++r)
-      for (int t = 0; t < 3; ++t) {
-        const int hy = h + r - 1, wy = ww + t - 1;  // forward: input pixel of tap (r, t)
-        if (hy >= 0 && hy < s.H && wy >= 0 && wy < s.W)
-          for (int c = 0; c < s.C; ++c)
-            y += static_cast<double>(x[((static_cast<size_t>(n) * s.H + hy) * s.W + wy) * s.C + c]) *
-                 w[((static_cast<size_t>(ch) * 9) + r * 3 + t) * s.C + c];
-        const int hd = h + 1 - r, wd = ww + 1 - t;  // backward data: the output pixel that tap reads from
-        if (hd >= 0 && hd < s.H && wd >= 0 && wd < s.W)
-          for (int k = 0; k < s.K; ++k)
-            dx += static_cast<double>(dy[((static_cast<size_t>(n) * s.H + hd) * s.W + wd) * s.K + k]) *
-                  w[((static_cast<size_t>(k) * 9) + r * 3 + t) * s.C + ch];
-      }
-    y_ref.push_back(y);
-    dx_ref.push_back(dx);
-  }
-  for (auto& b : isa_backends()) {
-    FVec y(nx), dx(nx);
-    b->conv2d_forward(y.data(), x.data(), w.data(), s);
-    b->conv2d_backward_data(dx.data(), dy.data(), w.data(), s);
-    FVec ys, dxs;
-    for (size_t i : picks) ys.push_back(y[i]), dxs.push_back(dx[i]);
-    EXPECT_REL(err(ys, y_ref), kTol, "F(4x4) C512 forward, sampled" << tag(*b));
-    EXPECT_REL(err(dxs, dx_ref), kTol, "F(4x4) C512 backward data, sampled" << tag(*b));
+// Winograd at 512 channels: F(4x4)'s error grows with the channel count (its transforms' coefficients
+// up to 8 are summed over C), and from C K = 2^18 the weight gradient's tile sums are taken one matrix
+// per task over all tiles (winograd_weight_partials). Two shapes: N128 (128 tiles: F(4x4) forward,
+// backward data and weight) and N32 (F(2x2) forward and weight), against float64 sums at 400 sampled
+// outputs of each pass (the full float64 reference would take ~10 s here).
+TEST("kernels: conv2d by Winograd at 512 channels, sampled outputs against float64") {
+  for (const int N : {128, 32}) {
+    const ConvShape s{N, 4, 4, 512, 512, 3, 3, 1, 1};
+    const size_t nx = static_cast<size_t>(s.N) * s.H * s.W * s.C, nw = static_cast<size_t>(s.K) * 9 * s.C;
+    const FVec x = rnd(nx, 951), w = rnd(nw, 952), dy = rnd(nx / s.C * s.K, 953), dw0 = rnd(nw, 955);
+    auto X = [&](int n, int h, int ww, int c) { return static_cast<double>(x[((static_cast<size_t>(n) * s.H + h) * s.W + ww) * s.C + c]); };
+    auto DY = [&](int n, int h, int ww, int k) { return static_cast<double>(dy[((static_cast<size_t>(n) * s.H + h) * s.W + ww) * s.K + k]); };
+    auto Wt = [&](int k, int tap, int c) { return static_cast<double>(w[(static_cast<size_t>(k) * 9 + tap) * s.C + c]); };
+    auto inside = [&](int h, int ww) { return h >= 0 && h < s.H && ww >= 0 && ww < s.W; };
+    // sampled positions: (n, h, w, channel) of y / dx (same size here), (k, tap, c) of dw
+    std::mt19937 rng(954 + N);
+    std::vector<size_t> picks(400), wpicks(400);
+    for (auto& i : picks) i = rng() % nx;
+    for (auto& i : wpicks) i = rng() % nw;
+    Vec y_ref, dx_ref, dw_ref;
+    for (size_t i : picks) {
+      const int ch = static_cast<int>(i % s.C), ww = static_cast<int>(i / s.C % s.W), h = static_cast<int>(i / s.C / s.W % s.H),
+                n = static_cast<int>(i / s.C / s.W / s.H);
+      double y = 0, dx = 0;  // y[n, h, w, ch] and dx[n, h, w, ch]
+      for (int r = 0; r < 3; ++r)
+        for (int t = 0; t < 3; ++t) {
+          if (inside(h + r - 1, ww + t - 1))
+            for (int c = 0; c < s.C; ++c) y += X(n, h + r - 1, ww + t - 1, c) * Wt(ch, r * 3 + t, c);
+          if (inside(h + 1 - r, ww + 1 - t))
+            for (int k = 0; k < s.K; ++k) dx += DY(n, h + 1 - r, ww + 1 - t, k) * Wt(k, r * 3 + t, ch);
+        }
+      y_ref.push_back(y);
+      dx_ref.push_back(dx);
+    }
+    for (size_t i : wpicks) {
+      const int c = static_cast<int>(i % s.C), tap = static_cast<int>(i / s.C % 9), k = static_cast<int>(i / s.C / 9);
+      double g = dw0[i];  // backward weight accumulates
+      for (int n = 0; n < s.N; ++n)
+        for (int p = 0; p < s.H; ++p)
+          for (int q = 0; q < s.W; ++q)
+            if (inside(p + tap / 3 - 1, q + tap % 3 - 1)) g += DY(n, p, q, k) * X(n, p + tap / 3 - 1, q + tap % 3 - 1, c);
+      dw_ref.push_back(g);
+    }
+    for (auto& b : isa_backends()) {
+      FVec y(nx), dx(nx), dw = dw0;
+      b->conv2d_forward(y.data(), x.data(), w.data(), s);
+      b->conv2d_backward_data(dx.data(), dy.data(), w.data(), s);
+      b->conv2d_backward_weight(dw.data(), dy.data(), x.data(), s);
+      FVec ys, dxs, dws;
+      for (size_t i : picks) ys.push_back(y[i]), dxs.push_back(dx[i]);
+      for (size_t i : wpicks) dws.push_back(dw[i]);
+      EXPECT_REL(err(ys, y_ref), kTol, "C512 N" << N << " forward, sampled" << tag(*b));
+      EXPECT_REL(err(dxs, dx_ref), kTol, "C512 N" << N << " backward data, sampled" << tag(*b));
+      EXPECT_REL(err(dws, dw_ref), kTol, "C512 N" << N << " backward weight, sampled" << tag(*b));
+    }
   }
 }
 
