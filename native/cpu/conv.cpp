@@ -142,8 +142,11 @@ constexpr int kWinograd4WeightTilesPerChannel = 4;
 // 17.4-20.1, and by F(4x4) (which then pays from 128 tiles, edge tiles or not) 15.4-16.2; N256 F(4x4)
 // 33-36 -> 26-27; C512 7x7 N32 22 (direct) -> 15.3-15.5 by F(4x4). Below, no gain (C256 14x14 N16,
 // C256 8x8 N128: even) or a loss (C128 16x16 N128: 12.2 -> 15-16). The price: the transformed tiles
-// and the sums of all tiles in the kept workspace (C512 4x4 N128 F(4x4): 2 x 9.4 + 38 MB).
+// and the sums of all tiles in the kept workspace (C512 4x4 N128 F(4x4): 2 x 9.4 + 38 MB), so more
+// tiles than kWinogradWeightWholeMaxFloats of transforms (64 MB: C512 F(4x4) up to 455 tiles) keep the
+// chunked partials.
 constexpr int64_t kWinogradWeightWholeCK = int64_t(1) << 18;
+constexpr int64_t kWinogradWeightWholeMaxFloats = int64_t(16) << 20;
 bool use_winograd4_weight(bool amx, const ConvShape& s) {
   const int64_t tiles4 = static_cast<int64_t>(s.N) * ((s.P() + 3) / 4) * ((s.Q() + 3) / 4);
   const int cmin = std::min(s.C, s.K), cmax = std::max(s.C, s.K);
@@ -544,8 +547,9 @@ void winograd_forward_tiles(CpuBackend& be, const WinogradVariant& v, const gemm
 // Backward weight's tile sums: per thread t, dU_e[C, K] = sum over its tiles of V_e^T Z_e (matrix e
 // at e * (C * K + kWinogradSkew)), V the input transform and Z = A dY A^T the output-gradient
 // transform, in ws.child(t) (with its tile buffers; kept between calls); threads that got no task
-// have no entry. From C K = kWinogradWeightWholeCK one part holds the sums over all tiles (one task
-// per matrix, in ws itself). The caller adds the parts up and applies G^T . G.
+// have no entry. From C K = kWinogradWeightWholeCK (up to kWinogradWeightWholeMaxFloats of
+// transforms) one part holds the sums over all tiles (one task per matrix, in ws itself). The caller
+// adds the parts up and applies G^T . G.
 std::vector<const float*> winograd_weight_partials(CpuBackend& be, const WinogradVariant& v, const float* dy,
                                                    const float* x, const ConvShape& s, gemm_detail::Workspace& ws) {
   ThreadPool& pool = be.pool();
@@ -558,7 +562,7 @@ std::vector<const float*> winograd_weight_partials(CpuBackend& be, const Winogra
   if (chunk == 0) chunk = tiles;
   const int64_t est = static_cast<int64_t>(C) * K;
   std::vector<float> zeros(static_cast<size_t>(std::max(C, K)), 0.f);  // padding of x and of dy
-  if (est >= kWinogradWeightWholeCK) {
+  if (est >= kWinogradWeightWholeCK && v.matrices * tiles * (C + K) <= kWinogradWeightWholeMaxFloats) {
     // V and Z of all tiles (tasks of tile chunks, into ws slots 0 and 1), then one task per matrix:
     // S_e = V_e^T Z_e over all tiles, written once (slot 2): a single part, no partials to add up.
     const int64_t vst = tiles * C + kWinogradSkew, zst = tiles * K + kWinogradSkew, sst = est + kWinogradSkew;
