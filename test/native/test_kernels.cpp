@@ -493,37 +493,51 @@ TEST("kernels: conv2d forward / backward data (assign and add) / backward weight
 
 // Winograd at 512 channels: F(4x4)'s error grows with the channel count (its transforms' coefficients
 // up to 8 are summed over C), and from C K = 2^18 the weight gradient's tile sums are taken one matrix
-// per task over all tiles (winograd_weight_partials). Two shapes: N128 (128 tiles: F(4x4) forward,
-// backward data and weight) and N32 (F(2x2) forward and weight), against float64 sums at 400 sampled
-// outputs of each pass (the full float64 reference would take ~10 s here); also at matmul precision
-// high where the CPU has AMX (F(2x2) products on AMX from 256 channels).
+// per task over all tiles (winograd_weight_partials). Shapes (3x3, stride 1, pad 1): N128 4x4 C512
+// (128 tiles: F(4x4) forward, backward data and weight), N32 4x4 C512 (F(2x2) forward and weight),
+// N32 6x6 C512 (F(4x4) with edge tiles), N3 10x9 C500 K530 (F(2x2) with an odd width, channel counts
+// that are not multiples of the panels), against float64 sums at 400 sampled outputs of each pass (the
+// full float64 reference would take ~10 s here); also at matmul precision high where the CPU has AMX
+// (F(2x2) products on AMX from 256 channels).
 TEST("kernels: conv2d by Winograd at 512 channels, sampled outputs against float64") {
-  for (const int N : {128, 32}) {
-    const ConvShape s{N, 4, 4, 512, 512, 3, 3, 1, 1};
-    const size_t nx = static_cast<size_t>(s.N) * s.H * s.W * s.C, nw = static_cast<size_t>(s.K) * 9 * s.C;
-    const FVec x = rnd(nx, 951), w = rnd(nw, 952), dy = rnd(nx / s.C * s.K, 953), dw0 = rnd(nw, 955);
+  for (const ConvShape& s : {ConvShape{128, 4, 4, 512, 512, 3, 3, 1, 1}, ConvShape{32, 4, 4, 512, 512, 3, 3, 1, 1},
+                             ConvShape{32, 6, 6, 512, 512, 3, 3, 1, 1}, ConvShape{3, 10, 9, 500, 530, 3, 3, 1, 1}}) {
+    const size_t pix = static_cast<size_t>(s.N) * s.H * s.W;  // P = H and Q = W here
+    const size_t nx = pix * s.C, ny = pix * s.K, nw = static_cast<size_t>(s.K) * 9 * s.C;
+    const FVec x = rnd(nx, 951), w = rnd(nw, 952), dy = rnd(ny, 953), dw0 = rnd(nw, 955);
     auto X = [&](int n, int h, int ww, int c) { return static_cast<double>(x[((static_cast<size_t>(n) * s.H + h) * s.W + ww) * s.C + c]); };
     auto DY = [&](int n, int h, int ww, int k) { return static_cast<double>(dy[((static_cast<size_t>(n) * s.H + h) * s.W + ww) * s.K + k]); };
     auto Wt = [&](int k, int tap, int c) { return static_cast<double>(w[(static_cast<size_t>(k) * 9 + tap) * s.C + c]); };
     auto inside = [&](int h, int ww) { return h >= 0 && h < s.H && ww >= 0 && ww < s.W; };
-    // sampled positions: (n, h, w, channel) of y / dx (same size here), (k, tap, c) of dw
-    std::mt19937 rng(954 + N);
-    std::vector<size_t> picks(400), wpicks(400);
-    for (auto& i : picks) i = rng() % nx;
+    // sampled positions: (n, h, w, k) of y, (n, h, w, c) of dx, (k, tap, c) of dw
+    std::mt19937 rng(954 + s.N + s.H + s.C);
+    std::vector<size_t> ypicks(400), xpicks(400), wpicks(400);
+    for (auto& i : ypicks) i = rng() % ny;
+    for (auto& i : xpicks) i = rng() % nx;
     for (auto& i : wpicks) i = rng() % nw;
+    // the pixel (n, h, w) of flat index i of an NHWC tensor with ch channels, and its channel
+    auto at = [&](size_t i, int ch, int& n, int& h, int& ww) {
+      const size_t p = i / ch;
+      ww = static_cast<int>(p % s.W), h = static_cast<int>(p / s.W % s.H), n = static_cast<int>(p / s.W / s.H);
+      return static_cast<int>(i % ch);
+    };
     Vec y_ref, dx_ref, dw_ref;
-    for (size_t i : picks) {
-      const int ch = static_cast<int>(i % s.C), ww = static_cast<int>(i / s.C % s.W), h = static_cast<int>(i / s.C / s.W % s.H),
-                n = static_cast<int>(i / s.C / s.W / s.H);
-      double y = 0, dx = 0;  // y[n, h, w, ch] and dx[n, h, w, ch]
-      for (int r = 0; r < 3; ++r)
-        for (int t = 0; t < 3; ++t) {
-          if (inside(h + r - 1, ww + t - 1))
-            for (int c = 0; c < s.C; ++c) y += X(n, h + r - 1, ww + t - 1, c) * Wt(ch, r * 3 + t, c);
-          if (inside(h + 1 - r, ww + 1 - t))
-            for (int k = 0; k < s.K; ++k) dx += DY(n, h + 1 - r, ww + 1 - t, k) * Wt(k, r * 3 + t, ch);
-        }
+    for (size_t i : ypicks) {
+      int n, h, ww;
+      const int k = at(i, s.K, n, h, ww);
+      double y = 0;
+      for (int tap = 0; tap < 9; ++tap)
+        if (inside(h + tap / 3 - 1, ww + tap % 3 - 1))
+          for (int c = 0; c < s.C; ++c) y += X(n, h + tap / 3 - 1, ww + tap % 3 - 1, c) * Wt(k, tap, c);
       y_ref.push_back(y);
+    }
+    for (size_t i : xpicks) {
+      int n, h, ww;
+      const int c = at(i, s.C, n, h, ww);
+      double dx = 0;  // the output pixels whose tap reads (h, w)
+      for (int tap = 0; tap < 9; ++tap)
+        if (inside(h + 1 - tap / 3, ww + 1 - tap % 3))
+          for (int k = 0; k < s.K; ++k) dx += DY(n, h + 1 - tap / 3, ww + 1 - tap % 3, k) * Wt(k, tap, c);
       dx_ref.push_back(dx);
     }
     for (size_t i : wpicks) {
@@ -536,16 +550,17 @@ TEST("kernels: conv2d by Winograd at 512 channels, sampled outputs against float
       dw_ref.push_back(g);
     }
     auto check = [&](CpuBackend& b, double tol) {
-      FVec y(nx), dx(nx), dw = dw0;
+      FVec y(ny), dx(nx), dw = dw0;
       b.conv2d_forward(y.data(), x.data(), w.data(), s);
       b.conv2d_backward_data(dx.data(), dy.data(), w.data(), s);
       b.conv2d_backward_weight(dw.data(), dy.data(), x.data(), s);
       FVec ys, dxs, dws;
-      for (size_t i : picks) ys.push_back(y[i]), dxs.push_back(dx[i]);
+      for (size_t i : ypicks) ys.push_back(y[i]);
+      for (size_t i : xpicks) dxs.push_back(dx[i]);
       for (size_t i : wpicks) dws.push_back(dw[i]);
-      EXPECT_REL(err(ys, y_ref), tol, "C512 N" << N << " forward, sampled" << tag(b));
-      EXPECT_REL(err(dxs, dx_ref), tol, "C512 N" << N << " backward data, sampled" << tag(b));
-      EXPECT_REL(err(dws, dw_ref), tol, "C512 N" << N << " backward weight, sampled" << tag(b));
+      EXPECT_REL(err(ys, y_ref), tol, "forward, sampled " << str(s) << tag(b));
+      EXPECT_REL(err(dxs, dx_ref), tol, "backward data, sampled " << str(s) << tag(b));
+      EXPECT_REL(err(dws, dw_ref), tol, "backward weight, sampled " << str(s) << tag(b));
     };
     for (auto& b : isa_backends()) check(*b, kTol);
     for (auto& b : amx_backends()) check(*b, kAmxTol);  // F(2x2) on AMX, the weight sums per matrix too
