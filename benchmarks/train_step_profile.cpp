@@ -31,9 +31,12 @@ using namespace mveb;
 using clk = std::chrono::steady_clock;
 static long minflt(){ rusage u; getrusage(RUSAGE_SELF,&u); return u.ru_minflt; }
 static double cpu_s(){ timespec t; clock_gettime(CLOCK_PROCESS_CPUTIME_ID,&t); return t.tv_sec+1e-9*t.tv_nsec; }
-struct Acc { double cpu = 0, wall = 0; long faults = 0; };
-struct T { std::map<std::string,Acc>* m; std::string k; double t0=cpu_s(); clk::time_point w0=clk::now(); long f0=minflt();
-  ~T(){ Acc& a=(*m)[k]; a.cpu+=cpu_s()-t0; a.wall+=std::chrono::duration<double>(clk::now()-w0).count(); a.faults+=minflt()-f0; } };
+struct Acc { double cpu = 0, wall = 0, flop = 0; long faults = 0, calls = 0; };
+// flop: the direct algorithm's multiply-adds x 2 of a convolution pass (0 for other ops), so the
+// report can give GFLOP/s against wall time (Winograd passes do fewer real FLOPs than counted).
+struct T { std::map<std::string,Acc>* m; std::string k; double flop=0; double t0=cpu_s(); clk::time_point w0=clk::now(); long f0=minflt();
+  ~T(){ Acc& a=(*m)[k]; a.cpu+=cpu_s()-t0; a.wall+=std::chrono::duration<double>(clk::now()-w0).count(); a.faults+=minflt()-f0; a.calls+=1; a.flop+=flop; } };
+static double conv_flop(const ConvShape& s){ return 2.0*s.N*s.P()*s.Q()*s.K*double(s.C)*s.R*s.S; }
 class Prof : public Backend {
  public:
   Backend& b; std::map<std::string,Acc> m;
@@ -55,17 +58,17 @@ class Prof : public Backend {
   void nchw_to_nhwc(float* d,const float* s,int N,int C,int H,int W) override { T t{&m,"layout"}; b.nchw_to_nhwc(d,s,N,C,H,W);}
   void nhwc_to_nchw(float* d,const float* s,int N,int C,int H,int W) override { T t{&m,"layout"}; b.nhwc_to_nchw(d,s,N,C,H,W);}
   std::string ck(const char* w, const ConvShape& s){ char buf[128]; snprintf(buf,sizeof buf,"%s %dx%d/%d C%d K%d HW%d",w,s.R,s.S,s.stride,s.C,s.K,s.H); return buf; }
-  void conv2d_forward(float* y,const float* x,const float* w,const ConvShape& s) override { T t{&m,ck("conv fwd ",s)}; T t2{&m,"conv fwd"}; b.conv2d_forward(y,x,w,s);}
+  void conv2d_forward(float* y,const float* x,const float* w,const ConvShape& s) override { T t{&m,ck("conv fwd ",s),conv_flop(s)}; T t2{&m,"conv fwd",conv_flop(s)}; b.conv2d_forward(y,x,w,s);}
   void conv2d_backward(float* dw,float* dx,const float* dy,const float* x,const float* w,const ConvShape& s,bool add) override {
     if (split && !(s.R == 1 && s.S == 1 && s.stride == 1)) { Backend::conv2d_backward(dw,dx,dy,x,w,s,add); return; }
-    T t{&m,ck("conv bwd ",s)}; T t2{&m,"conv bwd"}; b.conv2d_backward(dw,dx,dy,x,w,s,add);}
+    T t{&m,ck("conv bwd ",s),conv_flop(s)*((dw?1:0)+(dx?1:0))}; T t2{&m,"conv bwd",conv_flop(s)*((dw?1:0)+(dx?1:0))}; b.conv2d_backward(dw,dx,dy,x,w,s,add);}
   void batchnorm_conv_backward(float* dr,float* dg,float* db,const float* dy,const uint8_t* mk,const float* bx,const float* g,const float* mean,const float* is,bool relu,bool train,float* dw,float* dx,const float* x,const float* w,const ConvShape& s,bool add,float* scr) override {
     if (split && !(s.R == 1 && s.S == 1 && s.stride == 1)) { Backend::batchnorm_conv_backward(dr,dg,db,dy,mk,bx,g,mean,is,relu,train,dw,dx,x,w,s,add,scr); return; }
-    T t{&m,ck("bn+conv bwd ",s)}; T t2{&m,"bn+conv bwd"}; b.batchnorm_conv_backward(dr,dg,db,dy,mk,bx,g,mean,is,relu,train,dw,dx,x,w,s,add,scr);}
-  bool conv2d_forward_stats(float* y,double* st,const float* x,const float* w,const ConvShape& s) override { T t{&m,ck("conv fwd ",s)}; T t2{&m,"conv fwd"}; return b.conv2d_forward_stats(y,st,x,w,s);}
-  void conv2d_backward_data(float* dx,const float* dy,const float* w,const ConvShape& s) override { T t{&m,ck("conv bwdD",s)}; T t2{&m,"conv bwd data"}; b.conv2d_backward_data(dx,dy,w,s);}
-  void conv2d_backward_data_add(float* dx,const float* dy,const float* w,const ConvShape& s) override { T t{&m,ck("conv bwdD",s)}; T t2{&m,"conv bwd data"}; b.conv2d_backward_data_add(dx,dy,w,s);}
-  void conv2d_backward_weight(float* dw,const float* dy,const float* x,const ConvShape& s) override { T t{&m,ck("conv bwdW",s)}; T t2{&m,"conv bwd weight"}; b.conv2d_backward_weight(dw,dy,x,s);}
+    T t{&m,ck("bn+conv bwd ",s),conv_flop(s)*((dw?1:0)+(dx?1:0))}; T t2{&m,"bn+conv bwd",conv_flop(s)*((dw?1:0)+(dx?1:0))}; b.batchnorm_conv_backward(dr,dg,db,dy,mk,bx,g,mean,is,relu,train,dw,dx,x,w,s,add,scr);}
+  bool conv2d_forward_stats(float* y,double* st,const float* x,const float* w,const ConvShape& s) override { T t{&m,ck("conv fwd ",s),conv_flop(s)}; T t2{&m,"conv fwd",conv_flop(s)}; return b.conv2d_forward_stats(y,st,x,w,s);}
+  void conv2d_backward_data(float* dx,const float* dy,const float* w,const ConvShape& s) override { T t{&m,ck("conv bwdD",s),conv_flop(s)}; T t2{&m,"conv bwd data",conv_flop(s)}; b.conv2d_backward_data(dx,dy,w,s);}
+  void conv2d_backward_data_add(float* dx,const float* dy,const float* w,const ConvShape& s) override { T t{&m,ck("conv bwdD",s),conv_flop(s)}; T t2{&m,"conv bwd data",conv_flop(s)}; b.conv2d_backward_data_add(dx,dy,w,s);}
+  void conv2d_backward_weight(float* dw,const float* dy,const float* x,const ConvShape& s) override { T t{&m,ck("conv bwdW",s),conv_flop(s)}; T t2{&m,"conv bwd weight",conv_flop(s)}; b.conv2d_backward_weight(dw,dy,x,s);}
   void batchnorm_forward_train(float* y,uint8_t* mk,float* sm,float* si,float* rm,float* rv,const float* x,const float* g,const float* be,const float* r,bool relu,int M,int C,float mo,float eps,const double* st) override { T t{&m,"bn fwd"}; b.batchnorm_forward_train(y,mk,sm,si,rm,rv,x,g,be,r,relu,M,C,mo,eps,st);}
   void batchnorm_forward_eval(float* y,uint8_t* mk,const float* x,const float* g,const float* be,const float* rm,const float* rv,const float* r,bool relu,int M,int C,float eps) override { T t{&m,"bn fwd eval"}; b.batchnorm_forward_eval(y,mk,x,g,be,rm,rv,r,relu,M,C,eps);}
   void add_bias_rows(float* y,const float* bias,int M,int N) override { T t{&m,"bias"}; b.add_bias_rows(y,bias,M,N);}
@@ -98,6 +101,7 @@ int main(int argc, char** argv){
     printf("step %.3f s wall, %.3f s CPU, %ld page faults\n", std::chrono::duration<double>(clk::now()-t0).count(), cpu_s()-c0, minflt()-f0); }
   std::vector<std::pair<double,std::string>> v; for(auto& kv: p.m) v.push_back({kv.second.cpu,kv.first});
   std::sort(v.rbegin(), v.rend());
-  printf("     CPU s   wall s  faults  op\n");
-  for (size_t i=0;i<v.size() && i<400;++i) { const Acc& a=p.m[v[i].second]; printf("%8.3f %8.3f %7ld  %s\n", v[i].first, a.wall, a.faults, v[i].second.c_str()); }
+  printf("     CPU s   wall s  faults calls GFLOP/s  op   (GFLOP/s: direct-algorithm FLOPs / wall)\n");
+  for (size_t i=0;i<v.size() && i<400;++i) { const Acc& a=p.m[v[i].second]; char rate[16] = "      -"; if (a.flop > 0) snprintf(rate, sizeof rate, "%7.1f", a.flop / a.wall * 1e-9);
+    printf("%8.3f %8.3f %7ld %5ld %s  %s\n", v[i].first, a.wall, a.faults, a.calls, rate, v[i].second.c_str()); }
 }
