@@ -39,6 +39,10 @@ constexpr int kBOnTheFlyMaxRows = 128;
 // and the product has at least kPackAMinColumns columns (gemm_run).
 constexpr long kDirectMaxLda = 2560;
 constexpr int kPackAMinColumns = 1024;
+// gemm_run's tile order: rows outer for a direct kernel over a packed B block of at most this many
+// bytes (half of a 2 MB L2) in at least this many panels (see there).
+constexpr int64_t kRowsOuterMaxBBytes = int64_t(1) << 20;
+constexpr int kRowsOuterMinPanels = 4;
 // Depth-split products (gemm_depth_split) from this many FLOP: below, a region and the partials cost
 // more than they save.
 constexpr double kDepthSplitMinFlop = 4e6;
@@ -423,6 +427,15 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
       const int kc = std::min(KC, K - pc);
       const float beta_block = pc == 0 ? beta : 1.f;
       const float* b_block = packed ? packed->block(jc, pc) : packed_b;
+      // Tile rows outer, column panels inner, for a direct kernel over a B block that stays in L2 (at
+      // most kRowsOuterMaxBBytes, in at least kRowsOuterMinPanels panels): a task's MR rows of A, read
+      // in place, then stay in L1 across the panels and the packed panels stream from L2, where panels
+      // outer made every panel re-read the task's whole row block from MR strided rows; C is written
+      // a tile row at a time. Two threads, GFLOP/s: 3136 x 1024 x 256 (0,1) 305-315 -> 335-361, 50176 x
+      // 256 x 64 (0,1) 203-205 -> 213-226, 3136 x 256 x 64 276-296 -> 289-301; one thread 784 x 512 x
+      // 128 +3 %, 256^3 and 3136 x 256 x 1024 even; 2 panels (12544 x 64 x 576) -2 %, a 2 MB block -0-8 %.
+      const bool rows_outer = direct && !b_on_the_fly && n_panels >= kRowsOuterMinPanels &&
+                              static_cast<int64_t>(kc) * nc * static_cast<int64_t>(sizeof(float)) <= kRowsOuterMaxBBytes;
       // One parallel region: the threads first pack the B block (groups of panels claimed from a
       // counter), then claim tasks, each waiting only for the groups of the panels it reaches (a
       // thread packs its task's A block while the others still pack B). Tasks come from a counter too,
@@ -453,6 +466,61 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
           if (!direct) pack_a_block(kern, A, lda, transA, i0, mc, pc, kc, alpha, pa);
           else if (mc % MR) pack_a_panel(kern, A, lda, i0 + mc / MR * MR, mc % MR, pc, kc, alpha, pa);
           alignas(64) float tile[16 * 64];
+          // C's tile (ir, p): rows [i0 + ir, + MR) of column panel p; pb the panel, first_b / first_ldb
+          // / copy_b how the first row panel reads (and packs) it when B is packed on the fly.
+          auto run_tile = [&](int p, int ir, const float* pb, const float* first_b, long first_ldb, float* copy_b) {
+            const int j0 = p * NR, nr = std::min(NR, nc - j0);
+            const int mr = std::min(MR, mc - ir);
+            const float* pa_panel = direct ? pa : pa + static_cast<long>(ir) * kc;
+            float* c = C + static_cast<long>(i0 + ir) * ldc + jc + j0;
+            // Whole tiles, and with a rows kernel partial-row tiles, write C directly; the rest goes
+            // through the local tile.
+            const bool in_place = nr == NR && (mr == MR || kern.rows != nullptr);
+            float* out = in_place ? c : tile;
+            const long ldo = in_place ? ldc : NR;
+            const float beta_out = in_place ? beta_block : 0.f;
+            if (direct && mr == MR) {
+              const DirectMicroKernel fn = p == p_begin && kern.direct_prefetch ? kern.direct_prefetch : kern.direct;
+              fn(kc, A + static_cast<long>(i0 + ir) * lda + pc, lda, pb, out, ldo, alpha, beta_out);
+            } else if (kern.rows != nullptr) {
+              if (ir == 0) kern.rows(mr, kc, pa_panel, first_b, first_ldb, copy_b, out, ldo, beta_out);
+              else kern.rows(mr, kc, pa_panel, pb, NR, nullptr, out, ldo, beta_out);
+            } else {
+              kern.fn(kc, pa_panel, pb, out, ldo, beta_out);
+            }
+            if (!in_place) {  // the partial tile back into C (beta == 0: C is not read, it may hold NaNs)
+              for (int i = 0; i < mr; ++i) {
+                float* __restrict dst = c + static_cast<long>(i) * ldc;
+                const float* __restrict src = tile + i * NR;
+                if (beta_block == 0.f) {
+                  for (int j = 0; j < nr; ++j) dst[j] = src[j];
+                } else {
+                  for (int j = 0; j < nr; ++j) dst[j] = src[j] + beta_block * dst[j];
+                }
+              }
+            }
+          };
+          if (rows_outer) {  // all of the block's B panels first, then tile rows outer (see rows_outer)
+            if (pack_groups > 0)
+              for (int g = p_begin / kPackGroup; g <= (p_end - 1) / kPackGroup; ++g)
+                while (!group_ready[static_cast<size_t>(g)].load(std::memory_order_acquire)) std::this_thread::yield();
+            const int full_panels = std::min(p_end, nc / NR);  // panels [p_begin, full_panels) are NR wide
+            for (int ir = 0; ir < mc; ir += MR) {
+              const bool full_rows = mc - ir >= MR;
+              const float* a = A + static_cast<long>(i0 + ir) * lda + pc;
+              float* c = C + static_cast<long>(i0 + ir) * ldc + jc;
+              for (int p = p_begin; p < p_end; ++p) {
+                const float* pb = b_block + static_cast<long>(p) * kc * NR;
+                if (full_rows && p < full_panels) {  // the common case inline: a whole tile straight into C
+                  const DirectMicroKernel fn = p == p_begin && kern.direct_prefetch ? kern.direct_prefetch : kern.direct;
+                  fn(kc, a, lda, pb, c + p * NR, ldc, alpha, beta_block);
+                } else {
+                  run_tile(p, ir, pb, pb, NR, nullptr);
+                }
+              }
+            }
+            continue;
+          }
           for (int p = p_begin; p < p_end; ++p) {
             const int j0 = p * NR, nr = std::min(NR, nc - j0);
             if (pack_groups > 0)
@@ -473,37 +541,7 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
                 pack_b_panel(kern, B, ldb, transB, pc, kc, jc + j0, nr, panel);
               }
             }
-            for (int ir = 0; ir < mc; ir += MR) {
-              const int mr = std::min(MR, mc - ir);
-              const float* pa_panel = direct ? pa : pa + static_cast<long>(ir) * kc;
-              float* c = C + static_cast<long>(i0 + ir) * ldc + jc + j0;
-              // Whole tiles, and with a rows kernel partial-row tiles, write C directly; the rest goes
-              // through the local tile.
-              const bool in_place = nr == NR && (mr == MR || kern.rows != nullptr);
-              float* out = in_place ? c : tile;
-              const long ldo = in_place ? ldc : NR;
-              const float beta_out = in_place ? beta_block : 0.f;
-              if (direct && mr == MR) {
-                const DirectMicroKernel fn = p == p_begin && kern.direct_prefetch ? kern.direct_prefetch : kern.direct;
-                fn(kc, A + static_cast<long>(i0 + ir) * lda + pc, lda, pb, out, ldo, alpha, beta_out);
-              } else if (kern.rows != nullptr) {
-                if (ir == 0) kern.rows(mr, kc, pa_panel, first_b, first_ldb, copy_b, out, ldo, beta_out);
-                else kern.rows(mr, kc, pa_panel, pb, NR, nullptr, out, ldo, beta_out);
-              } else {
-                kern.fn(kc, pa_panel, pb, out, ldo, beta_out);
-              }
-              if (!in_place) {  // the partial tile back into C (beta == 0: C is not read, it may hold NaNs)
-                for (int i = 0; i < mr; ++i) {
-                  float* __restrict dst = c + static_cast<long>(i) * ldc;
-                  const float* __restrict src = tile + i * NR;
-                  if (beta_block == 0.f) {
-                    for (int j = 0; j < nr; ++j) dst[j] = src[j];
-                  } else {
-                    for (int j = 0; j < nr; ++j) dst[j] = src[j] + beta_block * dst[j];
-                  }
-                }
-              }
-            }
+            for (int ir = 0; ir < mc; ir += MR) run_tile(p, ir, pb, first_b, first_ldb, copy_b);
           }
         }
       });

@@ -4,6 +4,7 @@
 // force_isa); and every reference backward against central finite differences in float64.
 // Run: mveb_native_tests "kernels:"
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <random>
 #include <cstdlib>
@@ -158,6 +159,17 @@ TEST("kernels: gemm beyond one cache block (K > KC, N > NC), M > 128, K = 0 and 
     b->gemm(false, false, 3, 4, 2, 0.f, A.data(), 2, B.data(), 4, 0.5f, C2.data(), 4);
     for (float v : C2) EXPECT_TRUE(v == 1.f, "alpha=0 scales C by beta" << tag(*b));
   }
+}
+
+TEST("kernels: gemm with tile rows outer (B block in L2): several K blocks accumulating, partial tiles") {
+  // A direct kernel over a packed B block of at most 1 MB in at least 4 panels runs its tile rows
+  // outer (gemm_run): K > KC gives several such blocks, each added to C (beta 1 after the first), with
+  // partial row and column tiles; the transposes that read A packed take the other order.
+  auto backends = isa_backends();
+  const int pad[3] = {2, 1, 3};
+  int case_index = 0;
+  for (const auto& shape : {std::array<int, 3>{200, 200, 2100}, {259, 161, 1500}, {143, 130, 64}})
+    for (int t = 0; t < 4; ++t, ++case_index) check_gemm_case(backends, shape[0], shape[1], shape[2], t & 1, t & 2, case_index, pad, 6000);
 }
 
 TEST("kernels: gemm with op(A) = A rows far apart (packed, not read in place), alpha, beta, partial panels") {
