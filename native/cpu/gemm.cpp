@@ -3,7 +3,9 @@
 // into NR-wide panels (threads share the packing), blocks of MC rows of op(A) are packed (times
 // alpha) into MR-tall panels by each thread (or, when op(A) = A and the ISA has a direct kernel, read
 // in place with no packing, unless the rows are far apart in a wide product), and an MR x NR
-// micro-kernel (AVX-512 14x32, AVX2 6x16 or portable 4x8, chosen by CpuBackend::isa()) runs over the panels. Products with few rows (M <= 128)
+// micro-kernel (AVX-512 14x32, AVX2 6x16 or portable 4x8, chosen by CpuBackend::isa()) runs over the
+// panels: column panels outer, or tile rows outer when A is read in place and the packed B block
+// stays in L2 (rows_outer in gemm_run). Products with few rows (M <= 128)
 // and op(B) = B skip the packing pass over B: the first row panel's kernel packs each B panel as it
 // reads it (AVX-512). Partial row tiles run the AVX-512 kernel for their row count; other edge tiles
 // go through a small local tile. Threads split the rows of C into blocks (or the columns when C has
