@@ -126,13 +126,20 @@ void block_moments(Isa isa, const float* y, int64_t rows, int C, ChannelMoments&
     return;
   }
   const BatchnormKernels k = kernels_for(isa);
-  std::vector<float> block(static_cast<size_t>(2) * C);
-  std::vector<double> sums(static_cast<size_t>(2) * C, 0.0);
-  for (int64_t m0 = 0; m0 < rows; m0 += kRowBlock) {
+  // 8 channels on AVX-512: pairs of rows as rows of 16 (fold_factor; the shift row tiled), so the
+  // sums vectorise (N512 C8 K8 28x28 3x3 forward with statistics, one thread: 8.2-8.6 -> 6.9-7.5 ms;
+  // in the default pretrain encoder's b512 step its four C8 forwards 34-35 -> 29-30 ms)
+  const int f = fold_factor(isa, rows, C), Cf = C * f;
+  const std::vector<float> shift = tiled(y, C, f);
+  const int64_t frows = rows / f;
+  std::vector<float> block(static_cast<size_t>(2) * Cf);
+  std::vector<double> sums(static_cast<size_t>(2) * Cf, 0.0);
+  for (int64_t m0 = 0; m0 < frows; m0 += kRowBlock) {
     std::fill(block.begin(), block.end(), 0.f);
-    k.forward_sums(y, y, m0, std::min(rows, m0 + kRowBlock), C, block.data(), block.data() + C);
+    k.forward_sums(y, shift.data(), m0, std::min(frows, m0 + kRowBlock), Cf, block.data(), block.data() + Cf);
     for (size_t i = 0; i < block.size(); ++i) sums[i] += block[i];
   }
+  fold_sums(sums, C, f);
   moments_from_sums(sums, y, rows, C, out);  // shifted by the first row y[0, :]
 }
 

@@ -614,7 +614,10 @@ TEST("kernels: conv2d_forward_stats gives y and its per-channel mean and varianc
   const Case cases[] = {{{3, 11, 13, 19, 37, 1, 1, 1, 0}, true},  {{3, 26, 24, 70, 33, 1, 1, 2, 0}, true},
                         {{3, 25, 23, 9, 20, 3, 3, 2, 1}, true},   {{2, 23, 21, 3, 16, 7, 7, 2, 3}, true},
                         {{2, 12, 11, 16, 24, 3, 3, 1, 1}, false}, {{1, 5, 6, 20, 24, 1, 1, 1, 0}, false},
-                        {{1, 5, 6, 8, 9, 1, 1, 1, 0}, true},      {{2, 14, 13, 8, 12, 3, 3, 1, 1}, true}};
+                        {{1, 5, 6, 8, 9, 1, 1, 1, 0}, true},      {{2, 14, 13, 8, 12, 3, 3, 1, 1}, true},
+                        // 8 output channels (AVX-512 sums pairs of rows as rows of 16): 585 rows, a
+                        // 512-row task and an odd one; 180 rows from 4 input channels
+                        {{3, 15, 13, 8, 8, 3, 3, 1, 1}, true},    {{2, 9, 10, 4, 8, 3, 3, 1, 1}, true}};
   int seed = 700;
   for (const Case& cs : cases)
     for (float offset : {0.f, 40.f}) {
