@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # check.sh: the one GPU-machine run of mveb's CUDA backend (see benchmarks/device/README.md for the
-# exact device-tool call). Builds the native tests with -DMVEB_CUDA=on for sm_90, runs the CUDA
-# cross-backend tests (`mveb_native_tests cuda:`), the same tests under compute-sanitizer memcheck,
-# the whole native suite, and the CUDA micro-benchmark beside PyTorch when bench_cuda.cpp and torch
-# are there. Writes at most 8 files to $OUT (the device tool brings back only 8) and prints a short
-# summary table last. Every step has its own time limit so the whole run stays under ~8 minutes.
+# exact device-tool call). Builds the native tests with -DMVEB_CUDA=on for sm_90, then, most telling
+# first: the CUDA cross-backend tests (`mveb_native_tests cuda:`) as the GPU plans them and again with
+# MVEB_CUDA_SM_COUNT=2 (the tests' small shapes then take the large GEMM tiles and split-K plans a
+# 132-SM GPU keeps for large products), the same tests under compute-sanitizer memcheck, racecheck
+# and synccheck (the races and barrier misuse the CPU emulator cannot show), the CUDA
+# micro-benchmark beside PyTorch when bench_cuda.cpp and torch are there, and the whole native suite
+# last. Writes at most 8 files to $OUT (the device tool brings back only 8); summary.txt gets a row
+# as each step ends (a run killed at the call's limit keeps what finished) and is printed last. Each
+# step has its own time limit; a normal run takes a few minutes.
 # Locally (no GPU) it still runs: the CUDA cases report "skip ... no GPU".
 set -u
 cd "$(dirname "$0")/../.."
@@ -55,32 +59,39 @@ TESTS="$BUILD/mveb_native_tests"
 
 last_line() { tail -n 1 "$1" 2>/dev/null | tr -d '\n'; }
 if [ $build_rc -eq 0 ] && [ -x "$TESTS" ]; then
-  # ---- CUDA tests (test_cuda.log) ----
-  t0=$(now)
-  timeout 180 "$TESTS" cuda: > "$OUT/test_cuda.log" 2>&1
-  rc=$?
-  row "tests cuda:" "rc=$rc $(( $(now) - t0 )) s | $(last_line "$OUT/test_cuda.log")"
-  grep -E '^FAIL|    FAIL ' "$OUT/test_cuda.log" | head -20 | cut -c1-200 | sed 's/^/    /' >> "$SUMMARY"
-  skips=$(grep -c '^skip' "$OUT/test_cuda.log")
-  [ "$skips" -gt 0 ] && echo "    $skips skipped, e.g. $(grep -m1 '^skip' "$OUT/test_cuda.log" | cut -c1-160)" >> "$SUMMARY"
-
-  # ---- memcheck (memcheck.log): out-of-bounds / misaligned accesses, API errors ----
-  SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer /usr/local/cuda*/compute-sanitizer/compute-sanitizer 2>/dev/null | head -1)
-  if [ -n "$SAN" ]; then
+  # ---- CUDA tests (test_cuda.log): as planned for this GPU, then as for a 2-SM one ----
+  : > "$OUT/test_cuda.log"
+  for sms in "" 2; do
     t0=$(now)
-    timeout 240 "$SAN" --tool memcheck --leak-check no --error-exitcode 99 "$TESTS" cuda: > "$OUT/memcheck.log" 2>&1
+    echo "==== mveb_native_tests cuda: MVEB_CUDA_SM_COUNT=${sms:-unset}" >> "$OUT/test_cuda.log"
+    MVEB_CUDA_SM_COUNT=$sms timeout 180 "$TESTS" cuda: > "$OUT/test_cuda.part" 2>&1
     rc=$?
-    row "memcheck cuda:" "rc=$rc $(( $(now) - t0 )) s | $(grep -E 'ERROR SUMMARY' "$OUT/memcheck.log" | tail -1)"
-  else
-    row "memcheck cuda:" "compute-sanitizer not found"
-  fi
+    cat "$OUT/test_cuda.part" >> "$OUT/test_cuda.log"
+    row "tests cuda: sms=${sms:-device}" "rc=$rc $(( $(now) - t0 )) s | $(last_line "$OUT/test_cuda.part")"
+    grep -E '^FAIL|    FAIL ' "$OUT/test_cuda.part" | head -20 | cut -c1-200 | sed 's/^/    /' >> "$SUMMARY"
+    skips=$(grep -c '^skip' "$OUT/test_cuda.part")
+    [ "$skips" -gt 0 ] && echo "    $skips skipped, e.g. $(grep -m1 '^skip' "$OUT/test_cuda.part" | cut -c1-160)" >> "$SUMMARY"
+  done
+  rm -f "$OUT/test_cuda.part"
 
-  # ---- whole native suite (test_all.log) ----
-  t0=$(now)
-  timeout 180 "$TESTS" > "$OUT/test_all.log" 2>&1
-  rc=$?
-  row "tests (all areas)" "rc=$rc $(( $(now) - t0 )) s | $(last_line "$OUT/test_all.log")"
-  grep -E '^FAIL' "$OUT/test_all.log" | head -10 | sed 's/^/    /' >> "$SUMMARY"
+  # ---- compute-sanitizer (sanitizers.log): memcheck (out-of-bounds / misaligned accesses, API
+  # errors), racecheck (shared-memory hazards), synccheck (barriers not reached by the whole block) ----
+  SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer /usr/local/cuda*/compute-sanitizer/compute-sanitizer 2>/dev/null | head -1)
+  : > "$OUT/sanitizers.log"
+  if [ -n "$SAN" ]; then
+    for tool in memcheck racecheck synccheck; do
+      t0=$(now)
+      extra=""; [ "$tool" = memcheck ] && extra="--leak-check no"
+      echo "==== compute-sanitizer --tool $tool" >> "$OUT/sanitizers.log"
+      timeout 240 "$SAN" --tool $tool $extra --error-exitcode 99 "$TESTS" cuda: > "$OUT/san.part" 2>&1
+      rc=$?
+      cat "$OUT/san.part" >> "$OUT/sanitizers.log"
+      row "$tool cuda:" "rc=$rc $(( $(now) - t0 )) s | $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/san.part" | tail -1)"
+    done
+    rm -f "$OUT/san.part"
+  else
+    row "compute-sanitizer" "not found"
+  fi
 
   # ---- micro-benchmark beside PyTorch (bench.log) ----
   if [ -f benchmarks/device/bench_cuda.cpp ]; then
@@ -96,6 +107,13 @@ if [ $build_rc -eq 0 ] && [ -x "$TESTS" ]; then
     row "bench (ours, torch)" "rc=$rc $(( $(now) - t0 )) s (bench.log)"
     grep -E '^op ' "$OUT/bench.log" | head -20 | sed 's/^/    /' >> "$SUMMARY"
   fi
+
+  # ---- whole native suite (test_all.log): the CPU areas too, last (they gain nothing from the GPU) ----
+  t0=$(now)
+  timeout 120 "$TESTS" > "$OUT/test_all.log" 2>&1
+  rc=$?
+  row "tests (all areas)" "rc=$rc $(( $(now) - t0 )) s | $(last_line "$OUT/test_all.log")"
+  grep -E '^FAIL' "$OUT/test_all.log" | head -10 | sed 's/^/    /' >> "$SUMMARY"
 else
   row "tests" "not run (build failed; see build.log)"
   grep -E 'error|FAILED' "$OUT/build.log" | head -15 | sed 's/^/    /' >> "$SUMMARY"

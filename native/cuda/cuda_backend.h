@@ -49,6 +49,7 @@ class CudaBackend final : public Backend {
   Device device() const override { return Device::CUDA; }
   std::string name() const override { return "cuda"; }
   cudaStream_t stream() const { return stream_; }
+  // The SM count the kernels plan for (the device's, or MVEB_CUDA_SM_COUNT: see the constructor).
   int sm_count() const { return sm_count_; }
   // Grid size for grid-stride elementwise kernels over n items with 256-thread blocks.
   unsigned elementwise_blocks(size_t n) const;
