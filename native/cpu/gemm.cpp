@@ -4,8 +4,8 @@
 // alpha) into MR-tall panels by each thread (or, when op(A) = A and the ISA has a direct kernel, read
 // in place with no packing, unless the rows are far apart in a wide product), and an MR x NR
 // micro-kernel (AVX-512 14x32, AVX2 6x16 or portable 4x8, chosen by CpuBackend::isa()) runs over the
-// panels: column panels outer, or tile rows outer when A is read in place and the packed B block
-// stays in L2 (rows_outer in gemm_run). Products with few rows (M <= 128)
+// panels: column panels outer, or (AVX-512) tile rows outer when the packed B block stays in L2
+// (rows_outer in gemm_run). Products with few rows (M <= 128)
 // and op(B) = B skip the packing pass over B: the first row panel's kernel packs each B panel as it
 // reads it (AVX-512). Partial row tiles run the AVX-512 kernel for their row count; other edge tiles
 // go through a small local tile. Threads split the rows of C into blocks (or the columns when C has
@@ -41,8 +41,8 @@ constexpr int kBOnTheFlyMaxRows = 128;
 // and the product has at least kPackAMinColumns columns (gemm_run).
 constexpr long kDirectMaxLda = 2560;
 constexpr int kPackAMinColumns = 1024;
-// gemm_run's tile order: rows outer for a direct kernel over a packed B block of at most this many
-// bytes (half of a 2 MB L2) in at least this many panels (see there).
+// gemm_run's tile order: rows outer over a packed B block of at most this many bytes (half of a 2 MB
+// L2) in at least this many panels (see there).
 constexpr int64_t kRowsOuterMaxBBytes = int64_t(1) << 20;
 constexpr int kRowsOuterMinPanels = 4;
 // Depth-split products (gemm_depth_split) from this many FLOP: below, a region and the partials cost
@@ -429,14 +429,17 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
       const int kc = std::min(KC, K - pc);
       const float beta_block = pc == 0 ? beta : 1.f;
       const float* b_block = packed ? packed->block(jc, pc) : packed_b;
-      // Tile rows outer, column panels inner, for a direct kernel over a B block that stays in L2 (at
-      // most kRowsOuterMaxBBytes, in at least kRowsOuterMinPanels panels): a task's MR rows of A, read
-      // in place, then stay in L1 across the panels and the packed panels stream from L2, where panels
-      // outer made every panel re-read the task's whole row block from MR strided rows; C is written
-      // a tile row at a time. Two threads, GFLOP/s: 3136 x 1024 x 256 (0,1) 305-315 -> 335-361, 50176 x
-      // 256 x 64 (0,1) 203-205 -> 213-226, 3136 x 256 x 64 276-296 -> 289-301; one thread 784 x 512 x
-      // 128 +3 %, 256^3 and 3136 x 256 x 1024 even; 2 panels (12544 x 64 x 576) -2 %, a 2 MB block -0-8 %.
-      const bool rows_outer = direct && !b_on_the_fly && n_panels >= kRowsOuterMinPanels &&
+      // Tile rows outer, column panels inner, over a B block that stays in L2 (at most
+      // kRowsOuterMaxBBytes, in at least kRowsOuterMinPanels panels): a task's MR rows of A (read in
+      // place by a direct kernel, or its packed panel) then stay in L1 across the panels and the packed
+      // B panels stream from L2, where panels outer made every panel re-read the task's whole row
+      // block (for a direct kernel from MR strided rows); C is written a tile row at a time. Two
+      // threads, GFLOP/s: 3136 x 1024 x 256 (0,1) 305-315 -> 335-361, 50176 x 256 x 64 (0,1) 203-205 ->
+      // 213-226, 3136 x 256 x 64 276-296 -> 289-301; one thread, packed A: 3136 x 1024 x 256 (1,1) 138
+      // -> 155, 12544 x 512 x 128 (1,0) 123-127 -> 135-140; 784 x 512 x 128 +3 %, 256^3 and 3136 x 256 x
+      // 1024 even; 2 panels (12544 x 64 x 576) -2 %, a 2 MB block -0-8 % (AVX-512's 14 x 32 kernel;
+      // KernelInfo::rows_outer).
+      const bool rows_outer = kern.rows_outer && !b_on_the_fly && n_panels >= kRowsOuterMinPanels &&
                               static_cast<int64_t>(kc) * nc * static_cast<int64_t>(sizeof(float)) <= kRowsOuterMaxBBytes;
       // One parallel region: the threads first pack the B block (groups of panels claimed from a
       // counter), then claim tasks, each waiting only for the groups of the panels it reaches (a
@@ -513,7 +516,7 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
               float* c = C + static_cast<long>(i0 + ir) * ldc + jc;
               for (int p = p_begin; p < p_end; ++p) {
                 const float* pb = b_block + static_cast<long>(p) * kc * NR;
-                if (full_rows && p < full_panels) {  // the common case inline: a whole tile straight into C
+                if (direct && full_rows && p < full_panels) {  // the common case inline: a whole tile straight into C
                   const DirectMicroKernel fn = p == p_begin && kern.direct_prefetch ? kern.direct_prefetch : kern.direct;
                   fn(kc, a, lda, pb, c + p * NR, ldc, alpha, beta_block);
                 } else {

@@ -50,6 +50,10 @@ struct KernelInfo {
   // optional: `direct` that also prefetches A ahead of use, for the first column panel of each row
   // block (the one that reads A from memory; else `direct`)
   DirectMicroKernel direct_prefetch = nullptr;
+  // gemm_run may run tile rows outer over a packed B block that stays in L2 (see there): measured
+  // faster with the AVX-512 14 x 32 tile, slower with AVX2's 6 x 16 (3136 x 1024 x 256 (0,1) one
+  // thread 110-111 -> 98-103 GFLOP/s), so set per kernel.
+  bool rows_outer = false;
   // Matmul precision "high" on a CPU with AMX: gemm_run hands products without a PackedB that are
   // big enough (amx_pays) to gemm_amx.
   bool amx = false;
