@@ -32,10 +32,14 @@ namespace {
 // Size classes: 512 B minimum, then 4 classes per power of two (at most 25% rounding waste), so
 // the blocks of a training step (same shapes every step) are reused without cudaMalloc/cudaFree
 // (cudaFree synchronises the device).
+// MVEB_CUDA_EXACT_ALLOC (testing; check.sh sets it for compute-sanitizer memcheck) allocates exact
+// sizes instead, so that an overrun inside the rounding is reported too.
 size_t size_class(size_t bytes) {
 #ifdef MVEB_CUDA_EMU
   return bytes ? bytes : 4;  // CPU emulation (native/cuda/emu): exact sizes, so AddressSanitizer sees every overrun
 #endif
+  static const bool exact = std::getenv("MVEB_CUDA_EXACT_ALLOC") != nullptr;
+  if (exact) return bytes ? bytes : 4;
   if (bytes <= 512) return 512;
   int lg = 63 - __builtin_clzll(static_cast<unsigned long long>(bytes - 1));  // 2^lg < bytes <= 2^(lg+1)
   size_t step = static_cast<size_t>(1) << (lg - 2);
