@@ -509,21 +509,11 @@ void gemm_run(ThreadPool& pool, const KernelInfo& kern, bool transA, bool transB
             if (pack_groups > 0)
               for (int g = p_begin / kPackGroup; g <= (p_end - 1) / kPackGroup; ++g)
                 while (!group_ready[static_cast<size_t>(g)].load(std::memory_order_acquire)) std::this_thread::yield();
-            const int full_panels = std::min(p_end, nc / NR);  // panels [p_begin, full_panels) are NR wide
-            for (int ir = 0; ir < mc; ir += MR) {
-              const bool full_rows = mc - ir >= MR;
-              const float* a = A + static_cast<long>(i0 + ir) * lda + pc;
-              float* c = C + static_cast<long>(i0 + ir) * ldc + jc;
+            for (int ir = 0; ir < mc; ir += MR)
               for (int p = p_begin; p < p_end; ++p) {
                 const float* pb = b_block + static_cast<long>(p) * kc * NR;
-                if (direct && full_rows && p < full_panels) {  // the common case inline: a whole tile straight into C
-                  const DirectMicroKernel fn = p == p_begin && kern.direct_prefetch ? kern.direct_prefetch : kern.direct;
-                  fn(kc, a, lda, pb, c + p * NR, ldc, alpha, beta_block);
-                } else {
-                  run_tile(p, ir, pb, pb, NR, nullptr);
-                }
+                run_tile(p, ir, pb, pb, NR, nullptr);
               }
-            }
             continue;
           }
           for (int p = p_begin; p < p_end; ++p) {
