@@ -199,10 +199,13 @@ KernelInfo kernel_for(Isa isa) {
   return isa == Isa::Avx512 ? kernel_avx512() : isa == Isa::Avx2 ? kernel_avx2() : kernel_scalar();
 }
 
+PackedB::PackedB(const KernelInfo& kern, int N_, int K_, bool amx_, Workspace* keep, int slot)
+    : N(N_), K(K_), KC(balanced_depth(K_, kern.kc)), NC(std::min((N_ + kern.nr - 1) / kern.nr * kern.nr, kern.nc)),
+      NR(kern.nr), amx(amx_), keep_(keep), slot_(slot) {}
+
 PackedB::PackedB(ThreadPool& pool, const KernelInfo& kern, bool transB, int N_, int K_, const float* B, long ldb,
                  Workspace* keep, int slot)
-    : N(N_), K(K_), KC(balanced_depth(K_, kern.kc)), NC(std::min((N_ + kern.nr - 1) / kern.nr * kern.nr, kern.nc)),
-      NR(kern.nr), amx(kern.amx && N_ >= 16 && K_ >= 32), keep_(keep), slot_(slot) {
+    : PackedB(kern, N_, K_, kern.amx && N_ >= 16 && K_ >= 32, keep, slot) {
   if (amx) {
     pack_amx(pool, [&](int r) { return B + static_cast<long>(r) * ldb; }, !transB);
     return;
@@ -214,8 +217,7 @@ PackedB::PackedB(ThreadPool& pool, const KernelInfo& kern, bool transB, int N_, 
 
 PackedB::PackedB(ThreadPool& pool, const KernelInfo& kern, int N_, int K_, const std::function<const float*(int)>& row,
                  Workspace* keep, int slot)
-    : N(N_), K(K_), KC(balanced_depth(K_, kern.kc)), NC(std::min((N_ + kern.nr - 1) / kern.nr * kern.nr, kern.nc)),
-      NR(kern.nr), amx(kern.amx && N_ >= 16 && K_ >= 32), keep_(keep), slot_(slot) {
+    : PackedB(kern, N_, K_, kern.amx && N_ >= 16 && K_ >= 32, keep, slot) {
   if (amx) {
     pack_amx(pool, row, true);
     return;
@@ -236,9 +238,12 @@ PackedB::PackedB(ThreadPool& pool, const KernelInfo& kern, int N_, int K_, const
 }
 
 PackedB::PackedB(const KernelInfo& kern, int N_, int K_, Workspace* keep, int slot)
-    : N(N_), K(K_), KC(balanced_depth(K_, kern.kc)), NC(std::min((N_ + kern.nr - 1) / kern.nr * kern.nr, kern.nc)),
-      NR(kern.nr), keep_(keep), slot_(slot) {
-  data_ = storage(static_cast<size_t>((static_cast<long>(N) + NR - 1) / NR * NR) * std::max(1, K));
+    : PackedB(kern, N_, K_, false, keep, slot) {
+  data_ = storage(fp32_floats());
+}
+
+size_t PackedB::fp32_floats() const {
+  return static_cast<size_t>((static_cast<long>(N) + NR - 1) / NR * NR) * std::max(1, K);
 }
 
 void PackedB::pack_part(const KernelInfo& kern, const float* B, long ldb, bool transB, int k0, int k1, int j0, int j1) {
@@ -254,8 +259,7 @@ void PackedB::pack_part(const KernelInfo& kern, const float* B, long ldb, bool t
 }
 
 void PackedB::pack_all(ThreadPool& pool, const std::function<void(float*, int, int, int, int)>& pack) {
-  const long padded_n = (static_cast<long>(N) + NR - 1) / NR * NR;
-  data_ = storage(static_cast<size_t>(padded_n) * std::max(1, K));
+  data_ = storage(fp32_floats());
   // tasks: (jc block, pc block, panel)
   std::vector<int> jcs, pcs;
   for (int jc = 0; jc < N; jc += NC) jcs.push_back(jc);

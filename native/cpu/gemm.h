@@ -104,6 +104,10 @@ class PackedB {
   bool amx = false;
 
  private:
+  // The blocking of op(B) [K, N] for `kernel` (no storage yet).
+  PackedB(const KernelInfo& kernel, int N, int K, bool amx, Workspace* keep, int slot);
+  // Floats of the fp32 panels: N rounded up to NR, times K.
+  size_t fp32_floats() const;
   // Calls pack(dst, pc, kc, col0, cols) for every panel of every block, on the pool.
   void pack_all(ThreadPool& pool, const std::function<void(float*, int, int, int, int)>& pack);
   // The AMX panels (amx_pack_b) into data_.
