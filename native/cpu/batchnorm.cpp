@@ -118,7 +118,7 @@ void moments_from_sums(const std::vector<double>& sums, const float* shift, int6
 }
 }  // namespace
 
-void block_moments(Isa isa, const float* y, int64_t rows, int C, ChannelMoments& out) {
+void block_moments(Isa isa, const float* y, int64_t rows, int C, ChannelMoments& out, float* copy) {
   if (rows == 0) {
     out.n = 0;
     out.mean.assign(static_cast<size_t>(C), 0.0);
@@ -136,7 +136,7 @@ void block_moments(Isa isa, const float* y, int64_t rows, int C, ChannelMoments&
   std::vector<double> sums(static_cast<size_t>(2) * Cf, 0.0);
   for (int64_t m0 = 0; m0 < frows; m0 += kRowBlock) {
     std::fill(block.begin(), block.end(), 0.f);
-    k.forward_sums(y, shift.data(), m0, std::min(frows, m0 + kRowBlock), Cf, block.data(), block.data() + Cf);
+    k.forward_sums(y, shift.data(), m0, std::min(frows, m0 + kRowBlock), Cf, block.data(), block.data() + Cf, copy);
     for (size_t i = 0; i < block.size(); ++i) sums[i] += block[i];
   }
   fold_sums(sums, C, f);
@@ -190,7 +190,7 @@ void CpuBackend::batchnorm_forward_train(float* y, uint8_t* relu_mask, float* sa
     const std::vector<float> shift_t = tiled(shift0, C, f);
     std::vector<double> sums;
     channel_sums(pool(), M / f, Cf, sums, [&](int64_t m0, int64_t m1, float* acc) {
-      k.forward_sums(x, shift_t.data(), m0, m1, Cf, acc, acc + Cf);
+      k.forward_sums(x, shift_t.data(), m0, m1, Cf, acc, acc + Cf, nullptr);
     });
     fold_sums(sums, C, f);
     ChannelMoments m;

@@ -27,7 +27,9 @@ struct ChannelMoments {
 };
 
 // The moments of y[rows, C] (row stride C) on the calling thread, with `isa`'s batch-norm row loops.
-void block_moments(Isa isa, const float* y, int64_t rows, int C, ChannelMoments& out);
+// With a non-null copy, y's rows also go to copy in the same pass (non-temporal stores where the
+// ISA's kernel file and copy's alignment allow: a convolution's output chunk staged in L2, conv.cpp).
+void block_moments(Isa isa, const float* y, int64_t rows, int C, ChannelMoments& out, float* copy = nullptr);
 // a = the moments of a's rows and b's together.
 void merge_moments(ChannelMoments& a, const ChannelMoments& b);
 // stats[c] = mean, stats[C + c] = biased variance (m2 / n) of the merged blocks, in block order.

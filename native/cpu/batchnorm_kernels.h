@@ -26,8 +26,10 @@ namespace mveb {
 
 // One ISA's row loops; rows [m0, m1) of [M, C] arrays. The sums ADD into float accumulators of C.
 struct BatchnormKernels {
-  // s1[c] += x[m, c] - x0[c], s2[c] += (x[m, c] - x0[c])^2
-  void (*forward_sums)(const float* x, const float* x0, int64_t m0, int64_t m1, int C, float* s1, float* s2);
+  // s1[c] += x[m, c] - x0[c], s2[c] += (x[m, c] - x0[c])^2; with a non-null copy, x's rows [m0, m1)
+  // also go to copy (same layout; non-temporal stores when can_stream_rows allows)
+  void (*forward_sums)(const float* x, const float* x0, int64_t m0, int64_t m1, int C, float* s1, float* s2,
+                       float* copy);
   // y = act(x * scale + shift (+ residual)), act = ReLU when relu; with relu and a mask, its rows
   // [m0, m1) receive the bits y > 0
   void (*apply)(float* y, uint8_t* mask, const float* x, const float* scale, const float* shift,
@@ -172,13 +174,27 @@ inline void sums_vectors(int cv, int64_t m0, int64_t m1, float* s1, float* s2, c
   }
 }
 
-void forward_sums(const float* x, const float* x0, int64_t m0, int64_t m1, int C, float* s1, float* s2) {
+void forward_sums(const float* x, const float* x0, int64_t m0, int64_t m1, int C, float* s1, float* s2, float* copy) {
   const int cv = C / kLanes * kLanes;
-  sums_vectors(cv, m0, m1, s1, s2, [&](int c, int64_t m, vf* a) {
-    const vf d = ld(x + m * C + c) - ld(x0 + c);
-    a[0] += d;
-    a[1] += d * d;
-  });
+  if (copy) {
+    const bool stream = can_stream_rows(true, copy, C);
+    sums_vectors(cv, m0, m1, s1, s2, [&](int c, int64_t m, vf* a) {
+      const vf v = ld(x + m * C + c);
+      st_out(copy + m * C + c, v, stream);
+      const vf d = v - ld(x0 + c);
+      a[0] += d;
+      a[1] += d * d;
+    });
+    for (int64_t m = m0; m < m1; ++m)  // the channel tail
+      for (int c = cv; c < C; ++c) copy[m * C + c] = x[m * C + c];
+    end_stream(stream);
+  } else {
+    sums_vectors(cv, m0, m1, s1, s2, [&](int c, int64_t m, vf* a) {
+      const vf d = ld(x + m * C + c) - ld(x0 + c);
+      a[0] += d;
+      a[1] += d * d;
+    });
+  }
   with_tail_width(C - cv, [&](auto width) {  // the channel tail row by row (C < kLanes: all of it)
     constexpr int N = decltype(width)::value;
     float t1[N] = {}, t2[N] = {};

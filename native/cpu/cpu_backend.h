@@ -47,6 +47,9 @@ class CpuBackend final : public Backend {
   // transformed filter matrices in slots 0..35): packed in every call, fresh they page-faulted ~600
   // times per resnet50 b16 step, more after a change of the heap's history.
   gemm_detail::Workspace* filter_workspace() { return filter_workspace_.get(); }
+  // Each pool thread's staged output chunk (slot t) of a large convolution output with statistics
+  // (conv.cpp, output_chunks), kept between calls like the others.
+  gemm_detail::Workspace* stage_workspace() { return stage_workspace_.get(); }
   void set_matmul_precision(MatmulPrecision p) { precision_.store(p, std::memory_order_relaxed); }
   // The SGEMM micro-kernel of isa(), with the AMX path when the precision is High and amx() holds.
   gemm_detail::KernelInfo gemm_kernel() const {
@@ -148,6 +151,7 @@ class CpuBackend final : public Backend {
   std::unique_ptr<gemm_detail::Workspace> conv_workspace_{new gemm_detail::Workspace};
   std::unique_ptr<gemm_detail::Workspace> conv_task_workspace_{new gemm_detail::Workspace};
   std::unique_ptr<gemm_detail::Workspace> filter_workspace_{new gemm_detail::Workspace};
+  std::unique_ptr<gemm_detail::Workspace> stage_workspace_{new gemm_detail::Workspace};
   void gemm_with(const gemm_detail::KernelInfo& kernel, bool transA, bool transB, int M, int N, int K, float alpha,
                  const float* A, int lda, const float* B, int ldb, float beta, float* C, int ldc);
 };

@@ -915,6 +915,24 @@ TEST("kernels: outputs streamed past the caches (non-temporal stores) equal the 
       EXPECT_TRUE(dx[0].vec() == dx[1].vec(), "streamed " << what << " dx");
       if (residual) EXPECT_TRUE(dres[0].vec() == dres[1].vec(), "streamed " << what << " dresidual");
     }
+  // Convolutions with statistics, staged (each output chunk in a buffer, then streamed into y by the
+  // moments pass): y and the statistics bit for bit. Pointwise with 4 chunks per thread and a short
+  // last one; strided 1x1 and 3x3 im2col chunks; K 40 (not whole vectors) and the direct few-channel
+  // kernel are written in place (the same results either way).
+  for (const ConvShape& s : {ConvShape{2, 121, 115, 16, 32, 1, 1, 1, 0}, ConvShape{3, 40, 37, 24, 48, 1, 1, 2, 0},
+                             ConvShape{2, 61, 59, 8, 32, 3, 3, 2, 1}, ConvShape{2, 50, 47, 16, 40, 1, 1, 1, 0},
+                             ConvShape{2, 40, 41, 4, 16, 3, 3, 1, 1}}) {
+    const size_t nx = static_cast<size_t>(s.N) * s.H * s.W * s.C, nw = static_cast<size_t>(s.K) * s.R * s.S * s.C,
+                 ny = static_cast<size_t>(s.N) * s.P() * s.Q() * s.K;
+    const FVec x = rnd(nx, 21, 2.f, 4.f), w = rnd(nw, 22);
+    Aligned y0(poison(ny)), y1(poison(ny));
+    std::vector<double> st0(static_cast<size_t>(2) * s.K, kNaN), st1 = st0;
+    const bool f0 = cached->conv2d_forward_stats(y0.get(), st0.data(), x.data(), w.data(), s);
+    const bool f1 = streamed->conv2d_forward_stats(y1.get(), st1.data(), x.data(), w.data(), s);
+    EXPECT_TRUE(f0 && f1, "conv stats " << str(s) << " fused " << f0 << " " << f1);
+    EXPECT_TRUE(y0.vec() == y1.vec(), "staged conv stats y " << str(s));
+    EXPECT_TRUE(st0 == st1, "staged conv stats moments " << str(s));
+  }
 }
 
 TEST("kernels: batchnorm training with one row per channel is refused with E_SHAPE") {
