@@ -151,6 +151,7 @@ export function buildProgram(configure?: (program: Command) => void): Command {
     .option('--resume [checkpoint]', 'continue from <out>/checkpoint.safetensors or the given checkpoint/run folder')
     .option('--seed <n>', 'random seed (initialisation, subsets, augmentation)', int(0, 2 ** 31), 0)
     .option('--threads <n>', 'CPU threads (default: all cores; fixes MVEB_NUM_THREADS)', int(1, 1024))
+    .option('--no-side-by-side', 'run the views one after the other on all CPU threads, not side by side one thread each')
     .addOption(matmulPrecisionOption())
     .option('--knn-every <n>', 'kNN monitor every n epochs on a subset (0 = never)', int(0), 1)
     .option('--knn-bank <n>', 'memory bank size of the final kNN (0 = all training images)', int(0), 0)
@@ -190,6 +191,7 @@ export function buildProgram(configure?: (program: Command) => void): Command {
           resume: o.resume,
           seed: o.seed,
           threads: o.threads,
+          sideBySide: o.sideBySide === false ? false : undefined,
           knnEvery: o.knnEvery,
           knnBank: o.knnBank,
           finalKnn: o.finalKnn,

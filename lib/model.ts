@@ -4,7 +4,7 @@
 // copies in PyTorch layout with torchvision names. save/load use safetensors (lib/safetensors.ts).
 // Tested by test/model.test.ts (and natively by test/native/test_model.cpp against PyTorch).
 import { MvebError, check } from './errors';
-import { native } from './native';
+import { native, TensorHandle } from './native';
 import { encodeTensors, loadTensors } from './safetensors';
 import { writeFileAtomic } from './atomic';
 import { Tensor, DeviceName } from './tensor';
@@ -82,6 +82,21 @@ function fromMap(map: Map<string, Tensor>, what: string): [string[], unknown[]] 
   return [names, handles];
 }
 
+function forwardOptions(opts: { train?: boolean; saveForBackward?: boolean }, what: string): { train: boolean; save: boolean } {
+  const train = opts.train ?? true;
+  check(typeof train === 'boolean', 'E_ARG', `${what}: train must be a boolean`);
+  const save = opts.saveForBackward ?? true;
+  check(typeof save === 'boolean', 'E_ARG', `${what}: saveForBackward must be a boolean`);
+  return { train, save };
+}
+
+function checkPairs(models: Model[], tensors: Tensor[], what: string, name: string): void {
+  check(Array.isArray(models) && models.every((m) => m instanceof Model), 'E_ARG', `${what}: models must be an array of Models`);
+  check(Array.isArray(tensors) && tensors.every((t) => t instanceof Tensor), 'E_ARG', `${what}: ${name} must be an array of Tensors`);
+  check(models.length === tensors.length, 'E_ARG', () => `${what}: ${models.length} models but ${tensors.length} ${name}`);
+  check(new Set(models).size === models.length, 'E_ARG', `${what}: a model appears twice (its calls cannot run side by side)`);
+}
+
 export class Model {
   readonly kind: 'resnet' | 'projector';
   readonly featureDim: number;
@@ -147,17 +162,41 @@ export class Model {
    * { train: false } (inference) or { train: true, saveForBackward: false } (e.g. the EMA target)
    * keeps no activations: it needs a few activations' worth of memory and allows no backward. */
   async forward(x: Tensor, opts: { train?: boolean; saveForBackward?: boolean } = {}): Promise<Tensor> {
-    check(x instanceof Tensor, 'E_ARG', 'forward: x must be a Tensor');
-    const train = opts.train ?? true;
-    check(typeof train === 'boolean', 'E_ARG', 'forward: train must be a boolean');
-    const save = opts.saveForBackward ?? true;
-    check(typeof save === 'boolean', 'E_ARG', 'forward: saveForBackward must be a boolean');
+    const { train, save } = forwardOptions(opts, 'forward');
+    this.checkInput(x, 'forward');
+    return Tensor._wrap(await native.modelForward(this.h(), x._handle(), train, save));
+  }
+
+  /** models[i].forward(xs[i], opts) for every i, side by side where the device allows: on the CPU
+   * with several threads each model runs on one pool thread (small models then use the cores better
+   * than one forward after another on all of them; the default pretraining runs its views so);
+   * elsewhere one after the other. The models must be different ones on one device. Results as
+   * forward(), in order (with one thread per model the float sums may round differently). */
+  static async forwardAll(models: Model[], xs: Tensor[], opts: { train?: boolean; saveForBackward?: boolean } = {}): Promise<Tensor[]> {
+    const { train, save } = forwardOptions(opts, 'forwardAll');
+    checkPairs(models, xs, 'forwardAll', 'xs');
+    models.forEach((m, i) => m.checkInput(xs[i], 'forwardAll'));
+    const r: TensorHandle[] = await native.modelsForward(models.map((m) => m.h()), xs.map((x) => x._handle()), train, save);
+    return r.map((h) => Tensor._wrap(h));
+  }
+
+  /** models[i].backward(gradOuts[i], opts) for every i, side by side as forwardAll runs them. */
+  static async backwardAll(models: Model[], gradOuts: Tensor[], opts: { inputGrad?: boolean } = {}): Promise<(Tensor | null)[]> {
+    checkPairs(models, gradOuts, 'backwardAll', 'gradOuts');
+    gradOuts.forEach((g) => check(g.dtype === 'float32', 'E_DTYPE', () => `backwardAll: expected float32 gradOuts, found ${g.dtype}`));
+    const inputGrad = opts.inputGrad ?? true;
+    check(typeof inputGrad === 'boolean', 'E_ARG', 'backwardAll: inputGrad must be a boolean');
+    const r: (TensorHandle | null)[] = await native.modelsBackward(models.map((m) => m.h()), gradOuts.map((g) => g._handle()), inputGrad);
+    return r.map((h) => (h === null ? null : Tensor._wrap(h)));
+  }
+
+  private checkInput(x: Tensor, what: string): void {
+    check(x instanceof Tensor, 'E_ARG', `${what}: x must be a Tensor`);
     const want = this.kind === 'resnet' ? `[N, ${this.inChannels}, H, W]` : `[N, ${this.inChannels}]`;
     const rank = this.kind === 'resnet' ? 4 : 2;
-    check(x.shape.length === rank && x.shape[1] === this.inChannels, 'E_SHAPE', () => `forward: expected input shape ${want}, found [${x.shape.join(', ')}]`);
-    check(x.dtype === 'float32', 'E_DTYPE', () => `forward: expected a float32 input, found ${x.dtype}`);
-    check(x.device === this.device, 'E_DEVICE', () => `forward: the input is on ${x.device}, the model on ${this.device}`);
-    return Tensor._wrap(await native.modelForward(this.h(), x._handle(), train, save));
+    check(x.shape.length === rank && x.shape[1] === this.inChannels, 'E_SHAPE', () => `${what}: expected input shape ${want}, found [${x.shape.join(', ')}]`);
+    check(x.dtype === 'float32', 'E_DTYPE', () => `${what}: expected a float32 input, found ${x.dtype}`);
+    check(x.device === this.device, 'E_DEVICE', () => `${what}: the input is on ${x.device}, the model on ${this.device}`);
   }
 
   /** gradOut: [N, featureDim] for the last forward. Accumulates parameter gradients; returns the
@@ -232,6 +271,18 @@ export class Model {
   addGradientsFrom(source: Model): void {
     check(source instanceof Model, 'E_ARG', 'addGradientsFrom: source must be a Model');
     native.modelAddGradients(this.h(), source.h());
+  }
+
+  /** BN running statistics (and counters) of training forwards run side by side (forwardAll) as
+   * running them one after the other on this model would have left them: this model ran the last
+   * input, earlier[i] (copies of it, e.g. clone()s) input i, all starting from `before`'s buffers (a
+   * snapshot taken just before). Each run updated r_i = (1 - m) r + m s_i (m = 0.1); this sets
+   * r = r_this + sum_i (1 - m)^(k - i) (r_i - r_before) for k earlier runs, which equals the
+   * sequential result up to rounding. */
+  mergeRunningStats(before: Model, earlier: Model[]): void {
+    check(before instanceof Model, 'E_ARG', 'mergeRunningStats: before must be a Model');
+    check(Array.isArray(earlier) && earlier.every((m) => m instanceof Model), 'E_ARG', 'mergeRunningStats: earlier must be an array of Models');
+    native.modelMergeRunningStats(this.h(), before.h(), earlier.map((m) => m.h()));
   }
 
   /** Bytes of activation memory this model holds (planned for the last input shape; 0 before the

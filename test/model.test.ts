@@ -196,6 +196,60 @@ test('addGradientsFrom adds a copy\'s gradients; activationBytesFor predicts the
   net.dispose();
 });
 
+test('forwardAll / backwardAll run several models side by side with forward / backward results; mergeRunningStats', async () => {
+  const base = Model.resnet({ depth: 18, stem: 'cifar', inChannels: 1, widthMultiplier: 0.0625, seed: 4 });
+  const a = base.clone(), b = base.clone(), ra = base.clone(), rb = base.clone();
+  const xa = Tensor.randn([6, 1, 12, 12], { seed: 1 }), xb = Tensor.randn([5, 1, 10, 14], { seed: 2 });
+  const ga = Tensor.randn([6, 32], { seed: 3 }), gb = Tensor.randn([5, 32], { seed: 4 });
+  const [ya, yb] = await Model.forwardAll([a, b], [xa, xb]);
+  const [dxa, dxb] = await Model.backwardAll([a, b], [ga, gb]);
+  // the same passes one model at a time (all threads on each): equal up to the float sums' rounding
+  const wa = await ra.forward(xa), wb = await rb.forward(xb);
+  const ea = await ra.backward(ga), eb = await rb.backward(gb);
+  expect(ya.shape).toEqual([6, 32]);
+  expect(yb.shape).toEqual([5, 32]);
+  expect(relError(ya.dataSync(), wa.dataSync())).toBeLessThan(1e-5);
+  expect(relError(yb.dataSync(), wb.dataSync())).toBeLessThan(1e-5);
+  expect(relError(dxa!.dataSync(), ea.dataSync())).toBeLessThan(1e-4);
+  expect(relError(dxb!.dataSync(), eb.dataSync())).toBeLessThan(1e-4);
+  for (const [m, r] of [[a, ra], [b, rb]] as const) {
+    const got = m.gradients(), want = r.gradients();
+    for (const [k, v] of want) expect({ k, e: relError(got.get(k)!.dataSync(), v.dataSync()) < 1e-4 }).toEqual({ k, e: true });
+    [...got.values(), ...want.values()].forEach((t) => t.dispose());
+  }
+  const none = await Model.backwardAll([a, b], [ga, gb], { inputGrad: false });
+  expect(none).toEqual([null, null]);
+  // mergeRunningStats: a's and b's forwards above started from base's buffers; merged into b they
+  // equal one model running xa then xb (the counters too)
+  const seq = base.clone();
+  (await seq.forward(xa)).dispose();
+  (await seq.forward(xb)).dispose();
+  b.mergeRunningStats(base, [a]);
+  const got = b.buffers(), want = seq.buffers();
+  for (const [k, v] of want) {
+    if (v.dtype === 'int32') expect({ k, v: Array.from(got.get(k)!.dataSync()) }).toEqual({ k, v: Array.from(v.dataSync()) });
+    else expect({ k, e: relError(got.get(k)!.dataSync(), v.dataSync()) < 1e-6 }).toEqual({ k, e: true });
+  }
+  [...got.values(), ...want.values()].forEach((t) => t.dispose());
+  // bad input: stable codes, nothing runs
+  await expectReject(Model.forwardAll([a, a], [xa, xa]), 'E_ARG', /appears twice/);
+  await expectReject(Model.forwardAll([a, b], [xa]), 'E_ARG');
+  await expectReject(Model.forwardAll([a, b], [xa, Tensor.zeros([2, 3, 8, 8])]), 'E_SHAPE');
+  await expectReject(Model.forwardAll([a, {} as Model], [xa, xb]), 'E_ARG');
+  await expectReject(Model.backwardAll([a, b], [ga, Tensor.zeros([2, 32], { dtype: 'int32' })]), 'E_DTYPE');
+  expect(() => b.mergeRunningStats(b, [a])).toThrow(expect.objectContaining({ code: 'E_ARG' }));
+  expect(() => b.mergeRunningStats(base, [b])).toThrow(expect.objectContaining({ code: 'E_ARG' }));
+  const proj = Model.projector({ inDim: 32, hiddenDim: 8, outDim: 4 });
+  expect(() => b.mergeRunningStats(base, [proj])).toThrow(expect.objectContaining({ code: 'E_SHAPE' }));
+  const mixed = await Model.forwardAll([a, proj], [xa, ya], { train: false });  // a backbone and a projector together
+  expect(mixed.map((t) => t.shape)).toEqual([[6, 32], [6, 4]]);
+  mixed.forEach((t) => t.dispose());
+  a.dispose();
+  await expectReject(Model.forwardAll([a, b], [xa, xb]), 'E_DISPOSED');
+  [xa, xb, ga, gb, ya, yb, dxa!, dxb!, wa, wb, ea, eb].forEach((t) => t.dispose());
+  [base, b, ra, rb, seq, proj].forEach((m) => m.dispose());
+});
+
 test('argument validation gives stable codes', async () => {
   await expectReject(() => Model.resnet({ depth: 20 as 18 }), 'E_ARG');
   await expectReject(() => Model.resnet({ depth: 18, stem: 'tiny' as 'cifar' }), 'E_ARG');

@@ -71,13 +71,13 @@ describe('train: one MVEB step', () => {
     return Math.sqrt(d / Math.max(n, 1e-30));
   };
 
-  test.each([2, 3])('%i views: kept in copies of the online networks or recomputed, the same step', async (V) => {
+  test.each([2, 3])('%i views: kept in copies of the online networks (one after the other or side by side) or recomputed, the same step', async (V) => {
     // two global views and (V = 3) one smaller local crop
     const views = [Tensor.randn([12, 1, 16, 16], { seed: 1 }), Tensor.randn([12, 1, 16, 16], { seed: 2 }), Tensor.randn([12, 1, 10, 10], { seed: 3 })].slice(0, V);
     const loss = new MVEBLoss({ lambda: 0.01 });
-    const run = async (budget: number) => {
+    const run = async (budget: number, sideBySide: boolean) => {
       const online = net(5), target = net(5);
-      const scratch = makeStepScratch(online, target, budget);
+      const scratch = makeStepScratch(online, target, budget, sideBySide);
       const state = () => ({
         grads: [...values(online.backbone.gradients()), ...values(online.projector.gradients())],
         buffers: [...values(online.backbone.buffers()), ...values(online.projector.buffers())],
@@ -88,14 +88,15 @@ describe('train: one MVEB step', () => {
       const s1 = state();
       for (const m of [online.backbone, online.projector]) await m.optimizerStep({ kind: 'sgd', lr: 0.05, momentum: 0.9 });
       const r2 = await trainStep(online, target, loss, views, 0.99, scratch);
-      const out = { r1, s1, r2, s2: state(), kept: scratch.viewNets !== null };
+      const out = { r1, s1, r2, s2: state(), kept: scratch.viewNets !== null, targetView: scratch.targetView !== null };
       disposeStepScratch(scratch);
       for (const m of [online.backbone, online.projector, target.backbone, target.projector]) m.dispose();
       return out;
     };
-    const recomputed = await run(0), kept = await run(1 << 30);
+    const recomputed = await run(0, true), kept = await run(1 << 30, false), side = await run(1 << 30, true);
     expect(recomputed.kept).toBe(false);
     expect(kept.kept).toBe(true);
+    expect([recomputed.targetView, kept.targetView, side.kept, side.targetView]).toEqual([false, false, true, true]);
     const close = (a: [string, number[]][], b: [string, number[]][], tol: number) =>
       a.forEach(([name, v], i) => expect({ name, close: relError(v, b[i][1]) <= tol }).toEqual({ name, close: true }));
     // step 1: the same forwards (loss, BN running statistics counting every view once, in order, the
@@ -110,6 +111,18 @@ describe('train: one MVEB step', () => {
     close(kept.s2.grads, recomputed.s2.grads, 1e-4);
     close(kept.s2.buffers, recomputed.s2.buffers, 1e-6);
     close(kept.s2.target, recomputed.s2.target, 1e-6);
+    // side by side (each view's passes on one thread when there are two; the running statistics
+    // merged as the sequential order leaves them): the same step up to the float sums' rounding. A
+    // merge that counted a view twice, dropped one or weighted them in the other order, or a copy
+    // that missed the online parameters, is far outside these bounds.
+    expect(Math.abs(side.r1.loss - recomputed.r1.loss)).toBeLessThan(1e-5 * Math.abs(recomputed.r1.loss));
+    close(side.s1.buffers, recomputed.s1.buffers, 1e-6);
+    close(side.s1.target, recomputed.s1.target, 1e-6);
+    close(side.s1.grads, recomputed.s1.grads, 1e-4);
+    expect(Math.abs(side.r2.loss - recomputed.r2.loss)).toBeLessThan(1e-5 * Math.abs(recomputed.r2.loss));
+    close(side.s2.grads, recomputed.s2.grads, 1e-4);
+    close(side.s2.buffers, recomputed.s2.buffers, 1e-6);
+    close(side.s2.target, recomputed.s2.target, 1e-6);
   });
 
   test('viewActivationBudget is validated', async () => {

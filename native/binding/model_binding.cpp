@@ -3,7 +3,9 @@
 // holding a shared ModelBox; every call on one model takes the box's mutex, so an async forward and
 // a synchronous parameters() never race, and a disposed model answers E_DISPOSED. Compute-heavy
 // calls (forward, backward, optimizerStep, emaUpdate, safetensors encode/decode) run on libuv
-// workers through run_async. Tested by test/model.test.ts.
+// workers through run_async; forwardAll / backwardAll run several models' calls side by side
+// (Backend::run_concurrently). Tested by test/model.test.ts.
+#include <algorithm>
 #include <cstring>
 #include <mutex>
 
@@ -62,6 +64,23 @@ struct LockedPair {
   static mveb::Model& alive(const BoxPtr& box, const char* what) {
     MVEB_CHECK(box->model != nullptr, "E_DISPOSED", what, ": a model was used after dispose()");
     return *box->model;
+  }
+};
+
+// Locks several different boxes in address order (against another such locker, or LockedPair's
+// std::lock with its back-off, no deadlock) and checks every model is alive; what: the JS method.
+struct LockedAll {
+  std::vector<std::unique_lock<std::mutex>> locks;
+  std::vector<mveb::Model*> models;
+  LockedAll(const std::vector<BoxPtr>& boxes, const char* what) {
+    std::vector<ModelBox*> order;
+    for (const BoxPtr& b : boxes) order.push_back(b.get());
+    std::sort(order.begin(), order.end());
+    for (ModelBox* b : order) locks.emplace_back(b->mutex);
+    for (const BoxPtr& b : boxes) {
+      MVEB_CHECK(b->model != nullptr, "E_DISPOSED", what, ": a model was used after dispose()");
+      models.push_back(b->model.get());
+    }
   }
 };
 
@@ -201,6 +220,86 @@ Napi::Value model_backward(const Napi::CallbackInfo& info) {
     return run_async<mveb::Tensor>(
         env, [box, g, input_grad]() { Locked m(box); return m->backward(g, input_grad); },
         [](Napi::Env e, mveb::Tensor& t) -> Napi::Value { return t.defined() ? Napi::Value(wrap_tensor(e, t)) : e.Null(); });
+  });
+}
+
+// Model i's call on tensors[i] for every i, through Backend::run_concurrently (side by side on the
+// CPU's pool threads); resolves to the results in order (null for undefined tensors). The models
+// must be different ones on one device. what: the JS method's name.
+Napi::Value run_models(Napi::Env env, const Napi::Value& handles_v, const Napi::Value& tensors_v, const char* what,
+                       std::function<mveb::Tensor(mveb::Model&, const mveb::Tensor&)> call) {
+  if (!handles_v.IsArray()) throw_js(env, "E_ARG", std::string(what) + ": expected an array of models");
+  Napi::Array handles = handles_v.As<Napi::Array>();
+  std::vector<mveb::Tensor> tensors = unwrap_tensor_array(env, tensors_v, what);
+  if (handles.Length() != tensors.size())
+    throw_js(env, "E_ARG", std::string(what) + ": " + std::to_string(handles.Length()) + " models but " +
+                               std::to_string(tensors.size()) + " tensors");
+  std::vector<BoxPtr> boxes;
+  for (uint32_t i = 0; i < handles.Length(); ++i) {
+    BoxPtr b = unwrap_box(env, handles.Get(i));
+    for (const BoxPtr& o : boxes)
+      if (o == b) throw_js(env, "E_ARG", std::string(what) + ": a model appears twice (its calls cannot run side by side)");
+    boxes.push_back(b);
+  }
+  const std::string name = what;
+  return run_async<std::vector<mveb::Tensor>>(
+      env,
+      [boxes, tensors, call, name]() {
+        LockedAll all(boxes, name.c_str());
+        std::vector<mveb::Tensor> out(tensors.size());
+        if (all.models.empty()) return out;
+        mveb::Backend& be = all.models[0]->backend();
+        for (const mveb::Model* m : all.models)
+          MVEB_CHECK(&m->backend() == &be, "E_DEVICE", name, ": the models are on different devices");
+        std::vector<std::function<void()>> tasks;
+        for (size_t i = 0; i < tensors.size(); ++i)
+          tasks.push_back([&, i]() { out[i] = call(*all.models[i], tensors[i]); });
+        be.run_concurrently(tasks);
+        return out;
+      },
+      [](Napi::Env e, std::vector<mveb::Tensor>& ts) -> Napi::Value {
+        Napi::Array a = Napi::Array::New(e, ts.size());
+        for (size_t i = 0; i < ts.size(); ++i)
+          a.Set(static_cast<uint32_t>(i), ts[i].defined() ? Napi::Value(wrap_tensor(e, ts[i])) : e.Null());
+        return a;
+      });
+}
+
+// modelsForward(handles, xs, train, saveForBackward) -> Promise<TensorHandle[]>
+Napi::Value models_forward(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    const bool train = info[2].ToBoolean().Value(), save = info[3].ToBoolean().Value();
+    return run_models(env, info[0], info[1], "forwardAll",
+                      [train, save](mveb::Model& m, const mveb::Tensor& x) { return m.forward(x, train, save); });
+  });
+}
+
+// modelsBackward(handles, gradOuts, inputGrad) -> Promise<(TensorHandle | null)[]>
+Napi::Value models_backward(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    const bool input_grad = info[2].ToBoolean().Value();
+    return run_models(env, info[0], info[1], "backwardAll",
+                      [input_grad](mveb::Model& m, const mveb::Tensor& g) { return m.backward(g, input_grad); });
+  });
+}
+
+// modelMergeRunningStats(h, before, earlier[]): synchronous (two axpys over the buffers per run)
+Napi::Value model_merge_running_stats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    std::vector<BoxPtr> boxes{unwrap_box(env, info[0]), unwrap_box(env, info[1])};
+    if (!info[2].IsArray()) throw_js(env, "E_ARG", "mergeRunningStats: expected an array of models");
+    Napi::Array earlier = info[2].As<Napi::Array>();
+    for (uint32_t i = 0; i < earlier.Length(); ++i) boxes.push_back(unwrap_box(env, earlier.Get(i)));
+    for (size_t i = 0; i < boxes.size(); ++i)
+      for (size_t j = 0; j < i; ++j)
+        if (boxes[i] == boxes[j])
+          throw_js(env, "E_ARG", "mergeRunningStats: this model, the snapshot and each earlier run must be different models");
+    LockedAll all(boxes, "mergeRunningStats");
+    all.models[0]->merge_running_stats(*all.models[1], std::vector<const mveb::Model*>(all.models.begin() + 2, all.models.end()));
+    return env.Undefined();
   });
 }
 
@@ -402,6 +501,9 @@ void register_model(Napi::Env env, Napi::Object exports) {
   exports.Set("modelDispose", Napi::Function::New(env, model_dispose, "modelDispose"));
   exports.Set("modelForward", Napi::Function::New(env, model_forward, "modelForward"));
   exports.Set("modelBackward", Napi::Function::New(env, model_backward, "modelBackward"));
+  exports.Set("modelsForward", Napi::Function::New(env, models_forward, "modelsForward"));
+  exports.Set("modelsBackward", Napi::Function::New(env, models_backward, "modelsBackward"));
+  exports.Set("modelMergeRunningStats", Napi::Function::New(env, model_merge_running_stats, "modelMergeRunningStats"));
   exports.Set("modelZeroGrad", Napi::Function::New(env, model_zero_grad, "modelZeroGrad"));
   exports.Set("modelNamed", Napi::Function::New(env, model_named, "modelNamed"));
   exports.Set("modelLoadStateDict", Napi::Function::New(env, model_load_state_dict, "modelLoadStateDict"));

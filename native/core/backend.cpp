@@ -10,6 +10,10 @@ void Backend::unsupported(const char* op) const {
   throw_error("E_UNSUPPORTED", "op ", op, " is not implemented on the ", name(), " backend");
 }
 
+void Backend::run_concurrently(const std::vector<std::function<void()>>& tasks) {
+  for (const auto& t : tasks) t();
+}
+
 void Backend::gemm(bool, bool, int, int, int, float, const float*, int, const float*, int, float, float*, int) { unsupported("gemm"); }
 void Backend::nchw_to_nhwc(float*, const float*, int, int, int, int) { unsupported("nchw_to_nhwc"); }
 void Backend::nhwc_to_nchw(float*, const float*, int, int, int, int) { unsupported("nhwc_to_nchw"); }

@@ -11,7 +11,9 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <vector>
 
 #include "core/tensor.h"
 
@@ -58,6 +60,14 @@ class Backend {
   virtual void copy(void* dst, const void* src, size_t bytes) = 0;  // within this backend
   virtual void fill(float* dst, float value, size_t n) = 0;
   virtual void synchronize() = 0;
+  // ---- scheduling ----
+  // Runs independent pieces of work (each calling ops of this backend on its own buffers, e.g. the
+  // forwards of two different models) and returns when all are done; the first exception escaping
+  // one of them is rethrown after all have finished. Default: one after the other, in order. The CPU
+  // backend runs them side by side, one per pool thread, each with its ops on that thread alone:
+  // small ops use two cores better so than one after the other on both (CpuBackend). What each
+  // piece computes depends only on the number of pieces and threads, never on timing.
+  virtual void run_concurrently(const std::vector<std::function<void()>>& tasks);
   // Live allocations of this backend (thread-safe: tensors are allocated on async workers too).
   MemoryCounter memory() const { return {mem_buffers_.load(), mem_bytes_.load(), mem_peak_.load()}; }
   void memory_allocated(size_t bytes) {

@@ -790,6 +790,26 @@ void Model::add_gradients(const Model& src) {
   backend_->axpy(grad_arena_.f32(), 1.f, src.grad_arena_.f32(), param_count_);
 }
 
+void Model::merge_running_stats(const Model& before, const std::vector<const Model*>& earlier) {
+  check_same_architecture(before, "mergeRunningStats");
+  MVEB_CHECK(&before != this, "E_ARG", "mergeRunningStats: the snapshot must be a model other than this one");
+  for (const Model* m : earlier) {
+    MVEB_CHECK(m != nullptr && m != this && m != &before, "E_ARG",
+               "mergeRunningStats: each earlier run must be a model other than this one and the snapshot");
+    check_same_architecture(*m, "mergeRunningStats");
+  }
+  const size_t V = earlier.size() + 1;
+  float* r = buffer_arena_.f32();
+  const float* r0 = before.buffer_arena_.f32();
+  for (size_t v = 0; v + 1 < V; ++v) {
+    const float w = static_cast<float>(std::pow(1.0 - BN_MOMENTUM, static_cast<double>(V - 1 - v)));
+    backend_->axpy(r, w, earlier[v]->buffer_arena_.f32(), buffer_count_);
+    backend_->axpy(r, -w, r0, buffer_count_);
+    for (size_t i = 0; i < num_batches_tracked_.size(); ++i)
+      num_batches_tracked_[i] += earlier[v]->num_batches_tracked_[i] - before.num_batches_tracked_[i];
+  }
+}
+
 bool Model::optimizer_step(const OptimizerOptions& o) {
   MVEB_CHECK(std::isfinite(o.lr) && std::isfinite(o.momentum) && std::isfinite(o.weight_decay) &&
                  std::isfinite(o.trust),

@@ -106,6 +106,13 @@ class Model {
   // this model's gradients += src's (E_SHAPE unless same architecture): the gradients of a pass run
   // on a copy of this model (a second set of activations) added to this model's.
   void add_gradients(const Model& src);
+  // Batch-norm running statistics of views run side by side as one after the other would leave
+  // them: this model and earlier[0..V-2] (copies of it) each ran one training forward, this one the
+  // last view, all from before's buffers (a snapshot); afterwards this holds the statistics of views
+  // 0..V-1 run in order on one model (up to rounding): with q = 1 - momentum, each run's update is
+  // r_v = q r_before + momentum s_v, so r = r_this + sum_v q^(V-1-v) (r_v - r_before); the counters
+  // add up the same way. E_SHAPE / E_DEVICE unless all have this architecture on this backend.
+  void merge_running_stats(const Model& before, const std::vector<const Model*>& earlier);
   // Skips the update and returns false when any gradient is non-finite.
   bool optimizer_step(const OptimizerOptions& options);
   std::vector<std::pair<std::string, Tensor>> optimizer_state() const;  // momentum per parameter (empty before a step)

@@ -40,6 +40,14 @@ void CpuBackend::fill(float* dst, float value, size_t n) {
   });
 }
 
+void CpuBackend::run_concurrently(const std::vector<std::function<void()>>& tasks) {
+  if (tasks.size() < 2 || pool().size() < 2 || ThreadPool::inside_region()) {
+    Backend::run_concurrently(tasks);
+    return;
+  }
+  pool().parallel_tasks(static_cast<int64_t>(tasks.size()), [&](int64_t i, int) { tasks[static_cast<size_t>(i)](); });
+}
+
 Backend* cpu_backend_create(int threads) { return new CpuBackend(threads); }
 
 }  // namespace mveb

@@ -28,6 +28,12 @@ class CpuBackend final : public Backend {
   Device device() const override { return Device::CPU; }
   std::string name() const override { return "cpu"; }
   ThreadPool& pool() { return *pool_; }
+  // Backend::run_concurrently: task i on pool thread i % threads (tasks sharing a thread run in
+  // order), every op inside on its calling thread (nested pool regions run inline). The kernels' kept
+  // scratch is leased (gemm.h, WorkspaceLease): a task that finds one in use allocates its own.
+  // Default pretrain (resnet18 width 0.125, 28x28, b64): two views' backbone forward + backward side
+  // by side 35-37 ms against 42-44 ms one after the other on both threads.
+  void run_concurrently(const std::vector<std::function<void()>>& tasks) override;
   Isa isa() const { return isa_; }
   const CpuFeatures& features() const { return features_; }
   // Whether the AMX SGEMM can run on this machine (amx_usable; MVEB_ISA below avx512 turns it off).

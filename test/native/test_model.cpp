@@ -518,6 +518,116 @@ TEST("model: add_gradients sums a copy's gradients; activation_bytes_for predict
   EXPECT_THROWS_CODE(m->activation_bytes_for({3, 2, 0, 5}), "E_SHAPE");
 }
 
+TEST("model: run_concurrently runs two models' passes side by side, bit for bit as each alone on its pool thread") {
+  // Backend::run_concurrently on the CPU: task i on pool thread i, its ops serial there. Each
+  // model's forward + backward must equal the same pass run alone on that thread (the path it takes
+  // side by side, without the other one running): shared scratch (leased workspaces) or any other
+  // state raced on would show as differences. Three rounds; a failing task's error reaches the caller.
+  CpuBackend be(2);
+  ResnetConfig c;
+  c.depth = 18, c.cifar_stem = true, c.width_multiplier = 0.125, c.in_channels = 3;
+  auto base = Model::resnet(be, c);
+  auto upload_random = [&](const Shape& shape, uint64_t seed) {
+    Tensor t = empty_tensor(be, shape);
+    auto v = mtest::random_vector(t.numel(), seed);
+    be.upload(t.f32(), v.data(), v.size() * 4);
+    return t;
+  };
+  const Tensor x[2] = {upload_random({8, 3, 20, 20}, 51), upload_random({6, 3, 17, 19}, 52)};
+  const Tensor g[2] = {upload_random({8, base->feature_dim()}, 53), upload_random({6, base->feature_dim()}, 54)};
+  struct Result {
+    std::vector<float> out, grads, buffers;
+  };
+  auto pass = [&](Model& m, int i, Result& r) {
+    m.zero_grad();
+    Tensor y = m.forward(x[i], true);
+    m.backward(g[i], false);
+    r.out.assign(y.f32(), y.f32() + y.numel());
+    r.grads.assign(m.grad_arena(), m.grad_arena() + m.parameter_count());
+    std::vector<float> b;
+    for (const auto& kv : m.buffers())
+      if (kv.second.dtype == DType::Float32) b.insert(b.end(), kv.second.f32(), kv.second.f32() + kv.second.numel());
+    r.buffers = b;
+  };
+  Result alone[2];
+  for (int i = 0; i < 2; ++i) {
+    auto m = base->clone();
+    be.pool().parallel_tasks(2, [&](int64_t task, int) {
+      if (task == i) pass(*m, i, alone[i]);
+    });
+  }
+  for (int round = 0; round < 3; ++round) {
+    auto m0 = base->clone(), m1 = base->clone();
+    Result side[2];
+    be.run_concurrently({[&] { pass(*m0, 0, side[0]); }, [&] { pass(*m1, 1, side[1]); }});
+    for (int i = 0; i < 2; ++i) {
+      EXPECT_TRUE(side[i].out == alone[i].out, "round " << round << " model " << i << " output");
+      EXPECT_TRUE(side[i].grads == alone[i].grads, "round " << round << " model " << i << " gradients");
+      EXPECT_TRUE(side[i].buffers == alone[i].buffers, "round " << round << " model " << i << " BN buffers");
+    }
+  }
+  // an error in one task (a wrong input shape) reaches the caller after the other task finished
+  auto m0 = base->clone(), m1 = base->clone();
+  bool other_done = false;
+  EXPECT_THROWS_CODE(be.run_concurrently({[&] { m0->forward(upload_random({2, 5, 8, 8}, 55), true); },
+                                          [&] { m1->forward(x[1], true); other_done = true; }}),
+                     "E_SHAPE");
+  EXPECT_TRUE(other_done, "the other task ran to its end");
+}
+
+TEST("model: merge_running_stats gives side-by-side runs the statistics of runs in order") {
+  Backend& be = mtest::runtime().cpu();
+  ResnetConfig c;
+  c.depth = 18, c.cifar_stem = true, c.width_multiplier = 0.0625, c.in_channels = 1;
+  auto base = Model::resnet(be, c);
+  auto upload_random = [&](const Shape& shape, uint64_t seed, float offset) {
+    Tensor t = empty_tensor(be, shape);
+    auto v = mtest::random_vector(t.numel(), seed);
+    for (auto& e : v) e += offset;
+    be.upload(t.f32(), v.data(), v.size() * 4);
+    return t;
+  };
+  // different means per view, so that an order or weight mistake moves the running means
+  const Tensor x[3] = {upload_random({5, 1, 12, 12}, 61, 0.f), upload_random({4, 1, 12, 12}, 62, 2.f),
+                       upload_random({6, 1, 9, 9}, 63, -1.f)};
+  auto named = [](const Model& m) {
+    std::vector<double> f;
+    std::vector<int64_t> n;
+    for (const auto& kv : m.buffers()) {
+      if (kv.second.dtype == DType::Float32) f.insert(f.end(), kv.second.f32(), kv.second.f32() + kv.second.numel());
+      else n.push_back(kv.second.i32()[0]);
+    }
+    return std::make_pair(f, n);
+  };
+  for (int V : {2, 3}) {
+    auto seq = base->clone();
+    for (int v = 0; v < V; ++v) seq->forward(x[v], true);
+    auto before = base->clone(), last = base->clone();
+    std::vector<std::unique_ptr<Model>> runs;
+    std::vector<const Model*> earlier;
+    for (int v = 0; v + 1 < V; ++v) {
+      runs.push_back(base->clone());
+      runs.back()->forward(x[v], true);
+      earlier.push_back(runs.back().get());
+    }
+    last->forward(x[V - 1], true);
+    const auto unmerged = named(*last);
+    last->merge_running_stats(*before, earlier);
+    const auto want = named(*seq), got = named(*last);
+    EXPECT_REL(mtest::rel_error(got.first.data(), want.first.data(), want.first.size()), 1e-6, V << " views: running statistics");
+    EXPECT_TRUE(got.second == want.second, V << " views: num_batches_tracked");
+    EXPECT_TRUE(mtest::rel_error(unmerged.first.data(), want.first.data(), want.first.size()) > 1e-3,
+                V << " views: the last run alone is far from the sequential statistics (the test can see a merge)");
+  }
+  auto m = base->clone(), other = base->clone();
+  EXPECT_THROWS_CODE(m->merge_running_stats(*m, {}), "E_ARG");
+  EXPECT_THROWS_CODE(m->merge_running_stats(*other, {m.get()}), "E_ARG");
+  ResnetConfig c34 = c;
+  c34.depth = 34;
+  auto other_arch = Model::resnet(be, c34);
+  EXPECT_THROWS_CODE(m->merge_running_stats(*other, {other_arch.get()}), "E_SHAPE");
+}
+
 TEST("model: three SGD and three LARS training steps vs torch.optim.SGD and the official LARS") {
   Fixture f = load_fixture("projector_optimizer.safetensors");
   Backend& be = mtest::runtime().cpu();
