@@ -792,8 +792,10 @@ async function backwardSideBySide(nets: Net[], grads: Tensor[]): Promise<void> {
  * forward of the two global views, loss, backward. Gradients are left in the online models. With a
  * non-finite loss nothing is back-propagated and the models' state before the step is restored
  * (snapshots are device-side arena copies into `scratch`, so the guard costs a few memcpys a step).
- * `scratch` comes from makeStepScratch(online, target[, viewActivationBudget]) (dispose it with
- * disposeStepScratch); views[0] and views[1] are the global views.
+ * `scratch` comes from makeStepScratch(online, target[, viewActivationBudget[, sideBySide]]) (dispose
+ * it with disposeStepScratch); views[0] and views[1] are the global views. With scratch.sideBySide and
+ * the view copies, the views' passes (and the target's two) run side by side (forwardSideBySide,
+ * backwardSideBySide): the same step up to the rounding of float sums.
  */
 export async function trainStep(online: Net, target: Net, loss: MVEBLoss, views: Tensor[], m: number, scratch: StepScratch): Promise<StepResult> {
   const V = views.length;

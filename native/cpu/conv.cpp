@@ -695,21 +695,22 @@ void direct_weight(CpuBackend& be, float* dw, const float* dy, const float* x, c
 }
 
 // Tasks over the output rows in chunks of `chunk`: fn(r0, r1, t, out) writes y's rows [r0, r1) on
-// pool thread t to out (row r0 first; with may_stage false always y + r0 K); with stats each task then takes its chunk's channel moments
-// while the chunk is in cache, and stats receives y's per-channel mean and biased variance. Returns
-// whether it did (stats given).
-// A large y with stats (may_stage; at least stream_bytes, AVX-512, whole aligned vectors) is staged: fn writes
-// the chunk to a buffer of its thread that stays in L2, and the moments pass copies it to y with
-// non-temporal stores, which saves the read for ownership of every line of y (written in place, y
-// left L2 at once and came back for the moments). resnet50 b16 step, 2 threads: the four C64 -> K256
-// 56x56 forwards 34 -> 28-30 ms; C256 K1024 14x14 (12.8 MB, under the threshold) measured 5 % slower
-// staged (one thread).
+// pool thread t to out (row r0 first; y + r0 K unless staged); with stats each task then takes its
+// chunk's channel moments while the chunk is in cache, and stats receives y's per-channel mean and
+// biased variance. Returns whether it did (stats given).
+// A large y with stats (may_stage; at least stream_bytes, AVX-512, whole aligned vectors) is staged:
+// fn writes the chunk to a buffer of its thread that stays in L2, and the moments pass copies it to y
+// with non-temporal stores, which saves the read for ownership of every line of y (written in place,
+// y left L2 at once and came back for the moments). resnet50 b16 step, 2 threads: the four C64 ->
+// K256 56x56 forwards 34 -> 28-30 ms; C256 K1024 14x14 (12.8 MB, under the threshold) measured 5 %
+// slower staged (one thread).
 template <typename RowsFn>
 bool output_chunks(CpuBackend& be, float* y, int K, int64_t rows, int64_t chunk, double* stats, bool may_stage,
                    const RowsFn& fn) {
   const int64_t tasks = (rows + chunk - 1) / chunk;
   std::vector<ChannelMoments> moments(stats ? static_cast<size_t>(tasks) : 0);
-  const bool stage = may_stage && stats && be.isa() == Isa::Avx512 && K % 16 == 0 && (reinterpret_cast<uintptr_t>(y) & 63) == 0 &&
+  const bool stage = may_stage && stats && be.isa() == Isa::Avx512 && K % 16 == 0 &&
+                     (reinterpret_cast<uintptr_t>(y) & 63) == 0 &&
                      static_cast<size_t>(rows) * K * sizeof(float) >= be.stream_bytes;
   gemm_detail::WorkspaceLease lease(stage ? be.stage_workspace() : nullptr);
   if (stage) lease.get().reserve(be.pool().size());
@@ -717,7 +718,8 @@ bool output_chunks(CpuBackend& be, float* y, int K, int64_t rows, int64_t chunk,
     const int64_t r0 = task * chunk, r1 = std::min(rows, r0 + chunk);
     float* out = stage ? lease.get().get(t, static_cast<size_t>(chunk) * K) : y + r0 * K;
     fn(r0, r1, t, out);
-    if (stats) block_moments(be.isa(), out, r1 - r0, K, moments[static_cast<size_t>(task)], stage ? y + r0 * K : nullptr);
+    if (stats)
+      block_moments(be.isa(), out, r1 - r0, K, moments[static_cast<size_t>(task)], stage ? y + r0 * K : nullptr);
   });
   if (stats) finish_moments(moments, K, stats);
   return stats != nullptr;
