@@ -200,7 +200,8 @@ export function buildProgram(configure?: (program: Command) => void): Command {
           progress: o.json && o.progress === 'auto' ? 'log' : o.progress,
           handleSignals: true,
         });
-        out.log(`pretrained ${summary.steps} steps (${summary.epochs} epochs) in ${summary.seconds.toFixed(1)} s, ${summary.imagesPerSecond.toFixed(1)} img/s on ${summary.device}`);
+        const epochs = Number.isInteger(summary.epochs) ? String(summary.epochs) : summary.epochs.toFixed(2);
+        out.log(`pretrained ${summary.steps} steps (${epochs} epochs) in ${summary.seconds.toFixed(1)} s, ${summary.imagesPerSecond.toFixed(1)} img/s on ${summary.device}`);
         if (summary.knnTop1 !== null)
           out.log(`kNN top-1 (k=200, t=0.1) on the test set: learned ${pct(summary.knnTop1)}  vs  random init ${pct(summary.knnTop1RandomInit)}`);
         out.log(`checkpoint: ${summary.checkpoint}`);
