@@ -52,15 +52,26 @@ void CpuBackend::lars_step(float* param, float* buf, const float* grad, size_t n
   if (adapt) {
     // ||g|| with g = grad + wd p, and ||p||, in double.
     std::vector<double> pp(static_cast<size_t>(pool().size()), 0.0), gg(pp.size(), 0.0);
+    // Four independent double sums per norm (lane i % 4), added at the end: one dependent chain of
+    // double adds ran at its latency (the default pretrain's backbone LARS step 0.78 ms, of which ~0.6
+    // ms the norms; SGD 0.09 ms).
     pool().parallel_for(static_cast<int64_t>(n), kGrain, [&](int64_t b, int64_t e, int t) {
-      double sp = 0, sg = 0;
-      for (int64_t i = b; i < e; ++i) {
-        const double p = param[i], g = static_cast<double>(grad[i]) + static_cast<double>(weight_decay) * p;
-        sp += p * p;
-        sg += g * g;
+      double sp[4] = {0, 0, 0, 0}, sg[4] = {0, 0, 0, 0};
+      const double wd = weight_decay;
+      int64_t i = b;
+      for (; i + 4 <= e; i += 4)
+        for (int l = 0; l < 4; ++l) {
+          const double p = param[i + l], g = static_cast<double>(grad[i + l]) + wd * p;
+          sp[l] += p * p;
+          sg[l] += g * g;
+        }
+      for (; i < e; ++i) {
+        const double p = param[i], g = static_cast<double>(grad[i]) + wd * p;
+        sp[0] += p * p;
+        sg[0] += g * g;
       }
-      pp[static_cast<size_t>(t)] = sp;
-      gg[static_cast<size_t>(t)] = sg;
+      pp[static_cast<size_t>(t)] = (sp[0] + sp[1]) + (sp[2] + sp[3]);
+      gg[static_cast<size_t>(t)] = (sg[0] + sg[1]) + (sg[2] + sg[3]);
     });
     double sp = 0, sg = 0;
     for (size_t t = 0; t < pp.size(); ++t) {
