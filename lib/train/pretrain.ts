@@ -102,9 +102,10 @@ export interface PretrainOptions {
    * gradient sum (so a resumed run reproduces its losses exactly only with the same budget decision). */
   viewActivationBudget?: number;
   /** run the views' forwards and backwards side by side, one per CPU pool thread (Model.forwardAll),
-   * instead of one after the other on all threads (default: on the CPU with at least 2 threads;
-   * needs the view copies of viewActivationBudget). Small networks use the cores better so (the
-   * default pretraining's step ~13 % shorter); the step is the same up to the rounding of float
+   * instead of one after the other on all threads (default: on the CPU with at least 2 threads and
+   * no more threads than views, 2 + localCrops: with more, threads would sit idle; needs the view
+   * copies of viewActivationBudget). Small networks use the cores better so (the default
+   * pretraining's step ~14 % shorter on 2 cores); the step is the same up to the rounding of float
    * sums, so a resumed run reproduces its losses exactly only with the same choice. */
   sideBySide?: boolean;
   onProgress?: (e: ProgressEvent) => void;
@@ -425,7 +426,7 @@ export async function pretrain(options: PretrainOptions = {}): Promise<PretrainS
     fs.writeFileSync(metricsPath, '');
   }
   const matmulPrecision = getMatmulPrecision();
-  const sideBySide = options.sideBySide ?? sideBySideDefault(online.backbone);
+  const sideBySide = options.sideBySide ?? sideBySideDefault(online.backbone, views);
   say(`device: ${device} (${deviceReason}); matmul precision: ${matmulPrecisionSummary(device)}`);
   say(
     `data: ${train.name}, ${trainSet.size} images ${c.imageShape.join('x')}; model: ResNet-${c.depth} (${c.stem} stem, width x${c.width}, ` +
@@ -679,15 +680,18 @@ export interface StepScratch {
   targetView: Net | null;
 }
 
-/** PretrainOptions.sideBySide's default for a model: on the CPU with at least two threads. */
-function sideBySideDefault(m: Model): boolean {
-  return m.device === 'cpu' && backends().cpu.threads >= 2;
+/** PretrainOptions.sideBySide's default for a model and a number of views: on the CPU with at least
+ * two threads and no more threads than views. Side by side, each view's ops run on one pool thread, so
+ * with more threads than views some would sit idle (the pool does not split into groups). */
+function sideBySideDefault(m: Model, views: number): boolean {
+  const threads = backends().cpu.threads;
+  return m.device === 'cpu' && threads >= 2 && threads <= views;
 }
 
-/** sideBySide (default: sideBySideDefault) runs the views' passes side by side, one per pool thread
- * (see trainStep; PretrainOptions.sideBySide). */
+/** sideBySide (default: sideBySideDefault for the two global views) runs the views' passes side by
+ * side, one per pool thread (see trainStep; PretrainOptions.sideBySide). */
 export function makeStepScratch(online: Net, target: Net, viewActivationBudget = VIEW_ACTIVATION_BUDGET,
-  sideBySide = sideBySideDefault(online.backbone)): StepScratch {
+  sideBySide = sideBySideDefault(online.backbone, 2)): StepScratch {
   return {
     onlineBackbone: online.backbone.clone(),
     onlineProjector: online.projector.clone(),
