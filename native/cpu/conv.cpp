@@ -865,7 +865,7 @@ void CpuBackend::conv_backward_data(float* dx, const float* dy, const float* w, 
   const bool scatter = !as_forward && s.N >= T;
   if (add && !scatter) {  // the paths that assign: into a kept temporary, then dx += it
     const size_t n = static_cast<size_t>(s.N) * s.H * s.W * s.C;
-    gemm_detail::WorkspaceLease lease(conv_workspace_.get());
+    gemm_detail::WorkspaceLease lease(conv_workspace());
     gemm_detail::Workspace& ws = lease.get();
     ws.reserve(2);
     float* tmp = ws.get(1, n);
@@ -1193,7 +1193,7 @@ void CpuBackend::conv2d_backward_weight(float* dw, const float* dy, const float*
   }
   const int64_t big = std::max<int64_t>(1, std::min<int64_t>(rows, kWorkspaceFloats / rsc));
   // The patch buffer is kept between calls (a fresh 16 MB buffer page-faults on every call).
-  gemm_detail::WorkspaceLease lease(conv_workspace_.get());
+  gemm_detail::WorkspaceLease lease(conv_workspace());
   gemm_detail::Workspace& ws = lease.get();
   ws.reserve(1);
   float* col = ws.get(0, static_cast<size_t>(big * rsc));

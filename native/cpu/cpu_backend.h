@@ -29,10 +29,10 @@ class CpuBackend final : public Backend {
   std::string name() const override { return "cpu"; }
   ThreadPool& pool() { return *pool_; }
   // Backend::run_concurrently: task i on pool thread i % threads (tasks sharing a thread run in
-  // order), every op inside on its calling thread (nested pool regions run inline). The kernels' kept
-  // scratch is leased (gemm.h, WorkspaceLease): a task that finds one in use allocates its own.
-  // Default pretrain (resnet18 width 0.125, 28x28, b64): two views' backbone forward + backward side
-  // by side 35-37 ms against 42-44 ms one after the other on both threads.
+  // order), every op inside on its calling thread (nested pool regions run inline), with that
+  // thread's set of kept scratch (see kept()). Default pretrain (resnet18 width 0.125, 28x28, b64): two views'
+  // backbone forward + backward side by side 35-37 ms against 42-44 ms one after the other on both
+  // threads.
   void run_concurrently(const std::vector<std::function<void()>>& tasks) override;
   Isa isa() const { return isa_; }
   const CpuFeatures& features() const { return features_; }
@@ -43,19 +43,23 @@ class CpuBackend final : public Backend {
   MatmulPrecision matmul_precision() const { return precision_.load(std::memory_order_relaxed); }
   // GEMM scratch of pool thread t for the single-threaded products inside a parallel region (the
   // convolutions' chunks): kept between calls like the top-level GEMM's.
-  gemm_detail::Workspace* task_workspace(int t) { return task_workspaces_[static_cast<size_t>(t)].get(); }
+  gemm_detail::Workspace* task_workspace(int t) { return kept().task[static_cast<size_t>(t)].get(); }
   // Buffers of the convolution paths that work in tasks (conv.cpp: the Winograd filter transform, each
   // pool thread's tile buffers and weight-gradient partials in child(t)), kept between calls like the
   // GEMM's: fresh, they page-faulted thousands of times per step (the 16.8 MB transformed C512 K512
   // filter ~3000 times per resnet50 b16 step, the default pretrain encoder's tile buffers ~400 per b64 step).
-  gemm_detail::Workspace* conv_task_workspace() { return conv_task_workspace_.get(); }
+  gemm_detail::Workspace* conv_task_workspace() { return &kept().conv_task; }
   // The convolutions' packed filters (gemm_detail::PackedB's kept storage; a Winograd convolution's
   // transformed filter matrices in slots 0..35): packed in every call, fresh they page-faulted ~600
   // times per resnet50 b16 step, more after a change of the heap's history.
-  gemm_detail::Workspace* filter_workspace() { return filter_workspace_.get(); }
+  gemm_detail::Workspace* filter_workspace() { return &kept().filter; }
   // Each pool thread's staged output chunk (slot t) of a large convolution output with statistics
   // (conv.cpp, output_chunks), kept between calls like the others.
-  gemm_detail::Workspace* stage_workspace() { return stage_workspace_.get(); }
+  gemm_detail::Workspace* stage_workspace() { return &kept().stage; }
+  // The top-level SGEMM's packing buffers (gemm.cpp), and the patch matrix of the backward-weight GEMM
+  // path and conv2d_backward_data_add's temporary (conv.cpp), kept the same way.
+  gemm_detail::Workspace* gemm_workspace() { return &kept().gemm; }
+  gemm_detail::Workspace* conv_workspace() { return &kept().conv; }
   void set_matmul_precision(MatmulPrecision p) { precision_.store(p, std::memory_order_relaxed); }
   // The SGEMM micro-kernel of isa(), with the AMX path when the precision is High and amx() holds.
   gemm_detail::KernelInfo gemm_kernel() const {
@@ -148,16 +152,19 @@ class CpuBackend final : public Backend {
   Isa isa_;
   std::atomic<MatmulPrecision> precision_{MatmulPrecision::Highest};
   std::unique_ptr<ThreadPool> pool_;
-  // SGEMM scratch kept between calls (gemm.h): no page faults of fresh packing buffers in every call.
-  std::unique_ptr<gemm_detail::Workspace> gemm_workspace_{new gemm_detail::Workspace};
-  std::vector<std::unique_ptr<gemm_detail::Workspace>> task_workspaces_;
+  // The kernels' scratch kept between calls (the accessors above): no page faults of fresh buffers in
+  // every call. One set per lane of run_concurrently (lane 0 outside it): side-by-side tasks sharing
+  // one set would find it leased and allocate their own in every call (resnet18-cifar b128 side by
+  // side: ~40,000 page faults per step). Each set grows to what its lane's calls need.
+  struct KeptScratch {
+    gemm_detail::Workspace gemm, conv, conv_task, filter, stage;
+    std::vector<std::unique_ptr<gemm_detail::Workspace>> task;  // one per pool thread
+  };
+  std::vector<std::unique_ptr<KeptScratch>> lanes_;
+  // The calling thread's set: its run_concurrently lane, else lane 0.
+  KeptScratch& kept();
+  void add_lanes(size_t n);
   void conv_backward_data(float* dx, const float* dy, const float* w, const ConvShape& s, bool add);
-  // Patch matrix of the backward-weight GEMM path and conv2d_backward_data_add's temporary (conv.cpp),
-  // kept between calls like the GEMM's.
-  std::unique_ptr<gemm_detail::Workspace> conv_workspace_{new gemm_detail::Workspace};
-  std::unique_ptr<gemm_detail::Workspace> conv_task_workspace_{new gemm_detail::Workspace};
-  std::unique_ptr<gemm_detail::Workspace> filter_workspace_{new gemm_detail::Workspace};
-  std::unique_ptr<gemm_detail::Workspace> stage_workspace_{new gemm_detail::Workspace};
   void gemm_with(const gemm_detail::KernelInfo& kernel, bool transA, bool transB, int M, int N, int K, float alpha,
                  const float* A, int lda, const float* B, int ldb, float beta, float* C, int ldc);
 };

@@ -32,6 +32,11 @@
 namespace mveb {
 namespace gemm_detail {
 
+std::atomic<uint64_t>& lease_fallbacks() {
+  static std::atomic<uint64_t> n{0};
+  return n;
+}
+
 namespace {
 constexpr int kScalarMR = 4, kScalarNR = 8;
 // Products with at most this many rows pack op(B) = B on the fly when the ISA has a rows kernel.
@@ -571,7 +576,7 @@ void CpuBackend::gemm_with(const gemm_detail::KernelInfo& kernel, bool transA, b
                            int ldc) {
   check_gemm_args(transA, transB, M, N, K, lda, ldb, ldc);
   gemm_detail::gemm_run(pool(), kernel, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc,
-                        nullptr, gemm_workspace_.get());
+                        nullptr, gemm_workspace());
 }
 
 }  // namespace mveb

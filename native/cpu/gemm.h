@@ -142,12 +142,19 @@ class Workspace {
   std::vector<std::unique_ptr<Workspace>> children_;
 };
 
+// Leases that found their kept workspace busy and used a fresh local one (process-wide; tests check
+// that side-by-side tasks do not, CpuBackend::run_concurrently).
+std::atomic<uint64_t>& lease_fallbacks();
+
 // Holds a Workspace for one GEMM call: the caller's when given and free, else a local one.
 class WorkspaceLease {
  public:
   explicit WorkspaceLease(Workspace* shared) {
     bool expected = false;
-    if (shared && shared->busy.compare_exchange_strong(expected, true)) shared_ = shared;
+    if (shared && shared->busy.compare_exchange_strong(expected, true))
+      shared_ = shared;
+    else if (shared)
+      lease_fallbacks().fetch_add(1, std::memory_order_relaxed);
   }
   ~WorkspaceLease() {
     if (shared_) shared_->busy.store(false);

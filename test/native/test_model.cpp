@@ -521,8 +521,9 @@ TEST("model: add_gradients sums a copy's gradients; activation_bytes_for predict
 TEST("model: run_concurrently runs two models' passes side by side, bit for bit as each alone on its pool thread") {
   // Backend::run_concurrently on the CPU: task i on pool thread i, its ops serial there. Each
   // model's forward + backward must equal the same pass run alone on that thread (the path it takes
-  // side by side, without the other one running): shared scratch (leased workspaces) or any other
-  // state raced on would show as differences. Three rounds; a failing task's error reaches the caller.
+  // side by side, without the other one running): shared scratch or any other state raced on would
+  // show as differences. Three rounds; the tasks use their threads' own kept scratch (no lease found
+  // busy); a failing task's error reaches the caller.
   CpuBackend be(2);
   ResnetConfig c;
   c.depth = 18, c.cifar_stem = true, c.width_multiplier = 0.125, c.in_channels = 3;
@@ -559,7 +560,13 @@ TEST("model: run_concurrently runs two models' passes side by side, bit for bit 
   for (int round = 0; round < 3; ++round) {
     auto m0 = base->clone(), m1 = base->clone();
     Result side[2];
+    const uint64_t fallbacks = gemm_detail::lease_fallbacks().load();
     be.run_concurrently({[&] { pass(*m0, 0, side[0]); }, [&] { pass(*m1, 1, side[1]); }});
+    // each task on its own thread's kept scratch: no lease found busy (which would allocate fresh
+    // buffers in every call) once the first round has sized them
+    if (round > 0)
+      EXPECT_TRUE(gemm_detail::lease_fallbacks().load() == fallbacks,
+                  "round " << round << ": " << gemm_detail::lease_fallbacks().load() - fallbacks << " leases found busy");
     for (int i = 0; i < 2; ++i) {
       EXPECT_TRUE(side[i].out == alone[i].out, "round " << round << " model " << i << " output");
       EXPECT_TRUE(side[i].grads == alone[i].grads, "round " << round << " model " << i << " gradients");
