@@ -32,6 +32,15 @@ std::string fixtures_dir() {
   return f.substr(0, f.find_last_of('/')) + "/../fixtures";
 }
 
+// A tensor on be of this shape, random values (mtest::random_vector(seed)) plus offset.
+Tensor random_tensor(Backend& be, const Shape& shape, uint64_t seed, float offset = 0.f) {
+  Tensor t = empty_tensor(be, shape);
+  auto v = mtest::random_vector(t.numel(), seed);
+  for (auto& e : v) e += offset;
+  be.upload(t.f32(), v.data(), v.size() * 4);
+  return t;
+}
+
 std::vector<uint8_t> read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw_error("E_IO", "cannot open ", path);
@@ -278,9 +287,7 @@ TEST("model: state dict round trip through safetensors; strict and non-strict lo
   c.depth = 18, c.cifar_stem = true, c.width_multiplier = 0.0625, c.seed = 1;
   auto a = Model::resnet(be, c);
   // move the running stats and counters away from their defaults
-  Tensor x = empty_tensor(be, {2, 3, 8, 8});
-  auto xv = mtest::random_vector(x.numel(), 5);
-  be.upload(x.f32(), xv.data(), xv.size() * 4);
+  Tensor x = random_tensor(be, {2, 3, 8, 8}, 5);
   a->forward(x, true);
   auto bytes = safetensors::write(a->state_dict(), {{"format", "pt"}});
   auto loaded = safetensors::read(be, bytes.data(), bytes.size(), nullptr);
@@ -329,12 +336,8 @@ TEST("model: clone, EMA, SGD and LARS steps match their formulas; non-finite gra
   EXPECT_REL(mtest::rel_error(target->param_arena(), online->param_arena(), n), 0.0, "clone copies parameters");
   EXPECT_TRUE(target->param_arena() != online->param_arena(), "clone is a deep copy");
 
-  Tensor x = empty_tensor(be, {5, 6});
-  auto xv = mtest::random_vector(30, 21);
-  be.upload(x.f32(), xv.data(), 120);
-  Tensor g = empty_tensor(be, {5, 4});
-  auto gv = mtest::random_vector(20, 22);
-  be.upload(g.f32(), gv.data(), 80);
+  Tensor x = random_tensor(be, {5, 6}, 21);
+  Tensor g = random_tensor(be, {5, 4}, 22);
   online->forward(x, true);
   online->backward(g);
 
@@ -424,12 +427,8 @@ TEST("model: backward accumulates parameter gradients; bad inputs give E_SHAPE/E
   auto m = Model::resnet(be, c);
   Tensor g0 = empty_tensor(be, {3, m->feature_dim()});
   EXPECT_THROWS_CODE(m->backward(g0), "E_ARG");
-  Tensor x = empty_tensor(be, {3, 2, 9, 9});
-  auto xv = mtest::random_vector(x.numel(), 31);
-  be.upload(x.f32(), xv.data(), xv.size() * 4);
-  Tensor g = empty_tensor(be, {3, m->feature_dim()});
-  auto gv = mtest::random_vector(g.numel(), 32);
-  be.upload(g.f32(), gv.data(), gv.size() * 4);
+  Tensor x = random_tensor(be, {3, 2, 9, 9}, 31);
+  Tensor g = random_tensor(be, {3, m->feature_dim()}, 32);
   m->forward(x, true);
   m->backward(g, false);
   std::vector<float> once(m->grad_arena(), m->grad_arena() + m->parameter_count());
@@ -453,9 +452,7 @@ TEST("model: backward accumulates parameter gradients; bad inputs give E_SHAPE/E
   const size_t eval_bytes = m->activation_bytes();
   EXPECT_TRUE(eval_bytes * 3 < train_bytes, "eval arena " << eval_bytes << " vs train arena " << train_bytes);
   EXPECT_THROWS_CODE(m->backward(g), "E_ARG");
-  Tensor big = empty_tensor(be, {3, 2, 33, 33});
-  auto bv = mtest::random_vector(big.numel(), 33);
-  be.upload(big.f32(), bv.data(), bv.size() * 4);
+  Tensor big = random_tensor(be, {3, 2, 33, 33}, 33);
   Tensor fe2 = m->forward(big, false);
   EXPECT_TRUE(fe2.shape == Shape({3, m->feature_dim()}));
   Tensor fe3 = m->forward(x, false);
@@ -477,15 +474,9 @@ TEST("model: add_gradients sums a copy's gradients; activation_bytes_for predict
   c.depth = 18, c.cifar_stem = true, c.width_multiplier = 0.0625, c.in_channels = 2;
   auto m = Model::resnet(be, c);
   auto copy = m->clone();
-  auto upload_random = [&](const Shape& shape, uint64_t seed) {
-    Tensor t = empty_tensor(be, shape);
-    auto v = mtest::random_vector(t.numel(), seed);
-    be.upload(t.f32(), v.data(), v.size() * 4);
-    return t;
-  };
   const Shape xa_shape{3, 2, 9, 9}, xb_shape{4, 2, 11, 7};
-  Tensor xa = upload_random(xa_shape, 41), ga = upload_random({3, m->feature_dim()}, 42);
-  Tensor xb = upload_random(xb_shape, 43), gb = upload_random({4, m->feature_dim()}, 44);
+  Tensor xa = random_tensor(be, xa_shape, 41), ga = random_tensor(be, {3, m->feature_dim()}, 42);
+  Tensor xb = random_tensor(be, xb_shape, 43), gb = random_tensor(be, {4, m->feature_dim()}, 44);
   // predicted before any forward, and for a shape other than the planned one: the plan is untouched
   const size_t bytes_a = m->activation_bytes_for(xa_shape), bytes_b = m->activation_bytes_for(xb_shape);
   m->forward(xa, true);
@@ -528,14 +519,8 @@ TEST("model: run_concurrently runs two models' passes side by side, bit for bit 
   ResnetConfig c;
   c.depth = 18, c.cifar_stem = true, c.width_multiplier = 0.125, c.in_channels = 3;
   auto base = Model::resnet(be, c);
-  auto upload_random = [&](const Shape& shape, uint64_t seed) {
-    Tensor t = empty_tensor(be, shape);
-    auto v = mtest::random_vector(t.numel(), seed);
-    be.upload(t.f32(), v.data(), v.size() * 4);
-    return t;
-  };
-  const Tensor x[2] = {upload_random({8, 3, 20, 20}, 51), upload_random({6, 3, 17, 19}, 52)};
-  const Tensor g[2] = {upload_random({8, base->feature_dim()}, 53), upload_random({6, base->feature_dim()}, 54)};
+  const Tensor x[2] = {random_tensor(be, {8, 3, 20, 20}, 51), random_tensor(be, {6, 3, 17, 19}, 52)};
+  const Tensor g[2] = {random_tensor(be, {8, base->feature_dim()}, 53), random_tensor(be, {6, base->feature_dim()}, 54)};
   struct Result {
     std::vector<float> out, grads, buffers;
   };
@@ -576,7 +561,7 @@ TEST("model: run_concurrently runs two models' passes side by side, bit for bit 
   // an error in one task (a wrong input shape) reaches the caller after the other task finished
   auto m0 = base->clone(), m1 = base->clone();
   bool other_done = false;
-  EXPECT_THROWS_CODE(be.run_concurrently({[&] { m0->forward(upload_random({2, 5, 8, 8}, 55), true); },
+  EXPECT_THROWS_CODE(be.run_concurrently({[&] { m0->forward(random_tensor(be, {2, 5, 8, 8}, 55), true); },
                                           [&] { m1->forward(x[1], true); other_done = true; }}),
                      "E_SHAPE");
   EXPECT_TRUE(other_done, "the other task ran to its end");
@@ -587,16 +572,9 @@ TEST("model: merge_running_stats gives side-by-side runs the statistics of runs 
   ResnetConfig c;
   c.depth = 18, c.cifar_stem = true, c.width_multiplier = 0.0625, c.in_channels = 1;
   auto base = Model::resnet(be, c);
-  auto upload_random = [&](const Shape& shape, uint64_t seed, float offset) {
-    Tensor t = empty_tensor(be, shape);
-    auto v = mtest::random_vector(t.numel(), seed);
-    for (auto& e : v) e += offset;
-    be.upload(t.f32(), v.data(), v.size() * 4);
-    return t;
-  };
   // different means per view, so that an order or weight mistake moves the running means
-  const Tensor x[3] = {upload_random({5, 1, 12, 12}, 61, 0.f), upload_random({4, 1, 12, 12}, 62, 2.f),
-                       upload_random({6, 1, 9, 9}, 63, -1.f)};
+  const Tensor x[3] = {random_tensor(be, {5, 1, 12, 12}, 61, 0.f), random_tensor(be, {4, 1, 12, 12}, 62, 2.f),
+                       random_tensor(be, {6, 1, 9, 9}, 63, -1.f)};
   auto named = [](const Model& m) {
     std::vector<double> f;
     std::vector<int64_t> n;
