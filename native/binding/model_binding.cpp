@@ -97,14 +97,30 @@ Napi::Object named_to_js(Napi::Env env, const std::vector<std::pair<std::string,
   return o;
 }
 
+// The JS array v (else E_ARG "<what>: <not_array>") and the tensors of tensors_v, one per element
+// (else E_ARG "<what>: n <items> but m tensors").
+std::pair<Napi::Array, std::vector<mveb::Tensor>> array_with_tensors(Napi::Env env, const Napi::Value& v,
+                                                                     const Napi::Value& tensors_v, const char* what,
+                                                                     const char* not_array, const char* items) {
+  if (!v.IsArray()) throw_js(env, "E_ARG", std::string(what) + ": " + not_array);
+  Napi::Array a = v.As<Napi::Array>();
+  std::vector<mveb::Tensor> tensors = unwrap_tensor_array(env, tensors_v, what);
+  if (a.Length() != tensors.size())
+    throw_js(env, "E_ARG", std::string(what) + ": " + std::to_string(a.Length()) + " " + items + " but " +
+                               std::to_string(tensors.size()) + " tensors");
+  return {a, std::move(tensors)};
+}
+
+// E_ARG with message unless the boxes are different models.
+void check_distinct(Napi::Env env, const std::vector<BoxPtr>& boxes, const std::string& message) {
+  for (size_t i = 0; i < boxes.size(); ++i)
+    for (size_t j = 0; j < i; ++j)
+      if (boxes[i] == boxes[j]) throw_js(env, "E_ARG", message);
+}
+
 std::vector<std::pair<std::string, mveb::Tensor>> named_from_js(Napi::Env env, const Napi::Value& names_v,
                                                                 const Napi::Value& tensors_v, const char* what) {
-  if (!names_v.IsArray()) throw_js(env, "E_ARG", std::string(what) + ": names must be an array of strings");
-  Napi::Array names = names_v.As<Napi::Array>();
-  std::vector<mveb::Tensor> tensors = unwrap_tensor_array(env, tensors_v, what);
-  if (names.Length() != tensors.size())
-    throw_js(env, "E_ARG", std::string(what) + ": " + std::to_string(names.Length()) + " names but " +
-                               std::to_string(tensors.size()) + " tensors");
+  auto [names, tensors] = array_with_tensors(env, names_v, tensors_v, what, "names must be an array of strings", "names");
   std::vector<std::pair<std::string, mveb::Tensor>> out;
   for (uint32_t i = 0; i < names.Length(); ++i) {
     Napi::Value n = names.Get(i);
@@ -228,19 +244,12 @@ Napi::Value model_backward(const Napi::CallbackInfo& info) {
 // must be different ones on one device. what: the JS method's name.
 Napi::Value run_models(Napi::Env env, const Napi::Value& handles_v, const Napi::Value& tensors_v, const char* what,
                        std::function<mveb::Tensor(mveb::Model&, const mveb::Tensor&)> call) {
-  if (!handles_v.IsArray()) throw_js(env, "E_ARG", std::string(what) + ": expected an array of models");
-  Napi::Array handles = handles_v.As<Napi::Array>();
-  std::vector<mveb::Tensor> tensors = unwrap_tensor_array(env, tensors_v, what);
-  if (handles.Length() != tensors.size())
-    throw_js(env, "E_ARG", std::string(what) + ": " + std::to_string(handles.Length()) + " models but " +
-                               std::to_string(tensors.size()) + " tensors");
+  auto paired = array_with_tensors(env, handles_v, tensors_v, what, "expected an array of models", "models");
+  const Napi::Array handles = paired.first;
+  const std::vector<mveb::Tensor> tensors = std::move(paired.second);  // (captured below: no structured binding)
   std::vector<BoxPtr> boxes;
-  for (uint32_t i = 0; i < handles.Length(); ++i) {
-    BoxPtr b = unwrap_box(env, handles.Get(i));
-    for (const BoxPtr& o : boxes)
-      if (o == b) throw_js(env, "E_ARG", std::string(what) + ": a model appears twice (its calls cannot run side by side)");
-    boxes.push_back(b);
-  }
+  for (uint32_t i = 0; i < handles.Length(); ++i) boxes.push_back(unwrap_box(env, handles.Get(i)));
+  check_distinct(env, boxes, std::string(what) + ": a model appears twice (its calls cannot run side by side)");
   const std::string name = what;
   return run_async<std::vector<mveb::Tensor>>(
       env,
@@ -293,10 +302,7 @@ Napi::Value model_merge_running_stats(const Napi::CallbackInfo& info) {
     if (!info[2].IsArray()) throw_js(env, "E_ARG", "mergeRunningStats: expected an array of models");
     Napi::Array earlier = info[2].As<Napi::Array>();
     for (uint32_t i = 0; i < earlier.Length(); ++i) boxes.push_back(unwrap_box(env, earlier.Get(i)));
-    for (size_t i = 0; i < boxes.size(); ++i)
-      for (size_t j = 0; j < i; ++j)
-        if (boxes[i] == boxes[j])
-          throw_js(env, "E_ARG", "mergeRunningStats: this model, the snapshot and each earlier run must be different models");
+    check_distinct(env, boxes, "mergeRunningStats: this model, the snapshot and each earlier run must be different models");
     LockedAll all(boxes, "mergeRunningStats");
     all.models[0]->merge_running_stats(*all.models[1], std::vector<const mveb::Model*>(all.models.begin() + 2, all.models.end()));
     return env.Undefined();
