@@ -60,11 +60,6 @@ void check_bn(const char* op, int M, int C) {
   check_nonnegative(op, "C", C);
 }
 
-// Whether [M, C] outputs are written past the caches (CpuBackend::stream_bytes).
-bool stream_rows(const CpuBackend& be, int M, int C) {
-  return static_cast<size_t>(M) * C * sizeof(float) >= be.stream_bytes;
-}
-
 // Rows of 8 channels on AVX-512 (16 lanes) are processed as rows of 16, two rows each, in the same
 // memory: every per-row pass vectorises (C = 8 is all scalar tail otherwise) and the ReLU mask has the
 // same bytes (one per original row); per-channel arrays are tiled twice and per-channel sums folded.
@@ -94,7 +89,7 @@ void apply_affine(CpuBackend& be, const BatchnormKernels& k, float* y, uint8_t* 
     scale = scale_t.data(), shift = shift_t.data();
     M /= f, C *= f;
   }
-  const bool stream = stream_rows(be, M, C);
+  const bool stream = be.streams(M, C);
   be.pool().parallel_for(M, row_grain(C), [&](int64_t b, int64_t e, int) {
     k.apply(y, mask, x, scale, shift, residual, relu, b, e, C, stream);
   });
@@ -278,7 +273,7 @@ void CpuBackend::batchnorm_backward(float* dx, float* dresidual, float* dgamma, 
   const BatchnormBackward bn = batchnorm_backward_sums(*this, dresidual, dgamma, dbeta, dy, relu_mask, x, gamma,
                                                        mean, invstd, relu, train, M, C, true);
   const int f = bn.fold, Cf = bn.C;  // rows of Cf channels, f original rows each
-  const bool stream = stream_rows(*this, M / f, Cf);
+  const bool stream = streams(M / f, Cf);
   pool().parallel_for(M / f, row_grain(Cf), [&](int64_t b, int64_t e, int) {
     batchnorm_backward_rows(bn, dx + b * Cf, b * f, e * f, stream);
   });

@@ -176,37 +176,34 @@ inline void sums_vectors(int cv, int64_t m0, int64_t m1, float* s1, float* s2, c
 
 void forward_sums(const float* x, const float* x0, int64_t m0, int64_t m1, int C, float* s1, float* s2, float* copy) {
   const int cv = C / kLanes * kLanes;
-  if (copy) {
-    const bool stream = can_stream_rows(true, copy, C);
+  const bool stream = copy && can_stream_rows(true, copy, C);
+  auto vectors = [&](auto with_copy) {  // one body with and without the copy (chosen at compile time)
     sums_vectors(cv, m0, m1, s1, s2, [&](int c, int64_t m, vf* a) {
       const vf v = ld(x + m * C + c);
-      st_out(copy + m * C + c, v, stream);
+      if constexpr (decltype(with_copy)::value) st_out(copy + m * C + c, v, stream);
       const vf d = v - ld(x0 + c);
       a[0] += d;
       a[1] += d * d;
     });
-    for (int64_t m = m0; m < m1; ++m)  // the channel tail
-      for (int c = cv; c < C; ++c) copy[m * C + c] = x[m * C + c];
-    end_stream(stream);
-  } else {
-    sums_vectors(cv, m0, m1, s1, s2, [&](int c, int64_t m, vf* a) {
-      const vf d = ld(x + m * C + c) - ld(x0 + c);
-      a[0] += d;
-      a[1] += d * d;
-    });
-  }
+  };
+  if (copy)
+    vectors(std::true_type{});
+  else
+    vectors(std::false_type{});
   with_tail_width(C - cv, [&](auto width) {  // the channel tail row by row (C < kLanes: all of it)
     constexpr int N = decltype(width)::value;
     float t1[N] = {}, t2[N] = {};
     for (int64_t m = m0; m < m1; ++m)
 #pragma GCC unroll 16
       for (int j = 0; j < N; ++j) {
+        if (copy) copy[m * C + cv + j] = x[m * C + cv + j];
         const float d = x[m * C + cv + j] - x0[cv + j];
         t1[j] += d;
         t2[j] += d * d;
       }
     for (int j = 0; j < N; ++j) s1[cv + j] += t1[j], s2[cv + j] += t2[j];
   });
+  end_stream(stream);
 }
 
 // One vector of apply's output from v (affine, residual added): the ReLU, with kMask through its

@@ -523,7 +523,7 @@ void winograd_forward_tiles(CpuBackend& be, const WinogradVariant& v, const gemm
   const int64_t chunk = split.max_tiles();
   std::vector<float> zeros(static_cast<size_t>(C), 0.f);
   // A large y is streamed past the caches (the AVX-512 output transforms; see CpuBackend::stream_bytes).
-  const bool stream = static_cast<size_t>(s.N) * P * Q * K * sizeof(float) >= be.stream_bytes;
+  const bool stream = be.streams(static_cast<int64_t>(s.N) * P * Q, K);
   ws.children(T);
   pool.parallel_tasks(split.tasks, [&](int64_t task, int t) {
     gemm_detail::Workspace& tw = *ws.child(t);
@@ -710,8 +710,7 @@ bool output_chunks(CpuBackend& be, float* y, int K, int64_t rows, int64_t chunk,
   const int64_t tasks = (rows + chunk - 1) / chunk;
   std::vector<ChannelMoments> moments(stats ? static_cast<size_t>(tasks) : 0);
   const bool stage = may_stage && stats && be.isa() == Isa::Avx512 && K % 16 == 0 &&
-                     (reinterpret_cast<uintptr_t>(y) & 63) == 0 &&
-                     static_cast<size_t>(rows) * K * sizeof(float) >= be.stream_bytes;
+                     (reinterpret_cast<uintptr_t>(y) & 63) == 0 && be.streams(rows, K);
   gemm_detail::WorkspaceLease lease(stage ? be.stage_workspace() : nullptr);
   if (stage) lease.get().reserve(be.pool().size());
   be.pool().parallel_tasks(tasks, [&](int64_t task, int t) {

@@ -87,6 +87,10 @@ class CpuBackend final : public Backend {
   // read for ownership of every line. One-thread steps by threshold (none / 16 MiB / 32 MiB):
   // resnet18-cifar b128 1.60 / 1.53 / 1.51 s, resnet50 b16 2.70 / 2.67 / 2.70 s. Tests lower it.
   size_t stream_bytes = size_t(16) << 20;
+  // Whether an output of rows x cols floats is that large.
+  bool streams(int64_t rows, int cols) const {
+    return static_cast<size_t>(rows) * static_cast<size_t>(cols) * sizeof(float) >= stream_bytes;
+  }
   void gemm(bool transA, bool transB, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
             int ldb, float beta, float* C, int ldc) override;
   // gemm in IEEE fp32 whatever the matmul precision: the vMF estimator's Cholesky and triangular
