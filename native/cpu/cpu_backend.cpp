@@ -17,21 +17,19 @@ CpuBackend::CpuBackend(int threads)
   // MVEB_MATMUL_PRECISION=high|highest (the JS layer refuses other values with E_ARG).
   const char* p = std::getenv("MVEB_MATMUL_PRECISION");
   if (p != nullptr && std::strcmp(p, "high") == 0) set_matmul_precision(MatmulPrecision::High);
-  add_lanes(1);
+  // one lane per pool thread, all made here: lanes_ never changes size while ops (on other models,
+  // from other threads) read it; a lane's workspaces allocate nothing until used
+  for (int l = 0; l < pool_->size(); ++l) {
+    std::unique_ptr<KeptScratch> k(new KeptScratch);
+    for (int t = 0; t < pool_->size(); ++t) k->task.emplace_back(new gemm_detail::Workspace);
+    lanes_.push_back(std::move(k));
+  }
 }
 
 namespace {
 // The run_concurrently lane of the task running on this thread (0 outside one).
 thread_local size_t tl_lane = 0;
 }  // namespace
-
-void CpuBackend::add_lanes(size_t n) {
-  while (lanes_.size() < n) {
-    std::unique_ptr<KeptScratch> k(new KeptScratch);
-    for (int t = 0; t < pool_->size(); ++t) k->task.emplace_back(new gemm_detail::Workspace);
-    lanes_.push_back(std::move(k));
-  }
-}
 
 CpuBackend::KeptScratch& CpuBackend::kept() { return *lanes_[tl_lane < lanes_.size() ? tl_lane : 0]; }
 
@@ -60,9 +58,7 @@ void CpuBackend::run_concurrently(const std::vector<std::function<void()>>& task
     Backend::run_concurrently(tasks);
     return;
   }
-  // one scratch set per pool thread that runs tasks (tasks sharing a thread run in order), created
-  // before the region: lanes_ is not resized while tasks read it
-  add_lanes(std::min(tasks.size(), static_cast<size_t>(pool().size())));
+  // lane t: the scratch set of pool thread t (tasks sharing a thread run in order)
   pool().parallel_tasks(static_cast<int64_t>(tasks.size()), [&](int64_t i, int t) {
     struct Lane {  // the thread's scratch set, back to lane 0 however the task ends
       explicit Lane(size_t l) { tl_lane = l; }

@@ -164,10 +164,9 @@ class CpuBackend final : public Backend {
     gemm_detail::Workspace gemm, conv, conv_task, filter, stage;
     std::vector<std::unique_ptr<gemm_detail::Workspace>> task;  // one per pool thread
   };
-  std::vector<std::unique_ptr<KeptScratch>> lanes_;
+  std::vector<std::unique_ptr<KeptScratch>> lanes_;  // one per pool thread, made by the constructor
   // The calling thread's set: its run_concurrently lane, else lane 0.
   KeptScratch& kept();
-  void add_lanes(size_t n);
   void conv_backward_data(float* dx, const float* dy, const float* w, const ConvShape& s, bool add);
   void gemm_with(const gemm_detail::KernelInfo& kernel, bool transA, bool transB, int M, int N, int K, float alpha,
                  const float* A, int lda, const float* B, int ldb, float beta, float* C, int ldc);
