@@ -273,6 +273,7 @@ describe('train: pretrain end to end (tiny network)', () => {
     await expect(pretrain({ ...base('c'), batchSize: 1000 })).rejects.toMatchObject({ code: 'E_ARG', message: expect.stringContaining('batchSize') });
     await expect(pretrain({ ...base('c'), globalScale: [0.9, 0.5] })).rejects.toMatchObject({ code: 'E_ARG', message: expect.stringContaining('globalScale') });
     await expect(pretrain({ ...base('c'), localScale: [0, 0.4] })).rejects.toMatchObject({ code: 'E_ARG', message: expect.stringContaining('localScale') });
+    await expect(pretrain({ ...base('c'), sideBySide: 'yes' as never })).rejects.toMatchObject({ code: 'E_ARG', message: expect.stringContaining('sideBySide') });
   });
 
   test('trainingViews: crop scales go to the global and local views; blur sigma scales with the crop size', () => {
