@@ -78,6 +78,13 @@ void Backend::add_bias_rows(float*, const float*, int, int) { unsupported("add_b
 void Backend::sum_rows(float*, const float*, int, int) { unsupported("sum_rows"); }
 void Backend::sgd_step(float*, float*, const float*, size_t, float, float, float) { unsupported("sgd_step"); }
 void Backend::lars_step(float*, float*, const float*, size_t, float, float, float, float, bool) { unsupported("lars_step"); }
+void Backend::lars_step_tensors(float* param, float* momentum_buffer, const float* grad,
+                                const std::vector<LarsTensor>& tensors, float lr, float momentum, float weight_decay,
+                                float trust) {
+  for (const LarsTensor& t : tensors)
+    lars_step(param + t.offset, momentum_buffer + t.offset, grad + t.offset, t.numel, lr, momentum,
+              t.adapt ? weight_decay : 0.f, trust, t.adapt);
+}
 void Backend::ema_update(float*, const float*, size_t, float) { unsupported("ema_update"); }
 bool Backend::all_finite(const float*, size_t) { unsupported("all_finite"); }
 double Backend::sum_squares(const float*, size_t) { unsupported("sum_squares"); }

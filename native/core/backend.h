@@ -167,6 +167,16 @@ class Backend {
   // p -= lr * buf. (wd = 0 and adapt = false for biases and BN parameters.)
   virtual void lars_step(float* param, float* momentum_buffer, const float* grad, size_t n, float lr, float momentum,
                          float weight_decay, float trust, bool adapt);
+  // lars_step on every tensor of an arena in one call (a model's optimiser step): tensor i holds
+  // values [offset, offset + numel); with adapt, weight_decay and the trust ratio apply, else neither.
+  // Default: lars_step per tensor.
+  struct LarsTensor {
+    size_t offset, numel;
+    bool adapt;
+  };
+  virtual void lars_step_tensors(float* param, float* momentum_buffer, const float* grad,
+                                 const std::vector<LarsTensor>& tensors, float lr, float momentum, float weight_decay,
+                                 float trust);
   // target = m * target + (1 - m) * online
   virtual void ema_update(float* target, const float* online, size_t n, float m);
   // true when all n values are finite

@@ -825,9 +825,10 @@ bool Model::optimizer_step(const OptimizerOptions& o) {
   if (!o.lars) {
     backend_->sgd_step(P, Mo, G, param_count_, o.lr, o.momentum, o.weight_decay);
   } else {
-    for (const ArenaEntry& e : params_)
-      backend_->lars_step(P + e.offset, Mo + e.offset, G + e.offset, e.numel, o.lr, o.momentum,
-                          e.matrix ? o.weight_decay : 0.f, o.trust, e.matrix);
+    std::vector<Backend::LarsTensor> tensors;
+    tensors.reserve(params_.size());
+    for (const ArenaEntry& e : params_) tensors.push_back({e.offset, e.numel, e.matrix});
+    backend_->lars_step_tensors(P, Mo, G, tensors, o.lr, o.momentum, o.weight_decay, o.trust);
   }
   return true;
 }

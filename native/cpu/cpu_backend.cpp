@@ -42,7 +42,21 @@ void* CpuBackend::allocate(size_t bytes) {
 void CpuBackend::deallocate(void* p, size_t) { std::free(p); }
 void CpuBackend::upload(void* dst, const void* src, size_t bytes) { if (bytes) std::memcpy(dst, src, bytes); }
 void CpuBackend::download(void* dst, const void* src, size_t bytes) { if (bytes) std::memcpy(dst, src, bytes); }
-void CpuBackend::copy(void* dst, const void* src, size_t bytes) { if (bytes && dst != src) std::memmove(dst, src, bytes); }
+// Large copies between separate buffers on the pool, in 64 KiB pieces (one core reads ~12-14 GB/s from
+// memory here, two twice that: the default pretrain's model copies, 2.2 MB each, 0.57 ms on one
+// thread); overlapping ones with memmove on the calling thread.
+void CpuBackend::copy(void* dst, const void* src, size_t bytes) {
+  if (!bytes || dst == src) return;
+  char* d = static_cast<char*>(dst);
+  const char* s = static_cast<const char*>(src);
+  if (bytes < (size_t(1) << 20) || (d < s + bytes && s < d + bytes)) {
+    std::memmove(dst, src, bytes);
+    return;
+  }
+  pool().parallel_for(static_cast<int64_t>(bytes), int64_t(1) << 16, [&](int64_t b, int64_t e, int) {
+    std::memcpy(d + b, s + b, static_cast<size_t>(e - b));
+  });
+}
 // On the pool in 64 KiB pieces (a resnet50 zeroGrad, 102 MB: 12 ms on one thread).
 void CpuBackend::fill(float* dst, float value, size_t n) {
   pool().parallel_for(static_cast<int64_t>(n), int64_t(1) << 14, [&](int64_t b, int64_t e, int) {

@@ -136,6 +136,8 @@ class CpuBackend final : public Backend {
                 float weight_decay) override;
   void lars_step(float* param, float* momentum_buffer, const float* grad, size_t n, float lr, float momentum,
                  float weight_decay, float trust, bool adapt) override;
+  void lars_step_tensors(float* param, float* momentum_buffer, const float* grad, const std::vector<LarsTensor>& tensors,
+                         float lr, float momentum, float weight_decay, float trust) override;
   void ema_update(float* target, const float* online, size_t n, float m) override;
   bool all_finite(const float* x, size_t n) override;
   double sum_squares(const float* x, size_t n) override;

@@ -1183,6 +1183,26 @@ TEST("kernels: sgd, lars, ema, all_finite and sum_squares match the reference fo
       EXPECT_REL(err(p, pr), kTol, "lars param adapt=" << adapt << tag(*b));
       EXPECT_REL(err(m, mr), kTol, "lars momentum adapt=" << adapt << tag(*b));
     }
+    {  // a model's tensors in one call: several blocks (2^14 values each), tiny ones, some not adapting;
+       // the same as lars_step per tensor, and bit for bit the same on 1 and 3 threads
+      const std::vector<mveb::Backend::LarsTensor> ts = {
+          {0, 7, false}, {7, 40000, true}, {40007, 16384, true}, {56391, 3, true}, {56394, 43600, false}, {99994, 9, true}};
+      FVec p = p0, m = m0, pb = p0, mb = m0;
+      Vec pr = to_d(p0), mr = to_d(m0), gd = to_d(g);
+      b->lars_step_tensors(p.data(), m.data(), g.data(), ts, 4.8f, 0.9f, 1e-3f, 0.001f);
+      b->Backend::lars_step_tensors(pb.data(), mb.data(), g.data(), ts, 4.8f, 0.9f, 1e-3f, 0.001f);
+      for (const auto& t : ts)
+        ref::lars_step(pr.data() + t.offset, mr.data() + t.offset, gd.data() + t.offset, t.numel, 4.8f, 0.9f,
+                       t.adapt ? 1e-3f : 0.f, 0.001f, t.adapt);
+      EXPECT_REL(err(p, pr), kTol, "lars_step_tensors param" << tag(*b));
+      EXPECT_REL(err(m, mr), kTol, "lars_step_tensors momentum" << tag(*b));
+      EXPECT_REL(err(pb, pr), kTol, "lars per tensor (the base class's lars_step_tensors)" << tag(*b));
+      CpuBackend one(1), three(3);
+      FVec p1 = p0, m1 = m0, p3 = p0, m3 = m0;
+      one.lars_step_tensors(p1.data(), m1.data(), g.data(), ts, 4.8f, 0.9f, 1e-3f, 0.001f);
+      three.lars_step_tensors(p3.data(), m3.data(), g.data(), ts, 4.8f, 0.9f, 1e-3f, 0.001f);
+      EXPECT_TRUE(p1 == p3 && m1 == m3, "lars_step_tensors differs between 1 and 3 threads" << tag(*b));
+    }
     {  // zero parameter norm: no adaptation
       FVec p(5, 0.f), m(5, 0.f), gz = rnd(5, 85);
       Vec pr(5, 0.0), mr(5, 0.0), gd = to_d(gz);
