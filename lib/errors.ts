@@ -33,3 +33,17 @@ export class MvebError extends Error {
 export function check(cond: unknown, code: MvebErrorCode, message: string | (() => string)): asserts cond {
   if (!cond) throw new MvebError(code, typeof message === 'function' ? message() : message);
 }
+
+/**
+ * An options argument: undefined gives {}; anything but a plain object (null, a number, a string, an
+ * array) is refused with E_ARG naming `what`, instead of a TypeError from reading its fields.
+ */
+export function checkOptions<T extends object>(opts: T | undefined, what: string): T {
+  if (opts === undefined) return {} as T;
+  check(
+    opts !== null && typeof opts === 'object' && !Array.isArray(opts),
+    'E_ARG',
+    () => `${what}: options must be an object, found ${opts === null ? 'null' : Array.isArray(opts) ? 'an array' : typeof opts}`,
+  );
+  return opts;
+}

@@ -2,7 +2,7 @@
 // Validation and friendly errors here; the computation is native (native/core/mveb_loss.cpp, the
 // backend's vmf_score) and runs off the JS thread. Tested by test/loss.test.ts; benchmark:
 // `npm run bench:loss`.
-import { check } from './errors';
+import { check, checkOptions } from './errors';
 import { native, TensorHandle } from './native';
 import { Tensor } from './tensor';
 
@@ -72,8 +72,8 @@ function checkEmbedding(t: unknown, what: string): Tensor {
 
 /** The vMF Stein score estimate of unit-norm rows z [N, D] (N >= 2). */
 export async function vmfScore(z: Tensor, opts: VmfScoreOptions = {}): Promise<VmfScoreResult> {
+  opts = checkOptions(opts, 'vmfScore');
   checkEmbedding(z, 'vmfScore: z');
-  check(opts !== null && typeof opts === 'object', 'E_ARG', 'vmfScore: options must be an object');
   const eta = checkNumber('eta', opts.eta, 0.01, (x) => x >= 0, 'a finite number >= 0');
   const minWidth = checkNumber('minWidth', opts.minWidth, 0.1, (x) => x > 0, 'a finite number > 0');
   const r = (await native.vmfScore(z._handle(), { eta, minWidth })) as {
@@ -93,7 +93,7 @@ export class MVEBLoss {
   readonly groupSize: number | undefined;
 
   constructor(opts: MVEBLossOptions = {}) {
-    check(opts !== null && typeof opts === 'object', 'E_ARG', 'MVEBLoss: options must be an object');
+    opts = checkOptions(opts, 'MVEBLoss');
     this.lambda = checkNumber('lambda', opts.lambda, 0.01, () => true, 'a finite number');
     this.eta = checkNumber('eta', opts.eta, 0.01, (x) => x >= 0, 'a finite number >= 0');
     this.minWidth = checkNumber('minWidth', opts.minWidth, 0.1, (x) => x > 0, 'a finite number > 0');

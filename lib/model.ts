@@ -3,7 +3,7 @@
 // emaUpdate run off the JS thread and return Promises; named-tensor views (parameters(), ...) are
 // copies in PyTorch layout with torchvision names. save/load use safetensors (lib/safetensors.ts).
 // Tested by test/model.test.ts (and natively by test/native/test_model.cpp against PyTorch).
-import { MvebError, check } from './errors';
+import { MvebError, check, checkOptions } from './errors';
 import { native, TensorHandle } from './native';
 import { encodeTensors, loadTensors } from './safetensors';
 import { writeFileAtomic } from './atomic';
@@ -162,6 +162,7 @@ export class Model {
    * { train: false } (inference) or { train: true, saveForBackward: false } (e.g. the EMA target)
    * keeps no activations: it needs a few activations' worth of memory and allows no backward. */
   async forward(x: Tensor, opts: { train?: boolean; saveForBackward?: boolean } = {}): Promise<Tensor> {
+    opts = checkOptions(opts, 'forward');
     const { train, save } = forwardOptions(opts, 'forward');
     this.checkInput(x, 'forward');
     return Tensor._wrap(await native.modelForward(this.h(), x._handle(), train, save));
@@ -173,6 +174,7 @@ export class Model {
    * elsewhere one after the other. The models must be different ones on one device. Results as
    * forward(), in order (with one thread per model the float sums may round differently). */
   static async forwardAll(models: Model[], xs: Tensor[], opts: { train?: boolean; saveForBackward?: boolean } = {}): Promise<Tensor[]> {
+    opts = checkOptions(opts, 'forwardAll');
     const { train, save } = forwardOptions(opts, 'forwardAll');
     checkPairs(models, xs, 'forwardAll', 'xs');
     models.forEach((m, i) => m.checkInput(xs[i], 'forwardAll'));
@@ -182,6 +184,7 @@ export class Model {
 
   /** models[i].backward(gradOuts[i], opts) for every i, side by side as forwardAll runs them. */
   static async backwardAll(models: Model[], gradOuts: Tensor[], opts: { inputGrad?: boolean } = {}): Promise<(Tensor | null)[]> {
+    opts = checkOptions(opts, 'backwardAll');
     checkPairs(models, gradOuts, 'backwardAll', 'gradOuts');
     gradOuts.forEach((g) => check(g.dtype === 'float32', 'E_DTYPE', () => `backwardAll: expected float32 gradOuts, found ${g.dtype}`));
     const inputGrad = opts.inputGrad ?? true;
@@ -204,6 +207,7 @@ export class Model {
   backward(gradOut: Tensor): Promise<Tensor>;
   backward(gradOut: Tensor, opts: { inputGrad?: boolean }): Promise<Tensor | null>;
   async backward(gradOut: Tensor, opts: { inputGrad?: boolean } = {}): Promise<Tensor | null> {
+    opts = checkOptions(opts, 'backward');
     check(gradOut instanceof Tensor, 'E_ARG', 'backward: gradOut must be a Tensor');
     check(gradOut.dtype === 'float32', 'E_DTYPE', () => `backward: expected a float32 gradOut, found ${gradOut.dtype}`);
     const inputGrad = opts.inputGrad ?? true;
@@ -238,6 +242,7 @@ export class Model {
   /** strict (default true): every entry present and no unknown names (E_FORMAT); shapes must match
    * (E_SHAPE). For a backbone, fc.* entries are ignored. A failed load leaves the model unchanged. */
   loadStateDict(tensors: Map<string, Tensor>, opts: { strict?: boolean } = {}): void {
+    opts = checkOptions(opts, 'loadStateDict');
     const [names, handles] = fromMap(tensors, 'loadStateDict');
     native.modelLoadStateDict(this.h(), names, handles, opts.strict ?? true);
   }
@@ -261,6 +266,7 @@ export class Model {
    * model of the same architecture: one native memcpy per arena, no layout transforms. A cheap
    * snapshot / rollback (keep a clone(), copyFrom it to roll back) instead of stateDict() copies. */
   copyFrom(source: Model, opts: { parameters?: boolean; buffers?: boolean } = {}): void {
+    opts = checkOptions(opts, 'copyFrom');
     check(source instanceof Model, 'E_ARG', 'copyFrom: source must be a Model');
     native.modelCopyFrom(this.h(), source.h(), opts.parameters ?? true, opts.buffers ?? true);
   }
@@ -320,6 +326,7 @@ export class Model {
 
   /** Writes the state dict (names prefixed by `prefix`, default none) as safetensors, atomically. */
   async save(path: string, opts: { prefix?: string; metadata?: Record<string, string> } = {}): Promise<void> {
+    opts = checkOptions(opts, 'save');
     check(typeof path === 'string' && path.length > 0, 'E_ARG', 'save: path must be a non-empty string');
     const sd = this.stateDict();
     const prefixed = new Map<string, Tensor>();
@@ -336,6 +343,7 @@ export class Model {
    * under `prefix` (default: none; a projector also finds 'projector.*' names, and a backbone ignores
    * them). strict as loadStateDict. */
   async load(path: string, opts: { strict?: boolean; prefix?: string } = {}): Promise<void> {
+    opts = checkOptions(opts, 'load');
     this.h();
     const { tensors } = await loadTensors(path, { device: this.device });
     try {

@@ -6,7 +6,7 @@
 // as float32. Tested by test/model.test.ts.
 import * as fs from 'fs';
 import { writeFileAtomic } from './atomic';
-import { MvebError, check } from './errors';
+import { MvebError, check, checkOptions } from './errors';
 import { native, TensorHandle } from './native';
 import { Tensor, DeviceName } from './tensor';
 
@@ -40,6 +40,7 @@ export async function encodeTensors(tensors: Map<string, Tensor>, metadata: Reco
 
 /** Decodes safetensors bytes into tensors on `device` (default cpu). */
 export async function decodeTensors(bytes: Uint8Array, opts: { device?: DeviceName } = {}): Promise<LoadedTensors> {
+  opts = checkOptions(opts, 'decodeTensors');
   const buf = Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const r = await native.safetensorsDecode(buf, opts.device ?? 'cpu');
   const tensors = new Map<string, Tensor>();
@@ -56,6 +57,7 @@ export async function saveTensors(path: string, tensors: Map<string, Tensor>, me
 
 /** Reads a safetensors file. E_IO when it cannot be read, E_FORMAT when it is malformed. */
 export async function loadTensors(path: string, opts: { device?: DeviceName } = {}): Promise<LoadedTensors> {
+  opts = checkOptions(opts, 'loadTensors');
   check(typeof path === 'string' && path.length > 0, 'E_ARG', 'path must be a non-empty string');
   let bytes: Buffer;
   try {

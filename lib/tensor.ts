@@ -2,7 +2,7 @@
 // wraps a native TensorHandle. Free it with dispose(); a FinalizationRegistry frees tensors that are
 // dropped without dispose() once they are garbage collected (a backstop, not a schedule).
 // Tested by test/tensor.test.ts.
-import { MvebError, check } from './errors';
+import { MvebError, check, checkOptions } from './errors';
 import { native, TensorHandle } from './native';
 
 export type DType = 'float32' | 'int32';
@@ -62,6 +62,7 @@ export class Tensor {
 
   /** Creates a tensor holding a copy of `data` (number[] becomes float32 unless dtype says int32). */
   static from(data: TypedData | number[], shape: number[], opts: { device?: DeviceName; dtype?: DType } = {}): Tensor {
+    opts = checkOptions(opts, 'Tensor.from');
     const s = checkShape(shape);
     const device = checkDevice(opts.device ?? 'cpu');
     let typed: TypedData;
@@ -88,6 +89,7 @@ export class Tensor {
   }
 
   static zeros(shape: number[], opts: { device?: DeviceName; dtype?: DType } = {}): Tensor {
+    opts = checkOptions(opts, 'Tensor.zeros');
     const s = checkShape(shape);
     const dtype = checkDtype(opts.dtype ?? 'float32');
     const device = checkDevice(opts.device ?? 'cpu');
@@ -96,6 +98,7 @@ export class Tensor {
 
   /** Standard normal float32 values; element i depends only on (seed, i), so every machine agrees. */
   static randn(shape: number[], opts: { seed?: number; device?: DeviceName } = {}): Tensor {
+    opts = checkOptions(opts, 'Tensor.randn');
     const s = checkShape(shape);
     const device = checkDevice(opts.device ?? 'cpu');
     const seed = opts.seed ?? 0;

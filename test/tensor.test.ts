@@ -3,7 +3,7 @@ import { spawnSync } from 'child_process';
 import * as path from 'path';
 import { Worker } from 'worker_threads';
 import { MvebError, Tensor, memory, backends } from '../lib';
-import { expectCode } from './helpers';
+import { expectCode, expectReject } from './helpers';
 
 describe('Tensor', () => {
   test('from / shape / dtype / device / data round trip', async () => {
@@ -66,6 +66,11 @@ describe('Tensor', () => {
     expectCode(() => Tensor.from([1, 2, 3], [2, 2]), 'E_SHAPE', /3 elements but shape \[2, 2\] needs 4/);
     expectCode(() => Tensor.zeros([2, -1]), 'E_SHAPE', /-1 at dimension 1/);
     expectCode(() => Tensor.zeros([2.5]), 'E_SHAPE');
+    // products that overflow a byte count (2^31 x 2^31 had wrapped to a 0-byte allocation: a crash)
+    expectCode(() => Tensor.zeros([2 ** 31, 2 ** 31]), 'E_SHAPE', /more than 2\^48 elements/);
+    expectCode(() => Tensor.randn([2 ** 20, 2 ** 20, 2 ** 20]), 'E_SHAPE', /more than 2\^48 elements/);
+    expectCode(() => Tensor.zeros([1e300]), 'E_SHAPE');
+    expect(Tensor.zeros([0, 2 ** 50]).size).toBe(0);
     expectCode(() => Tensor.zeros([2], { dtype: 'float64' as never }), 'E_DTYPE', /float64/);
     expectCode(() => Tensor.zeros([2], { device: 'tpu' as never }), 'E_DEVICE', /tpu/);
     expectCode(() => Tensor.from(new Float32Array(2), [2], { dtype: 'int32' }), 'E_DTYPE');
@@ -156,5 +161,46 @@ describe('Tensor', () => {
     const [a, b] = await Promise.all([run(1), run(1)]);
     expect(a).toBe(b);
     expect(Number.isFinite(a)).toBe(true);
+  });
+});
+
+describe('options arguments across the API', () => {
+  // Every public entry point with an options argument refuses anything but an object with E_ARG
+  // naming itself (null used to reach `opts.x` and throw a TypeError without a code). The options
+  // are checked first, so the other arguments here are placeholders.
+  test('null, numbers, strings and arrays are refused with E_ARG', async () => {
+    const lib = await import('../lib');
+    const x = undefined as never;
+    const model = lib.Model.projector({ inDim: 4, hiddenDim: 4, outDim: 4, seed: 1 });
+    const entries: [string, (o: never) => unknown][] = [
+      ['Tensor.from', (o) => lib.Tensor.from([1], [1], o)],
+      ['Tensor.zeros', (o) => lib.Tensor.zeros([1], o)],
+      ['Tensor.randn', (o) => lib.Tensor.randn([1], o)],
+      ['forward', (o) => model.forward(x, o)],
+      ['forwardAll', (o) => lib.Model.forwardAll(x, x, o)],
+      ['backwardAll', (o) => lib.Model.backwardAll(x, x, o)],
+      ['backward', (o) => model.backward(x, o)],
+      ['loadStateDict', (o) => model.loadStateDict(x, o)],
+      ['copyFrom', (o) => model.copyFrom(x, o)],
+      ['save', (o) => model.save(x, o)],
+      ['load', (o) => model.load(x, o)],
+      ['loadTensors', (o) => lib.loadTensors(x, o)],
+      ['defaultViews', (o) => lib.defaultViews(o)],
+      ['NativeDataset', (o) => new lib.NativeDataset(x, o)],
+      ['loadCifar', (o) => lib.loadCifar(x, o)],
+      ['loadImageFolder', (o) => lib.loadImageFolder(x, o)],
+      ['loadIdx', (o) => lib.loadIdx(x, x, o)],
+      ['loadDataset', (o) => lib.loadDataset(x, o)],
+      ['pretrain', (o) => lib.pretrain(o)],
+      ['extractFeatures', (o) => lib.extractFeatures(x, x, x, o)],
+      ['knnEvaluate', (o) => lib.knnEvaluate(x, x, x, x, o)],
+      ['linearEvaluate', (o) => lib.linearEvaluate(x, x, x, x, o)],
+      ['vmfScore', (o) => lib.vmfScore(x, o)],
+      ['MVEBLoss', (o) => new lib.MVEBLoss(o)],
+    ];
+    for (const [what, call] of entries)
+      for (const bad of [null, 5, 'fast', [1]])
+        await expectReject(() => call(bad as never), 'E_ARG', new RegExp(`^${what}: options must be an object`));
+    model.dispose();
   });
 });

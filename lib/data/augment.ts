@@ -2,7 +2,7 @@
 // the op-by-op description). A Dataset is uploaded to native memory once (NativeDataset, cached per
 // Dataset object); augmentBatch / evalBatch then run on the dataset's own native worker threads and
 // resolve to NCHW float32 Tensors. Tested by test/data.test.ts and test/native/test_augment.cpp.
-import { MvebError, check } from '../errors';
+import { MvebError, check, checkOptions } from '../errors';
 import { native } from '../native';
 import { DeviceName, Tensor } from '../tensor';
 import { Dataset, channelStats, isTypedArray } from './dataset';
@@ -72,6 +72,7 @@ export interface DefaultViewsOptions {
  * are identities there) but keeps brightness and contrast.
  */
 export function defaultViews(opts: DefaultViewsOptions = {}): ViewConfig[] {
+  opts = checkOptions(opts, 'defaultViews');
   const globalSize = opts.globalSize ?? 224;
   const localSize = opts.localSize ?? Math.max(1, Math.round((globalSize * 96) / 224));
   const localCrops = opts.localCrops ?? 6;
@@ -97,6 +98,7 @@ export class NativeDataset {
   #handle: Handle | null;
 
   constructor(dataset: Dataset, opts: { threads?: number } = {}) {
+    opts = checkOptions(opts, 'NativeDataset');
     check(dataset && isTypedArray(dataset.images, 'Uint8Array'), 'E_ARG', 'NativeDataset: expected a Dataset (see loadDataset / fromTypedArray)');
     const threads = opts.threads ?? 0;
     check(Number.isInteger(threads) && threads >= 0, 'E_ARG', `threads must be a non-negative integer (0 = all cores), found ${threads}`);

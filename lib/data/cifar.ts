@@ -5,7 +5,7 @@
 // train.bin / test.bin, names in fine_label_names.txt. Tested by test/data.test.ts.
 import * as fs from 'fs';
 import * as path from 'path';
-import { MvebError, check } from '../errors';
+import { MvebError, check, checkOptions } from '../errors';
 import { Dataset, makeDataset } from './dataset';
 import { readMaybeGzip } from './idx';
 
@@ -53,6 +53,7 @@ function readNames(file: string): string[] | undefined {
 
 /** Loads CIFAR-10/100 binary batches from a folder (split chosen by options.split), one file, or a list of files. */
 export function loadCifar(pathOrFiles: string | string[], opts: CifarOptions = {}): Dataset {
+  opts = checkOptions(opts, 'loadCifar');
   const split = opts.split ?? 'train';
   let files: string[];
   let variant = opts.variant;

@@ -6,7 +6,7 @@
 // Tested by test/data.test.ts.
 import * as fs from 'fs';
 import * as path from 'path';
-import { MvebError, check } from '../errors';
+import { MvebError, check, checkOptions } from '../errors';
 import { Dataset, makeDataset } from './dataset';
 
 export const IMAGE_EXTENSIONS = ['.jpg', '.jpeg', '.png', '.webp'];
@@ -52,6 +52,7 @@ export function listImageFolder(dir: string): { files: string[]; labels?: number
 
 /** Loads an image folder into memory (all images resized to one size). */
 export async function loadImageFolder(dir: string, opts: ImageFolderOptions = {}): Promise<Dataset> {
+  opts = checkOptions(opts, 'loadImageFolder');
   // sharp is loaded lazily: its native library is only needed for image folders
   // eslint-disable-next-line @typescript-eslint/no-var-requires
   const sharp = require('sharp') as typeof import('sharp').default;

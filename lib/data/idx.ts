@@ -4,7 +4,7 @@
 // byte offset (of the decompressed stream for .gz files). Tested by test/data.test.ts.
 import * as fs from 'fs';
 import * as zlib from 'zlib';
-import { MvebError } from '../errors';
+import { MvebError, checkOptions } from '../errors';
 import { Dataset, makeDataset } from './dataset';
 
 /** Reads a whole file, gunzipping it when it starts with the gzip magic (1f 8b). */
@@ -65,6 +65,7 @@ function parseIdx(file: string, buf: Buffer, what: 'images' | 'labels'): IdxArra
  * raw or gzip. Labels must be one per image.
  */
 export function loadIdx(imagesPath: string, labelsPath?: string, opts: { name?: string; classNames?: string[]; mean?: number[]; std?: number[] } = {}): Dataset {
+  opts = checkOptions(opts, 'loadIdx');
   const img = parseIdx(imagesPath, readMaybeGzip(imagesPath), 'images');
   const [n, h, w] = img.dims;
   const c = img.dims.length === 4 ? img.dims[3] : 1;

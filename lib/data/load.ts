@@ -8,7 +8,7 @@
 // Tested by test/data.test.ts.
 import * as fs from 'fs';
 import * as path from 'path';
-import { MvebError } from '../errors';
+import { MvebError, checkOptions } from '../errors';
 import { cifarFiles, loadCifar } from './cifar';
 import { Dataset } from './dataset';
 import { ImageFolderOptions, loadImageFolder } from './folder';
@@ -81,6 +81,7 @@ function looksLikeIdx(file: string): boolean {
 
 /** Loads a dataset from a name or path, detecting the format (see the file comment). */
 export async function loadDataset(spec: string, opts: LoadOptions = {}): Promise<Dataset> {
+  opts = checkOptions(opts, 'loadDataset');
   const split = opts.split ?? 'train';
   if (spec === 'fashion-mnist' || spec === 'builtin') return builtinFashionMnist(split);
   if (!fs.existsSync(spec)) throw new MvebError('E_IO', `dataset not found: ${spec} does not exist`);

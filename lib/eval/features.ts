@@ -2,7 +2,7 @@
 // statistics) over a list of dataset images with the test transform (evalBatch: normalisation only,
 // no augmentation), collected into one [count, featureDim] tensor on the model's device; and seeded
 // index subsets. Tested through test/eval.test.ts and test/train.test.ts.
-import { check } from '../errors';
+import { check, checkOptions } from '../errors';
 import { Tensor, DeviceName } from '../tensor';
 import type { Model } from '../model';
 import { Dataset, evalBatch } from '../data';
@@ -15,6 +15,7 @@ export async function extractFeatures(
   indices: Int32Array,
   opts: { batchSize?: number; device?: DeviceName } = {},
 ): Promise<Tensor> {
+  opts = checkOptions(opts, 'extractFeatures');
   const batchSize = opts.batchSize ?? 256;
   const device = opts.device ?? 'cpu';
   check(indices.length > 0, 'E_ARG', 'extractFeatures: no images selected');

@@ -3,7 +3,7 @@
 // one-hot by class; top-1 (and top-5) accuracy. The scoring runs natively (knnScores in
 // native/binding/eval_binding.cpp: blocked GEMM on the features' device + a heap selection).
 // Tested in test/eval.test.ts against a brute-force JavaScript reference.
-import { check } from '../errors';
+import { check, checkOptions } from '../errors';
 import { native } from '../native';
 import { Tensor } from '../tensor';
 
@@ -88,6 +88,7 @@ export async function knnEvaluate(
   queryLabels: Int32Array,
   opts: KnnOptions = {},
 ): Promise<KnnResult> {
+  opts = checkOptions(opts, 'knnEvaluate');
   check(bank.shape.length === 2 && queries.shape.length === 2, 'E_SHAPE', 'knn: features must be 2-D [rows, dim]');
   check(bankLabels.length === bank.shape[0], 'E_SHAPE', `knn: ${bankLabels.length} bank labels for ${bank.shape[0]} bank rows`);
   check(queryLabels.length === queries.shape[0], 'E_SHAPE', `knn: ${queryLabels.length} query labels for ${queries.shape[0]} query rows`);

@@ -7,7 +7,7 @@
 // for the small networks trained here standardising makes the same lr work for every checkpoint).
 // The training loop runs natively (linearProbe in native/binding/eval_binding.cpp).
 // Tested in test/eval.test.ts (separable synthetic data reaches high accuracy).
-import { check } from '../errors';
+import { check, checkOptions } from '../errors';
 import { native } from '../native';
 import { Tensor } from '../tensor';
 import { accuracyFromScores } from './knn';
@@ -70,6 +70,7 @@ export async function linearEvaluate(
   testLabels: Int32Array,
   opts: LinearEvalOptions = {},
 ): Promise<LinearEvalResult> {
+  opts = checkOptions(opts, 'linearEvaluate');
   check(trainFeatures.shape.length === 2 && testFeatures.shape.length === 2, 'E_SHAPE', 'linear: features must be 2-D [rows, dim]');
   const [n, d] = trainFeatures.shape, m = testFeatures.shape[0];
   check(testFeatures.shape[1] === d, 'E_SHAPE', `linear: train features have dimension ${d}, test features ${testFeatures.shape[1]}`);

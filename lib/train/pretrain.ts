@@ -15,7 +15,7 @@
 // Tested by test/train.test.ts; the default run is documented in benchmarks/RESULTS.md.
 import * as fs from 'fs';
 import * as path from 'path';
-import { MvebError, check } from '../errors';
+import { MvebError, check, checkOptions } from '../errors';
 import { Tensor, DeviceName } from '../tensor';
 import { Model } from '../model';
 import { MVEBLoss } from '../loss';
@@ -285,6 +285,7 @@ function prefixed(prefix: string, m: Map<string, Tensor>, into: Map<string, Tens
 
 /** The training loop. Resolves to the run summary; see PretrainOptions for everything it takes. */
 export async function pretrain(options: PretrainOptions = {}): Promise<PretrainSummary> {
+  options = checkOptions(options, 'pretrain');
   validate(options);
   const out = path.resolve(options.out ?? PRETRAIN_DEFAULTS.out);
   fs.mkdirSync(out, { recursive: true });

@@ -54,8 +54,10 @@ mveb::Shape parse_shape(Napi::Env env, const Napi::Value& v) {
   for (uint32_t i = 0; i < a.Length(); ++i) {
     Napi::Value d = a.Get(i);
     double x = d.IsNumber() ? d.As<Napi::Number>().DoubleValue() : -1;
-    if (!(x >= 0) || x != static_cast<double>(static_cast<int64_t>(x)) || x > 9.0e15)
-      throw_js(env, "E_SHAPE", "shape must contain non-negative integers, found " + d.ToString().Utf8Value() + " at dimension " + std::to_string(i));
+    // (the bound first: converting a double past 2^63 to int64 is undefined)
+    if (!(x >= 0) || x > 9.0e15 || x != static_cast<double>(static_cast<int64_t>(x)))
+      throw_js(env, "E_SHAPE", "shape must contain non-negative integers up to 9e15, found " + d.ToString().Utf8Value() +
+                                   " at dimension " + std::to_string(i));
     s.push_back(static_cast<int64_t>(x));
   }
   return s;

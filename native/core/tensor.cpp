@@ -29,20 +29,32 @@ std::string shape_string(const Shape& s) {
   return os.str();
 }
 
+// Refuses (E_SHAPE) a product past 2^48 elements (1 PiB of float32: no machine holds it), so that
+// no byte count computed from it can overflow: [2^31, 2^31] had wrapped to a 0-byte allocation that
+// a fill then wrote past.
 int64_t shape_numel(const Shape& s) {
+  constexpr int64_t kMaxElements = int64_t(1) << 48;
   int64_t n = 1;
-  for (int64_t d : s) n *= d;
-  return n;
+  bool zero = false;
+  for (int64_t d : s) {
+    MVEB_CHECK(d >= 0, "E_SHAPE", "negative dimension in shape ", shape_string(s));
+    zero = zero || d == 0;
+    if (!zero) {
+      MVEB_CHECK(d <= kMaxElements / n, "E_SHAPE", "shape ", shape_string(s), " has more than 2^48 elements");
+      n *= d;
+    }
+  }
+  return zero ? 0 : n;
 }
 
 Device Tensor::device() const { return storage->backend->device(); }
 
 Tensor empty_tensor(Backend& backend, const Shape& shape, DType dtype) {
-  for (int64_t d : shape) MVEB_CHECK(d >= 0, "E_SHAPE", "negative dimension in shape ", shape_string(shape));
+  const int64_t numel = shape_numel(shape);  // (checks the dimensions and their product)
   Tensor t;
   t.shape = shape;
   t.dtype = dtype;
-  t.storage = std::make_shared<Storage>(&backend, static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype));
+  t.storage = std::make_shared<Storage>(&backend, static_cast<size_t>(numel) * dtype_size(dtype));
   return t;
 }
 
