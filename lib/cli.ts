@@ -10,7 +10,7 @@
 // Tested in test/cli.test.ts (help, validation, a tiny pretrain + eval + export round trip).
 import { Command, InvalidArgumentError, Option } from 'commander';
 import * as path from 'path';
-import { PRETRAIN_DEFAULTS } from './train/defaults';
+import { MAX_LOCAL_CROPS, PRETRAIN_DEFAULTS } from './train/defaults';
 
 type Lib = {
   pretrain: typeof import('./train/pretrain');
@@ -142,7 +142,7 @@ export function buildProgram(configure?: (program: Command) => void): Command {
     .option('--warmup-epochs <x>', 'linear warm-up in epochs (default min(10, epochs/10))', float(0))
     .option('--base-momentum <m>', 'EMA momentum m0 of the target (cosine to 1)', float(0, 1), 0.996)
     .option('--lambda <x>', 'weight of the entropy term (official 0.01)', float(0), D.lambda)
-    .option('--local-crops <n>', 'local crops per image besides the two global views', int(0, 64), 0)
+    .option('--local-crops <n>', 'local crops per image besides the two global views', int(0, MAX_LOCAL_CROPS), 0)
     .option('--global-scale <min,max>', 'area range of the global RandomResizedCrops', scaleRange, D.globalScale)
     .option('--local-scale <min,max>', 'area range of the local crops', scaleRange, D.localScale)
     .option('--train-images <n>', 'use a seeded random subset of this many training images (0 = all)', int(0), D.trainImages)

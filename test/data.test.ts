@@ -309,6 +309,12 @@ describe('native augmentation', () => {
   test('shapes per view; deterministic across thread counts; step and seed change the views', async () => {
     const views = defaultViews({ globalSize: 9, localSize: 5, localCrops: 3 });
     expect(views.map((v) => [v.size, v.blurP, v.solarizeP])).toEqual([[9, 1, 0], [9, 0.1, 0.2], [5, 0.5, 0], [5, 0.5, 0], [5, 0.5, 0]]);
+    // at most 64 local crops (10^9 ran the JS heap out of memory)
+    expect(defaultViews({ localCrops: 64 })).toHaveLength(66);
+    expectCode(() => defaultViews({ localCrops: 65 }), 'E_ARG', /\[0, 64\], found 65/);
+    expectCode(() => defaultViews({ localCrops: 1e9 }), 'E_ARG');
+    expectCode(() => defaultViews({ globalSize: 10n as never }), 'E_ARG', /globalSize/);
+    expectCode(() => defaultViews({ localSize: 0.5 }), 'E_ARG', /localSize/);
     const one = new NativeDataset(rgb, { threads: 1 }), three = new NativeDataset(rgb, { threads: 3 });
     const idx = new Int32Array([0, 22, 5, 9, 13]);
     const run = async (nd: NativeDataset, seed: number, step: number) => {

@@ -108,6 +108,10 @@ describe('eval: kNN', () => {
     await expect(knnScores(B, new Int32Array([0, 1, 5, 1]), Q3, { classes: 2 })).rejects.toMatchObject({ code: 'E_ARG' });
     await expect(knnScores(B, new Int32Array([0, 1]), Q3, { classes: 2 })).rejects.toMatchObject({ code: 'E_SHAPE' });
     await expect(knnScores(B, new Int32Array([0, 1, 0, 1]), Q3, { classes: 2, k: 0 })).rejects.toBeInstanceOf(MvebError);
+    // non-Tensors and non-Int32Array labels: E_ARG, not a TypeError from reading their fields
+    await expect(knnEvaluate(B, null as never, Q3, new Int32Array(2))).rejects.toMatchObject({ code: 'E_ARG' });
+    await expect(knnEvaluate(B, [0, 1, 0, 1] as never, Q3, new Int32Array(2))).rejects.toMatchObject({ code: 'E_ARG' });
+    await expect(knnEvaluate({ shape: [4, 3] } as never, new Int32Array(4), Q3, new Int32Array(2))).rejects.toMatchObject({ code: 'E_ARG' });
     [B, Q, Q3].forEach((t) => t.dispose());
   });
 
@@ -159,6 +163,8 @@ describe('eval: linear probe', () => {
     const X = Tensor.from(new Float32Array(8), [4, 2]), T = Tensor.from(new Float32Array(6), [2, 3]);
     await expect(linearEvaluate(X, new Int32Array(4), T, new Int32Array(2))).rejects.toMatchObject({ code: 'E_SHAPE' });
     await expect(linearEvaluate(X, new Int32Array(3), X, new Int32Array(4))).rejects.toMatchObject({ code: 'E_SHAPE' });
+    await expect(linearEvaluate(X, undefined as never, T, new Int32Array(2))).rejects.toMatchObject({ code: 'E_ARG' });
+    await expect(linearEvaluate(X, new Int32Array(4), 'T' as never, new Int32Array(2))).rejects.toMatchObject({ code: 'E_ARG' });
     X.dispose();
     T.dispose();
   });

@@ -270,6 +270,7 @@ describe('train: pretrain end to end (tiny network)', () => {
   test('options are validated with clear messages', async () => {
     await expect(pretrain({ ...base('c'), width: -1 })).rejects.toMatchObject({ code: 'E_ARG', message: expect.stringContaining('width') });
     await expect(pretrain({ ...base('c'), optimizer: 'adam' as never })).rejects.toMatchObject({ code: 'E_ARG' });
+    await expect(pretrain({ ...base('c'), localCrops: 65 })).rejects.toMatchObject({ code: 'E_ARG', message: expect.stringContaining('localCrops') });
     await expect(pretrain({ ...base('c'), batchSize: 1000 })).rejects.toMatchObject({ code: 'E_ARG', message: expect.stringContaining('batchSize') });
     await expect(pretrain({ ...base('c'), globalScale: [0.9, 0.5] })).rejects.toMatchObject({ code: 'E_ARG', message: expect.stringContaining('globalScale') });
     await expect(pretrain({ ...base('c'), localScale: [0, 0.4] })).rejects.toMatchObject({ code: 'E_ARG', message: expect.stringContaining('localScale') });

@@ -4,6 +4,7 @@
 // resolve to NCHW float32 Tensors. Tested by test/data.test.ts and test/native/test_augment.cpp.
 import { MvebError, check, checkOptions } from '../errors';
 import { native } from '../native';
+import { MAX_LOCAL_CROPS } from '../train/defaults';
 import { DeviceName, Tensor } from '../tensor';
 import { Dataset, channelStats, isTypedArray } from './dataset';
 
@@ -74,9 +75,15 @@ export interface DefaultViewsOptions {
 export function defaultViews(opts: DefaultViewsOptions = {}): ViewConfig[] {
   opts = checkOptions(opts, 'defaultViews');
   const globalSize = opts.globalSize ?? 224;
+  check(Number.isInteger(globalSize) && globalSize >= 1, 'E_ARG', () => `globalSize must be a positive integer, found ${String(globalSize)}`);
   const localSize = opts.localSize ?? Math.max(1, Math.round((globalSize * 96) / 224));
+  check(Number.isInteger(localSize) && localSize >= 1, 'E_ARG', () => `localSize must be a positive integer, found ${String(localSize)}`);
   const localCrops = opts.localCrops ?? 6;
-  check(Number.isInteger(localCrops) && localCrops >= 0, 'E_ARG', `localCrops must be a non-negative integer, found ${localCrops}`);
+  check(
+    Number.isInteger(localCrops) && localCrops >= 0 && localCrops <= MAX_LOCAL_CROPS,
+    'E_ARG',
+    `localCrops must be an integer in [0, ${MAX_LOCAL_CROPS}], found ${localCrops}`,
+  );
   const norm = opts.mean || opts.std ? { mean: opts.mean, std: opts.std } : {};
   const common = { ratio: [3 / 4, 4 / 3] as [number, number], flipP: 0.5, jitterP: 0.8, brightness: 0.4, contrast: 0.4, saturation: 0.2, hue: 0.1, grayscaleP: 0.2, blurSigma: [0.1, 2.0] as [number, number], ...norm };
   const gScale = opts.globalScale ?? [0.4, 1.0];

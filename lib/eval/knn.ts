@@ -89,6 +89,8 @@ export async function knnEvaluate(
   opts: KnnOptions = {},
 ): Promise<KnnResult> {
   opts = checkOptions(opts, 'knnEvaluate');
+  check(bank instanceof Tensor && queries instanceof Tensor, 'E_ARG', 'knn: bank and queries must be Tensors');
+  check(bankLabels instanceof Int32Array && queryLabels instanceof Int32Array, 'E_ARG', 'knn: labels must be Int32Arrays');
   check(bank.shape.length === 2 && queries.shape.length === 2, 'E_SHAPE', 'knn: features must be 2-D [rows, dim]');
   check(bankLabels.length === bank.shape[0], 'E_SHAPE', `knn: ${bankLabels.length} bank labels for ${bank.shape[0]} bank rows`);
   check(queryLabels.length === queries.shape[0], 'E_SHAPE', `knn: ${queryLabels.length} query labels for ${queries.shape[0]} query rows`);

@@ -71,6 +71,8 @@ export async function linearEvaluate(
   opts: LinearEvalOptions = {},
 ): Promise<LinearEvalResult> {
   opts = checkOptions(opts, 'linearEvaluate');
+  check(trainFeatures instanceof Tensor && testFeatures instanceof Tensor, 'E_ARG', 'linear: features must be Tensors');
+  check(trainLabels instanceof Int32Array && testLabels instanceof Int32Array, 'E_ARG', 'linear: labels must be Int32Arrays');
   check(trainFeatures.shape.length === 2 && testFeatures.shape.length === 2, 'E_SHAPE', 'linear: features must be 2-D [rows, dim]');
   const [n, d] = trainFeatures.shape, m = testFeatures.shape[0];
   check(testFeatures.shape[1] === d, 'E_SHAPE', `linear: train features have dimension ${d}, test features ${testFeatures.shape[1]}`);

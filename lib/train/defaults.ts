@@ -3,6 +3,10 @@
 // is known and the addon loads.
 import * as path from 'path';
 
+/** The most local crops a step may take (the paper uses 6-10; 10^9 ran the JS heap out of memory
+ * building the views). */
+export const MAX_LOCAL_CROPS = 64;
+
 /**
  * Defaults: the small recipe behind `npx mveb pretrain` with no arguments, sized to finish in a few
  * minutes on a 2-core CPU (about one minute with the current kernels) (benchmarks/RESULTS.md,

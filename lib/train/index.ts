@@ -1,6 +1,6 @@
 // index.ts: the public surface of the training area (re-exported by lib/index.ts): pretrain(),
 // checkpoint evaluation/export, schedules, checkpoints, the report and device resolution.
-export { pretrain, trainStep, makeStepScratch, disposeStepScratch, trainingViews, PRETRAIN_DEFAULTS, VIEW_ACTIVATION_BUDGET } from './pretrain';
+export { pretrain, trainStep, makeStepScratch, disposeStepScratch, trainingViews, MAX_LOCAL_CROPS, PRETRAIN_DEFAULTS, VIEW_ACTIVATION_BUDGET } from './pretrain';
 export type { PretrainOptions, PretrainSummary, ResolvedConfig, StepResult, StepScratch, Net } from './pretrain';
 export { evaluateCheckpoint, exportCheckpoint, loadBackbone } from './evaluate';
 export type { EvaluateOptions, EvaluateResult } from './evaluate';

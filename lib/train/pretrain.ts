@@ -28,9 +28,9 @@ import { learningRateAt, momentumAt } from './schedule';
 import { saveCheckpoint, loadCheckpoint, withPrefix, TrainingState } from './checkpoint';
 import { ProgressReporter, ProgressEvent, ProgressMode, readMetrics, truncateMetrics } from './progress';
 import { renderReport, StepRecord } from './report';
-import { PRETRAIN_DEFAULTS } from './defaults';
+import { MAX_LOCAL_CROPS, PRETRAIN_DEFAULTS } from './defaults';
 
-export { PRETRAIN_DEFAULTS };
+export { MAX_LOCAL_CROPS, PRETRAIN_DEFAULTS };
 import { resolveDevice, DeviceChoice } from './device';
 
 export interface PretrainOptions {
@@ -189,7 +189,9 @@ function validate(o: PretrainOptions): void {
   if (o.baseMomentum !== undefined && !(isNum(o.baseMomentum, 0) && o.baseMomentum <= 1)) throw bad('baseMomentum', 'a number in [0, 1]', o.baseMomentum);
   if (o.optimizer !== undefined && !['lars', 'sgd'].includes(o.optimizer)) throw bad('optimizer', "'lars' or 'sgd'", o.optimizer);
   if (o.sideBySide !== undefined && typeof o.sideBySide !== 'boolean') throw bad('sideBySide', 'a boolean', o.sideBySide);
-  for (const k of ['localCrops', 'trainImages', 'seed', 'knnEvery', 'knnBank', 'knnMonitorBank', 'knnMonitorQueries'] as const)
+  if (o.localCrops !== undefined && !(isInt(o.localCrops, 0) && o.localCrops <= MAX_LOCAL_CROPS))
+    throw bad('localCrops', `an integer in [0, ${MAX_LOCAL_CROPS}]`, o.localCrops);
+  for (const k of ['trainImages', 'seed', 'knnEvery', 'knnBank', 'knnMonitorBank', 'knnMonitorQueries'] as const)
     if (o[k] !== undefined && !isInt(o[k], 0)) throw bad(k, 'an integer >= 0', o[k]);
   for (const k of ['cropSize', 'localCropSize', 'knnK', 'maxSteps', 'threads', 'logEvery'] as const)
     if (o[k] !== undefined && !isInt(o[k], 1)) throw bad(k, 'a positive integer', o[k]);
