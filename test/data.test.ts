@@ -259,6 +259,9 @@ describe('fromTypedArray and loadDataset', () => {
     expectCode(() => fromTypedArray(new Uint8Array(5), { shape: [1, 2, 2, 1] }), 'E_SHAPE', /needs 4 values, found 5/);
     expectCode(() => fromTypedArray(new Float32Array([2]), { shape: [1, 1, 1] }), 'E_ARG', /\[0, 1\]/);
     expectCode(() => fromTypedArray(new Uint8Array(4), { shape: [1, 2, 2], labels: [0, 1] }), 'E_SHAPE', /expected 1 labels/);
+    // labels that Int32Array.from would have truncated (1.5 -> 1, NaN -> 0) or that are no array
+    for (const bad of [[1.5], [NaN], [2 ** 40], null, 'ab'])
+      expectCode(() => fromTypedArray(new Uint8Array(4), { shape: [1, 2, 2], labels: bad as never }), 'E_ARG', /32-bit integers/);
   });
 
   test('loadDataset detects an IDX folder by split and reports unknown paths', async () => {

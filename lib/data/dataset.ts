@@ -163,6 +163,11 @@ export function fromTypedArray(images: Uint8Array | Uint8ClampedArray | Float32A
   }
   let labels: Int32Array | undefined;
   if (opts.labels !== undefined) {
+    check(
+      opts.labels instanceof Int32Array || (Array.isArray(opts.labels) && opts.labels.every((v) => Number.isInteger(v) && Math.abs(v) < 2 ** 31)),
+      'E_ARG',
+      'fromTypedArray: labels must be an Int32Array or an array of 32-bit integers',
+    );
     labels = Int32Array.from(opts.labels);
     check(labels.length === n, 'E_SHAPE', `fromTypedArray: expected ${n} labels, found ${labels.length}`);
   }
