@@ -26,16 +26,23 @@ export const packageRoot: string = (() => {
   return path.resolve(__dirname, '..');
 })();
 
-// The native CPU backend reads MVEB_MATMUL_PRECISION when the addon loads and acts on 'high' only;
-// anything but 'highest' / 'high' is refused here so a typo never silently means fp32.
+// The native CPU backend reads MVEB_MATMUL_PRECISION, MVEB_NUM_THREADS and MVEB_ISA when the addon
+// loads and falls back to its defaults on anything it does not recognise (fp32, all cores, the best
+// ISA); such values are refused here instead, so a typo never silently means the default.
 function checkEnvironment(): void {
-  const p = process.env.MVEB_MATMUL_PRECISION;
-  if (p !== undefined && p !== 'highest' && p !== 'high') {
-    throw new MvebError(
-      'E_ARG',
-      `MVEB_MATMUL_PRECISION must be 'highest' (fp32, the default) or 'high' (bf16x3 on AMX CPUs), found '${p}'`,
-    );
-  }
+  const env = process.env;
+  const refuse = (name: string, want: string, found: string): never => {
+    throw new MvebError('E_ARG', `${name} must be ${want}, found '${found}'`);
+  };
+  const p = env.MVEB_MATMUL_PRECISION;
+  if (p !== undefined && p !== 'highest' && p !== 'high')
+    refuse('MVEB_MATMUL_PRECISION', "'highest' (fp32, the default) or 'high' (bf16x3 on AMX CPUs)", p);
+  const t = env.MVEB_NUM_THREADS;
+  if (t !== undefined && !(/^[0-9]+$/.test(t) && Number(t) >= 1 && Number(t) <= 1024))
+    refuse('MVEB_NUM_THREADS', 'an integer from 1 to 1024 (unset: all cores)', t);
+  const isa = env.MVEB_ISA;
+  if (isa !== undefined && !['avx512', 'avx2', 'scalar'].includes(isa))
+    refuse('MVEB_ISA', "'avx512', 'avx2' or 'scalar' (unset: the best this CPU has)", isa);
 }
 
 function loadAddon(): NativeAddon {

@@ -107,19 +107,25 @@ describe('cli: help and validation', () => {
     if (!backends().cuda.available) expect(() => resolveDevice('cuda')).toThrow(/CUDA is not usable/);
   });
 
-  test('an invalid MVEB_MATMUL_PRECISION is an E_ARG error naming it', () => {
+  test('an invalid MVEB_MATMUL_PRECISION, MVEB_NUM_THREADS or MVEB_ISA is an E_ARG error naming it', () => {
     const script = `
       const fs = require('fs'), ts = require('typescript');
       require.extensions['.ts'] = (m, f) => m._compile(ts.transpileModule(fs.readFileSync(f, 'utf8'),
         { compilerOptions: { module: ts.ModuleKind.CommonJS, target: ts.ScriptTarget.ES2022, esModuleInterop: true } }).outputText, f);
       require('./lib/cli').buildProgram().parseAsync(process.argv);`;
-    const r = spawnSync(process.execPath, ['-e', script, 'mveb', 'doctor', '--json'], {
-      cwd: path.resolve(__dirname, '..'), env: { ...process.env, MVEB_MATMUL_PRECISION: 'hihg' }, encoding: 'utf8', timeout: 60000,
-    });
-    expect(r.status).toBe(1);
-    expect(r.stderr).toContain('[E_ARG] MVEB_MATMUL_PRECISION');
-    expect(r.stderr).toContain("found 'hihg'");
-    expect(JSON.parse(r.stdout.trim().split('\n').pop()!).error.code).toBe('E_ARG');
+    // (the native side fell back to its defaults on these: fp32, all cores, the best ISA)
+    for (const [name, value] of [['MVEB_MATMUL_PRECISION', 'hihg'], ['MVEB_NUM_THREADS', 'four'], ['MVEB_NUM_THREADS', '0'],
+      ['MVEB_NUM_THREADS', '2000'], ['MVEB_ISA', 'avx-512']]) {
+      const env: NodeJS.ProcessEnv = { ...process.env, MVEB_NUM_THREADS: undefined, MVEB_ISA: undefined, MVEB_MATMUL_PRECISION: undefined };
+      env[name] = value;
+      const r = spawnSync(process.execPath, ['-e', script, 'mveb', 'doctor', '--json'], {
+        cwd: path.resolve(__dirname, '..'), env, encoding: 'utf8', timeout: 60000,
+      });
+      expect(r.status).toBe(1);
+      expect(r.stderr).toContain(`[E_ARG] ${name}`);
+      expect(r.stderr).toContain(`found '${value}'`);
+      expect(JSON.parse(r.stdout.trim().split('\n').pop()!).error.code).toBe('E_ARG');
+    }
   });
 
   test('doctor --json', async () => {
