@@ -5,6 +5,32 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { MvebError } from './errors';
 
+/**
+ * mkdir -p: `dir` and its missing parents, each made on its own. Node 20's recursive mkdir loops
+ * forever where mkdir reports ENOENT for a child of a folder that exists (under /proc: `--out
+ * /proc/x` hung the CLI); here any failure, or a non-folder in the way, is E_IO naming the path.
+ */
+export function makeDirs(dir: string): void {
+  const abs = path.resolve(dir);
+  const missing: string[] = [];
+  for (let d = abs; !fs.existsSync(d) && path.dirname(d) !== d; d = path.dirname(d)) missing.push(d);
+  for (const d of missing.reverse()) {
+    try {
+      fs.mkdirSync(d);
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException;
+      if (err.code !== 'EEXIST') throw new MvebError('E_IO', `cannot create the folder ${d}: ${err.message}`);
+    }
+  }
+  let isDir = false;
+  try {
+    isDir = fs.statSync(abs).isDirectory();
+  } catch {
+    // (a dangling symlink: not a folder)
+  }
+  if (!isDir) throw new MvebError('E_IO', `cannot create the folder ${abs}: something else is in the way`);
+}
+
 export async function writeFileAtomic(file: string, data: Uint8Array): Promise<void> {
   const abs = path.resolve(file);
   const dir = path.dirname(abs);
@@ -25,7 +51,7 @@ export async function writeFileAtomic(file: string, data: Uint8Array): Promise<v
     if (handle) await handle.close().catch(() => undefined);
     await fs.promises.unlink(tmp).catch(() => undefined);
     const err = e as NodeJS.ErrnoException;
-    throw new MvebError('E_IO', `cannot write ${abs}: ${err.code ?? ''} ${err.message}`.trim());
+    throw new MvebError('E_IO', `cannot write ${abs}: ${err.message}`);
   }
   // make the rename durable (best effort: not every platform can fsync a directory)
   try {

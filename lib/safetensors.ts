@@ -64,7 +64,7 @@ export async function loadTensors(path: string, opts: { device?: DeviceName } = 
     bytes = await fs.promises.readFile(path);
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
-    throw new MvebError('E_IO', `cannot read ${path}: ${err.code ?? ''} ${err.message}`.trim());
+    throw new MvebError('E_IO', `cannot read ${path}: ${err.message}`);
   }
   try {
     return await decodeTensors(bytes, opts);

@@ -8,7 +8,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { Model } from '../lib/model';
 import { loadTensors, saveTensors } from '../lib/safetensors';
-import { writeFileAtomic } from '../lib/atomic';
+import { makeDirs, writeFileAtomic } from '../lib/atomic';
 import { Tensor } from '../lib/tensor';
 import { MvebError } from '../lib/errors';
 import { expectReject, relError } from './helpers';
@@ -278,4 +278,18 @@ test('writeFileAtomic replaces the file whole and leaves no temporary file', asy
   expect(fs.readFileSync(file, 'utf8')).toBe('new content');
   expect(fs.readdirSync(tmp).filter((n) => n.includes('atomic.bin') && n.endsWith('.tmp'))).toEqual([]);
   await expectReject(writeFileAtomic(path.join(tmp, 'no-such-dir', 'x.bin'), Buffer.from('x')), 'E_IO');
+});
+
+test('makeDirs makes missing parents and refuses what cannot be a folder with E_IO (never hangs)', () => {
+  const deep = path.join(tmp, 'mk', 'a', 'b');
+  makeDirs(deep);
+  makeDirs(deep);  // (exists: nothing to do)
+  expect(fs.statSync(deep).isDirectory()).toBe(true);
+  fs.writeFileSync(path.join(tmp, 'mk', 'file'), 'x');
+  expect(() => makeDirs(path.join(tmp, 'mk', 'file', 'sub'))).toThrow(expect.objectContaining({ code: 'E_IO' }));
+  expect(() => makeDirs(path.join(tmp, 'mk', 'file'))).toThrow(/something else is in the way/);
+  fs.symlinkSync(path.join(tmp, 'mk', 'nowhere'), path.join(tmp, 'mk', 'dangling'));
+  expect(() => makeDirs(path.join(tmp, 'mk', 'dangling', 'out'))).toThrow(expect.objectContaining({ code: 'E_IO' }));
+  // where mkdir says ENOENT under an existing folder (Node 20's recursive mkdir looped forever here)
+  if (fs.existsSync('/proc/self')) expect(() => makeDirs('/proc/mveb-test/out')).toThrow(expect.objectContaining({ code: 'E_IO' }));
 });

@@ -10,6 +10,7 @@ import { Tensor } from '../tensor';
 import { Model } from '../model';
 import { Dataset, builtinFashionMnist, loadDataset } from '../data';
 import { saveTensors } from '../safetensors';
+import { makeDirs } from '../atomic';
 import { extractFeatures, subsetIndices } from '../eval/features';
 import { knnEvaluate } from '../eval/knn';
 import { linearEvaluate } from '../eval/linear';
@@ -185,7 +186,7 @@ export async function exportCheckpoint(
     let parameters = 0;
     for (const [k, v] of m) if (!k.endsWith('num_batches_tracked') && !k.includes('running_')) parameters += v.size;
     const abs = path.resolve(out);
-    fs.mkdirSync(path.dirname(abs), { recursive: true });
+    makeDirs(path.dirname(abs));
     await saveTensors(abs, m, {
       format: 'pt',
       source: 'mveb',

@@ -16,6 +16,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { MvebError, check, checkOptions } from '../errors';
+import { makeDirs } from '../atomic';
 import { Tensor, DeviceName } from '../tensor';
 import { Model } from '../model';
 import { MVEBLoss } from '../loss';
@@ -290,7 +291,7 @@ export async function pretrain(options: PretrainOptions = {}): Promise<PretrainS
   options = checkOptions(options, 'pretrain');
   validate(options);
   const out = path.resolve(options.out ?? PRETRAIN_DEFAULTS.out);
-  fs.mkdirSync(out, { recursive: true });
+  makeDirs(out);
   const checkpointPath = path.join(out, 'checkpoint.safetensors');
   const metricsPath = path.join(out, 'metrics.jsonl');
   const reportPath = path.join(out, 'report.html');
