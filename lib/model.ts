@@ -6,7 +6,7 @@
 import { MvebError, check, checkOptions } from './errors';
 import { native, TensorHandle } from './native';
 import { encodeTensors, loadTensors } from './safetensors';
-import { writeFileAtomic } from './atomic';
+import { writeFileAtomic } from './files';
 import { Tensor, DeviceName } from './tensor';
 
 export interface ResnetOptions {

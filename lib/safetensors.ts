@@ -5,7 +5,7 @@
 // *.num_batches_tracked are written as I64 like torchvision's; I64 reads back as int32, F64/F16/BF16
 // as float32. Tested by test/model.test.ts.
 import * as fs from 'fs';
-import { writeFileAtomic } from './atomic';
+import { checkRegularFile, writeFileAtomic } from './files';
 import { MvebError, check, checkOptions } from './errors';
 import { native, TensorHandle } from './native';
 import { Tensor, DeviceName } from './tensor';
@@ -59,6 +59,7 @@ export async function saveTensors(path: string, tensors: Map<string, Tensor>, me
 export async function loadTensors(path: string, opts: { device?: DeviceName } = {}): Promise<LoadedTensors> {
   opts = checkOptions(opts, 'loadTensors');
   check(typeof path === 'string' && path.length > 0, 'E_ARG', 'path must be a non-empty string');
+  checkRegularFile(path);
   let bytes: Buffer;
   try {
     bytes = await fs.promises.readFile(path);

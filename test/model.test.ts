@@ -8,7 +8,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { Model } from '../lib/model';
 import { loadTensors, saveTensors } from '../lib/safetensors';
-import { makeDirs, writeFileAtomic } from '../lib/atomic';
+import { checkRegularFile, makeDirs, writeFileAtomic } from '../lib/files';
 import { Tensor } from '../lib/tensor';
 import { MvebError } from '../lib/errors';
 import { expectReject, relError } from './helpers';
@@ -292,4 +292,13 @@ test('makeDirs makes missing parents and refuses what cannot be a folder with E_
   expect(() => makeDirs(path.join(tmp, 'mk', 'dangling', 'out'))).toThrow(expect.objectContaining({ code: 'E_IO' }));
   // where mkdir says ENOENT under an existing folder (Node 20's recursive mkdir looped forever here)
   if (fs.existsSync('/proc/self')) expect(() => makeDirs('/proc/mveb-test/out')).toThrow(expect.objectContaining({ code: 'E_IO' }));
+});
+
+test('a device or a folder given as a file to read is E_IO, not an endless read', async () => {
+  expect(() => checkRegularFile(tmp)).toThrow(/not a regular file \(a folder\)/);
+  if (fs.existsSync('/dev/zero')) {
+    expect(() => checkRegularFile('/dev/zero')).toThrow(/a device or special file/);
+    await expectReject(loadTensors('/dev/zero'), 'E_IO', /not a regular file/);  // (read forever before)
+  }
+  expect(() => checkRegularFile(path.join(tmp, 'missing'))).toThrow(expect.objectContaining({ code: 'E_IO' }));
 });

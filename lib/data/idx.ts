@@ -5,10 +5,12 @@
 import * as fs from 'fs';
 import * as zlib from 'zlib';
 import { MvebError, checkOptions } from '../errors';
+import { checkRegularFile } from '../files';
 import { Dataset, makeDataset } from './dataset';
 
 /** Reads a whole file, gunzipping it when it starts with the gzip magic (1f 8b). */
 export function readMaybeGzip(file: string): Buffer {
+  checkRegularFile(file);
   let raw: Buffer;
   try {
     raw = fs.readFileSync(file);

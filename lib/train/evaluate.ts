@@ -10,7 +10,7 @@ import { Tensor } from '../tensor';
 import { Model } from '../model';
 import { Dataset, builtinFashionMnist, loadDataset } from '../data';
 import { saveTensors } from '../safetensors';
-import { makeDirs } from '../atomic';
+import { makeDirs } from '../files';
 import { extractFeatures, subsetIndices } from '../eval/features';
 import { knnEvaluate } from '../eval/knn';
 import { linearEvaluate } from '../eval/linear';

@@ -16,7 +16,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { MvebError, check, checkOptions } from '../errors';
-import { makeDirs } from '../atomic';
+import { makeDirs } from '../files';
 import { Tensor, DeviceName } from '../tensor';
 import { Model } from '../model';
 import { MVEBLoss } from '../loss';

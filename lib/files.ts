@@ -1,9 +1,25 @@
-// atomic.ts: writeFileAtomic(path, data): the file at `path` is either its old content or the new
-// one, never a torn mix, even if the process dies mid-write: write a temporary file in the same
-// folder, fsync it, rename it over the target, fsync the folder. Tested by test/model.test.ts.
+// files.ts: the file-system helpers that keep saved work whole and bad paths clear errors (E_IO).
+// - writeFileAtomic(path, data): the file at `path` is either its old content or the new one, never a
+//   torn mix, even if the process dies mid-write: write a temporary file in the same folder, fsync it,
+//   rename it over the target, fsync the folder.
+// - makeDirs(dir): mkdir -p that cannot hang.
+// - checkRegularFile(path): before a whole-file read, so that a device or a folder is refused instead
+//   of read forever (/dev/zero as a checkpoint hung `mveb eval`).
+// Tested by test/model.test.ts.
 import * as fs from 'fs';
 import * as path from 'path';
 import { MvebError } from './errors';
+
+/** E_IO unless `file` is a regular file (following links). */
+export function checkRegularFile(file: string): void {
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(file);
+  } catch (e) {
+    throw new MvebError('E_IO', `cannot read ${file}: ${(e as Error).message}`);
+  }
+  if (!st.isFile()) throw new MvebError('E_IO', `cannot read ${file}: not a regular file (${st.isDirectory() ? 'a folder' : 'a device or special file'})`);
+}
 
 /**
  * mkdir -p: `dir` and its missing parents, each made on its own. Node 20's recursive mkdir loops
