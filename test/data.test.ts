@@ -3,6 +3,7 @@
 // image folders made with sharp (one corrupt file skipped with a warning), fromTypedArray, format
 // detection, augmentBatch/evalBatch values, determinism across thread counts, MultiCropLoader.
 // Run: MVEB_ADDON_PATH=<built addon> npx jest test/data.test.ts
+import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -243,6 +244,32 @@ describe('image folder', () => {
     expect([ds.size, ds.height, ds.width]).toEqual([2, 4, 6]);
     expect(ds.labels).toBeUndefined();
     await expectReject(loadImageFolder(path.join(tmp, 'cifar10')), 'E_IO', /no images found/);
+  });
+
+  test('links to images and to class folders count; pipes, dangling links and folders named *.png do not', async () => {
+    const src = path.join(tmp, 'linksrc');
+    fs.mkdirSync(path.join(src, 'birds'), { recursive: true });
+    await solid(4, 4, [7, 7, 7]).png().toFile(path.join(src, 'birds', 'p.png'));
+    await solid(4, 4, [8, 8, 8]).png().toFile(path.join(src, 'q.png'));
+    // flat: a link to an image (was skipped: only regular entries counted), a dangling link, a folder
+    // and a named pipe with image names (a pipe would block the decoder forever)
+    const flat = path.join(tmp, 'flatlinks');
+    fs.mkdirSync(flat);
+    fs.symlinkSync(path.join(src, 'q.png'), path.join(flat, 'a.png'));
+    fs.symlinkSync(path.join(src, 'gone.png'), path.join(flat, 'b.png'));
+    fs.mkdirSync(path.join(flat, 'c.png'));
+    const fifo = spawnSync('mkfifo', [path.join(flat, 'd.png')]).status === 0;
+    const f = await loadImageFolder(flat);
+    expect(f.size).toBe(1);
+    // classes: a linked class folder (was skipped) next to a real one, with a linked image
+    const cls = path.join(tmp, 'classlinks');
+    fs.mkdirSync(path.join(cls, 'cats'), { recursive: true });
+    fs.symlinkSync(path.join(src, 'birds'), path.join(cls, 'birds'));
+    fs.symlinkSync(path.join(src, 'q.png'), path.join(cls, 'cats', 'q.png'));
+    if (fifo) spawnSync('mkfifo', [path.join(cls, 'cats', 'pipe.png')]);
+    const c = await loadImageFolder(cls);
+    expect(c.classNames).toEqual(['birds', 'cats']);
+    expect(Array.from(c.labels!)).toEqual([0, 1]);
   });
 });
 

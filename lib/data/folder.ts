@@ -26,28 +26,53 @@ export interface ImageFolderOptions {
   name?: string;
 }
 
-/** Finds the images of a folder: per-class subfolders, or a flat unlabelled folder. */
-export function listImageFolder(dir: string): { files: string[]; labels?: number[]; classNames?: string[] } {
-  let entries: fs.Dirent[];
+// What a folder entry is, following symbolic links (a class folder or an image may be a link, as in
+// datasets assembled from another's files); only links cost a stat.
+function entryKind(dir: string, e: fs.Dirent): 'file' | 'dir' | 'other' {
+  if (e.isFile()) return 'file';
+  if (e.isDirectory()) return 'dir';
+  if (!e.isSymbolicLink()) return 'other';  // devices, pipes, sockets: never read
   try {
-    entries = fs.readdirSync(dir, { withFileTypes: true });
+    const st = fs.statSync(path.join(dir, e.name));
+    return st.isFile() ? 'file' : st.isDirectory() ? 'dir' : 'other';
+  } catch {
+    return 'other';  // a dangling link
+  }
+}
+
+function readEntries(dir: string): fs.Dirent[] {
+  try {
+    return fs.readdirSync(dir, { withFileTypes: true });
   } catch (e) {
     throw new MvebError('E_IO', `cannot read the image folder ${dir}: ${(e as Error).message}`);
   }
-  const classes = entries.filter((e) => e.isDirectory() && !e.name.startsWith('.')).map((e) => e.name).sort();
-  const withImages = classes.filter((c) => fs.readdirSync(path.join(dir, c)).some(isImage));
+}
+
+// The image files of a folder (regular files or links to them, image extensions), sorted by name.
+function imagesIn(dir: string, entries: fs.Dirent[] = readEntries(dir)): string[] {
+  return entries
+    .filter((e) => isImage(e.name) && entryKind(dir, e) === 'file')
+    .map((e) => e.name)
+    .sort();
+}
+
+/** Finds the images of a folder: per-class subfolders, or a flat unlabelled folder. */
+export function listImageFolder(dir: string): { files: string[]; labels?: number[]; classNames?: string[] } {
+  const entries = readEntries(dir);
+  const classes = entries.filter((e) => !e.name.startsWith('.') && entryKind(dir, e) === 'dir').map((e) => e.name).sort();
+  const perClass = classes.map((c) => imagesIn(path.join(dir, c)));
+  const withImages = classes.filter((_, i) => perClass[i].length > 0);
   if (withImages.length > 0) {
     const files: string[] = [], labels: number[] = [];
     withImages.forEach((c, k) => {
-      for (const f of fs.readdirSync(path.join(dir, c)).filter(isImage).sort()) {
+      for (const f of perClass[classes.indexOf(c)]) {
         files.push(path.join(dir, c, f));
         labels.push(k);
       }
     });
     return { files, labels, classNames: withImages };
   }
-  const files = entries.filter((e) => e.isFile() && isImage(e.name)).map((e) => path.join(dir, e.name)).sort();
-  return { files };
+  return { files: imagesIn(dir, entries).map((f) => path.join(dir, f)) };
 }
 
 /** Loads an image folder into memory (all images resized to one size). */
