@@ -16,7 +16,7 @@ import { Model } from '../lib/model';
 import { Tensor } from '../lib/tensor';
 import { MVEBLoss } from '../lib/loss';
 import { loadCheckpoint, checksumTensors } from '../lib/train/checkpoint';
-import { builtinFashionMnist } from '../lib/data';
+import { builtinFashionMnist, fromTypedArray } from '../lib/data';
 import type { Dataset } from '../lib/data';
 
 /**
@@ -265,6 +265,22 @@ describe('train: pretrain end to end (tiny network)', () => {
       for (let i = 0; i < d.length; i++) if (!Number.isFinite(d[i])) throw new Error('non-finite value in the saved state');
       t.dispose();
     }
+  });
+
+  test('unlabelled data pretrains: the kNN evaluation is skipped with a message (it refused the run before)', async () => {
+    const unlabelled = fromTypedArray(train.images, { shape: [train.size, train.height, train.width, train.channels] });
+    expect(unlabelled.labels).toBeUndefined();
+    const messages: string[] = [];
+    const summary = await pretrain({
+      ...base('unlabelled'), data: unlabelled, testData: undefined, epochs: 1, knnEvery: 1, finalKnn: true,
+      onProgress: (e) => e.type === 'message' && messages.push(e.message),
+    });
+    expect(summary.steps).toBe(8);
+    expect(summary.knnTop1).toBeNull();
+    expect(messages.filter((m) => m.startsWith('kNN evaluation skipped: no labels in'))).toHaveLength(1);
+    // labelled training images with an unlabelled test set: skipped too
+    const s2 = await pretrain({ ...base('unlabelled-test'), testData: unlabelled, epochs: 1, finalKnn: true });
+    expect(s2.knnTop1).toBeNull();
   });
 
   test('options are validated with clear messages', async () => {

@@ -379,9 +379,10 @@ export async function pretrain(options: PretrainOptions = {}): Promise<PretrainS
     'E_ARG',
     `the test images have ${test.dataset.channels} channels but the training images ${train.dataset.channels}`,
   );
-  check(test.dataset.labels !== undefined && test.dataset.labels !== null, 'E_ARG', `the evaluation data ${test.name} has no labels (kNN needs labels)`);
-  check(train.dataset.labels !== undefined && train.dataset.labels !== null || options.knnEvery === 0 && options.finalKnn === false, 'E_ARG',
-    `the training data ${train.name} has no labels; the kNN memory bank needs labelled training images (pass --knn-every 0 and --no-final-knn to pretrain without any)`);
+  // kNN (monitor and final) needs labelled training (memory bank) and test images; pretraining needs
+  // none: on unlabelled data the evaluation is skipped (this used to refuse the run, even with kNN off)
+  const unlabelled = [...new Set([train, test].filter((d) => !d.dataset.labels).map((d) => d.name))];
+  const knnPossible = unlabelled.length === 0;
 
   const views = 2 + c.localCrops;
   const reporter = new ProgressReporter({
@@ -437,6 +438,7 @@ export async function pretrain(options: PretrainOptions = {}): Promise<PretrainS
       `${online.backbone.featureDim}-d features) + projector ${c.projectorDim}; ${views} views${sideBySide ? ' side by side' : ''}; ${c.optimizer.toUpperCase()} lr ${c.lr} x ${batchSize}/256; ` +
       `${epochs} epochs x ${stepsPerEpoch} steps`,
   );
+  if (!knnPossible) say(`kNN evaluation skipped: no labels in ${unlabelled.join(', ')} (pretraining needs none)`);
 
   const evalFeatures = async (net: Model, ds: Dataset, idx: Int32Array) => extractFeatures(net, ds, idx, { batchSize: 512, device });
   const labelsOf = (ds: Dataset, idx: Int32Array) => Int32Array.from(idx, (i) => ds.labels![i]);
@@ -456,7 +458,7 @@ export async function pretrain(options: PretrainOptions = {}): Promise<PretrainS
   };
   const finalBank = subsetIndices(trainSet.size, c.knnBank, seed + 31);
   const allQueries = subsetIndices(test.dataset.size, 0, 0);
-  const finalKnn = options.finalKnn ?? true;
+  const finalKnn = (options.finalKnn ?? true) && knnPossible;
 
   if (!resumed && (options.randomInitKnn ?? true) && finalKnn) {
     const t0 = Date.now();
@@ -583,7 +585,7 @@ export async function pretrain(options: PretrainOptions = {}): Promise<PretrainS
       if (stoppedEarly) break;
       // ---- end of epoch: kNN monitor, checkpoint ----
       let knnTop1: number | undefined;
-      if (c.knnEvery > 0 && ((epoch + 1) % c.knnEvery === 0 || epoch + 1 === epochs) && train.dataset.labels) {
+      if (c.knnEvery > 0 && knnPossible && ((epoch + 1) % c.knnEvery === 0 || epoch + 1 === epochs)) {
         knnTop1 = (await knnOn(online.backbone, monitorBank, monitorQueries)).top1;
       }
       const rec = { epoch, step, knnTop1, seconds: (Date.now() - runStart) / 1000 };
