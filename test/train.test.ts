@@ -16,6 +16,7 @@ import { Model } from '../lib/model';
 import { Tensor } from '../lib/tensor';
 import { MVEBLoss } from '../lib/loss';
 import { loadCheckpoint, checksumTensors } from '../lib/train/checkpoint';
+import { loadTensors, saveTensors } from '../lib/safetensors';
 import { builtinFashionMnist, fromTypedArray } from '../lib/data';
 import type { Dataset } from '../lib/data';
 
@@ -252,6 +253,30 @@ describe('train: pretrain end to end (tiny network)', () => {
     await expect(loadCheckpoint(p2)).rejects.toMatchObject({ code: 'E_CHECKPOINT', message: expect.stringContaining(p2) });
     await expect(loadCheckpoint(path.join(tmp, 'missing.safetensors'))).rejects.toMatchObject({ code: 'E_CHECKPOINT' });
     await expect(pretrain({ ...base('b'), resume: p1 })).rejects.toMatchObject({ code: 'E_CHECKPOINT' });
+  });
+
+  test('a checkpoint whose training state or configuration is malformed, or of other data, is refused with E_CHECKPOINT', async () => {
+    // (valid tensors and checksum; these states had failed later with TypeErrors, or resumed at a nonsense step)
+    const src = path.join(tmp, 'a', 'checkpoint.safetensors');
+    const { tensors, metadata } = await loadTensors(src);
+    const state = JSON.parse(metadata.state);
+    const cases: [string, unknown, RegExp][] = [
+      ['null', null, /invalid training state: expected an object/],
+      ['negative step', { ...state, step: -5 }, /step must be a non-negative integer/],
+      ['history', { ...state, knnHistory: 5 }, /knnHistory must be an array/],
+      ['config', { ...state, config: { ...state.config, lr: 'fast' } }, /invalid configuration: lr must be a positive number/],
+      ['step', { ...state, step: state.step + 1 }, /does not match this data's 8 steps per epoch/],
+    ];
+    for (const [name, st, message] of cases) {
+      const dir = path.join(tmp, `bad-state-${name.replace(/ /g, '-')}`);
+      fs.mkdirSync(dir);
+      await saveTensors(path.join(dir, 'checkpoint.safetensors'), tensors, { ...metadata, state: JSON.stringify(st) });
+      await expect(pretrain({ ...base('x'), out: dir, resume: true })).rejects.toMatchObject({ code: 'E_CHECKPOINT', message: expect.stringMatching(message) });
+    }
+    tensors.forEach((t) => t.dispose());
+    // resuming with other data (fewer images: other steps per epoch)
+    const fewer = train.subset(Int32Array.from({ length: 160 }, (_, i) => i));
+    await expect(pretrain({ ...base('a2'), data: fewer, resume: src })).rejects.toMatchObject({ code: 'E_CHECKPOINT', message: expect.stringContaining('resume with the data it was trained on') });
   });
 
   test('a non-finite loss stops the run with E_NUMERIC and a checkpoint of the state before that step', async () => {

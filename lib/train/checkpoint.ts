@@ -99,7 +99,36 @@ export async function loadCheckpoint(path: string): Promise<LoadedCheckpoint> {
     disposeAll();
     throw new MvebError('E_CHECKPOINT', `checkpoint ${path} has an unreadable training state (${(e as Error).message})`);
   }
+  try {
+    checkState(state);
+  } catch (e) {
+    disposeAll();
+    throw new MvebError('E_CHECKPOINT', `checkpoint ${path} has an invalid training state: ${(e as Error).message}`);
+  }
   return { tensors: loaded.tensors, state };
+}
+
+// The training state's fields, type by type (a state that parses but holds null, a negative step or
+// a non-array history had failed later with TypeErrors, or resumed with a nonsense step count).
+function checkState(s: unknown): void {
+  const isObject = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
+  const fail = (what: string): never => {
+    throw new Error(what);
+  };
+  if (!isObject(s)) return fail(`expected an object, found ${JSON.stringify(s)}`);
+  const count = (o: Record<string, unknown>, k: string, integer: boolean) => {
+    const v = o[k];
+    if (!(typeof v === 'number' && v >= 0 && (integer ? Number.isSafeInteger(v) : Number.isFinite(v))))
+      fail(`${k} must be a ${integer ? 'non-negative integer' : 'finite number >= 0'}, found ${JSON.stringify(v)}`);
+  };
+  for (const k of ['step', 'epoch', 'skippedSteps']) count(s, k, true);
+  for (const k of ['trainSeconds', 'imagesSeen']) count(s, k, false);
+  if (!isObject(s.config)) fail('config must be an object');
+  if (!isObject(s.loader)) fail('loader must be an object');
+  for (const k of ['seed', 'epoch', 'stepInEpoch']) count(s.loader as Record<string, unknown>, k, true);
+  const r = s.knnTop1RandomInit;
+  if (r !== undefined && r !== null && !(typeof r === 'number' && r >= 0 && r <= 1)) fail(`knnTop1RandomInit must be in [0, 1], found ${JSON.stringify(r)}`);
+  if (!Array.isArray(s.knnHistory) || !s.knnHistory.every(isObject)) fail('knnHistory must be an array of records');
 }
 
 /** The tensors under `prefix` (prefix removed). */

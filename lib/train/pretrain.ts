@@ -311,6 +311,12 @@ export async function pretrain(options: PretrainOptions = {}): Promise<PretrainS
     let p = typeof options.resume === 'string' ? path.resolve(options.resume) : checkpointPath;
     if (fs.existsSync(p) && fs.statSync(p).isDirectory()) p = path.join(p, 'checkpoint.safetensors');
     resumed = await loadCheckpoint(p);
+    try {
+      validate(resumed.state.config as PretrainOptions);  // (the same bounds as the options it came from)
+    } catch (e) {
+      disposeMap(resumed.tensors);
+      throw new MvebError('E_CHECKPOINT', `checkpoint ${p} has an invalid configuration: ${(e as Error).message}`);
+    }
   }
   const prev = resumed?.state.config as Partial<ResolvedConfig> | undefined;
   const pick = <K extends keyof PretrainOptions & keyof ResolvedConfig>(k: K, fallback: ResolvedConfig[K]): ResolvedConfig[K] =>
@@ -418,6 +424,13 @@ export async function pretrain(options: PretrainOptions = {}): Promise<PretrainS
     if (op.size) online.projector.loadOptimizerState(op);
     disposeMap(t);
     const s = resumed.state;
+    // (a checkpoint of other data: its step does not fall where this data's epochs put it)
+    check(
+      s.step === s.epoch * stepsPerEpoch + s.loader.stepInEpoch && s.loader.stepInEpoch <= stepsPerEpoch,
+      'E_CHECKPOINT',
+      `checkpoint ${checkpointPath} is at step ${s.step} (step ${s.loader.stepInEpoch} of epoch ${s.epoch + 1}), which does not ` +
+        `match this data's ${stepsPerEpoch} steps per epoch (${trainSet.size} images, batch ${batchSize}): resume with the data it was trained on`,
+    );
     step = s.step;
     startEpoch = s.epoch;
     skippedSteps = s.skippedSteps;
