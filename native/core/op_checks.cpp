@@ -25,6 +25,10 @@ void check_conv_shape(const char* op, const ConvShape& s) {
   check_positive(op, "S", s.S);
   check_positive(op, "stride", s.stride);
   check_nonnegative(op, "pad", s.pad);
+  // (the filter must fit the padded input: P() divides a negative numerator toward zero, so H = 2,
+  // R = 3, stride 2, pad 0 gave P = 1 instead of no output)
+  MVEB_CHECK(s.H + 2 * s.pad >= s.R && s.W + 2 * s.pad >= s.S, "E_SHAPE", op, ": the ", s.R, "x", s.S,
+             " filter is larger than the padded input ", s.H + 2 * s.pad, "x", s.W + 2 * s.pad);
   MVEB_CHECK(s.P() > 0 && s.Q() > 0, "E_SHAPE", op, ": output size must be > 0, found ", s.P(), "x", s.Q(),
              " for input ", s.H, "x", s.W, " filter ", s.R, "x", s.S, " stride ", s.stride, " pad ", s.pad);
 }
@@ -38,6 +42,8 @@ void check_pool_shape(const char* op, const PoolShape& s) {
   check_positive(op, "stride", s.stride);
   check_nonnegative(op, "pad", s.pad);
   MVEB_CHECK(2 * s.pad <= s.kernel, "E_SHAPE", op, ": pad must be <= kernel / 2 (", s.kernel / 2, "), found ", s.pad);
+  MVEB_CHECK(s.H + 2 * s.pad >= s.kernel && s.W + 2 * s.pad >= s.kernel, "E_SHAPE", op, ": the ", s.kernel, "x",
+             s.kernel, " window is larger than the padded input ", s.H + 2 * s.pad, "x", s.W + 2 * s.pad);
   MVEB_CHECK(s.P() > 0 && s.Q() > 0, "E_SHAPE", op, ": output size must be > 0, found ", s.P(), "x", s.Q(),
              " for input ", s.H, "x", s.W, " kernel ", s.kernel, " stride ", s.stride, " pad ", s.pad);
   MVEB_CHECK(static_cast<double>(s.N) * s.H * s.W * s.C < 2147483647.0, "E_SHAPE", op,

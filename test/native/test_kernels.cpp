@@ -776,6 +776,11 @@ TEST("kernels: conv2d refuses an empty output with E_SHAPE") {
   auto& b = mtest::runtime().cpu();
   float x[4] = {};
   EXPECT_THROWS_CODE(b.conv2d_forward(x, x, x, ConvShape{1, 2, 2, 1, 1, 5, 5, 1, 0}), "E_SHAPE");
+  // a filter larger than the padded input with a stride: (2 - 3) / 2 + 1 rounds to 1 output row
+  EXPECT_THROWS_CODE(b.conv2d_forward(x, x, x, ConvShape{1, 2, 2, 1, 1, 3, 3, 2, 0}), "E_SHAPE");
+  EXPECT_THROWS_CODE(b.conv2d_backward_weight(x, x, x, ConvShape{1, 2, 2, 1, 1, 3, 3, 2, 0}), "E_SHAPE");
+  int32_t arg[4] = {};
+  EXPECT_THROWS_CODE(b.maxpool2d_forward(x, arg, x, mveb::PoolShape{1, 2, 2, 1, 3, 2, 0}), "E_SHAPE");
 }
 
 TEST("kernels: conv2d reference backward passes match finite differences") {
