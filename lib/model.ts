@@ -82,7 +82,8 @@ function fromMap(map: Map<string, Tensor>, what: string): [string[], unknown[]] 
   return [names, handles];
 }
 
-function forwardOptions(opts: { train?: boolean; saveForBackward?: boolean }, what: string): { train: boolean; save: boolean } {
+function forwardOptions(options: { train?: boolean; saveForBackward?: boolean } | undefined, what: string): { train: boolean; save: boolean } {
+  const opts = checkOptions(options, what);
   const train = opts.train ?? true;
   check(typeof train === 'boolean', 'E_ARG', `${what}: train must be a boolean`);
   const save = opts.saveForBackward ?? true;
@@ -162,7 +163,6 @@ export class Model {
    * { train: false } (inference) or { train: true, saveForBackward: false } (e.g. the EMA target)
    * keeps no activations: it needs a few activations' worth of memory and allows no backward. */
   async forward(x: Tensor, opts: { train?: boolean; saveForBackward?: boolean } = {}): Promise<Tensor> {
-    opts = checkOptions(opts, 'forward');
     const { train, save } = forwardOptions(opts, 'forward');
     this.checkInput(x, 'forward');
     return Tensor._wrap(await native.modelForward(this.h(), x._handle(), train, save));
@@ -174,7 +174,6 @@ export class Model {
    * elsewhere one after the other. The models must be different ones on one device. Results as
    * forward(), in order (with one thread per model the float sums may round differently). */
   static async forwardAll(models: Model[], xs: Tensor[], opts: { train?: boolean; saveForBackward?: boolean } = {}): Promise<Tensor[]> {
-    opts = checkOptions(opts, 'forwardAll');
     const { train, save } = forwardOptions(opts, 'forwardAll');
     checkPairs(models, xs, 'forwardAll', 'xs');
     models.forEach((m, i) => m.checkInput(xs[i], 'forwardAll'));

@@ -59,18 +59,20 @@ function imagesIn(dir: string, entries: fs.Dirent[] = readEntries(dir)): string[
 /** Finds the images of a folder: per-class subfolders, or a flat unlabelled folder. */
 export function listImageFolder(dir: string): { files: string[]; labels?: number[]; classNames?: string[] } {
   const entries = readEntries(dir);
-  const classes = entries.filter((e) => !e.name.startsWith('.') && entryKind(dir, e) === 'dir').map((e) => e.name).sort();
-  const perClass = classes.map((c) => imagesIn(path.join(dir, c)));
-  const withImages = classes.filter((_, i) => perClass[i].length > 0);
-  if (withImages.length > 0) {
+  const classes = entries
+    .filter((e) => !e.name.startsWith('.') && entryKind(dir, e) === 'dir')
+    .map((e) => ({ name: e.name, images: imagesIn(path.join(dir, e.name)) }))
+    .filter((c) => c.images.length > 0)
+    .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  if (classes.length > 0) {
     const files: string[] = [], labels: number[] = [];
-    withImages.forEach((c, k) => {
-      for (const f of perClass[classes.indexOf(c)]) {
-        files.push(path.join(dir, c, f));
+    classes.forEach((c, k) => {
+      for (const f of c.images) {
+        files.push(path.join(dir, c.name, f));
         labels.push(k);
       }
     });
-    return { files, labels, classNames: withImages };
+    return { files, labels, classNames: classes.map((c) => c.name) };
   }
   return { files: imagesIn(dir, entries).map((f) => path.join(dir, f)) };
 }

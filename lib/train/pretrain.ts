@@ -307,15 +307,16 @@ export async function pretrain(options: PretrainOptions = {}): Promise<PretrainS
 
   // ---- resume: the checkpoint's configuration wins over the options ----
   let resumed: Awaited<ReturnType<typeof loadCheckpoint>> | null = null;
+  let resumePath = checkpointPath;
   if (options.resume) {
-    let p = typeof options.resume === 'string' ? path.resolve(options.resume) : checkpointPath;
-    if (fs.existsSync(p) && fs.statSync(p).isDirectory()) p = path.join(p, 'checkpoint.safetensors');
-    resumed = await loadCheckpoint(p);
+    if (typeof options.resume === 'string') resumePath = path.resolve(options.resume);
+    if (fs.existsSync(resumePath) && fs.statSync(resumePath).isDirectory()) resumePath = path.join(resumePath, 'checkpoint.safetensors');
+    resumed = await loadCheckpoint(resumePath);
     try {
       validate(resumed.state.config as PretrainOptions);  // (the same bounds as the options it came from)
     } catch (e) {
       disposeMap(resumed.tensors);
-      throw new MvebError('E_CHECKPOINT', `checkpoint ${p} has an invalid configuration: ${(e as Error).message}`);
+      throw new MvebError('E_CHECKPOINT', `checkpoint ${resumePath} has an invalid configuration: ${(e as Error).message}`);
     }
   }
   const prev = resumed?.state.config as Partial<ResolvedConfig> | undefined;
@@ -342,6 +343,15 @@ export async function pretrain(options: PretrainOptions = {}): Promise<PretrainS
   const epochs = options.epochs ?? prev?.epochs ?? PRETRAIN_DEFAULTS.epochs;
   const stepsPerEpoch = Math.floor(trainSet.size / batchSize);
   const totalSteps = epochs * stepsPerEpoch;
+  if (resumed) {
+    // (a checkpoint of other data: its step does not fall where this data's epochs put it)
+    const s = resumed.state;
+    if (!(s.step === s.epoch * stepsPerEpoch + s.loader.stepInEpoch && s.loader.stepInEpoch <= stepsPerEpoch)) {
+      disposeMap(resumed.tensors);
+      throw new MvebError('E_CHECKPOINT', `checkpoint ${resumePath} is at step ${s.step} (step ${s.loader.stepInEpoch} of epoch ${s.epoch + 1}), ` +
+        `which does not match this data's ${stepsPerEpoch} steps per epoch (${trainSet.size} images, batch ${batchSize}): resume with the data it was trained on`);
+    }
+  }
   const warmupEpochs = pick('warmupEpochs', Math.min(10, epochs / 10));
   const c: ResolvedConfig = {
     data: train.name,
@@ -424,13 +434,6 @@ export async function pretrain(options: PretrainOptions = {}): Promise<PretrainS
     if (op.size) online.projector.loadOptimizerState(op);
     disposeMap(t);
     const s = resumed.state;
-    // (a checkpoint of other data: its step does not fall where this data's epochs put it)
-    check(
-      s.step === s.epoch * stepsPerEpoch + s.loader.stepInEpoch && s.loader.stepInEpoch <= stepsPerEpoch,
-      'E_CHECKPOINT',
-      `checkpoint ${checkpointPath} is at step ${s.step} (step ${s.loader.stepInEpoch} of epoch ${s.epoch + 1}), which does not ` +
-        `match this data's ${stepsPerEpoch} steps per epoch (${trainSet.size} images, batch ${batchSize}): resume with the data it was trained on`,
-    );
     step = s.step;
     startEpoch = s.epoch;
     skippedSteps = s.skippedSteps;
@@ -439,7 +442,7 @@ export async function pretrain(options: PretrainOptions = {}): Promise<PretrainS
     knnTop1RandomInit = s.knnTop1RandomInit ?? null;
     knnHistory = s.knnHistory ?? [];
     truncateMetrics(metricsPath, step);
-    say(`resumed from ${checkpointPath} at step ${step} (epoch ${startEpoch + 1}/${epochs})`);
+    say(`resumed from ${resumePath} at step ${step} (epoch ${startEpoch + 1}/${epochs})`);
   } else {
     fs.writeFileSync(metricsPath, '');
   }
