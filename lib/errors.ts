@@ -34,6 +34,14 @@ export function check(cond: unknown, code: MvebErrorCode, message: string | (() 
   if (!cond) throw new MvebError(code, typeof message === 'function' ? message() : message);
 }
 
+/** A boolean option: `fallback` when undefined, E_ARG naming `what` for anything but a boolean (a
+ * string such as 'false' would otherwise be taken as true). */
+export function checkBoolean(value: unknown, fallback: boolean, what: string): boolean {
+  const v = value ?? fallback;
+  check(typeof v === 'boolean', 'E_ARG', () => `${what} must be a boolean, found ${typeof v === 'string' ? `'${v}'` : String(v)}`);
+  return v;
+}
+
 /**
  * An options argument: undefined gives {}; anything but a plain object (null, a number, a string, an
  * array) is refused with E_ARG naming `what`, instead of a TypeError from reading its fields.

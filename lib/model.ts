@@ -3,7 +3,7 @@
 // emaUpdate run off the JS thread and return Promises; named-tensor views (parameters(), ...) are
 // copies in PyTorch layout with torchvision names. save/load use safetensors (lib/safetensors.ts).
 // Tested by test/model.test.ts (and natively by test/native/test_model.cpp against PyTorch).
-import { MvebError, check, checkOptions } from './errors';
+import { MvebError, check, checkBoolean, checkOptions } from './errors';
 import { native, TensorHandle } from './native';
 import { encodeTensors, loadTensors } from './safetensors';
 import { writeFileAtomic } from './files';
@@ -186,8 +186,7 @@ export class Model {
     opts = checkOptions(opts, 'backwardAll');
     checkPairs(models, gradOuts, 'backwardAll', 'gradOuts');
     gradOuts.forEach((g) => check(g.dtype === 'float32', 'E_DTYPE', () => `backwardAll: expected float32 gradOuts, found ${g.dtype}`));
-    const inputGrad = opts.inputGrad ?? true;
-    check(typeof inputGrad === 'boolean', 'E_ARG', 'backwardAll: inputGrad must be a boolean');
+    const inputGrad = checkBoolean(opts.inputGrad, true, 'backwardAll: inputGrad');
     const r: (TensorHandle | null)[] = await native.modelsBackward(models.map((m) => m.h()), gradOuts.map((g) => g._handle()), inputGrad);
     return r.map((h) => (h === null ? null : Tensor._wrap(h)));
   }
@@ -209,7 +208,7 @@ export class Model {
     opts = checkOptions(opts, 'backward');
     check(gradOut instanceof Tensor, 'E_ARG', 'backward: gradOut must be a Tensor');
     check(gradOut.dtype === 'float32', 'E_DTYPE', () => `backward: expected a float32 gradOut, found ${gradOut.dtype}`);
-    const inputGrad = opts.inputGrad ?? true;
+    const inputGrad = checkBoolean(opts.inputGrad, true, 'backward: inputGrad');
     const r = await native.modelBackward(this.h(), gradOut._handle(), inputGrad);
     return r === null ? null : Tensor._wrap(r);
   }
@@ -243,7 +242,7 @@ export class Model {
   loadStateDict(tensors: Map<string, Tensor>, opts: { strict?: boolean } = {}): void {
     opts = checkOptions(opts, 'loadStateDict');
     const [names, handles] = fromMap(tensors, 'loadStateDict');
-    native.modelLoadStateDict(this.h(), names, handles, opts.strict ?? true);
+    native.modelLoadStateDict(this.h(), names, handles, checkBoolean(opts.strict, true, 'loadStateDict: strict'));
   }
 
   /** Momentum buffers by parameter name (empty before the first optimizerStep). */
@@ -267,7 +266,9 @@ export class Model {
   copyFrom(source: Model, opts: { parameters?: boolean; buffers?: boolean } = {}): void {
     opts = checkOptions(opts, 'copyFrom');
     check(source instanceof Model, 'E_ARG', 'copyFrom: source must be a Model');
-    native.modelCopyFrom(this.h(), source.h(), opts.parameters ?? true, opts.buffers ?? true);
+    const parameters = checkBoolean(opts.parameters, true, 'copyFrom: parameters');
+    const buffers = checkBoolean(opts.buffers, true, 'copyFrom: buffers');
+    native.modelCopyFrom(this.h(), source.h(), parameters, buffers);
   }
 
   /** Adds `source`'s gradients into this model's (same architecture, same device): the gradients of
@@ -357,7 +358,7 @@ export class Model {
         }
       }
       try {
-        this.loadStateDict(picked, { strict: opts.strict ?? true });
+        this.loadStateDict(picked, { strict: checkBoolean(opts.strict, true, 'load: strict') });
       } catch (e) {
         const err = e as MvebError;
         if (err && typeof err.code === 'string') throw new MvebError(err.code, `${path}: ${err.message}`);

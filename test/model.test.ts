@@ -271,6 +271,15 @@ test('argument validation gives stable codes', async () => {
   wrong.dispose();
 });
 
+test('boolean options refuse other types with E_ARG (a string was taken as true)', async () => {
+  const a = Model.projector({ inDim: 4, hiddenDim: 4, outDim: 4, seed: 1 }), b = a.clone();
+  expect(() => a.copyFrom(b, { parameters: 'false' as never })).toThrow(expect.objectContaining({ code: 'E_ARG', message: expect.stringContaining('copyFrom: parameters') }));
+  expect(() => a.loadStateDict(b.stateDict(), { strict: 1 as never })).toThrow(expect.objectContaining({ code: 'E_ARG' }));
+  const y = await a.forward(Tensor.randn([3, 4], { seed: 1 }));
+  await expectReject(a.backward(Tensor.randn([...y.shape], { seed: 2 }), { inputGrad: 'no' as never }), 'E_ARG', /backward: inputGrad must be a boolean, found 'no'/);
+  [a, b, y].forEach((t) => t.dispose());
+});
+
 test('writeFileAtomic replaces the file whole and leaves no temporary file', async () => {
   const file = path.join(tmp, 'atomic.bin');
   await writeFileAtomic(file, Buffer.from('old'));

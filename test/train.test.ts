@@ -316,6 +316,9 @@ describe('train: pretrain end to end (tiny network)', () => {
     await expect(pretrain({ ...base('c'), globalScale: [0.9, 0.5] })).rejects.toMatchObject({ code: 'E_ARG', message: expect.stringContaining('globalScale') });
     await expect(pretrain({ ...base('c'), localScale: [0, 0.4] })).rejects.toMatchObject({ code: 'E_ARG', message: expect.stringContaining('localScale') });
     await expect(pretrain({ ...base('c'), sideBySide: 'yes' as never })).rejects.toMatchObject({ code: 'E_ARG', message: expect.stringContaining('sideBySide') });
+    // (these reached the data loader or path.resolve as they were: TypeErrors, or 5 taken as resume: true)
+    for (const [k, v] of [['data', 5], ['data', {}], ['data', null], ['testData', 7], ['out', 5], ['resume', 5], ['resume', ''], ['finalKnn', 'no']] as const)
+      await expect(pretrain({ ...base('c'), [k]: v } as never)).rejects.toMatchObject({ code: 'E_ARG', message: expect.stringContaining(k) });
   });
 
   test('trainingViews: crop scales go to the global and local views; blur sigma scales with the crop size', () => {

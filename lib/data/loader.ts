@@ -3,7 +3,7 @@
 // computing on the previous one (one batch of prefetch). Batch b of epoch e is a pure function of
 // (seed, e, b): it uses global step e * length + b as the augmentation step, so a run resumed at any
 // step sees exactly the batches an uninterrupted run would. Tested by test/data.test.ts.
-import { check } from '../errors';
+import { check, checkBoolean } from '../errors';
 import { DeviceName, Tensor } from '../tensor';
 import { Dataset } from './dataset';
 import { NativeDataset, ViewConfig, augmentBatch, defaultViews, epochPermutation } from './augment';
@@ -60,8 +60,8 @@ export class MultiCropLoader {
     this.batchSize = opts.batchSize;
     this.seed = opts.seed ?? 0;
     check(Number.isInteger(this.seed) && this.seed >= 0, 'E_ARG', `seed must be a non-negative integer, found ${this.seed}`);
-    this.dropLast = opts.dropLast ?? true;
-    this.shuffle = opts.shuffle ?? true;
+    this.dropLast = checkBoolean(opts.dropLast, true, 'MultiCropLoader: dropLast');
+    this.shuffle = checkBoolean(opts.shuffle, true, 'MultiCropLoader: shuffle');
     this.device = opts.device ?? 'cpu';
     if (Array.isArray(opts.views)) {
       this.views = opts.views;

@@ -7,7 +7,7 @@
 // for the small networks trained here standardising makes the same lr work for every checkpoint).
 // The training loop runs natively (linearProbe in native/binding/eval_binding.cpp).
 // Tested in test/eval.test.ts (separable synthetic data reaches high accuracy).
-import { check, checkOptions } from '../errors';
+import { check, checkBoolean, checkOptions } from '../errors';
 import { native } from '../native';
 import { Tensor } from '../tensor';
 import { accuracyFromScores } from './knn';
@@ -92,7 +92,7 @@ export async function linearEvaluate(
   check(Number.isFinite(lr) && lr > 0, 'E_ARG', `linear: lr must be > 0, found ${lr}`);
 
   let train = trainFeatures, test = testFeatures, owned = false;
-  if (opts.standardize ?? true) {
+  if (checkBoolean(opts.standardize, true, 'linearEvaluate: standardize')) {
     const x = Float32Array.from((await trainFeatures.data()) as Float32Array);
     const t = Float32Array.from((await testFeatures.data()) as Float32Array);
     standardize(x, t, d);
@@ -109,7 +109,7 @@ export async function linearEvaluate(
       lr,
       momentum: opts.momentum ?? 0.9,
       weightDecay: opts.weightDecay ?? 0,
-      lars: opts.lars ?? false,
+      lars: checkBoolean(opts.lars, false, 'linearEvaluate: lars'),
       trust: opts.trust ?? 0.001,
       seed: opts.seed ?? 0,
     })) as { logits: Float32Array; losses: Float64Array };

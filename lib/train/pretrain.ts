@@ -21,6 +21,7 @@ import { Tensor, DeviceName } from '../tensor';
 import { Model } from '../model';
 import { MVEBLoss } from '../loss';
 import { Dataset, builtinFashionMnist, loadDataset, augmentBatch, defaultViews, epochPermutation, ViewConfig } from '../data';
+import { isTypedArray } from '../data/dataset';
 import { backends } from '../doctor';
 import { MatmulPrecision, getMatmulPrecision, matmulPrecisionSummary } from '../precision';
 import { extractFeatures, subsetIndices } from '../eval/features';
@@ -189,7 +190,16 @@ function validate(o: PretrainOptions): void {
     if (o[k] !== undefined && !isNum(o[k], 0)) throw bad(k, 'a number >= 0', o[k]);
   if (o.baseMomentum !== undefined && !(isNum(o.baseMomentum, 0) && o.baseMomentum <= 1)) throw bad('baseMomentum', 'a number in [0, 1]', o.baseMomentum);
   if (o.optimizer !== undefined && !['lars', 'sgd'].includes(o.optimizer)) throw bad('optimizer', "'lars' or 'sgd'", o.optimizer);
-  if (o.sideBySide !== undefined && typeof o.sideBySide !== 'boolean') throw bad('sideBySide', 'a boolean', o.sideBySide);
+  for (const k of ['data', 'testData'] as const) {
+    const v = o[k];
+    if (v !== undefined && !(typeof v === 'string' && v.length > 0) && !(v !== null && typeof v === 'object' && isTypedArray((v as Dataset).images, 'Uint8Array')))
+      throw bad(k, "a path, 'fashion-mnist' or a Dataset (loadDataset, fromTypedArray)", v !== null && typeof v === 'object' ? '(an object that is no Dataset)' : v);
+  }
+  if (o.out !== undefined && !(typeof o.out === 'string' && o.out.length > 0)) throw bad('out', 'a folder path', o.out);
+  if (o.resume !== undefined && typeof o.resume !== 'boolean' && !(typeof o.resume === 'string' && o.resume.length > 0))
+    throw bad('resume', 'a boolean or a checkpoint path', o.resume);
+  for (const k of ['sideBySide', 'finalKnn', 'randomInitKnn'] as const)
+    if (o[k] !== undefined && typeof o[k] !== 'boolean') throw bad(k, 'a boolean', o[k]);
   if (o.localCrops !== undefined && !(isInt(o.localCrops, 0) && o.localCrops <= MAX_LOCAL_CROPS))
     throw bad('localCrops', `an integer in [0, ${MAX_LOCAL_CROPS}]`, o.localCrops);
   for (const k of ['trainImages', 'seed', 'knnEvery', 'knnBank', 'knnMonitorBank', 'knnMonitorQueries'] as const)
