@@ -7,6 +7,7 @@ import { knnScores, knnEvaluate, accuracyFromScores } from '../lib/eval/knn';
 import { linearEvaluate } from '../lib/eval/linear';
 import { subsetIndices } from '../lib/eval/subset';
 import { expectReject } from './helpers';
+import { evaluateCheckpoint, exportCheckpoint, loadBackbone } from '../lib/train/evaluate';
 
 function rng(seed: number) {
   let s = seed >>> 0;
@@ -179,5 +180,25 @@ describe('eval: subsets', () => {
     for (let i = 1; i < a.length; i++) expect(a[i]).toBeGreaterThan(a[i - 1]);
     expect(subsetIndices(10, 0, 1).length).toBe(10);
     expect(subsetIndices(10, 20, 1).length).toBe(10);
+  });
+});
+
+describe('eval: checkpoint entry points refuse bad arguments before reading anything', () => {
+  // (a mode other than 'knn' ran the linear probe; no options, null or a numeric path were TypeErrors)
+  test('evaluateCheckpoint, exportCheckpoint, loadBackbone', async () => {
+    const missing = '/nonexistent/run';
+    const cases: [() => Promise<unknown>, RegExp][] = [
+      [() => evaluateCheckpoint(missing, undefined as never), /mode must be 'knn' or 'linear', found undefined/],
+      [() => evaluateCheckpoint(missing, null as never), /options must be an object/],
+      [() => evaluateCheckpoint(missing, { mode: 'svm' as never }), /mode must be 'knn' or 'linear', found svm/],
+      [() => evaluateCheckpoint(missing, { mode: 'knn', trainImages: -1 }), /trainImages must be an integer >= 0/],
+      [() => evaluateCheckpoint(missing, { mode: 'knn', data: 5 as never }), /data must be a path/],
+      [() => evaluateCheckpoint(5 as never, { mode: 'knn' }), /checkpoint path must be a non-empty string/],
+      [() => exportCheckpoint(missing, 5 as never), /out must be a non-empty path/],
+      [() => exportCheckpoint(missing, 'x.safetensors', { projector: 'yes' as never }), /projector must be a boolean/],
+      [() => loadBackbone(missing, null as never), /options must be an object/],
+    ];
+    for (const [call, message] of cases) await expectReject(call, 'E_ARG', message);
+    await expectReject(evaluateCheckpoint(missing, { mode: 'knn' }), 'E_CHECKPOINT', /does not exist/);
   });
 });

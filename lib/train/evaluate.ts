@@ -5,7 +5,8 @@
 // Tested in test/cli.test.ts (a tiny run evaluated and exported).
 import * as fs from 'fs';
 import * as path from 'path';
-import { MvebError } from '../errors';
+import { MvebError, check, checkBoolean, checkOptions } from '../errors';
+import { isTypedArray } from '../data/dataset';
 import { Tensor } from '../tensor';
 import { Model } from '../model';
 import { Dataset, builtinFashionMnist, loadDataset } from '../data';
@@ -55,6 +56,7 @@ export interface EvaluateResult {
 }
 
 function resolveCheckpointPath(p: string): string {
+  check(typeof p === 'string' && p.length > 0, 'E_ARG', () => `the checkpoint path must be a non-empty string, found ${String(p)}`);
   const abs = path.resolve(p);
   if (fs.existsSync(abs) && fs.statSync(abs).isDirectory()) return path.join(abs, 'checkpoint.safetensors');
   return abs;
@@ -75,16 +77,39 @@ async function split(data: string | Dataset, which: 'train' | 'test'): Promise<D
   return data === 'fashion-mnist' ? await builtinFashionMnist(which) : await loadDataset(data, { split: which });
 }
 
+// evaluateCheckpoint's options: the ones it reads itself (k, temperature and the linear probe's are
+// checked by knnEvaluate / linearEvaluate; a mode other than 'knn' ran the linear probe before).
+function checkEvaluateOptions(o: EvaluateOptions): void {
+  checkOptions(o, 'evaluateCheckpoint');
+  check(o !== undefined && (o.mode === 'knn' || o.mode === 'linear'), 'E_ARG', () => `evaluateCheckpoint: mode must be 'knn' or 'linear', found ${String(o?.mode)}`);
+  for (const k of ['trainImages', 'testImages', 'seed'] as const) {
+    const v = o[k];
+    check(v === undefined || (Number.isSafeInteger(v) && v >= 0), 'E_ARG', () => `evaluateCheckpoint: ${k} must be an integer >= 0, found ${String(v)}`);
+  }
+  for (const k of ['data', 'testData'] as const) {
+    const v = o[k];
+    check(
+      v === undefined || (typeof v === 'string' && v.length > 0) || (v !== null && typeof v === 'object' && isTypedArray((v as Dataset).images, 'Uint8Array')),
+      'E_ARG',
+      () => `evaluateCheckpoint: ${k} must be a path, 'fashion-mnist' or a Dataset`,
+    );
+  }
+  checkBoolean(o.target, false, 'evaluateCheckpoint: target');
+  check(o.log === undefined || typeof o.log === 'function', 'E_ARG', 'evaluateCheckpoint: log must be a function');
+}
+
 /** Loads the backbone (online or target) of a checkpoint onto `device`. */
 export async function loadBackbone(
   checkpointPath: string,
   opts: { target?: boolean; device?: DeviceChoice } = {},
 ): Promise<{ backbone: Model; projector: Model; config: Partial<ResolvedConfig>; path: string }> {
+  opts = checkOptions(opts, 'loadBackbone');
+  const target = checkBoolean(opts.target, false, 'loadBackbone: target');
   const p = resolveCheckpointPath(checkpointPath);
   const ck = await loadCheckpoint(p);
   const c = ck.state.config as Partial<ResolvedConfig>;
   const { device } = resolveDevice(opts.device ?? 'auto');
-  const prefix = opts.target ? 'target.' : 'online.';
+  const prefix = target ? 'target.' : 'online.';
   try {
     const backbone = Model.resnet({
       depth: c.depth ?? 18,
@@ -106,6 +131,7 @@ export async function loadBackbone(
 
 /** kNN or linear evaluation of a checkpoint's backbone on labelled train/test splits. */
 export async function evaluateCheckpoint(checkpointPath: string, o: EvaluateOptions): Promise<EvaluateResult> {
+  checkEvaluateOptions(o);
   const t0 = Date.now();
   const log = o.log ?? (() => undefined);
   const { device, reason } = resolveDevice(o.device ?? 'auto');
@@ -178,11 +204,14 @@ export async function exportCheckpoint(
   out: string,
   opts: { target?: boolean; projector?: boolean } = {},
 ): Promise<{ path: string; tensors: number; parameters: number }> {
+  opts = checkOptions(opts, 'exportCheckpoint');
+  check(typeof out === 'string' && out.length > 0, 'E_ARG', () => `exportCheckpoint: out must be a non-empty path, found ${String(out)}`);
+  const projector = checkBoolean(opts.projector, false, 'exportCheckpoint: projector');
   const net = await loadBackbone(checkpointPath, { target: opts.target, device: 'cpu' });
   const m = new Map<string, Tensor>();
   try {
     for (const [k, v] of net.backbone.stateDict()) m.set(k, v);
-    if (opts.projector) for (const [k, v] of net.projector.stateDict()) m.set(`projector.${k}`, v);
+    if (projector) for (const [k, v] of net.projector.stateDict()) m.set(`projector.${k}`, v);
     let parameters = 0;
     for (const [k, v] of m) if (!k.endsWith('num_batches_tracked') && !k.includes('running_')) parameters += v.size;
     const abs = path.resolve(out);
