@@ -2,6 +2,8 @@
 // TensorHandle constructor), implements the shared helpers declared in common.h, and calls each
 // area's register_* function. Loaded by lib/native.ts; test with `npm test`.
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 
 #include "binding/common.h"
 
@@ -38,6 +40,16 @@ Napi::Value guard(Napi::Env env, const std::function<Napi::Value()>& fn) {
   } catch (const std::exception& e) {
     throw make_error(env, "E_INTERNAL", e.what());
   }
+}
+
+std::string number_string(double x) {
+  char buf[32];
+  // the shortest of %.15g .. %.17g that reads back as x
+  for (int p = 15; p <= 17; ++p) {
+    std::snprintf(buf, sizeof buf, "%.*g", p, x);
+    if (std::strtod(buf, nullptr) == x) break;
+  }
+  return buf;
 }
 
 double get_number(Napi::Env env, const Napi::Object& o, const char* key, double fallback) {

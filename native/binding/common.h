@@ -58,6 +58,8 @@ mveb::Tensor unwrap_tensor(Napi::Env env, const Napi::Value& v, const char* what
 std::vector<mveb::Tensor> unwrap_tensor_array(Napi::Env env, const Napi::Value& v, const char* what);
 
 // ---- small argument helpers (throw E_ARG with the argument's name) ----
+// A number as a JS user wrote it, for messages: 100000, 0.5, 1e+300 (std::to_string gave "100000.000000").
+std::string number_string(double x);
 double get_number(Napi::Env env, const Napi::Object& o, const char* key, double fallback);
 double get_number(Napi::Env env, const Napi::Object& o, const char* key);  // required
 bool get_bool(Napi::Env env, const Napi::Object& o, const char* key, bool fallback);

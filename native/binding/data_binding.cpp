@@ -38,7 +38,7 @@ uint64_t get_u64(Napi::Env env, const Napi::Value& v, const char* what) {
   if (!v.IsNumber()) throw_js(env, "E_ARG", std::string(what) + " must be a number");
   const double x = v.As<Napi::Number>().DoubleValue();
   if (!(x >= 0 && x <= 9007199254740991.0 && std::floor(x) == x))
-    throw_js(env, "E_ARG", std::string(what) + " must be an integer in [0, 2^53), found " + std::to_string(x));
+    throw_js(env, "E_ARG", std::string(what) + " must be an integer in [0, 2^53), found " + number_string(x));
   return static_cast<uint64_t>(x);
 }
 
@@ -47,7 +47,7 @@ int get_int(Napi::Env env, const Napi::Value& v, const char* what, int lo, int h
   const double x = v.As<Napi::Number>().DoubleValue();
   if (!(x >= lo && x <= hi && std::floor(x) == x))
     throw_js(env, "E_ARG", std::string(what) + " must be an integer in [" + std::to_string(lo) + ", " +
-                               std::to_string(hi) + "], found " + std::to_string(x));
+                               std::to_string(hi) + "], found " + number_string(x));
   return static_cast<int>(x);
 }
 

@@ -230,7 +230,7 @@ int positive_int(Napi::Env env, const Napi::Object& o, const char* key, double f
   const double v = get_number(env, o, key, fallback);
   if (!(v >= 1 && v <= max && std::floor(v) == v))
     throw mveb::Error("E_ARG", std::string(key) + ": expected an integer in [1, " + std::to_string(static_cast<int64_t>(max)) +
-                                   "], found " + std::to_string(v));
+                                   "], found " + number_string(v));
   return static_cast<int>(v);
 }
 
@@ -238,7 +238,7 @@ float positive_float(Napi::Env env, const Napi::Object& o, const char* key, doub
   const double v = get_number(env, o, key, fallback);
   if (!(std::isfinite(v) && (allow_zero ? v >= 0 : v > 0)))
     throw mveb::Error("E_ARG", std::string(key) + ": expected a finite number " + (allow_zero ? ">= 0" : "> 0") +
-                                   ", found " + std::to_string(v));
+                                   ", found " + number_string(v));
   return static_cast<float>(v);
 }
 

@@ -6,6 +6,7 @@
 // workers through run_async; forwardAll / backwardAll run several models' calls side by side
 // (Backend::run_concurrently). Tested by test/model.test.ts.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <mutex>
 
@@ -137,9 +138,10 @@ Napi::Object options(Napi::Env env, const Napi::Value& v) {
 
 int get_int(Napi::Env env, const Napi::Object& o, const char* key, double fallback, double lo, double hi) {
   const double x = get_number(env, o, key, fallback);
-  if (x != static_cast<double>(static_cast<int64_t>(x)) || x < lo || x > hi)
+  // (the bounds first: converting a double past 2^63 to int64 is undefined)
+  if (x < lo || x > hi || x != std::floor(x))
     throw_js(env, "E_ARG", std::string("option '") + key + "' must be an integer in [" + std::to_string(static_cast<int64_t>(lo)) +
-                               ", " + std::to_string(static_cast<int64_t>(hi)) + "]");
+                               ", " + std::to_string(static_cast<int64_t>(hi)) + "], found " + number_string(x));
   return static_cast<int>(x);
 }
 
