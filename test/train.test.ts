@@ -163,6 +163,17 @@ describe('train: report', () => {
     expect(html).toContain('x &lt; y');
     for (const t of ['loss', 'alignment', 'entropy surrogate', 'kernel width tau', 'learning rate', 'kNN top-1']) expect(html).toContain(t);
     expect((html.match(/<svg/g) ?? []).length).toBe(8);
+    // no kNN at all (unlabelled data): no empty kNN chart, and a null summary value reads n/a
+    const none = renderReport({
+      title: 't',
+      steps: [0, 1].map((s) => ({ step: s, epoch: 0, loss: -s, alignment: 0.5, entropy: 1, tau: 0.5, lr: 0.1, momentum: 0.996, imagesPerSecond: 10 })),
+      epochs: [{ epoch: 0, step: 2, seconds: 1 }],
+      summary: { knnTop1: null },
+      config: {},
+    });
+    expect((none.match(/<svg/g) ?? []).length).toBe(7);
+    expect(none).not.toContain('kNN top-1 (monitor subset)');
+    expect(none).toContain('<td>n/a</td>');
   });
 });
 

@@ -107,11 +107,14 @@ export function renderReport(r: ReportInput): string {
     lineChart('kernel width tau (mean over views)', { name: 'tau', x: xs, y: steps.map((s) => s.tau) }),
     lineChart('learning rate', { name: 'lr', x: xs, y: steps.map((s) => s.lr) }),
     lineChart('EMA momentum m', { name: 'momentum', x: xs, y: steps.map((s) => s.momentum) }),
-    lineChart('kNN top-1 (monitor subset)', { name: 'knn', x: r.epochs.map((e) => e.epoch + 1), y: r.epochs.map((e) => e.knnTop1 ?? NaN) }, { xLabel: 'epoch' }),
+    // (no kNN chart where no epoch ran one: unlabelled data, --knn-every 0)
+    ...(r.epochs.some((e) => e.knnTop1 !== undefined && e.knnTop1 !== null)
+      ? [lineChart('kNN top-1 (monitor subset)', { name: 'knn', x: r.epochs.map((e) => e.epoch + 1), y: r.epochs.map((e) => e.knnTop1 ?? NaN) }, { xLabel: 'epoch' })]
+      : []),
     lineChart('images per second', { name: 'throughput', x: xs, y: smooth(steps.map((s) => s.imagesPerSecond), w) }),
   ];
   const rows = (o: Record<string, unknown>) =>
-    Object.entries(o).map(([k, v]) => `<tr><th>${escapeHtml(k)}</th><td>${escapeHtml(typeof v === 'number' ? fmt(v) : JSON.stringify(v))}</td></tr>`).join('');
+    Object.entries(o).map(([k, v]) => `<tr><th>${escapeHtml(k)}</th><td>${escapeHtml(typeof v === 'number' ? fmt(v) : v === null ? 'n/a' : JSON.stringify(v))}</td></tr>`).join('');
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>${escapeHtml(r.title)}</title>
 <style>body{font-family:sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin-bottom:16px}th,td{border:1px solid #ddd;padding:3px 8px;text-align:left;font-size:13px}th{background:#f6f6f6}.charts{display:flex;flex-wrap:wrap;gap:12px}</style>
