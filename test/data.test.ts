@@ -428,6 +428,14 @@ describe('MultiCropLoader', () => {
       b.views.forEach((v) => v.dispose());
       break;
     }
+    // fromStep = length: nothing left (a finished epoch); past it or negative: E_ARG (past it was silently empty)
+    let left = 0;
+    for await (const b of again.epoch(1, again.length)) left += b.views.length;
+    expect(left).toBe(0);
+    for (const bad of [again.length + 1, -1, 0.5]) {
+      const it = again.epoch(1, bad);
+      await expectReject(it.next(), 'E_ARG', /fromStep must be in \[0, 4\]/);
+    }
     const order0 = loader.order(0), order1 = loader.order(1);
     expect(Array.from(order0)).not.toEqual(Array.from(order1));
     const all = new MultiCropLoader(ds, { batchSize: 6, dropLast: false, shuffle: false });

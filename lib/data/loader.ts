@@ -107,8 +107,10 @@ export class MultiCropLoader {
    */
   async *epoch(epoch: number, fromStep = 0): AsyncGenerator<MultiCropBatch> {
     check(Number.isInteger(epoch) && epoch >= 0, 'E_ARG', `epoch must be a non-negative integer, found ${epoch}`);
-    const order = this.order(epoch);
     const n = this.length;
+    // (fromStep = n: the epoch is done, nothing to yield; past it was silently the same)
+    check(Number.isInteger(fromStep) && fromStep >= 0 && fromStep <= n, 'E_ARG', `fromStep must be in [0, ${n}], found ${fromStep}`);
+    const order = this.order(epoch);
     // a prefetch that fails is reported when it is awaited; marked handled so an abandoned loop cannot crash the process
     const start = (s: number) => {
       const p = this.batch(epoch, s, order);
