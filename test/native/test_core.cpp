@@ -3,6 +3,8 @@
 #include <atomic>
 #include <cstring>
 
+#include <sys/sysinfo.h>
+
 #include "core/error.h"
 #include "core/random.h"
 #include "core/threadpool.h"
@@ -23,6 +25,22 @@ TEST("core: tensor allocation updates and restores the memory counters") {
 
 TEST("core: negative dimensions are refused with E_SHAPE") {
   EXPECT_THROWS_CODE(mveb::empty_tensor(mtest::runtime().cpu(), {2, -1}), "E_SHAPE");
+  // element counts whose byte count would wrap (2^31 x 2^31 became a 0-byte allocation)
+  EXPECT_THROWS_CODE(mveb::empty_tensor(mtest::runtime().cpu(), {int64_t(1) << 31, int64_t(1) << 31}), "E_SHAPE");
+  EXPECT_TRUE(mveb::empty_tensor(mtest::runtime().cpu(), {0, int64_t(1) << 62}).numel() == 0);
+}
+
+TEST("core: CPU tensors past the machine's RAM and swap are refused with E_MEMORY (not granted, then OOM-killed)") {
+  // Two tensors of just over half the RAM each: Linux grants both (overcommit; they are never
+  // touched here), so only the backend's own check refuses the second.
+  struct sysinfo si;
+  if (sysinfo(&si) != 0 || si.mem_unit == 0) return;
+  const int64_t ram = (static_cast<int64_t>(si.totalram) + static_cast<int64_t>(si.totalswap)) * si.mem_unit;
+  const int64_t half = ram / 2 / 4 + (int64_t(1) << 20);  // floats
+  mveb::Backend& cpu = mtest::runtime().cpu();
+  mveb::Tensor a = mveb::empty_tensor(cpu, {half});
+  EXPECT_THROWS_CODE(mveb::empty_tensor(cpu, {half}), "E_MEMORY");
+  EXPECT_THROWS_CODE(mveb::empty_tensor(cpu, {ram / 4 + 1}), "E_MEMORY");
 }
 
 TEST("core: thread pool covers every index exactly once") {
