@@ -149,6 +149,7 @@ export function buildProgram(configure?: (program: Command) => void): Command {
     .option('--device <name>', 'auto (CUDA when available, else CPU), cpu or cuda', choice('auto', 'cpu', 'cuda'), 'auto')
     .option('--out <dir>', 'run folder (checkpoint, metrics.jsonl, report.html)', path.join('runs', 'default'))
     .option('--resume [checkpoint]', 'continue from <out>/checkpoint.safetensors or the given checkpoint/run folder')
+    .option('--overwrite', 'start a new run in an --out folder that already holds a checkpoint (refused otherwise)', false)
     .option('--seed <n>', 'random seed (initialisation, subsets, augmentation)', int(0, 2 ** 31), 0)
     .option('--threads <n>', 'CPU threads (default: all cores; fixes MVEB_NUM_THREADS)', int(1, 1024))
     .option('--no-side-by-side', 'run the views one after the other on all CPU threads, not side by side one thread each')
@@ -189,6 +190,7 @@ export function buildProgram(configure?: (program: Command) => void): Command {
           device: o.device,
           out: o.out,
           resume: o.resume,
+          overwrite: o.overwrite,
           seed: o.seed,
           threads: o.threads,
           sideBySide: o.sideBySide === false ? false : undefined,

@@ -323,6 +323,15 @@ describe('train: pretrain end to end (tiny network)', () => {
     await expect(pretrain({ ...base('c'), width: -1 })).rejects.toMatchObject({ code: 'E_ARG', message: expect.stringContaining('width') });
     await expect(pretrain({ ...base('c'), optimizer: 'adam' as never })).rejects.toMatchObject({ code: 'E_ARG' });
     await expect(pretrain({ ...base('c'), localCrops: 65 })).rejects.toMatchObject({ code: 'E_ARG', message: expect.stringContaining('localCrops') });
+    // a folder with a checkpoint is not started over without overwrite (running the same command twice
+    // overwrote a finished run's checkpoint)
+    const once = { ...base('ow'), epochs: 1, maxSteps: 2 };
+    await pretrain(once);
+    const first = fs.readFileSync(path.join(tmp, 'ow', 'checkpoint.safetensors'));
+    await expect(pretrain(once)).rejects.toMatchObject({ code: 'E_ARG', message: expect.stringContaining('already holds a training checkpoint') });
+    expect(fs.readFileSync(path.join(tmp, 'ow', 'checkpoint.safetensors')).equals(first)).toBe(true);
+    expect((await pretrain({ ...once, overwrite: true })).steps).toBe(2);
+    await expect(pretrain({ ...base('c'), overwrite: 'yes' as never })).rejects.toMatchObject({ code: 'E_ARG', message: expect.stringContaining('overwrite') });
     await expect(pretrain({ ...base('c'), batchSize: 1000 })).rejects.toMatchObject({ code: 'E_ARG', message: expect.stringContaining('batchSize') });
     await expect(pretrain({ ...base('c'), globalScale: [0.9, 0.5] })).rejects.toMatchObject({ code: 'E_ARG', message: expect.stringContaining('globalScale') });
     await expect(pretrain({ ...base('c'), localScale: [0, 0.4] })).rejects.toMatchObject({ code: 'E_ARG', message: expect.stringContaining('localScale') });

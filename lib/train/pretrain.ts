@@ -77,6 +77,9 @@ export interface PretrainOptions {
   out?: string;
   /** true: resume from <out>/checkpoint.safetensors; a string: that checkpoint file or run folder */
   resume?: boolean | string;
+  /** start a new run in an `out` that already holds a checkpoint (default false: refused with E_ARG,
+   * so that running the same command twice cannot overwrite a finished run's checkpoint) */
+  overwrite?: boolean;
   seed?: number;
   /** CPU threads (must match the addon's thread count: set MVEB_NUM_THREADS before loading mveb) */
   threads?: number;
@@ -198,7 +201,7 @@ function validate(o: PretrainOptions): void {
   if (o.out !== undefined && !(typeof o.out === 'string' && o.out.length > 0)) throw bad('out', 'a folder path', o.out);
   if (o.resume !== undefined && typeof o.resume !== 'boolean' && !(typeof o.resume === 'string' && o.resume.length > 0))
     throw bad('resume', 'a boolean or a checkpoint path', o.resume);
-  for (const k of ['sideBySide', 'finalKnn', 'randomInitKnn'] as const)
+  for (const k of ['sideBySide', 'finalKnn', 'randomInitKnn', 'overwrite'] as const)
     if (o[k] !== undefined && typeof o[k] !== 'boolean') throw bad(k, 'a boolean', o[k]);
   if (o.localCrops !== undefined && !(isInt(o.localCrops, 0) && o.localCrops <= MAX_LOCAL_CROPS))
     throw bad('localCrops', `an integer in [0, ${MAX_LOCAL_CROPS}]`, o.localCrops);
@@ -303,6 +306,11 @@ export async function pretrain(options: PretrainOptions = {}): Promise<PretrainS
   const out = path.resolve(options.out ?? PRETRAIN_DEFAULTS.out);
   makeDirs(out);
   const checkpointPath = path.join(out, 'checkpoint.safetensors');
+  check(
+    options.resume || options.overwrite || !fs.existsSync(checkpointPath),
+    'E_ARG',
+    () => `${out} already holds a training checkpoint: resume it (--resume), start over there (--overwrite), or write elsewhere (--out)`,
+  );
   const metricsPath = path.join(out, 'metrics.jsonl');
   const reportPath = path.join(out, 'report.html');
   const { device, reason: deviceReason } = resolveDevice(options.device ?? 'auto');
