@@ -246,6 +246,16 @@ describe('image folder', () => {
     await expectReject(loadImageFolder(path.join(tmp, 'cifar10')), 'E_IO', /no images found/);
   });
 
+  test('a size the images cannot fit in memory is E_MEMORY before any is decoded', async () => {
+    // 22 images at 8192x8192x3 need 4.1 GiB, past one array's limit (a RangeError after decoding them all before)
+    const dir = path.join(tmp, 'many');
+    fs.mkdirSync(dir);
+    const png = await solid(2, 2, [5, 6, 7]).png().toBuffer();
+    for (let i = 0; i < 22; i++) fs.writeFileSync(path.join(dir, `${i}.png`), png);
+    await expectReject(loadImageFolder(dir, { size: 8192 }), 'E_MEMORY', /22 images of 8192x8192x3 need 4\.1 GiB/);
+    expect((await loadImageFolder(dir, { size: 3 })).size).toBe(22);
+  });
+
   test('links to images and to class folders count; pipes, dangling links and folders named *.png do not', async () => {
     const src = path.join(tmp, 'linksrc');
     fs.mkdirSync(path.join(src, 'birds'), { recursive: true });

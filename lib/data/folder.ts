@@ -4,7 +4,9 @@
 // the shorter side fits, centre-cropped) and converted to RGB (or one channel). An image that fails
 // to decode is reported through onWarning (default console.warn) and skipped.
 // Tested by test/data.test.ts.
+import { constants as bufferConstants } from 'buffer';
 import * as fs from 'fs';
+import * as os from 'os';
 import * as path from 'path';
 import { MvebError, check, checkOptions } from '../errors';
 import { Dataset, makeDataset } from './dataset';
@@ -110,6 +112,16 @@ export async function loadImageFolder(dir: string, opts: ImageFolderOptions = {}
     [height, width] = [found.h, found.w];
   }
   const per = height * width * channels;
+  // checked before decoding anything: the decoded images and their concatenation are held together
+  // (a size the images did not fit failed after decoding them all, with a RangeError)
+  const bytes = listing.files.length * per;
+  check(
+    bytes <= bufferConstants.MAX_LENGTH && 2 * bytes <= os.totalmem(),
+    'E_MEMORY',
+    () => `loadImageFolder: ${listing.files.length} images of ${width}x${height}x${channels} need ${(bytes / 2 ** 30).toFixed(1)} GiB ` +
+      `(twice that while loading; this machine has ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB, one array holds at most ` +
+      `${(bufferConstants.MAX_LENGTH / 2 ** 30).toFixed(1)} GiB): pass a smaller size`,
+  );
   const decoded: (Uint8Array | null)[] = new Array(listing.files.length).fill(null);
   const concurrency = Math.max(1, opts.concurrency ?? 4);
   let next = 0;
