@@ -1,7 +1,7 @@
 // safetensors.ts: saveTensors / loadTensors for any named tensors (checkpoints, exports) in the
 // safetensors format. Encoding and the hardened parsing run natively off the JS thread
 // (native/core/safetensors.cpp: malformed, truncated or hostile files give MvebError E_FORMAT /
-// E_DTYPE, never a crash); writes are atomic (lib/atomic.ts). Int32 tensors named
+// E_DTYPE, never a crash); writes are atomic (lib/files.ts). Int32 tensors named
 // *.num_batches_tracked are written as I64 like torchvision's; I64 reads back as int32, F64/F16/BF16
 // as float32. Tested by test/model.test.ts.
 import * as fs from 'fs';

@@ -1,4 +1,4 @@
-// model.test.ts: the Model API (lib/model.ts) and safetensors I/O (lib/safetensors.ts, lib/atomic.ts)
+// model.test.ts: the Model API (lib/model.ts) and safetensors I/O (lib/safetensors.ts, lib/files.ts)
 // through the addon: the PyTorch fixture through JS (features, input gradient, a parameter gradient
 // within 1e-4), save/load round trip, strict-load errors, hostile files, clone/EMA/optimizer steps
 // against their formulas, argument validation codes, dispose.
