@@ -453,6 +453,9 @@ std::vector<uint8_t> write(const std::vector<std::pair<std::string, Tensor>>& te
   }
   header += '}';
   while (header.size() % 8) header += ' ';
+  // (the reader refuses larger headers: a file written past it could never be read back)
+  MVEB_CHECK(header.size() <= kMaxHeaderBytes, "E_ARG", "safetensors: the header (names, shapes and metadata) would be ",
+             header.size(), " bytes, past the limit of ", kMaxHeaderBytes, " that files are read with");
   std::vector<uint8_t> out(8 + header.size() + offset);
   const uint64_t hl = header.size();
   for (int i = 0; i < 8; ++i) out[i] = static_cast<uint8_t>(hl >> (8 * i));

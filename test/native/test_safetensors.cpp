@@ -73,6 +73,9 @@ TEST("safetensors: write/read round trip keeps names, shapes, values, dtypes and
   REQUIRE(h.metadata.size() == 2);
   EXPECT_TRUE(h.metadata[1].second == "quote \" and \\ and \n");
   EXPECT_TRUE((8 + (f[0] | (f[1] << 8))) % 8 == 0, "data section is 8-byte aligned");
+  // a header past the reader's limit is refused when writing (such a file could not be read back)
+  const std::string big(safetensors::kMaxHeaderBytes, 'v');
+  EXPECT_THROWS_CODE(safetensors::write({{"x", t[0].second}}, {{"k", big}}), "E_ARG");
 }
 
 TEST("safetensors: F64/F16/BF16 convert to float32, I64 out of int32 range is E_DTYPE") {
