@@ -41,6 +41,13 @@ Tensor random_tensor(Backend& be, const Shape& shape, uint64_t seed, float offse
   return t;
 }
 
+// The tests' small networks: a ResNet with the CIFAR stem at this depth, width and input channel count.
+std::unique_ptr<Model> cifar_resnet(Backend& be, int depth, double width, int in_channels) {
+  ResnetConfig c;
+  c.depth = depth, c.cifar_stem = true, c.width_multiplier = width, c.in_channels = in_channels;
+  return Model::resnet(be, c);
+}
+
 std::vector<uint8_t> read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw_error("E_IO", "cannot open ", path);
@@ -422,9 +429,7 @@ TEST("model: clone, EMA, SGD and LARS steps match their formulas; non-finite gra
 
 TEST("model: backward accumulates parameter gradients; bad inputs give E_SHAPE/E_ARG") {
   Backend& be = mtest::runtime().cpu();
-  ResnetConfig c;
-  c.depth = 18, c.cifar_stem = true, c.width_multiplier = 0.0625, c.in_channels = 2;
-  auto m = Model::resnet(be, c);
+  auto m = cifar_resnet(be, 18, 0.0625, 2);
   Tensor g0 = empty_tensor(be, {3, m->feature_dim()});
   EXPECT_THROWS_CODE(m->backward(g0), "E_ARG");
   Tensor x = random_tensor(be, {3, 2, 9, 9}, 31);
@@ -470,9 +475,7 @@ TEST("model: backward accumulates parameter gradients; bad inputs give E_SHAPE/E
 
 TEST("model: add_gradients sums a copy's gradients; activation_bytes_for predicts the training arena") {
   Backend& be = mtest::runtime().cpu();
-  ResnetConfig c;
-  c.depth = 18, c.cifar_stem = true, c.width_multiplier = 0.0625, c.in_channels = 2;
-  auto m = Model::resnet(be, c);
+  auto m = cifar_resnet(be, 18, 0.0625, 2);
   auto copy = m->clone();
   const Shape xa_shape{3, 2, 9, 9}, xb_shape{4, 2, 11, 7};
   Tensor xa = random_tensor(be, xa_shape, 41), ga = random_tensor(be, {3, m->feature_dim()}, 42);
@@ -500,9 +503,7 @@ TEST("model: add_gradients sums a copy's gradients; activation_bytes_for predict
   EXPECT_REL(mtest::rel_error(m->grad_arena(), ref_grads.data(), ref_grads.size()), 1e-6,
              "two models' passes = the same passes accumulated in one model");
   EXPECT_THROWS_CODE(m->add_gradients(*m), "E_ARG");
-  ResnetConfig c34 = c;
-  c34.depth = 34;
-  auto other_arch = Model::resnet(be, c34);
+  auto other_arch = cifar_resnet(be, 34, 0.0625, 2);
   EXPECT_THROWS_CODE(m->add_gradients(*other_arch), "E_SHAPE");
   EXPECT_THROWS_CODE(m->activation_bytes_for({3, 3, 9, 9}), "E_SHAPE");
   EXPECT_THROWS_CODE(m->activation_bytes_for({0, 2, 9, 9}), "E_SHAPE");
@@ -516,9 +517,7 @@ TEST("model: run_concurrently runs two models' passes side by side, bit for bit 
   // show as differences. Three rounds; the tasks use their threads' own kept scratch (no lease found
   // busy); a failing task's error reaches the caller.
   CpuBackend be(2);
-  ResnetConfig c;
-  c.depth = 18, c.cifar_stem = true, c.width_multiplier = 0.125, c.in_channels = 3;
-  auto base = Model::resnet(be, c);
+  auto base = cifar_resnet(be, 18, 0.125, 3);
   const Tensor x[2] = {random_tensor(be, {8, 3, 20, 20}, 51), random_tensor(be, {6, 3, 17, 19}, 52)};
   const Tensor g[2] = {random_tensor(be, {8, base->feature_dim()}, 53), random_tensor(be, {6, base->feature_dim()}, 54)};
   struct Result {
@@ -569,9 +568,7 @@ TEST("model: run_concurrently runs two models' passes side by side, bit for bit 
 
 TEST("model: merge_running_stats gives side-by-side runs the statistics of runs in order") {
   Backend& be = mtest::runtime().cpu();
-  ResnetConfig c;
-  c.depth = 18, c.cifar_stem = true, c.width_multiplier = 0.0625, c.in_channels = 1;
-  auto base = Model::resnet(be, c);
+  auto base = cifar_resnet(be, 18, 0.0625, 1);
   // different means per view, so that an order or weight mistake moves the running means
   const Tensor x[3] = {random_tensor(be, {5, 1, 12, 12}, 61, 0.f), random_tensor(be, {4, 1, 12, 12}, 62, 2.f),
                        random_tensor(be, {6, 1, 9, 9}, 63, -1.f)};
@@ -607,9 +604,7 @@ TEST("model: merge_running_stats gives side-by-side runs the statistics of runs 
   auto m = base->clone(), other = base->clone();
   EXPECT_THROWS_CODE(m->merge_running_stats(*m, {}), "E_ARG");
   EXPECT_THROWS_CODE(m->merge_running_stats(*other, {m.get()}), "E_ARG");
-  ResnetConfig c34 = c;
-  c34.depth = 34;
-  auto other_arch = Model::resnet(be, c34);
+  auto other_arch = cifar_resnet(be, 34, 0.0625, 1);
   EXPECT_THROWS_CODE(m->merge_running_stats(*other, {other_arch.get()}), "E_SHAPE");
 }
 
