@@ -84,10 +84,8 @@ function fromMap(map: Map<string, Tensor>, what: string): [string[], unknown[]] 
 
 function forwardOptions(options: { train?: boolean; saveForBackward?: boolean } | undefined, what: string): { train: boolean; save: boolean } {
   const opts = checkOptions(options, what);
-  const train = opts.train ?? true;
-  check(typeof train === 'boolean', 'E_ARG', `${what}: train must be a boolean`);
-  const save = opts.saveForBackward ?? true;
-  check(typeof save === 'boolean', 'E_ARG', `${what}: saveForBackward must be a boolean`);
+  const train = checkBoolean(opts.train, true, `${what}: train`);
+  const save = checkBoolean(opts.saveForBackward, true, `${what}: saveForBackward`);
   return { train, save };
 }
 
@@ -131,8 +129,7 @@ export class Model {
       'E_ARG',
       () => `Model.resnet: widthMultiplier must be a number with round(64 w) >= 1 and w <= 16, found ${String(widthMultiplier)}`,
     );
-    const zeroInitResidual = opts.zeroInitResidual ?? false;
-    check(typeof zeroInitResidual === 'boolean', 'E_ARG', 'Model.resnet: zeroInitResidual must be a boolean');
+    const zeroInitResidual = checkBoolean(opts.zeroInitResidual, false, 'Model.resnet: zeroInitResidual');
     const seed = int(opts.seed, 'Model.resnet: seed', 0, 2147483647, 0);
     return new Model(
       native.modelResnet({ depth: opts.depth, stem, inChannels, widthMultiplier, zeroInitResidual, seed, device: device(opts.device) }),

@@ -31,6 +31,11 @@ export function isTypedArray(x: unknown, kind: 'Uint8Array' | 'Int32Array' | 'Fl
   return ArrayBuffer.isView(x) && Object.prototype.toString.call(x) === `[object ${kind}]`;
 }
 
+/** Whether `v` is a data argument: a non-empty path (or 'fashion-mnist') or a Dataset (its uint8 images). */
+export function isDataSource(v: unknown): boolean {
+  return (typeof v === 'string' && v.length > 0) || (v !== null && typeof v === 'object' && isTypedArray((v as Dataset).images, 'Uint8Array'));
+}
+
 /** The data of a Dataset, without its methods (what makeDataset checks and completes). */
 export type DatasetFields = Omit<Dataset, 'subset'>;
 

@@ -6,7 +6,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { MvebError, check, checkBoolean, checkOptions } from '../errors';
-import { isTypedArray } from '../data/dataset';
+import { isDataSource } from '../data/dataset';
 import { Tensor } from '../tensor';
 import { Model } from '../model';
 import { Dataset, builtinFashionMnist, loadDataset } from '../data';
@@ -79,9 +79,9 @@ async function split(data: string | Dataset, which: 'train' | 'test'): Promise<D
 
 // evaluateCheckpoint's options: the ones it reads itself (k, temperature and the linear probe's are
 // checked by knnEvaluate / linearEvaluate; a mode other than 'knn' ran the linear probe before).
-function checkEvaluateOptions(o: EvaluateOptions): void {
-  checkOptions(o, 'evaluateCheckpoint');
-  check(o !== undefined && (o.mode === 'knn' || o.mode === 'linear'), 'E_ARG', () => `evaluateCheckpoint: mode must be 'knn' or 'linear', found ${String(o?.mode)}`);
+function checkEvaluateOptions(options: EvaluateOptions | undefined): void {
+  const o = checkOptions<Partial<EvaluateOptions>>(options, 'evaluateCheckpoint');
+  check(o.mode === 'knn' || o.mode === 'linear', 'E_ARG', () => `evaluateCheckpoint: mode must be 'knn' or 'linear', found ${String(o.mode)}`);
   for (const k of ['trainImages', 'testImages', 'seed'] as const) {
     const v = o[k];
     check(v === undefined || (Number.isSafeInteger(v) && v >= 0), 'E_ARG', () => `evaluateCheckpoint: ${k} must be an integer >= 0, found ${String(v)}`);
@@ -89,7 +89,7 @@ function checkEvaluateOptions(o: EvaluateOptions): void {
   for (const k of ['data', 'testData'] as const) {
     const v = o[k];
     check(
-      v === undefined || (typeof v === 'string' && v.length > 0) || (v !== null && typeof v === 'object' && isTypedArray((v as Dataset).images, 'Uint8Array')),
+      v === undefined || isDataSource(v),
       'E_ARG',
       () => `evaluateCheckpoint: ${k} must be a path, 'fashion-mnist' or a Dataset`,
     );

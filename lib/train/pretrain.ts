@@ -21,7 +21,7 @@ import { Tensor, DeviceName } from '../tensor';
 import { Model } from '../model';
 import { MVEBLoss } from '../loss';
 import { Dataset, builtinFashionMnist, loadDataset, augmentBatch, defaultViews, epochPermutation, ViewConfig } from '../data';
-import { isTypedArray } from '../data/dataset';
+import { isDataSource } from '../data/dataset';
 import { backends } from '../doctor';
 import { MatmulPrecision, getMatmulPrecision, matmulPrecisionSummary } from '../precision';
 import { extractFeatures, subsetIndices } from '../eval/features';
@@ -195,7 +195,7 @@ function validate(o: PretrainOptions): void {
   if (o.optimizer !== undefined && !['lars', 'sgd'].includes(o.optimizer)) throw bad('optimizer', "'lars' or 'sgd'", o.optimizer);
   for (const k of ['data', 'testData'] as const) {
     const v = o[k];
-    if (v !== undefined && !(typeof v === 'string' && v.length > 0) && !(v !== null && typeof v === 'object' && isTypedArray((v as Dataset).images, 'Uint8Array')))
+    if (v !== undefined && !isDataSource(v))
       throw bad(k, "a path, 'fashion-mnist' or a Dataset (loadDataset, fromTypedArray)", v !== null && typeof v === 'object' ? '(an object that is no Dataset)' : v);
   }
   if (o.out !== undefined && !(typeof o.out === 'string' && o.out.length > 0)) throw bad('out', 'a folder path', o.out);
