@@ -2,12 +2,14 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <vector>
 
 #include <sys/sysinfo.h>
 
 #include "core/error.h"
 #include "core/random.h"
 #include "core/threadpool.h"
+#include "cpu/cpu_backend.h"
 #include "harness.h"
 
 TEST("core: tensor allocation updates and restores the memory counters") {
@@ -21,6 +23,23 @@ TEST("core: tensor allocation updates and restores the memory counters") {
   }
   EXPECT_TRUE(cpu.memory().bytes == before.bytes);
   EXPECT_TRUE(cpu.memory().buffers == before.buffers);
+}
+
+TEST("core: CPU copy: large copies on the pool and overlapping ones by memmove give the exact bytes") {
+  mveb::CpuBackend be(3);
+  // 3 MiB + 13 bytes (past the 1 MiB pool threshold, not a multiple of the 64 KiB pieces)
+  const size_t n = (size_t(3) << 20) + 13;
+  std::vector<uint8_t> src(n), dst(n, 0);
+  for (size_t i = 0; i < n; ++i) src[i] = static_cast<uint8_t>(i * 131 + (i >> 16));
+  be.copy(dst.data(), src.data(), n);
+  EXPECT_TRUE(dst == src, "large copy");
+  // overlapping, shifted by 1000 bytes both ways
+  std::vector<uint8_t> buf = src;
+  be.copy(buf.data() + 1000, buf.data(), n - 1000);
+  EXPECT_TRUE(std::equal(buf.begin() + 1000, buf.end(), src.begin()), "overlapping copy forward");
+  buf = src;
+  be.copy(buf.data(), buf.data() + 1000, n - 1000);
+  EXPECT_TRUE(std::equal(buf.begin(), buf.end() - 1000, src.begin() + 1000), "overlapping copy backward");
 }
 
 TEST("core: negative dimensions are refused with E_SHAPE") {
