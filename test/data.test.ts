@@ -113,6 +113,11 @@ describe('IDX', () => {
     expectCode(() => loadIdx(f('labels-as-images', idxBytes([4], new Uint8Array(4)))), 'E_FORMAT', /expected 0x00000803.*found 0x00000801/);
     const gz = zlib.gzipSync(good);
     expectCode(() => loadIdx(f('cut.gz', gz.subarray(0, gz.length - 9))), 'E_FORMAT', /cut\.gz: corrupt gzip data/);
+    // a "gzip bomb": 64 MiB of zeros (~65 KB compressed) whose trailer claims 34 bytes: refused after
+    // decompressing at most 34 bytes, not after inflating all of it
+    const bomb = zlib.gzipSync(Buffer.concat([good, Buffer.alloc(64 << 20)]));
+    bomb.writeUInt32LE(good.length, bomb.length - 4);
+    expectCode(() => loadIdx(f('bomb.gz', bomb)), 'E_FORMAT', /bomb\.gz: corrupt gzip data \(it decompresses past the 34 bytes its trailer records/);
     const imgs = f('n2-images', good);
     expectCode(() => loadIdx(imgs, f('n3-labels', idxBytes([3], new Uint8Array(3)))), 'E_FORMAT', /n3-labels: 3 labels for the 2 images/);
     expectCode(() => loadIdx(path.join(tmp, 'missing')), 'E_IO', /missing/);

@@ -18,9 +18,16 @@ export function readMaybeGzip(file: string): Buffer {
     throw new MvebError('E_IO', `cannot read ${file}: ${(e as Error).message}`);
   }
   if (raw.length >= 2 && raw[0] === 0x1f && raw[1] === 0x8b) {
+    // A gzip member ends with its uncompressed size mod 2^32 (ISIZE). Decompressing at most that many
+    // bytes bounds what a hostile or corrupt file can make us allocate (a few KB of a "gzip bomb"
+    // would otherwise inflate to Node's 4 GiB buffer limit before failing); an honest single-member
+    // file, as IDX files are distributed, decompresses to exactly that size.
+    const recorded = raw.length >= 18 ? raw.readUInt32LE(raw.length - 4) : 1;
     try {
-      return zlib.gunzipSync(raw);
+      return zlib.gunzipSync(raw, { maxOutputLength: Math.max(1, recorded) });
     } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE')
+        throw new MvebError('E_FORMAT', `${file}: corrupt gzip data (it decompresses past the ${recorded} bytes its trailer records; multi-member gzip files are not supported)`);
       const msg = (e as Error).message;
       const where = /unexpected end/i.test(msg) ? `the compressed stream ends early at byte offset ${raw.length}` : msg;
       throw new MvebError('E_FORMAT', `${file}: corrupt gzip data (${where})`);
