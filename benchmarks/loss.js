@@ -9,7 +9,8 @@
 //   npm run bench:loss                    N in {256, 1024, 4096}, D = 2048
 //   node benchmarks/loss.js 128,512 2048  other sizes
 // Env: MVEB_ADDON_PATH (default build/Release/mveb.node), MVEB_NUM_THREADS (default 2 here, to match
-// PyTorch), MVEB_BENCH_NO_TORCH=1 to skip PyTorch.
+// PyTorch), MVEB_BENCH_NO_TORCH=1 to skip PyTorch. PyTorch keeps its freed memory for reuse
+// (benchmarks/torch_malloc.py; MVEB_TORCH_MALLOC=default for glibc's defaults).
 // FLOP floor (anchors.md count): 2 N^2 D (S) + N^3 / 3 (Cholesky) + 2 N^2 D (solves), at the 2-core
 // FP32 peak of ~400 GFLOP/s. Our code computes S as a triangle (N^2 D), so its own count is lower.
 'use strict';
@@ -73,6 +74,7 @@ async function main() {
   const torchMissing = torchAvailable();
   console.log(`vMF score estimator, D = ${D}, ${process.env.MVEB_NUM_THREADS} threads, ${os.cpus()[0].model}`);
   if (torchMissing) console.log(`(${torchMissing}: PyTorch columns skipped)`);
+  else console.log(`PyTorch: ${process.env.MVEB_TORCH_MALLOC === 'default' ? "glibc malloc's defaults" : 'freed memory kept for reuse (torch_malloc.py)'}`);
   const rows = [];
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mveb-bench-loss-'));
   for (const N of Ns) {

@@ -29,6 +29,12 @@ os.environ.setdefault("OPENBLAS_CORETYPE", "SkylakeX")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from torch_malloc import keep_freed_memory  # noqa: E402
+
+# freed memory kept for reuse, as PyTorch's tuning guide advises (benchmarks/torch_malloc.py): with
+# glibc's defaults each large output of a timed call is a fresh mmap, page-faulted in every call
+malloc_mode = keep_freed_memory()
 torch.set_num_threads(threads)
 
 
@@ -238,7 +244,7 @@ for _ in range(ROUNDS if "gemm" in parts else 0):
             one_rows[i][1], one_rows[i][2] = max(one_rows[i][1], g), max(one_rows[i][2], t)
 peak = max(peak, measure_peak()[0])
 
-print(f"threads: {threads}; torch {torch.__version__}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}")
+print(f"threads: {threads}; torch {torch.__version__}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}; torch's freed memory: {malloc_mode} (torch_malloc.py)")
 amx_note = "yes (the 'high' columns: matmul precision high, bf16x3 on AMX)" if amx else "no"
 print(f"mveb ISA: {isa}; AMX: {amx_note}")
 if peak:
