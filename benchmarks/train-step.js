@@ -18,7 +18,7 @@
 //                                            against the same PyTorch measurements
 // PyTorch runs with its freed memory kept for reuse (benchmarks/torch_malloc.py, as PyTorch's tuning guide
 // advises; with glibc's defaults it page-faults its activations in every step: resnet50 5.4-6.7 instead
-// of ~8 img/s here); MVEB_TORCH_MALLOC=default reproduces figures measured before 2026-12-02 04:00 UTC.
+// of ~8 img/s here); MVEB_TORCH_MALLOC=default reproduces the setup of figures measured before commit 36a6970.
 // Env: MVEB_ADDON_PATH (default build/Release/mveb.node), MVEB_NUM_THREADS (default 2, = PyTorch's
 // threads here), MVEB_MATMUL_PRECISION, MVEB_BENCH_NO_TORCH=1 to skip PyTorch. The header and every
 // row name the precision our side ran at (as the addon reports it) and whether AMX was used.
