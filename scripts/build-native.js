@@ -1,11 +1,17 @@
 #!/usr/bin/env node
 // build-native.js: builds the native addon with cmake-js (run by `npm install` / `npm ci` and
-// `npm run build:native`). Always the CPU backend; the CUDA backend too when nvcc is found.
+// `npm run build:native`). Always the CPU backend; the CUDA backend too when nvcc is found. Without a
+// `cmake` on PATH it builds the CPU-only addon with node-gyp (binding.gyp, the same sources) instead,
+// so `npm install mveb` works on a machine that has only what node-gyp needs (python3, make, a C++
+// compiler).
 //   MVEB_CUDA=auto|on|off     auto (default): CUDA when nvcc is found; on: fail without nvcc; off: CPU only
 //   MVEB_CUDA_ARCHS=90        CMake CUDA_ARCHITECTURES list; a plain number embeds SASS + PTX
 //   MVEB_BUILD_JOBS=N         parallel compile jobs (default: number of cores)
+//   MVEB_BUILD=auto|cmake|gyp auto (default): cmake-js when cmake is on PATH, else node-gyp; cmake: fail
+//                             without cmake; gyp: node-gyp (CPU only, no native test executable)
+//   --dry-run                 print the build commands instead of running them (test/package.test.ts)
 // The build is configured every time, so a changed switch always applies. Output:
-// build/Release/mveb.node and build/mveb_native_tests.
+// build/Release/mveb.node and, from cmake-js, build/mveb_native_tests.
 'use strict';
 const { spawnSync } = require('child_process');
 const fs = require('fs');
@@ -24,6 +30,21 @@ if (!/^[0-9a-z;\- ]+$/i.test(archs)) {
   process.exit(1);
 }
 const jobs = Number(process.env.MVEB_BUILD_JOBS) || os.cpus().length || 1;
+const buildMode = (process.env.MVEB_BUILD || 'auto').toLowerCase();
+if (!['auto', 'cmake', 'gyp'].includes(buildMode)) {
+  console.error(`mveb: MVEB_BUILD must be auto, cmake or gyp (found '${process.env.MVEB_BUILD}')`);
+  process.exit(1);
+}
+const dryRun = process.argv.includes('--dry-run');
+
+// Runs `node args...` (or, with --dry-run, prints it); true when it succeeded.
+function runNode(args) {
+  if (dryRun) {
+    console.log(`mveb: would run: node ${args.join(' ')}`);
+    return true;
+  }
+  return spawnSync(process.execPath, args, { cwd: root, stdio: 'inherit' }).status === 0;
+}
 
 function findNvcc() {
   const candidates = [];
@@ -41,6 +62,50 @@ function findNvcc() {
   });
 }
 
+// node-gyp's entry script: npm's own (npm sets npm_config_node_gyp for install scripts), else the copy
+// bundled with the npm next to this node, else one installed in node_modules.
+function findNodeGyp() {
+  const candidates = [
+    process.env.npm_config_node_gyp,
+    path.join(path.dirname(process.execPath), '..', 'lib', 'node_modules', 'npm', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js'),
+  ];
+  try {
+    candidates.push(require.resolve('node-gyp/bin/node-gyp.js', { paths: [root] }));
+  } catch {
+    // not installed locally
+  }
+  return candidates.find((p) => p && fs.existsSync(p));
+}
+
+const haveCmake = buildMode !== 'gyp' && spawnSync('cmake', ['--version'], { stdio: 'ignore' }).status === 0;
+if (!haveCmake) {
+  if (buildMode === 'cmake') {
+    console.error('mveb: MVEB_BUILD=cmake but no cmake was found on PATH. Install CMake >= 3.18, or use MVEB_BUILD=auto/gyp.');
+    process.exit(1);
+  }
+  if (mode === 'on') {
+    console.error(
+      `mveb: MVEB_CUDA=on needs the cmake-js build (the CUDA backend is built by CMake only), but ${buildMode === 'gyp' ? 'MVEB_BUILD=gyp was set' : 'no cmake was found on PATH'}. ` +
+        'Install CMake >= 3.18, or use MVEB_CUDA=auto/off.',
+    );
+    process.exit(1);
+  }
+  const gyp = findNodeGyp();
+  if (!gyp) {
+    console.error('mveb: no cmake on PATH and no node-gyp found (npm bundles one): install CMake >= 3.18, or run the build through npm.');
+    process.exit(1);
+  }
+  console.log(`mveb: ${buildMode === 'gyp' ? 'MVEB_BUILD=gyp' : 'no cmake on PATH'}: building the CPU-only addon with node-gyp (binding.gyp). ` +
+    'Install CMake >= 3.18 and rebuild (npm rebuild mveb) for the CUDA backend and the native test executable.');
+  const t0 = Date.now();
+  if (!runNode([gyp, 'rebuild', '-j', String(jobs)])) {
+    console.error('mveb: native build (node-gyp) failed.');
+    process.exit(1);
+  }
+  console.log(`mveb: native build done in ${((Date.now() - t0) / 1000).toFixed(0)} s: CPU backend (node-gyp; CUDA backend not built)`);
+  process.exit(0);
+}
+
 const nvcc = mode === 'off' ? undefined : findNvcc();
 if (mode === 'on' && !nvcc) {
   console.error(
@@ -55,7 +120,7 @@ function cmakeJsRun(command, cudaMode) {
   const args = [cmakeJs, command, '-d', root, '-p', String(jobs), `--CDMVEB_CUDA=${cudaMode}`, `--CDMVEB_CUDA_ARCHS=${archs}`];
   if (cudaMode !== 'off' && nvcc) args.push(`--CDCMAKE_CUDA_COMPILER=${nvcc}`);
   console.log(`mveb: cmake-js ${command} (MVEB_CUDA=${cudaMode}${nvcc && cudaMode !== 'off' ? `, nvcc ${nvcc}, archs ${archs}` : ''})`);
-  return spawnSync(process.execPath, args, { cwd: root, stdio: 'inherit' }).status === 0;
+  return runNode(args);
 }
 
 const t0 = Date.now();

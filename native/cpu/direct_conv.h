@@ -54,6 +54,14 @@ DirectConv direct_conv_avx512();
 namespace {
 namespace dck {
 
+// Every function here has internal linkage (one copy per ISA's translation unit, never called across
+// them), so GCC's note that a vector return's ABI depends on -mavx / -mavx512f (-Wpsabi, from the
+// baseline copy in conv.cpp) does not apply: silenced for this header's functions.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
 // A filter row of KP floats as one GCC vector (the ISA's registers: one zmm, two ymm, four xmm).
 template <int KP>
 struct Vec {
@@ -618,6 +626,9 @@ void weight8(float* acc, const float* dy, const float* x, const ConvShape& s, in
   weight<8>(acc, dy, x, s, row0, row1);
 }
 
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 }  // namespace dck
 }  // namespace
 
