@@ -8,7 +8,7 @@
     "cflags_cc": ["-std=c++17", "-fexceptions", "-O2", "-fPIC"],
     "cflags!": ["-fno-exceptions"],
     "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED",
-                "MVEB_CUDA_REASON=\"the addon was built by node-gyp (CPU only); build with npm install (cmake-js) for the CUDA backend\""]
+                "MVEB_CUDA_REASON=\"the addon was built by node-gyp (CPU only); install CMake >= 3.18 and nvcc, then npm rebuild mveb, for the CUDA backend\""]
   },
   "targets": [
     {
