@@ -4,10 +4,11 @@
 # Usage: sh benchmarks/build-and-run-kernels.sh [threads] [parts]     (npm run bench:cpu)
 # parts: comma-separated subset of gemm,conv,bn,step (default all). gemm, conv and bn are run.py's
 # kernel tables; step is the ResNet training-step table (benchmarks/train-step.js: resnet50 224 b16,
-# resnet18-cifar b128 and the default pretrain encoder, img/s and peak memory next to PyTorch), which
-# needs the addon (npm run build:native; MVEB_ADDON_PATH as there).
-# Env: MVEB_BENCH_BUILD (build folder, default /tmp/mveb-bench-kernels), CXX, MVEB_BENCH_STEPS (timed
-# training steps, default 2).
+# resnet18-cifar b128 and the default pretrain encoder, img/s and peak memory next to PyTorch, our
+# step and PyTorch's interleaved: --interleave), which needs the addon (npm run build:native;
+# MVEB_ADDON_PATH as there).
+# Env: MVEB_BENCH_BUILD (build folder, default /tmp/mveb-bench-kernels), CXX, MVEB_BENCH_STEPS (rounds
+# of timed training steps, default 4).
 set -e
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${MVEB_BENCH_BUILD:-/tmp/mveb-bench-kernels}
@@ -28,5 +29,5 @@ case ",$parts," in
   *,step,*)
     echo
     echo "## ResNet training step (benchmarks/train-step.js)"
-    MVEB_NUM_THREADS=$threads node "$root/benchmarks/train-step.js" --steps "${MVEB_BENCH_STEPS:-2}" ;;
+    MVEB_NUM_THREADS=$threads node "$root/benchmarks/train-step.js" --interleave --steps "${MVEB_BENCH_STEPS:-4}" ;;
 esac
