@@ -511,7 +511,8 @@ PackedFilter winograd_filter(CpuBackend& be, const WinogradVariant& v, const gem
 // transform, v.matrices GEMMs, output transform. Each pool thread's tile buffers are
 // ws.child(thread)'s (CpuBackend::conv_task_workspace).
 void winograd_forward_tiles(CpuBackend& be, const WinogradVariant& v, const gemm_detail::KernelInfo& kern, float* y,
-                            const float* x, const ConvShape& s, const PackedFilter& packed, gemm_detail::Workspace& ws) {
+                            const float* x, const ConvShape& s, const PackedFilter& packed, gemm_detail::Workspace& ws,
+                            bool add) {
   ThreadPool& pool = be.pool();
   const int C = s.C, K = s.K, P = s.P(), Q = s.Q();
   const int TP = (P + v.m - 1) / v.m, TQ = (Q + v.m - 1) / v.m;
@@ -523,7 +524,7 @@ void winograd_forward_tiles(CpuBackend& be, const WinogradVariant& v, const gemm
   const int64_t chunk = split.max_tiles();
   std::vector<float> zeros(static_cast<size_t>(C), 0.f);
   // A large y is streamed past the caches (the AVX-512 output transforms; see CpuBackend::stream_bytes).
-  const bool stream = be.streams(static_cast<int64_t>(s.N) * P * Q, K);
+  const bool stream = !add && be.streams(static_cast<int64_t>(s.N) * P * Q, K);
   ws.children(T);
   pool.parallel_tasks(split.tasks, [&](int64_t task, int t) {
     gemm_detail::Workspace& tw = *ws.child(t);
@@ -540,7 +541,7 @@ void winograd_forward_tiles(CpuBackend& be, const WinogradVariant& v, const gemm
     for (int e = 0; e < v.matrices; ++e)
       gemm_detail::gemm_run(pool, cached, false, false, nt, K, C, 1.f, V + e * vst, C, nullptr, 0, 0.f, M + e * mst, K,
                             packed[static_cast<size_t>(e)].get(), be.task_workspace(t));
-    v.out(y, M, mst, P, Q, K, TP, TQ, t0, nt, M + v.matrices * mst, stream);  // edge outputs to the spare row
+    v.out(y, M, mst, P, Q, K, TP, TQ, t0, nt, M + v.matrices * mst, stream, add);  // edge outputs to the spare row
   });
 }
 
@@ -638,14 +639,15 @@ void winograd_weight(CpuBackend& be, int m, float* dw, const float* dy, const fl
   add_weight_blocks(be.pool(), dw, s.C, s.K, partial, est + kWinogradSkew, v.finish);
 }
 
-// y by F(m x m, 3x3), m = 2 or 4 (filt / flipped as described above).
-void winograd_conv(CpuBackend& be, int m, float* y, const float* x, const ConvShape& s, const float* w, bool flipped) {
+// y (add: y +=) by F(m x m, 3x3), m = 2 or 4 (filt / flipped as described above).
+void winograd_conv(CpuBackend& be, int m, float* y, const float* x, const ConvShape& s, const float* w, bool flipped,
+                   bool add = false) {
   const WinogradVariant v = winograd_variant(be.isa(), m);
   const gemm_detail::KernelInfo kern = winograd_kernel(be, v);
   gemm_detail::WorkspaceLease lease(be.conv_task_workspace());  // (a call that finds it busy: its own)
   gemm_detail::WorkspaceLease filters(be.filter_workspace());
   const PackedFilter packed = winograd_filter(be, v, kern, w, flipped, s.C, s.K, lease.get(), filters.get());
-  winograd_forward_tiles(be, v, kern, y, x, s, packed, lease.get());
+  winograd_forward_tiles(be, v, kern, y, x, s, packed, lease.get(), add);
 }
 
 }  // namespace
@@ -741,6 +743,28 @@ bool direct_forward(CpuBackend& be, float* y, const float* x, const float* w, bo
                        [&](int64_t r0, int64_t r1, int, float*) { fn(y, x, wt.data(), s, r0, r1); });
 }
 
+// Output rows per im2col task of a convolution's forward (0: too few rows for tasks): chunks of
+// patches in L2, except with a big filter (3x3/2 C512 K512 14x14 N16, one thread: 42-row chunks
+// 20.2-20.7 ms, 128 rows 19.0). Pointwise convolutions take no patches (0).
+int64_t patch_chunk(const ConvShape& s, int threads) {
+  const int64_t rows = static_cast<int64_t>(s.N) * s.P() * s.Q();
+  const int64_t rsc = static_cast<int64_t>(s.R) * s.S * s.C;
+  const int64_t min_rows = rsc * s.K >= kBigFilterFloats ? kBigFilterMinRows : 16;
+  return is_pointwise(s) ? 0 : balanced_chunk(rows, std::max<int64_t>(min_rows, kChunkFloats / rsc), threads);
+}
+
+// The Winograd tile size (2 or 4) conv_forward_impl computes s's forward with, or 0 when it takes
+// another path (direct kernels for few channels, im2col, or a plain GEMM): 3x3 stride 1 with C, K >=
+// kWinogradMinChannels and enough rows for tasks.
+int winograd_tile(CpuBackend& be, const ConvShape& s) {
+  if (use_direct(s) || use_direct_wide(be.isa(), s)) return 0;
+  if (!(s.R == 3 && s.S == 3 && s.stride == 1 && s.C >= kWinogradMinChannels && s.K >= kWinogradMinChannels) ||
+      patch_chunk(s, be.pool().size()) == 0)
+    return 0;
+  const int64_t tiles4 = static_cast<int64_t>(s.N) * ((s.P() + 3) / 4) * ((s.Q() + 3) / 4);
+  return use_winograd4(be.gemm_kernel().amx, std::min(s.C, s.K), std::max(s.C, s.K), tiles4) ? 4 : 2;
+}
+
 // y = conv(x, filter). flipped = false: the filter is w in KRSC (the forward pass). flipped = true:
 // backward data's filter, op(B)[(tap, k), c] = w[c, RS - 1 - tap, k] of the original KRSC w (here
 // s.C is the original K and s.K the original C), packed straight from w or materialised by
@@ -768,20 +792,11 @@ bool conv_forward_impl(CpuBackend& be, float* y, const float* x, const float* w,
     }
   }
   if (use_direct(s) || use_direct_wide(be.isa(), s)) return direct_forward(be, y, x, w, flipped, s, stats);
-  // im2col chunks of patches in L2, except with a big filter (3x3/2 C512 K512 14x14 N16, one thread:
-  // 42-row chunks 20.2-20.7 ms, 128 rows 19.0)
-  const int64_t min_rows = static_cast<int64_t>(rsc) * s.K >= kBigFilterFloats ? kBigFilterMinRows : 16;
-  const int64_t chunk = is_pointwise(s) ? 0 : balanced_chunk(rows, std::max<int64_t>(min_rows, kChunkFloats / rsc), T);
-  if (chunk > 0 && s.R == 3 && s.S == 3 && s.stride == 1 && s.C >= kWinogradMinChannels &&
-      s.K >= kWinogradMinChannels) {
-    const int64_t tiles4 = static_cast<int64_t>(s.N) * ((s.P() + 3) / 4) * ((s.Q() + 3) / 4);
-    const int cmin = std::min(s.C, s.K), cmax = std::max(s.C, s.K);
-    if (use_winograd4(kern.amx, cmin, cmax, tiles4))
-      winograd_conv(be, 4, y, x, s, w, flipped);
-    else
-      winograd_conv(be, 2, y, x, s, w, flipped);
+  if (const int m = winograd_tile(be, s)) {
+    winograd_conv(be, m, y, x, s, w, flipped);
     return false;
   }
+  const int64_t chunk = patch_chunk(s, T);
   if (chunk > 0) {
     const int RS = s.R * s.S;
     gemm_detail::WorkspaceLease filter(be.filter_workspace());
@@ -862,6 +877,16 @@ void CpuBackend::conv_backward_data(float* dx, const float* dy, const float* w, 
   }
   const bool as_forward = s.stride == 1 && s.R == s.S && s.pad <= s.R - 1;  // see below
   const bool scatter = !as_forward && s.N >= T;
+  // the forward convolution of dy that gives dx (as_forward, below)
+  const ConvShape t{s.N, P, Q, s.K, s.C, s.R, s.S, 1, s.R - 1 - s.pad};
+  if (add && as_forward) {
+    // Winograd adds in its output transform (a residual block's first convolution: resnet18-cifar's
+    // identity blocks). The other forward paths assign, so they go through the temporary below.
+    if (const int m = winograd_tile(*this, t)) {
+      winograd_conv(*this, m, dx, dy, t, w, true, true);
+      return;
+    }
+  }
   if (add && !scatter) {  // the paths that assign: into a kept temporary, then dx += it
     const size_t n = static_cast<size_t>(s.N) * s.H * s.W * s.C;
     gemm_detail::WorkspaceLease lease(conv_workspace());
@@ -876,7 +901,6 @@ void CpuBackend::conv_backward_data(float* dx, const float* dy, const float* w, 
     // Stride 1: dx is the forward convolution of dy (zero-padded by R - 1 - pad) with the filter
     // flipped in space and transposed in channels, w'[c, r, s, k] = w[k, R-1-r, S-1-s, c]: an
     // im2col + deep GEMM with no scatter.
-    ConvShape t{s.N, P, Q, s.K, s.C, s.R, s.S, 1, s.R - 1 - s.pad};
     conv_forward_impl(*this, dx, dy, w, true, t, nullptr);
     return;
   }

@@ -24,8 +24,8 @@ struct WinogradTransforms {
   void (*input4)(float*, int64_t, const float*, const ConvShape&, int, int, int64_t, int, const float*);
   void (*zt2)(float*, int64_t, const float*, int, int, int, int, int, int64_t, int, const float*);
   void (*zt4)(float*, int64_t, const float*, int, int, int, int, int, int64_t, int, const float*);
-  void (*out2)(float*, const float*, int64_t, int, int, int, int, int, int64_t, int, float*, bool);
-  void (*out4)(float*, const float*, int64_t, int, int, int, int, int, int64_t, int, float*, bool);
+  void (*out2)(float*, const float*, int64_t, int, int, int, int, int, int64_t, int, float*, bool, bool);
+  void (*out4)(float*, const float*, int64_t, int, int, int, int, int, int64_t, int, float*, bool, bool);
   void (*finish2)(float*, int, int, const float* const*, int, int64_t, int, int, int, int);
   void (*finish4)(float*, int, int, const float* const*, int, int64_t, int, int, int, int);
   void (*filter2)(float*, int64_t, const float*, bool, int, int, int64_t, int64_t);
@@ -196,10 +196,18 @@ void zt4(float* Z, int64_t zst, const float* dy, int P, int Q, int K, int TP, in
   }
 }
 
-void out2(float* y, const float* M, int64_t mst, int P, int Q, int K, int TP, int TQ, int64_t t0, int nt,
-          float* spare, bool stream) {
-  // y tile = A^T m A, the outputs inside P x Q.
-  stream = can_stream_rows(stream, y, K);
+// y[.] = v, or y[.] += v (kAdd: the output transforms of a backward data that adds into dx).
+template <bool kAdd>
+inline void put(float* y, float v) {
+  if (kAdd) *y += v;
+  else *y = v;
+}
+
+template <bool kAdd>
+void out2_tiles(float* y, const float* M, int64_t mst, int P, int Q, int K, int TP, int TQ, int64_t t0, int nt,
+                float* spare, bool stream) {
+  // y tile = A^T m A (kAdd: y +=), the outputs inside P x Q.
+  stream = !kAdd && can_stream_rows(stream, y, K);
   for (int i = 0; i < nt; ++i) {
     const int64_t tile = t0 + i;
     const int tq = static_cast<int>(tile % TQ), tp = static_cast<int>((tile / TQ) % TP);
@@ -241,10 +249,10 @@ void out2(float* y, const float* M, int64_t mst, int P, int Q, int K, int TP, in
         r[0][b] = mm[0][b] + mm[1][b] + mm[2][b];
         r[1][b] = mm[1][b] - mm[2][b] - mm[3][b];
       }
-      y00[k] = r[0][0] + r[0][1] + r[0][2];
-      y01[k] = r[0][1] - r[0][2] - r[0][3];
-      y10[k] = r[1][0] + r[1][1] + r[1][2];
-      y11[k] = r[1][1] - r[1][2] - r[1][3];
+      put<kAdd>(y00 + k, r[0][0] + r[0][1] + r[0][2]);
+      put<kAdd>(y01 + k, r[0][1] - r[0][2] - r[0][3]);
+      put<kAdd>(y10 + k, r[1][0] + r[1][1] + r[1][2]);
+      put<kAdd>(y11 + k, r[1][1] - r[1][2] - r[1][3]);
     }
   }
 #if defined(__AVX512F__)
@@ -252,10 +260,18 @@ void out2(float* y, const float* M, int64_t mst, int P, int Q, int K, int TP, in
 #endif
 }
 
-void out4(float* y, const float* M, int64_t mst, int P, int Q, int K, int TP, int TQ, int64_t t0, int nt,
-          float* spare, bool stream) {
-  // y tile = A^T m A, the outputs inside P x Q (the others go to the thread's spare row).
-  stream = can_stream_rows(stream, y, K);
+// add: y += the transform (never streamed: y is read anyway), else y = it.
+void out2(float* y, const float* M, int64_t mst, int P, int Q, int K, int TP, int TQ, int64_t t0, int nt,
+          float* spare, bool stream, bool add) {
+  if (add) out2_tiles<true>(y, M, mst, P, Q, K, TP, TQ, t0, nt, spare, false);
+  else out2_tiles<false>(y, M, mst, P, Q, K, TP, TQ, t0, nt, spare, stream);
+}
+
+template <bool kAdd>
+void out4_tiles(float* y, const float* M, int64_t mst, int P, int Q, int K, int TP, int TQ, int64_t t0, int nt,
+                float* spare, bool stream) {
+  // y tile = A^T m A (kAdd: y +=), the outputs inside P x Q (the others go to the thread's spare row).
+  stream = !kAdd && can_stream_rows(stream, y, K);
     for (int i = 0; i < nt; ++i) {
     const int64_t tile = t0 + i;
     const int tq = static_cast<int>(tile % TQ), tp = static_cast<int>((tile / TQ) % TP);
@@ -311,16 +327,22 @@ void out4(float* y, const float* M, int64_t mst, int P, int Q, int K, int TP, in
         const float m0 = r[a][0], m5 = r[a][5];
         const float s12 = r[a][1] + r[a][2], d12 = r[a][1] - r[a][2], s34 = r[a][3] + r[a][4],
                     d34 = r[a][3] - r[a][4];
-        yo[a][0][k] = m0 + s12 + s34;
-        yo[a][1][k] = d12 + 2.f * d34;
-        yo[a][2][k] = s12 + 4.f * s34;
-        yo[a][3][k] = d12 + 8.f * d34 + m5;
+        put<kAdd>(yo[a][0] + k, m0 + s12 + s34);
+        put<kAdd>(yo[a][1] + k, d12 + 2.f * d34);
+        put<kAdd>(yo[a][2] + k, s12 + 4.f * s34);
+        put<kAdd>(yo[a][3] + k, d12 + 8.f * d34 + m5);
       }
     }
   }
 #if defined(__AVX512F__)
   if (stream) _mm_sfence();
 #endif
+}
+
+void out4(float* y, const float* M, int64_t mst, int P, int Q, int K, int TP, int TQ, int64_t t0, int nt,
+          float* spare, bool stream, bool add) {
+  if (add) out4_tiles<true>(y, M, mst, P, Q, K, TP, TQ, t0, nt, spare, false);
+  else out4_tiles<false>(y, M, mst, P, Q, K, TP, TQ, t0, nt, spare, stream);
 }
 
 // Backward weight's finish for the block of channels [c0, c0 + cn) x output channels [k0, k0 + kn)
