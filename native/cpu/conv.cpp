@@ -22,7 +22,9 @@
 //                                      packed panels (per-thread
 //                                      partials, summed; ACCUMULATES into dw as backend.h says)
 //   backward data    stride 1 (square filter, pad < R): the forward convolution of dy with the
-//                    flipped, channel-transposed filter (pad R - 1 - pad). Otherwise
+//                    flipped, channel-transposed filter (pad R - 1 - pad); the adding variant
+//                    (conv2d_backward_data_add) adds in Winograd's output transform, other paths
+//                    through a kept temporary. Otherwise
 //                    dcol[rows, RSC] = dy[rows, K] * w[K, RSC], scattered (col2im) into the thread's
 //                    own images of dx (one image per task, so no two threads write the same pixel)
 // With too few rows (or fewer images than threads) the GEMM itself is threaded instead, over one
