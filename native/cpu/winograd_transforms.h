@@ -1,7 +1,8 @@
 // winograd_transforms.h: the Winograd F(2x2, 3x3) and F(4x4, 3x3) data transforms of conv.cpp
 // (input tiles B^T d B, output-gradient tiles A dY A^T, output tiles A^T m A), the filter transforms
 // (G g G^T) and backward weight's finish (dg = G^T dU G), loops over channels that the compiler vectorises. The output transforms
-// can write y with non-temporal stores (stream: AVX-512 copy, K a multiple of 16, y 64-byte aligned). Compiled once per ISA (conv.cpp baseline, conv_avx2.cpp,
+// can write y with non-temporal stores (stream: AVX-512 copy, K a multiple of 16, y 64-byte aligned)
+// or add to it (add: backward data into a residual's gradient). Compiled once per ISA (conv.cpp baseline, conv_avx2.cpp,
 // conv_avx512.cpp: the transforms are a third to a half of a shallow Winograd convolution's time
 // and baseline x86-64 has only 4-wide SSE); each copy has internal linkage (anonymous namespace)
 // so the copies built with different flags never mix. conv.cpp picks one by the backend's ISA
