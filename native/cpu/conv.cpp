@@ -526,7 +526,7 @@ void winograd_forward_tiles(CpuBackend& be, const WinogradVariant& v, const gemm
   const int64_t chunk = split.max_tiles();
   std::vector<float> zeros(static_cast<size_t>(C), 0.f);
   // A large y is streamed past the caches (the AVX-512 output transforms; see CpuBackend::stream_bytes).
-  const bool stream = !add && be.streams(static_cast<int64_t>(s.N) * P * Q, K);
+  const bool stream = be.streams(static_cast<int64_t>(s.N) * P * Q, K);  // (never when adding: out2 / out4)
   ws.children(T);
   pool.parallel_tasks(split.tasks, [&](int64_t task, int t) {
     gemm_detail::Workspace& tw = *ws.child(t);

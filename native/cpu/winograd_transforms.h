@@ -264,7 +264,7 @@ void out2_tiles(float* y, const float* M, int64_t mst, int P, int Q, int K, int 
 // add: y += the transform (never streamed: y is read anyway), else y = it.
 void out2(float* y, const float* M, int64_t mst, int P, int Q, int K, int TP, int TQ, int64_t t0, int nt,
           float* spare, bool stream, bool add) {
-  if (add) out2_tiles<true>(y, M, mst, P, Q, K, TP, TQ, t0, nt, spare, false);
+  if (add) out2_tiles<true>(y, M, mst, P, Q, K, TP, TQ, t0, nt, spare, stream);
   else out2_tiles<false>(y, M, mst, P, Q, K, TP, TQ, t0, nt, spare, stream);
 }
 
@@ -342,7 +342,7 @@ void out4_tiles(float* y, const float* M, int64_t mst, int P, int Q, int K, int 
 
 void out4(float* y, const float* M, int64_t mst, int P, int Q, int K, int TP, int TQ, int64_t t0, int nt,
           float* spare, bool stream, bool add) {
-  if (add) out4_tiles<true>(y, M, mst, P, Q, K, TP, TQ, t0, nt, spare, false);
+  if (add) out4_tiles<true>(y, M, mst, P, Q, K, TP, TQ, t0, nt, spare, stream);
   else out4_tiles<false>(y, M, mst, P, Q, K, TP, TQ, t0, nt, spare, stream);
 }
 
