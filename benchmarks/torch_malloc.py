@@ -24,10 +24,14 @@ import os
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # glibc's <malloc.h>
 
 
+def _glibc_defaults_asked():
+    return os.environ.get("MVEB_TORCH_MALLOC") == "default"
+
+
 def keep_freed_memory():
     """Makes glibc serve every block from its heap (no mmap) and never hand free memory back (up to
     2 GiB of free top of heap); returns the mode for the anchor's report: 'kept' or 'default'."""
-    if os.environ.get("MVEB_TORCH_MALLOC") == "default":
+    if _glibc_defaults_asked():
         return "default"
     libc = ctypes.CDLL("libc.so.6")
     if libc.mallopt(M_MMAP_MAX, 0) != 1 or libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) != 1:
@@ -39,7 +43,7 @@ def keep_freed_memory():
 def handing_memory_back():
     """glibc's own settings inside the block (large blocks mmapped and unmapped when freed), the free
     memory the kept heap holds handed back first; the kept settings again after it (when they were on)."""
-    if os.environ.get("MVEB_TORCH_MALLOC") == "default":
+    if _glibc_defaults_asked():
         yield
         return
     libc = ctypes.CDLL("libc.so.6")

@@ -134,10 +134,14 @@ async function ours(c) {
   return { imagesPerS: c.batch / Math.min(...times), imagesPerCpuS: c.batch / Math.min(...cpu), times, peak, activationBytes };
 }
 
+// train_step_torch.py's command line for configuration c, layout fmt, and STEPS (a count or 'serve'),
+// and its environment (PyTorch's threads).
+const torchArgs = (c, fmt, stepsArg) => [path.join(__dirname, 'train_step_torch.py'), String(c.depth), c.stem, String(c.batch),
+  String(c.size), String(stepsArg), String(threads), fmt, String(c.width || 1), String(c.channels || 3)];
+const torchEnv = () => ({ ...process.env, OMP_NUM_THREADS: String(threads) });
+
 function torchRun(c, fmt) {
-  const r = spawnSync('/usr/bin/python3', [path.join(__dirname, 'train_step_torch.py'), String(c.depth), c.stem, String(c.batch),
-    String(c.size), String(steps), String(threads), fmt, String(c.width || 1), String(c.channels || 3)],
-  { encoding: 'utf8', env: { ...process.env, OMP_NUM_THREADS: String(threads) } });
+  const r = spawnSync('/usr/bin/python3', torchArgs(c, fmt, steps), { encoding: 'utf8', env: torchEnv() });
   if (r.status !== 0) return { error: (r.stderr || '').trim().split('\n').pop() };
   return JSON.parse(r.stdout.trim().split('\n').pop());
 }
@@ -146,9 +150,7 @@ const mib = (b) => (b / 2 ** 20).toFixed(0) + ' MiB';
 
 // PyTorch's side as a child process that runs one step per request (train_step_torch.py ... serve).
 function torchServer(c, fmt) {
-  const child = spawn('/usr/bin/python3', [path.join(__dirname, 'train_step_torch.py'), String(c.depth), c.stem, String(c.batch),
-    String(c.size), 'serve', String(threads), fmt, String(c.width || 1), String(c.channels || 3)],
-  { env: { ...process.env, OMP_NUM_THREADS: String(threads) }, stdio: ['pipe', 'pipe', 'pipe'] });
+  const child = spawn('/usr/bin/python3', torchArgs(c, fmt, 'serve'), { env: torchEnv(), stdio: ['pipe', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (d) => { stderr += d; });
   const lines = [];
