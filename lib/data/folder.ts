@@ -63,9 +63,10 @@ export function listImageFolder(dir: string): { files: string[]; labels?: number
   const entries = readEntries(dir);
   const classes = entries
     .filter((e) => !e.name.startsWith('.') && entryKind(dir, e) === 'dir')
-    .map((e) => ({ name: e.name, images: imagesIn(path.join(dir, e.name)) }))
-    .filter((c) => c.images.length > 0)
-    .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    .map((e) => e.name)
+    .sort()
+    .map((name) => ({ name, images: imagesIn(path.join(dir, name)) }))
+    .filter((c) => c.images.length > 0);
   if (classes.length > 0) {
     const files: string[] = [], labels: number[] = [];
     classes.forEach((c, k) => {
