@@ -243,7 +243,7 @@ for _ in range(ROUNDS if "gemm" in parts else 0):
         else:
             one_rows[i][1], one_rows[i][2] = max(one_rows[i][1], g), max(one_rows[i][2], t)
 peak = max(peak, measure_peak()[0])
-# The micro-kernel alone, on packed panels that stay in cache (kernels_bench ukernel): the rate no product
+# Our micro-kernel alone, on packed panels that stay in cache (kernels_bench ukernel): the rate none of our fp32 products
 # can beat here, next to the FMA loop's (the broadcasts and B loads it needs cost ~10-15 % of it on this VM).
 ukernel = 0.0
 for _ in range(ROUNDS if "gemm" in parts and peak else 0):
@@ -256,7 +256,7 @@ if peak:
     print(f"FP32 peak: {threads} x the best one-core AVX-512 FMA loop rate (6 tries before/after) = {peak:.1f} GFLOP/s")
 if ukernel:
     print(f"Our micro-kernel alone (packed panels in cache, kc 256, one core): {ukernel:.1f} GFLOP/s, "
-          f"{100 * ukernel * threads / peak:.0f}% of one core's FMA loop rate: the ceiling of any fp32 product here")
+          f"{100 * ukernel * threads / peak:.0f}% of one core's FMA loop rate: the ceiling of our fp32 products")
 print()
 pk = (lambda g: f"{100 * g / peak:.0f}%") if peak else (lambda g: "-")
 if gemm_rows:
