@@ -831,6 +831,65 @@ async function backwardSideBySide(nets: Net[], grads: Tensor[]): Promise<void> {
   }
 }
 
+/** copyFrom's options for the BN running statistics alone. */
+const BUFFERS_ONLY = { parameters: false, buffers: true };
+
+/**
+ * Training forwards of the views one after another (forwardSideBySide's counterpart): view v on
+ * nets[v], a copy of the online networks (parameters and BN buffers copied in, its updated buffers
+ * copied back, so the running statistics count each view once, in order) or the online networks
+ * themselves. Each view's embedding goes into z as soon as it exists (the caller disposes them).
+ */
+async function forwardInTurn(online: Net, nets: Net[], views: Tensor[], z: Tensor[]): Promise<void> {
+  for (let v = 0; v < views.length; v++) {
+    const net = nets[v];
+    if (net !== online) {
+      net.backbone.copyFrom(online.backbone);
+      net.projector.copyFrom(online.projector);
+    }
+    const h = await net.backbone.forward(views[v], { train: true });
+    z.push(await net.projector.forward(h, { train: true }));
+    h.dispose();
+    if (net !== online) {
+      online.backbone.copyFrom(net.backbone, BUFFERS_ONLY);
+      online.projector.copyFrom(net.projector, BUFFERS_ONLY);
+    }
+  }
+}
+
+/**
+ * Backward of the views one after another (backwardSideBySide's counterpart), after forwardInTurn:
+ * the last view's activations are still live in the online networks; each copy holds its view's (its
+ * gradients are then added into the online networks'); views run on the online networks are
+ * recomputed (same input, same batch statistics, so the same activations).
+ */
+async function backwardInTurn(online: Net, nets: Net[], views: Tensor[], grads: Tensor[]): Promise<void> {
+  const backward = async (net: Net, v: number) => {
+    const gh = await net.projector.backward(grads[v]);
+    const gx = await net.backbone.backward(gh!, { inputGrad: false });
+    gh!.dispose();
+    gx?.dispose();
+  };
+  const V = views.length;
+  await backward(online, V - 1);
+  for (let v = 0; v < V - 1; v++) {
+    const net = nets[v];
+    if (net !== online) {
+      net.backbone.zeroGrad();
+      net.projector.zeroGrad();
+      await backward(net, v);
+      online.backbone.addGradientsFrom(net.backbone);
+      online.projector.addGradientsFrom(net.projector);
+      continue;
+    }
+    const h = await online.backbone.forward(views[v], { train: true });
+    const zz = await online.projector.forward(h, { train: true });
+    h.dispose();
+    zz.dispose();
+    await backward(online, v);
+  }
+}
+
 /**
  * One MVEB step up to (not including) the optimiser: online forward of every view, EMA + target
  * forward of the two global views, loss, backward. Gradients are left in the online models. With a
@@ -843,39 +902,24 @@ async function backwardSideBySide(nets: Net[], grads: Tensor[]): Promise<void> {
  */
 export async function trainStep(online: Net, target: Net, loss: MVEBLoss, views: Tensor[], m: number, scratch: StepScratch): Promise<StepResult> {
   const V = views.length;
-  const buffersOnly = { parameters: false, buffers: true };
   // rollback snapshots: BN buffers of the online nets (parameters do not change before the optimiser), all of the target
-  scratch.onlineBackbone.copyFrom(online.backbone, buffersOnly);
-  scratch.onlineProjector.copyFrom(online.projector, buffersOnly);
+  scratch.onlineBackbone.copyFrom(online.backbone, BUFFERS_ONLY);
+  scratch.onlineProjector.copyFrom(online.projector, BUFFERS_ONLY);
   scratch.targetBackbone.copyFrom(target.backbone);
   scratch.targetProjector.copyFrom(target.projector);
   const z: Tensor[] = [];
   const targets: Tensor[] = [];
-  // view v < V - 1 runs on nets[v]: a copy of the online networks (parameters and BN buffers copied
-  // in, the updated buffers copied back, so the running statistics count each view once, in order),
-  // or the online networks themselves (recomputed below)
+  // view v runs on nets[v]: for v < V - 1 a copy of the online networks or (recomputed in the
+  // backward) the online networks themselves; the last view on the online networks
   const nets = [...viewNetsFor(online, views, scratch), online];
   // side by side: every view on its own networks (copies for all but the last), one pool thread each
   const sideBySide = scratch.sideBySide && V > 1 && nets[0] !== online;
   try {
     if (sideBySide) z.push(...(await forwardSideBySide(nets, views, { backbone: scratch.onlineBackbone, projector: scratch.onlineProjector }, true)));
-    for (let v = 0; v < V && !sideBySide; v++) {
-      const net = nets[v];
-      if (net !== online) {
-        net.backbone.copyFrom(online.backbone);
-        net.projector.copyFrom(online.projector);
-      }
-      const h = await net.backbone.forward(views[v], { train: true });
-      z.push(await net.projector.forward(h, { train: true }));
-      h.dispose();
-      if (net !== online) {
-        online.backbone.copyFrom(net.backbone, buffersOnly);
-        online.projector.copyFrom(net.projector, buffersOnly);
-      }
-    }
+    else await forwardInTurn(online, nets, views, z);
     if (V > 1) {
-      scratch.passBackbone.copyFrom(online.backbone, buffersOnly);
-      scratch.passProjector.copyFrom(online.projector, buffersOnly);
+      scratch.passBackbone.copyFrom(online.backbone, BUFFERS_ONLY);
+      scratch.passProjector.copyFrom(online.projector, BUFFERS_ONLY);
     }
     await target.backbone.emaUpdate(online.backbone, m);
     await target.projector.emaUpdate(online.projector, m);
@@ -884,11 +928,12 @@ export async function trainStep(online: Net, target: Net, loss: MVEBLoss, views:
       const targetNets = [scratch.targetView, target];
       const before = { backbone: scratch.targetBackbone, projector: scratch.targetProjector };  // the EMA leaves buffers alone
       targets.push(...(await forwardSideBySide(targetNets, views.slice(0, 2), before, false)));
-    }
-    for (let v = 0; v < 2 && !sideBySide; v++) {
-      const h = await target.backbone.forward(views[v], { train: true, saveForBackward: false });
-      targets.push(await target.projector.forward(h, { train: true, saveForBackward: false }));
-      h.dispose();
+    } else {
+      for (let v = 0; v < 2; v++) {
+        const h = await target.backbone.forward(views[v], { train: true, saveForBackward: false });
+        targets.push(await target.projector.forward(h, { train: true, saveForBackward: false }));
+        h.dispose();
+      }
     }
     let r: Awaited<ReturnType<MVEBLoss['forward']>>;
     try {
@@ -901,45 +946,20 @@ export async function trainStep(online: Net, target: Net, loss: MVEBLoss, views:
     const result: StepResult = { loss: r.loss, alignment: r.alignment, entropy: r.entropy, widths: Array.from(r.widths as ArrayLike<number>) };
     if (!Number.isFinite(r.loss)) {
       r.grads.forEach((g: Tensor) => g.dispose());
-      online.backbone.copyFrom(scratch.onlineBackbone, buffersOnly);
-      online.projector.copyFrom(scratch.onlineProjector, buffersOnly);
+      online.backbone.copyFrom(scratch.onlineBackbone, BUFFERS_ONLY);
+      online.projector.copyFrom(scratch.onlineProjector, BUFFERS_ONLY);
       target.backbone.copyFrom(scratch.targetBackbone);
       target.projector.copyFrom(scratch.targetProjector);
       return result;
     }
     online.backbone.zeroGrad();
     online.projector.zeroGrad();
-    const backward = async (net: Net, v: number) => {
-      const gh = await net.projector.backward(r.grads[v]);
-      const gx = await net.backbone.backward(gh!, { inputGrad: false });
-      gh!.dispose();
-      gx?.dispose();
-    };
-    // the last view's activations are still live in the online networks; each copy holds its view's
-    // (its gradients go into the online networks'); views run on the online networks are recomputed
-    // (same input, same batch statistics, so the same activations)
     if (sideBySide) await backwardSideBySide(nets, r.grads);
-    else await backward(online, V - 1);
-    for (let v = 0; v < V - 1 && !sideBySide; v++) {
-      const net = nets[v];
-      if (net !== online) {
-        net.backbone.zeroGrad();
-        net.projector.zeroGrad();
-        await backward(net, v);
-        online.backbone.addGradientsFrom(net.backbone);
-        online.projector.addGradientsFrom(net.projector);
-        continue;
-      }
-      const h = await online.backbone.forward(views[v], { train: true });
-      const zz = await online.projector.forward(h, { train: true });
-      h.dispose();
-      zz.dispose();
-      await backward(online, v);
-    }
+    else await backwardInTurn(online, nets, views, r.grads);
     if (V > 1) {
       // BN running statistics as after the first pass: each view counted once
-      online.backbone.copyFrom(scratch.passBackbone, buffersOnly);
-      online.projector.copyFrom(scratch.passProjector, buffersOnly);
+      online.backbone.copyFrom(scratch.passBackbone, BUFFERS_ONLY);
+      online.projector.copyFrom(scratch.passProjector, BUFFERS_ONLY);
     }
     r.grads.forEach((g: Tensor) => g.dispose());
     return result;
