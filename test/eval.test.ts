@@ -113,6 +113,11 @@ describe('eval: kNN', () => {
     await expect(knnEvaluate(B, null as never, Q3, new Int32Array(2))).rejects.toMatchObject({ code: 'E_ARG' });
     await expect(knnEvaluate(B, [0, 1, 0, 1] as never, Q3, new Int32Array(2))).rejects.toMatchObject({ code: 'E_ARG' });
     await expect(knnEvaluate({ shape: [4, 3] } as never, new Int32Array(4), Q3, new Int32Array(2))).rejects.toMatchObject({ code: 'E_ARG' });
+    await expect(knnScores(3 as never, new Int32Array(4), Q3, { classes: 2 })).rejects.toMatchObject({ code: 'E_ARG' });
+    await expect(knnScores(B, new Int32Array(4), [1, 2] as never, { classes: 2 })).rejects.toMatchObject({ code: 'E_ARG' });
+    await expect(knnScores(B, new Int32Array(4), Q3, null as never)).rejects.toMatchObject({ code: 'E_ARG' });
+    expect(() => accuracyFromScores([0, 1] as never, new Int32Array(1), 2)).toThrow(expect.objectContaining({ code: 'E_ARG' }));
+    expect(() => accuracyFromScores(new Float32Array(2), new Int32Array(1), 0)).toThrow(expect.objectContaining({ code: 'E_ARG' }));
     [B, Q, Q3].forEach((t) => t.dispose());
   });
 

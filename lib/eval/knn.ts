@@ -35,6 +35,10 @@ function labelsTensor(labels: Int32Array | Tensor): { t: Tensor; owned: boolean;
   return { t: Tensor.from(labels, [labels.length]), owned: true, max: labels.reduce((a, b) => Math.max(a, b), -1) };
 }
 
+function checkFeatures(bank: unknown, queries: unknown): void {
+  check(bank instanceof Tensor && queries instanceof Tensor, 'E_ARG', 'knn: bank and queries must be Tensors');
+}
+
 /** Per-class weighted votes [queries * classes] (row-major). */
 export async function knnScores(
   bank: Tensor,
@@ -42,6 +46,8 @@ export async function knnScores(
   queries: Tensor,
   opts: KnnOptions & { classes: number },
 ): Promise<Float32Array> {
+  opts = checkOptions(opts, 'knnScores');
+  checkFeatures(bank, queries);
   const k = opts.k ?? 200, temperature = opts.temperature ?? 0.1;
   check(Number.isInteger(k) && k >= 1, 'E_ARG', `knn: k must be a positive integer, found ${k}`);
   check(Number.isFinite(temperature) && temperature > 0, 'E_ARG', `knn: temperature must be > 0, found ${temperature}`);
@@ -59,6 +65,8 @@ export async function knnScores(
 
 /** Top-1 / top-5 accuracy of per-class scores (ties go to the lower class index). */
 export function accuracyFromScores(scores: Float32Array, labels: Int32Array, classes: number): KnnResult {
+  check(scores instanceof Float32Array && labels instanceof Int32Array, 'E_ARG', 'accuracyFromScores: scores must be a Float32Array and labels an Int32Array');
+  check(Number.isSafeInteger(classes) && classes >= 1, 'E_ARG', () => `accuracyFromScores: classes must be a positive integer, found ${String(classes)}`);
   const n = labels.length;
   check(scores.length === n * classes, 'E_SHAPE', `scores have ${scores.length} values, expected ${n} x ${classes}`);
   const predictions = new Int32Array(n);
@@ -89,7 +97,7 @@ export async function knnEvaluate(
   opts: KnnOptions = {},
 ): Promise<KnnResult> {
   opts = checkOptions(opts, 'knnEvaluate');
-  check(bank instanceof Tensor && queries instanceof Tensor, 'E_ARG', 'knn: bank and queries must be Tensors');
+  checkFeatures(bank, queries);
   check(bankLabels instanceof Int32Array && queryLabels instanceof Int32Array, 'E_ARG', 'knn: labels must be Int32Arrays');
   check(bank.shape.length === 2 && queries.shape.length === 2, 'E_SHAPE', 'knn: features must be 2-D [rows, dim]');
   check(bankLabels.length === bank.shape[0], 'E_SHAPE', `knn: ${bankLabels.length} bank labels for ${bank.shape[0]} bank rows`);
