@@ -3,6 +3,7 @@
 // one-hot by class; top-1 (and top-5) accuracy. The scoring runs natively (knnScores in
 // native/binding/eval_binding.cpp: blocked GEMM on the features' device + a heap selection).
 // Tested in test/eval.test.ts against a brute-force JavaScript reference.
+import { isTypedArray } from '../data/dataset';
 import { check, checkOptions } from '../errors';
 import { native } from '../native';
 import { Tensor } from '../tensor';
@@ -65,7 +66,8 @@ export async function knnScores(
 
 /** Top-1 / top-5 accuracy of per-class scores (ties go to the lower class index). */
 export function accuracyFromScores(scores: Float32Array, labels: Int32Array, classes: number): KnnResult {
-  check(scores instanceof Float32Array && labels instanceof Int32Array, 'E_ARG', 'accuracyFromScores: scores must be a Float32Array and labels an Int32Array');
+  // (by tag, not instanceof: the native scores come from the main realm, not a test's vm context)
+  check(isTypedArray(scores, 'Float32Array') && isTypedArray(labels, 'Int32Array'), 'E_ARG', 'accuracyFromScores: scores must be a Float32Array and labels an Int32Array');
   check(Number.isSafeInteger(classes) && classes >= 1, 'E_ARG', () => `accuracyFromScores: classes must be a positive integer, found ${String(classes)}`);
   const n = labels.length;
   check(scores.length === n * classes, 'E_SHAPE', `scores have ${scores.length} values, expected ${n} x ${classes}`);
