@@ -9,11 +9,20 @@
 // Tested in test/train.test.ts (round trip, exact resume, corrupted and truncated files).
 import { createHash } from 'crypto';
 import * as fs from 'fs';
-import { MvebError } from '../errors';
+import * as path from 'path';
+import { MvebError, check } from '../errors';
 import { loadTensors, saveTensors } from '../safetensors';
 import { Tensor } from '../tensor';
 
 export const CHECKPOINT_FORMAT = 'mveb-checkpoint';
+
+/** A checkpoint argument as an absolute file path: a run folder stands for its checkpoint.safetensors. */
+export function resolveCheckpointPath(p: string): string {
+  check(typeof p === 'string' && p.length > 0, 'E_ARG', () => `the checkpoint path must be a non-empty string, found ${String(p)}`);
+  const abs = path.resolve(p);
+  if (fs.existsSync(abs) && fs.statSync(abs).isDirectory()) return path.join(abs, 'checkpoint.safetensors');
+  return abs;
+}
 export const CHECKPOINT_VERSION = 1;
 
 export interface TrainingState {

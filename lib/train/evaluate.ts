@@ -3,7 +3,6 @@
 // target) weights, extracts frozen eval-mode features of the labelled train/test splits and runs
 // the kNN classifier or the linear probe; export writes the backbone with torchvision names.
 // Tested in test/cli.test.ts (a tiny run evaluated and exported).
-import * as fs from 'fs';
 import * as path from 'path';
 import { MvebError, check, checkBoolean, checkOptions } from '../errors';
 import { isDataSource } from '../data/dataset';
@@ -15,7 +14,7 @@ import { makeDirs } from '../files';
 import { extractFeatures, subsetIndices } from '../eval/features';
 import { knnEvaluate } from '../eval/knn';
 import { linearEvaluate } from '../eval/linear';
-import { loadCheckpoint, withPrefix } from './checkpoint';
+import { loadCheckpoint, resolveCheckpointPath, withPrefix } from './checkpoint';
 import { resolveDevice, DeviceChoice } from './device';
 import { MatmulPrecision, getMatmulPrecision, matmulPrecisionSummary } from '../precision';
 import type { ResolvedConfig } from './pretrain';
@@ -53,13 +52,6 @@ export interface EvaluateResult {
   matmulPrecision: MatmulPrecision;
   checkpoint: string;
   network: 'online' | 'target';
-}
-
-function resolveCheckpointPath(p: string): string {
-  check(typeof p === 'string' && p.length > 0, 'E_ARG', () => `the checkpoint path must be a non-empty string, found ${String(p)}`);
-  const abs = path.resolve(p);
-  if (fs.existsSync(abs) && fs.statSync(abs).isDirectory()) return path.join(abs, 'checkpoint.safetensors');
-  return abs;
 }
 
 /** The dataset name stored in a checkpoint config, mapped back to something loadable. */

@@ -27,7 +27,7 @@ import { MatmulPrecision, getMatmulPrecision, matmulPrecisionSummary } from '../
 import { extractFeatures, subsetIndices } from '../eval/features';
 import { knnEvaluate } from '../eval/knn';
 import { learningRateAt, momentumAt } from './schedule';
-import { saveCheckpoint, loadCheckpoint, withPrefix, TrainingState } from './checkpoint';
+import { saveCheckpoint, loadCheckpoint, resolveCheckpointPath, withPrefix, TrainingState } from './checkpoint';
 import { ProgressReporter, ProgressEvent, ProgressMode, readMetrics, truncateMetrics } from './progress';
 import { renderReport, StepRecord } from './report';
 import { MAX_LOCAL_CROPS, PRETRAIN_DEFAULTS } from './defaults';
@@ -327,8 +327,7 @@ export async function pretrain(options: PretrainOptions = {}): Promise<PretrainS
   let resumed: Awaited<ReturnType<typeof loadCheckpoint>> | null = null;
   let resumePath = checkpointPath;
   if (options.resume) {
-    if (typeof options.resume === 'string') resumePath = path.resolve(options.resume);
-    if (fs.existsSync(resumePath) && fs.statSync(resumePath).isDirectory()) resumePath = path.join(resumePath, 'checkpoint.safetensors');
+    resumePath = resolveCheckpointPath(typeof options.resume === 'string' ? options.resume : checkpointPath);
     resumed = await loadCheckpoint(resumePath);
     try {
       validate(resumed.state.config as PretrainOptions);  // (the same bounds as the options it came from)
